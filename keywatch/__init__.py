@@ -1,0 +1,8 @@
+"""keywatch: health, budgets and rotation for LLM provider API keys."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("keywatch")
+except PackageNotFoundError:  # running from a source tree without installation
+    __version__ = "0.0.0+src"

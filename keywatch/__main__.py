@@ -1,0 +1,5 @@
+import sys
+
+from keywatch.cli import main
+
+sys.exit(main())

@@ -1,0 +1,368 @@
+"""The daemon's lifecycle: start, probe on a schedule, reload on SIGHUP, drain on SIGTERM.
+
+Whatever fails at run time (a provider, the database, a hook) is logged, counted and retried; it never
+ends the process. Only a bad config at start does (exit 2), because then there is nothing to run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+
+from keywatch import __version__
+from keywatch.domain import Event, ProbeResult, Transition
+from keywatch.engine.prober import AdapterSet, Prober, make_http_client
+from keywatch.engine.state import StateTracker
+from keywatch.metrics import Metrics
+from keywatch.redact import REGISTRY
+from keywatch.settings import ConfigError, Inventory, load_inventory
+from keywatch.store.repo import Store, default_database_url, describe_url
+from keywatch.web import WebServer
+
+log = structlog.get_logger("keywatch.daemon")
+
+
+def sd_notify(message: str) -> bool:
+    """Send one datagram to systemd's notify socket, if there is one."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return False
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+            s.connect(addr)
+            s.sendall(message.encode())
+        return True
+    except OSError as exc:
+        log.warning("sd_notify_failed", error=exc.strerror)
+        return False
+
+
+@dataclass
+class CycleReport:
+    """What one cycle saw; handed to every cycle hook (policies, alerts, pools)."""
+
+    started_at: datetime
+    results: list[ProbeResult]
+    transitions: list[Transition]
+    inventory: Inventory
+    duration_s: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+CycleHook = Callable[["Daemon", CycleReport], Awaitable[None]]
+TransitionListener = Callable[[Transition], None]
+
+
+class Daemon:
+    def __init__(self, config_path: str | Path, metrics: Metrics | None = None) -> None:
+        self.config_path = str(config_path)
+        self.metrics = metrics or Metrics()
+        self.inventory: Inventory | None = None
+        self.store: Store | None = None
+        self.tracker = StateTracker()
+        self.cycle_hooks: list[CycleHook] = []
+        self.transition_listeners: list[TransitionListener] = []
+        self.first_cycle_done = False
+        self.db_ok = False
+        self.cycles = 0
+        self._db_ready = False
+        self._pending_transitions: list[Transition] = []
+        self._pending_events: list[Event] = []
+        self._stop = asyncio.Event()
+        self._current_cycle: asyncio.Task[None] | None = None
+        self._retired: list[Any] = []
+        self._scheduler: AsyncIOScheduler | None = None
+        self._web: WebServer | None = None
+        self._adapters: AdapterSet | None = None
+        self._prober: Prober | None = None
+        self.metrics.attach_state(self.tracker.snapshot)
+
+    # -- readiness ----------------------------------------------------------------------------------
+    def readiness(self) -> tuple[bool, dict[str, bool]]:
+        checks = {
+            "config_loaded": self.inventory is not None,
+            "database_reachable": self.db_ok,
+            "first_cycle_done": self.first_cycle_done,
+        }
+        ok = all(checks.values())
+        self.metrics.ready.set(1 if ok else 0)
+        return ok, checks
+
+    @property
+    def web_port(self) -> int | None:
+        return self._web.bound_port if self._web else None
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+    def load(self) -> Inventory:
+        inventory = load_inventory(self.config_path)
+        for w in inventory.warnings:
+            log.warning("config_warning", problem=w)
+        return inventory
+
+    def _use_inventory(self, inventory: Inventory) -> None:
+        REGISTRY.replace(inventory.secrets())
+        probe = inventory.config.probe
+        old = (self._adapters, self._adapters.http if self._adapters else None)
+        http = make_http_client(probe.concurrency, probe.timeout)
+        self._adapters = AdapterSet(http, inventory.accounts, timeout=probe.timeout,
+                                    completion_model=probe.completion_model)
+        self._prober = Prober(self._adapters, concurrency=probe.concurrency, timeout=probe.timeout)
+        if old[0] is not None:
+            self._retired.append(old)
+        self.inventory = inventory
+        self.tracker.sync_inventory(inventory.keys)
+        self.metrics.keys.clear()
+        for provider in {k.provider for k in inventory.keys}:
+            self.metrics.keys.labels(provider).set(sum(1 for k in inventory.keys if k.provider == provider))
+
+    async def _close_retired(self) -> None:
+        retired, self._retired = self._retired, []
+        for adapters, http in retired:
+            await adapters.aclose()
+            await http.aclose()
+
+    async def start(self) -> None:
+        """Everything up to the first scheduled cycle. Raises ConfigError for a bad config."""
+        inventory = self.load()
+        self._use_inventory(inventory)
+        url = inventory.config.daemon.database or default_database_url()
+        self.store = Store(url)
+        await self._ensure_db()
+        self._web = WebServer(inventory.config.daemon.listen, self.metrics.registry, self.readiness)
+        await self._web.start()
+        self._scheduler = AsyncIOScheduler(timezone=UTC)
+        probe = inventory.config.probe
+        self._scheduler.add_job(
+            self._scheduled_cycle, self._trigger(probe.interval, probe.jitter), id="probe",
+            next_run_time=datetime.now(UTC), max_instances=1, coalesce=True, misfire_grace_time=int(probe.interval),
+        )
+        self._scheduler.start()
+        self._pending_events.append(Event(datetime.now(UTC), "daemon_started", None, "keywatch",
+                                          f"keywatch {__version__} started with {len(inventory.keys)} keys"))
+        log.info("started", version=__version__, keys=len(inventory.keys), listen=f"{self._web.host}:{self.web_port}",
+                 database=describe_url(url), interval_s=probe.interval, concurrency=probe.concurrency)
+
+    @staticmethod
+    def _trigger(interval: float, jitter: float) -> IntervalTrigger:
+        return IntervalTrigger(seconds=interval, jitter=int(interval * jitter) or None, timezone=UTC)
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        try:
+            await self.start()
+        except ConfigError as exc:
+            for p in exc.problems:
+                log.error("config_error", file=exc.source, problem=p)
+            return 2
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+        loop.add_signal_handler(signal.SIGINT, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        watchdog = asyncio.create_task(self._watchdog())
+        sd_notify(f"READY=1\nSTATUS=probing {len(self.inventory.keys) if self.inventory else 0} keys")
+        await self._stop.wait()
+        sd_notify("STOPPING=1")
+        log.info("stopping", reason="signal")
+        await self.shutdown()
+        watchdog.cancel()
+        log.info("stopped")
+        return 0
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def shutdown(self) -> None:
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+            self._scheduler = None
+        current = self._current_cycle
+        if current is not None and not current.done():
+            grace = (self.inventory.config.probe.timeout if self.inventory else 10) + 15
+            try:
+                await asyncio.wait_for(asyncio.shield(current), timeout=grace)
+            except TimeoutError:
+                log.warning("drain_timeout", waited_s=grace)
+                current.cancel()
+        await self._persist([])
+        if self._web is not None:
+            await self._web.stop()
+        if self._adapters is not None:
+            self._retired.append((self._adapters, self._adapters.http))
+            self._adapters = None
+        await self._close_retired()
+        if self.store is not None:
+            self.store.dispose()
+
+    async def _watchdog(self) -> None:
+        usec = os.environ.get("WATCHDOG_USEC")
+        pid = os.environ.get("WATCHDOG_PID")
+        if not usec or (pid and pid != str(os.getpid())):
+            return
+        period = int(usec) / 2 / 1_000_000
+        while True:
+            sd_notify("WATCHDOG=1")
+            await asyncio.sleep(period)
+
+    async def reload(self) -> bool:
+        """SIGHUP: take the new config, or keep the running one and say why."""
+        log.info("reloading", file=self.config_path)
+        try:
+            inventory = await asyncio.to_thread(self.load)
+        except ConfigError as exc:
+            for p in exc.problems:
+                log.error("reload_refused", file=exc.source, problem=p)
+            self.metrics.config_reloads.labels("refused").inc()
+            return False
+        except Exception as exc:
+            log.error("reload_refused", file=self.config_path, problem=f"{type(exc).__name__}: {exc}")
+            self.metrics.config_reloads.labels("refused").inc()
+            return False
+        old = self.inventory
+        if old and old.config.daemon.listen != inventory.config.daemon.listen:
+            log.warning("restart_needed", setting="daemon.listen", running=old.config.daemon.listen)
+        if old and (old.config.daemon.database or "") != (inventory.config.daemon.database or ""):
+            log.warning("restart_needed", setting="daemon.database")
+        self._use_inventory(inventory)
+        probe = inventory.config.probe
+        if self._scheduler is not None:
+            self._scheduler.reschedule_job("probe", trigger=self._trigger(probe.interval, probe.jitter))
+        self.metrics.config_reloads.labels("applied").inc()
+        self._pending_events.append(Event(datetime.now(UTC), "config_reloaded", None, "keywatch",
+                                          f"config reloaded: {len(inventory.keys)} keys"))
+        log.info("reloaded", keys=len(inventory.keys))
+        if self._current_cycle is None or self._current_cycle.done():
+            await self._close_retired()
+        return True
+
+    # -- cycles ------------------------------------------------------------------------------------
+    async def _scheduled_cycle(self) -> None:
+        if self._stop.is_set():
+            return
+        self._current_cycle = asyncio.current_task()
+        try:
+            await self.cycle()
+        except Exception:
+            log.exception("cycle_failed")
+        finally:
+            self._current_cycle = None
+
+    async def cycle(self) -> CycleReport:
+        assert self.inventory is not None and self._prober is not None
+        inventory, prober = self.inventory, self._prober
+        started_at = datetime.now(UTC)
+        t0 = time.perf_counter()
+        transitions: list[Transition] = []
+
+        def on_result(r: ProbeResult) -> None:
+            self.metrics.observe_probe(r.provider, str(r.health), r.latency_ms / 1000)
+            t = self.tracker.apply(r)
+            if t is not None:
+                transitions.append(t)
+                self.metrics.transitions.labels(t.provider, str(t.new)).inc()
+                log.info("health_changed", key=t.key, provider=t.provider, old=str(t.old), new=str(t.new),
+                         http_status=t.http_status, error_code=t.error_code, error=t.error_message)
+                for listener in self.transition_listeners:
+                    try:
+                        listener(t)
+                    except Exception:
+                        log.exception("transition_listener_failed")
+
+        results = await prober.run(inventory.keys, on_result)
+        report = CycleReport(started_at, results, transitions, inventory)
+        for hook in self.cycle_hooks:
+            try:
+                await hook(self, report)
+            except Exception:
+                log.exception("cycle_hook_failed", hook=getattr(hook, "__qualname__", repr(hook)))
+        await self._persist(transitions)
+        report.duration_s = time.perf_counter() - t0
+        self.metrics.cycle_duration.set(report.duration_s)
+        self.metrics.last_cycle.set(time.time())
+        self.cycles += 1
+        self.first_cycle_done = True
+        self.readiness()
+        log.info("cycle_done", keys=len(results), changes=len(transitions), seconds=round(report.duration_s, 3))
+        await self._close_retired()
+        return report
+
+    def record(self, event: Event) -> None:
+        """Queue an audit event; it is written with the next cycle's batch (or at shutdown)."""
+        self._pending_events.append(event)
+
+    async def _ensure_db(self) -> bool:
+        if self._db_ready:
+            return True
+        assert self.store is not None
+        try:
+            applied = await asyncio.to_thread(self.store.upgrade)
+            stored = await asyncio.to_thread(self.store.load_states)
+        except Exception as exc:
+            self.db_ok = False
+            self.metrics.db_up.set(0)
+            log.error("database_unavailable", database=describe_url(self.store.url), error=_db_error(exc))
+            return False
+        if applied:
+            log.info("migrated", revisions=applied)
+        self._merge_stored(stored)
+        self._db_ready = self.db_ok = True
+        self.metrics.db_up.set(1)
+        return True
+
+    def _merge_stored(self, stored: dict[str, Any]) -> None:
+        """Keep what the database knew about keys still in the inventory (health, admin decisions)."""
+        from dataclasses import replace
+
+        current = self.tracker.snapshot()
+        for name, st in stored.items():
+            cur = current.get(name)
+            if cur is None or cur.fingerprint != st.fingerprint:
+                continue
+            if cur.last_probe_at is None:
+                self.tracker.set(replace(st, labels=cur.labels, masked=cur.masked))
+
+    async def _persist(self, transitions: list[Transition]) -> None:
+        assert self.store is not None
+        self._pending_transitions.extend(transitions)
+        if not await self._ensure_db():
+            return
+        states, rollups = self.tracker.drain()
+        pending_t, pending_e = self._pending_transitions, self._pending_events
+        self._pending_transitions, self._pending_events = [], []
+        try:
+            await asyncio.to_thread(self.store.save_cycle, states, pending_t, rollups)
+            await asyncio.to_thread(self.store.record_events, pending_e)
+        except Exception as exc:
+            self.tracker.restore(states, rollups)
+            self._pending_transitions = pending_t + self._pending_transitions
+            self._pending_events = pending_e + self._pending_events
+            self.db_ok = False
+            self.metrics.db_up.set(0)
+            log.error("database_write_failed", error=_db_error(exc), pending_transitions=len(self._pending_transitions))
+            return
+        if not self.db_ok:
+            log.info("database_recovered")
+        self.db_ok = True
+        self.metrics.db_up.set(1)
+
+
+def _db_error(exc: BaseException) -> str:
+    """A database error without the statement parameters (they may hold labels or messages)."""
+    orig = getattr(exc, "orig", None)
+    return f"{type(exc).__name__}: {orig if orig is not None else exc}".splitlines()[0][:300]
+
+
+def run(config_path: str) -> int:
+    return asyncio.run(Daemon(config_path).run())

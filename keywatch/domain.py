@@ -1,0 +1,154 @@
+"""Plain data that flows between detection, decision and action.
+
+Nothing here does I/O; every other module speaks in these types.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+
+class Health(StrEnum):
+    """What the last probe saw. Only INVALID, QUOTA_EXHAUSTED and FORBIDDEN say something about the key."""
+
+    HEALTHY = "healthy"
+    RATE_LIMITED = "rate_limited"
+    QUOTA_EXHAUSTED = "quota_exhausted"
+    INVALID = "invalid"
+    FORBIDDEN = "forbidden"
+    PROVIDER_ERROR = "provider_error"
+    UNREACHABLE = "unreachable"
+    UNKNOWN = "unknown"  # never probed yet
+
+    @property
+    def is_up(self) -> bool:
+        return self in (Health.HEALTHY, Health.RATE_LIMITED)
+
+    @property
+    def blames_key(self) -> bool:
+        return self in (Health.INVALID, Health.QUOTA_EXHAUSTED, Health.FORBIDDEN)
+
+
+PROBED_HEALTH_VALUES: tuple[Health, ...] = tuple(h for h in Health if h is not Health.UNKNOWN)
+
+
+class AdminState(StrEnum):
+    """What keywatch or a person decided about a key; independent of health."""
+
+    ACTIVE = "active"
+    DISABLED = "disabled"
+    ROTATING = "rotating"
+    RETIRED = "retired"
+
+
+def fingerprint(secret: str) -> str:
+    """A stable, non-reversible identifier for a secret: sha256 prefix."""
+    return "sha256:" + hashlib.sha256(secret.encode()).hexdigest()[:12]
+
+
+def mask(secret: str) -> str:
+    """`sk-proj-...GDYA`: enough for a person to recognise a key, too little to use it."""
+    if len(secret) <= 12:
+        return "****"
+    dash = secret.rfind("-", 0, 16)
+    prefix = secret[: dash + 1] if dash >= 2 else secret[:3]
+    return f"{prefix}...{secret[-4:]}"
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    requests_limit: int | None = None
+    requests_remaining: int | None = None
+    requests_reset_seconds: float | None = None
+    tokens_limit: int | None = None
+    tokens_remaining: int | None = None
+    tokens_reset_seconds: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "requests_remaining": self.requests_remaining,
+            "tokens_remaining": self.tokens_remaining,
+            "requests_reset_seconds": self.requests_reset_seconds,
+            "tokens_reset_seconds": self.tokens_reset_seconds,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    """One probe of one key. `error_message` is already masked by the adapter/prober."""
+
+    key: str
+    provider: str
+    health: Health
+    checked_at: datetime
+    latency_ms: float
+    http_status: int | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    ratelimit: RateLimit | None = None
+    retry_after_seconds: float | None = None
+    compromised: bool = False
+    compromise_reason: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)  # provider-specific, e.g. balance, limit_remaining
+
+
+@dataclass(frozen=True, slots=True)
+class KeyState:
+    """The current picture of one key, as the store and the metrics see it."""
+
+    key: str
+    provider: str
+    fingerprint: str
+    masked: str
+    health: Health = Health.UNKNOWN
+    admin_state: AdminState = AdminState.ACTIVE
+    health_since: datetime | None = None
+    last_probe_at: datetime | None = None
+    consecutive: int = 0  # probes in a row with the current health
+    http_status: int | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    latency_ms: float | None = None
+    ratelimit: RateLimit | None = None
+    compromised: bool = False
+    compromise_reason: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """A change of health of one key. Samples that change nothing are not transitions."""
+
+    key: str
+    provider: str
+    old: Health
+    new: Health
+    at: datetime
+    http_status: int | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    kind: str  # alert, disable, enable, pool_remove, pool_add, hook, rotate
+    key: str | None
+    reason: str
+    actor: str  # policy name or "operator:<name>"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One line of the audit trail."""
+
+    at: datetime
+    kind: str
+    key: str | None
+    actor: str
+    message: str
+    data: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,1 @@
+"""Detection (prober), state tracking, decisions (policy) and actions (executor)."""

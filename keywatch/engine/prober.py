@@ -1,0 +1,118 @@
+"""Probing: every key once per cycle, with bounded concurrency, never raising.
+
+A probe that crashes, hangs or times out becomes a result (provider_error / unreachable), so one bad
+adapter or provider never stops a cycle and never blames a key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import UTC, datetime
+
+import httpx2
+import structlog
+
+from keywatch.domain import Health, ProbeResult
+from keywatch.providers import registry
+from keywatch.providers.base import Account, ManagedKey, ProviderAdapter
+from keywatch.redact import redact_text
+
+log = structlog.get_logger("keywatch.prober")
+
+ResultCallback = Callable[[ProbeResult], Awaitable[None] | None]
+
+
+def make_http_client(concurrency: int, timeout: float) -> httpx2.AsyncClient:
+    """One connection pool for every probe (the SDKs receive it; they never build their own)."""
+    limits = httpx2.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    return httpx2.AsyncClient(limits=limits, timeout=httpx2.Timeout(timeout), follow_redirects=False)
+
+
+class AdapterSet:
+    """One adapter per provider in use, sharing the HTTP client."""
+
+    def __init__(
+        self,
+        http: httpx2.AsyncClient,
+        accounts: dict[str, Account],
+        *,
+        timeout: float,
+        completion_model: str,
+    ) -> None:
+        self.http = http
+        self.accounts = accounts
+        self.timeout = timeout
+        self.completion_model = completion_model
+        self._adapters: dict[str, ProviderAdapter] = {}
+
+    def get(self, provider: str) -> ProviderAdapter:
+        adapter = self._adapters.get(provider)
+        if adapter is None:
+            cls = registry.adapter_class(provider)
+            adapter = cls(self.http, self.accounts, timeout=self.timeout, completion_model=self.completion_model)
+            self._adapters[provider] = adapter
+        return adapter
+
+    async def aclose(self) -> None:
+        for adapter in self._adapters.values():
+            try:
+                await adapter.aclose()
+            except Exception as exc:
+                log.warning("adapter_close_failed", provider=adapter.name, error=type(exc).__name__)
+        self._adapters.clear()
+
+
+class Prober:
+    def __init__(self, adapters: AdapterSet, *, concurrency: int, timeout: float) -> None:
+        self.adapters = adapters
+        self.concurrency = concurrency
+        self.timeout = timeout
+
+    async def probe_one(self, key: ManagedKey) -> ProbeResult:
+        started = time.perf_counter()
+        try:
+            adapter = self.adapters.get(key.provider)
+            async with asyncio.timeout(self.timeout + 1.0):
+                return await adapter.probe(key)
+        except TimeoutError:
+            return _failed(key, Health.UNREACHABLE, started, "timeout", f"no answer within {self.timeout:g}s")
+        except ImportError as exc:
+            return _failed(key, Health.PROVIDER_ERROR, started, "missing_dependency", str(exc))
+        except Exception as exc:  # an adapter bug must not end the cycle or blame the key
+            secrets = [key.secret.reveal()] if key.secret else []
+            log.warning("probe_crashed", key=key.name, provider=key.provider, error=type(exc).__name__)
+            return _failed(key, Health.PROVIDER_ERROR, started, "probe_error",
+                           redact_text(f"{type(exc).__name__}: {exc}"[:300], secrets))
+
+    async def run(self, keys: Iterable[ManagedKey], on_result: ResultCallback | None = None) -> list[ProbeResult]:
+        """Probe all `keys` with at most `concurrency` in flight; results in completion order."""
+        queue: asyncio.Queue[ManagedKey] = asyncio.Queue()
+        for k in keys:
+            queue.put_nowait(k)
+        results: list[ProbeResult] = []
+
+        async def worker() -> None:
+            while True:
+                try:
+                    key = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                result = await self.probe_one(key)
+                results.append(result)
+                if on_result is not None:
+                    ret = on_result(result)
+                    if ret is not None:
+                        await ret
+
+        workers = min(self.concurrency, queue.qsize())
+        await asyncio.gather(*(worker() for _ in range(workers)))
+        return results
+
+
+def _failed(key: ManagedKey, health: Health, started: float, code: str, message: str) -> ProbeResult:
+    return ProbeResult(
+        key=key.name, provider=key.provider, health=health, checked_at=datetime.now(UTC),
+        latency_ms=round((time.perf_counter() - started) * 1000, 2), error_code=code, error_message=message,
+    )

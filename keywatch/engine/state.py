@@ -1,0 +1,109 @@
+"""The in-memory picture of every key: what metrics read at scrape time and what the store persists.
+
+`apply` turns a probe result into the new state and, only when health changed, a Transition.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+from datetime import datetime
+
+from keywatch.domain import Health, KeyState, ProbeResult, Transition
+from keywatch.providers.base import ManagedKey
+from keywatch.store.repo import Rollup
+
+
+class StateTracker:
+    def __init__(self, initial: dict[str, KeyState] | None = None) -> None:
+        self._lock = threading.Lock()
+        self.states: dict[str, KeyState] = dict(initial or {})
+        self._rollups: dict[tuple[str, datetime, str], list[float]] = {}
+        self._dirty: set[str] = set()
+
+    def snapshot(self) -> dict[str, KeyState]:
+        with self._lock:
+            return dict(self.states)
+
+    def sync_inventory(self, keys: list[ManagedKey]) -> list[str]:
+        """Add new keys as `unknown`, drop removed ones, refresh fingerprints and labels. Returns removed names."""
+        with self._lock:
+            wanted = {k.name: k for k in keys}
+            removed = [name for name in self.states if name not in wanted]
+            for name in removed:
+                del self.states[name]
+            for k in keys:
+                old = self.states.get(k.name)
+                if old is None:
+                    self.states[k.name] = KeyState(
+                        key=k.name, provider=k.provider, fingerprint=k.fingerprint, masked=k.masked,
+                        labels=dict(k.labels),
+                    )
+                    self._dirty.add(k.name)
+                elif (old.fingerprint, old.labels, old.provider, old.masked) != (
+                    k.fingerprint, k.labels, k.provider, k.masked
+                ):
+                    # A new secret under the same name is a new key as far as health goes.
+                    fresh = old.fingerprint != k.fingerprint
+                    self.states[k.name] = replace(
+                        old, provider=k.provider, fingerprint=k.fingerprint, masked=k.masked, labels=dict(k.labels),
+                        **({"health": Health.UNKNOWN, "consecutive": 0, "health_since": None} if fresh else {}),
+                    )
+                    self._dirty.add(k.name)
+            return removed
+
+    def apply(self, r: ProbeResult) -> Transition | None:
+        with self._lock:
+            old = self.states.get(r.key)
+            if old is None:  # removed from the inventory while its probe was in flight
+                return None
+            changed = old.health != r.health
+            new = replace(
+                old,
+                health=r.health,
+                health_since=r.checked_at if changed or old.health_since is None else old.health_since,
+                last_probe_at=r.checked_at,
+                consecutive=1 if changed else old.consecutive + 1,
+                http_status=r.http_status,
+                error_code=r.error_code,
+                error_message=r.error_message,
+                latency_ms=r.latency_ms,
+                ratelimit=r.ratelimit if r.ratelimit is not None else (old.ratelimit if not changed else None),
+                compromised=r.compromised,
+                compromise_reason=r.compromise_reason,
+            )
+            self.states[r.key] = new
+            self._dirty.add(r.key)
+            hour = r.checked_at.replace(minute=0, second=0, microsecond=0)
+            acc = self._rollups.setdefault((r.key, hour, str(r.health)), [0, 0.0, 0.0])
+            acc[0] += 1
+            acc[1] += r.latency_ms
+            acc[2] = max(acc[2], r.latency_ms)
+        if not changed:
+            return None
+        return Transition(r.key, r.provider, old.health, r.health, r.checked_at, r.http_status, r.error_code,
+                          r.error_message)
+
+    def set(self, state: KeyState) -> None:
+        with self._lock:
+            self.states[state.key] = state
+            self._dirty.add(state.key)
+
+    def drain(self) -> tuple[list[KeyState], list[Rollup]]:
+        """What changed since the last drain: states to write and rollups to add."""
+        with self._lock:
+            states = [self.states[k] for k in self._dirty if k in self.states]
+            rollups = [Rollup(k, h, health, int(v[0]), v[1], v[2]) for (k, h, health), v in self._rollups.items()]
+            self._dirty.clear()
+            self._rollups.clear()
+        return states, rollups
+
+    def restore(self, states: list[KeyState], rollups: list[Rollup]) -> None:
+        """Put back what a failed write could not store, so the next cycle writes it."""
+        with self._lock:
+            self._dirty.update(s.key for s in states if s.key in self.states)
+            for r in rollups:
+                acc = self._rollups.setdefault((r.key, r.hour, r.health), [0, 0.0, 0.0])
+                acc[0] += r.count
+                acc[1] += r.latency_sum_ms
+                acc[2] = max(acc[2], r.latency_max_ms)

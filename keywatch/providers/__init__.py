@@ -1,0 +1,1 @@
+"""One module per provider, all implementing `base.ProviderAdapter`; found through `registry`."""

@@ -1,0 +1,184 @@
+"""The one interface every provider implements, and the inventory types adapters receive.
+
+An adapter gets its HTTP client (and, for management calls, its account) from outside: tests and the
+simulator change the base URL or the transport, nothing is monkeypatched.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, ClassVar
+
+import httpx2
+
+from keywatch.domain import Health, ProbeResult, RateLimit
+from keywatch.redact import redact_text
+from keywatch.settings.secrets import Secret
+
+
+class Capability(StrEnum):
+    PROBE = "probe"
+    METADATA = "metadata"
+    DISABLE = "disable"
+    ENABLE = "enable"
+    CREATE = "create"
+    REVOKE = "revoke"
+    USAGE = "usage"
+
+
+class NotSupported(Exception):
+    """The provider offers no way to do this; the capability matrix says so."""
+
+
+class ProviderActionError(Exception):
+    """A management call failed. `permanent` is False when retrying later may succeed."""
+
+    def __init__(self, message: str, *, permanent: bool = False, status: int | None = None) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Account:
+    """Management credentials for one provider account (admin key, ARM, IAM ...)."""
+
+    name: str
+    provider: str
+    admin_secret: Secret | None = None
+    base_url: str | None = None
+    allow_destructive: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return f"Account({self.name!r}, {self.provider!r})"
+
+
+@dataclass(frozen=True)
+class ManagedKey:
+    """One key of the inventory, with its secret resolved."""
+
+    name: str
+    provider: str
+    secret: Secret | None  # None for deferred references, e.g. `azure:key1`
+    secret_ref: str
+    base_url: str | None = None
+    probe: str = "models"
+    model: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    account: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    extra_secrets: dict[str, Secret] = field(default_factory=dict)
+
+    @property
+    def fingerprint(self) -> str:
+        return self.secret.fingerprint if self.secret else f"ref:{self.secret_ref}"
+
+    @property
+    def masked(self) -> str:
+        return self.secret.masked if self.secret else self.secret_ref
+
+    def __repr__(self) -> str:
+        return f"ManagedKey({self.name!r}, {self.provider!r}, {self.masked})"
+
+
+@dataclass(frozen=True)
+class KeyMetadata:
+    """What the provider's management API says about a key."""
+
+    provider_key_id: str | None = None
+    name: str | None = None
+    status: str | None = None  # provider's own word: active, inactive, disabled ...
+    created_at: datetime | None = None
+    last_used_at: datetime | None = None
+    compromised: bool = False
+    compromise_reason: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class ProviderAdapter:
+    """Base class: subclasses set `name`, `capabilities` and implement what they declare."""
+
+    name: ClassVar[str]
+    capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.PROBE})
+    # Extra words for the capability matrix, e.g. why a capability is missing.
+    notes: ClassVar[dict[str, str]] = {}
+    least_privilege: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        http: httpx2.AsyncClient,
+        accounts: dict[str, Account] | None = None,
+        *,
+        timeout: float = 10.0,
+        completion_model: str = "gpt-4o-mini",
+    ) -> None:
+        self.http = http
+        self.accounts = accounts or {}
+        self.timeout = timeout
+        self.completion_model = completion_model
+
+    # -- key-level --------------------------------------------------------------------------------
+    async def probe(self, key: ManagedKey) -> ProbeResult:
+        raise NotImplementedError
+
+    async def metadata(self, key: ManagedKey) -> KeyMetadata:
+        raise NotSupported(f"{self.name} has no API to read key metadata")
+
+    async def disable(self, key: ManagedKey) -> None:
+        raise NotSupported(f"{self.name} has no API to deactivate a key")
+
+    async def enable(self, key: ManagedKey) -> None:
+        raise NotSupported(f"{self.name} has no API to re-activate a key")
+
+    async def aclose(self) -> None:
+        return None
+
+    # -- helpers ----------------------------------------------------------------------------------
+    def account_for(self, key: ManagedKey) -> Account:
+        if key.account and key.account in self.accounts:
+            return self.accounts[key.account]
+        matches = [a for a in self.accounts.values() if a.provider == self.name]
+        if len(matches) == 1 and not key.account:
+            return matches[0]
+        raise ProviderActionError(
+            f"key {key.name}: no {self.name} account with management credentials is configured "
+            "(add [[accounts]] and set `account` on the key)",
+            permanent=True,
+        )
+
+    def result(
+        self,
+        key: ManagedKey,
+        health: Health,
+        started: float,
+        *,
+        http_status: int | None = None,
+        error_code: str | None = None,
+        error_message: str | None = None,
+        ratelimit: RateLimit | None = None,
+        retry_after_seconds: float | None = None,
+        **details: Any,
+    ) -> ProbeResult:
+        secrets = [key.secret.reveal()] if key.secret else []
+        secrets += [s.reveal() for s in key.extra_secrets.values()]
+        return ProbeResult(
+            key=key.name,
+            provider=key.provider,
+            health=health,
+            checked_at=utcnow(),
+            latency_ms=round((time.perf_counter() - started) * 1000, 2),
+            http_status=http_status,
+            error_code=error_code,
+            error_message=redact_text(error_message[:500], secrets) if error_message else None,
+            ratelimit=ratelimit,
+            retry_after_seconds=retry_after_seconds,
+            details=details,
+        )

@@ -1,0 +1,138 @@
+"""Shared pieces of error classification and header parsing.
+
+Each provider has its own table; what they share is the rule that only an answer which is about the
+key (401, 402, 403, quota) may blame the key. 5xx, timeouts and refused connections never do.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx2
+
+from keywatch.domain import Health, RateLimit
+from keywatch.settings.durations import parse_duration
+
+
+def classify_transport_error(exc: BaseException) -> tuple[Health, str]:
+    """A request that got no HTTP answer: the network or the provider, never the key."""
+    if isinstance(exc, httpx2.TimeoutException | TimeoutError):
+        return Health.UNREACHABLE, "timeout"
+    if isinstance(exc, httpx2.ConnectError | ConnectionError | OSError):
+        return Health.UNREACHABLE, "connect_error"
+    return Health.PROVIDER_ERROR, type(exc).__name__
+
+
+def classify_status(status: int) -> Health:
+    """The fallback for answers a provider table does not name."""
+    if 200 <= status < 300:
+        return Health.HEALTHY
+    if status == 401:
+        return Health.INVALID
+    if status == 402:
+        return Health.QUOTA_EXHAUSTED
+    if status == 403:
+        return Health.FORBIDDEN
+    if status == 429:
+        return Health.RATE_LIMITED
+    return Health.PROVIDER_ERROR
+
+
+def json_or_none(response: httpx2.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def error_fields(body: Any) -> tuple[str | None, str | None, str | None]:
+    """(type, code, message) from the common `{"error": {...}}` envelope, tolerant of its variants."""
+    if not isinstance(body, dict):
+        return None, None, None
+    err = body.get("error")
+    if isinstance(err, str):
+        return None, None, err
+    if not isinstance(err, dict):
+        msg = body.get("message")
+        return None, None, msg if isinstance(msg, str) else None
+    code = err.get("code")
+    return (
+        err.get("type") if isinstance(err.get("type"), str) else None,
+        str(code) if code is not None else None,
+        err.get("message") if isinstance(err.get("message"), str) else None,
+    )
+
+
+def _int(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(float(value))
+    except ValueError:
+        return None
+
+
+def _duration(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError:
+        return None
+
+
+def openai_ratelimit(headers: httpx2.Headers | dict[str, str]) -> RateLimit | None:
+    """`x-ratelimit-*` headers (OpenAI, Azure, many gateways); resets are Go durations."""
+    h = {k.lower(): v for k, v in headers.items()}
+    rl = RateLimit(
+        requests_limit=_int(h.get("x-ratelimit-limit-requests")),
+        requests_remaining=_int(h.get("x-ratelimit-remaining-requests")),
+        requests_reset_seconds=_duration(h.get("x-ratelimit-reset-requests")),
+        tokens_limit=_int(h.get("x-ratelimit-limit-tokens")),
+        tokens_remaining=_int(h.get("x-ratelimit-remaining-tokens")),
+        tokens_reset_seconds=_duration(h.get("x-ratelimit-reset-tokens")),
+    )
+    return None if rl == RateLimit() else rl
+
+
+def _rfc3339_in(value: str | None, now: datetime | None = None) -> float | None:
+    if not value:
+        return None
+    try:
+        at = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=UTC)
+    return max(0.0, (at - (now or datetime.now(UTC))).total_seconds())
+
+
+def anthropic_ratelimit(headers: httpx2.Headers | dict[str, str], now: datetime | None = None) -> RateLimit | None:
+    """`anthropic-ratelimit-*` headers; resets are RFC 3339 timestamps."""
+    h = {k.lower(): v for k, v in headers.items()}
+    p = "anthropic-ratelimit-"
+    rl = RateLimit(
+        requests_limit=_int(h.get(p + "requests-limit")),
+        requests_remaining=_int(h.get(p + "requests-remaining")),
+        requests_reset_seconds=_rfc3339_in(h.get(p + "requests-reset"), now),
+        tokens_limit=_int(h.get(p + "tokens-limit")),
+        tokens_remaining=_int(h.get(p + "tokens-remaining")),
+        tokens_reset_seconds=_rfc3339_in(h.get(p + "tokens-reset"), now),
+    )
+    return None if rl == RateLimit() else rl
+
+
+def retry_after(headers: httpx2.Headers | dict[str, str]) -> float | None:
+    h = {k.lower(): v for k, v in headers.items()}
+    if "retry-after-ms" in h:
+        ms = _int(h["retry-after-ms"])
+        if ms is not None:
+            return ms / 1000
+    value = h.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None

@@ -1,0 +1,134 @@
+"""OpenAI and OpenAI-compatible servers, through the official `openai` SDK.
+
+Probe modes: `models` (GET /models, zero tokens; proves authentication, cannot see exhausted quota) and
+`completion` (1 output token on a cheap model; also sees exhausted quota, inactive billing and models
+the key may not use).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, ClassVar
+
+import httpx2
+import openai
+
+from keywatch.domain import Health, ProbeResult
+from keywatch.providers.base import Account, Capability, ManagedKey, ProviderAdapter
+from keywatch.providers.errors import classify_status, openai_ratelimit, retry_after
+
+# error code (or type) -> health, from the documented error table (README, "OpenAI errors").
+CODE_HEALTH: dict[str, Health] = {
+    "invalid_api_key": Health.INVALID,
+    "account_deactivated": Health.INVALID,
+    "no_organization": Health.INVALID,
+    "mismatched_organization": Health.INVALID,
+    "missing_scope": Health.FORBIDDEN,
+    "model_not_found": Health.FORBIDDEN,
+    "unsupported_country_region_territory": Health.FORBIDDEN,
+    "insufficient_quota": Health.QUOTA_EXHAUSTED,
+    "billing_not_active": Health.QUOTA_EXHAUSTED,
+    "rate_limit_exceeded": Health.RATE_LIMITED,
+}
+
+
+def classify_openai_error(status: int, code: str | None, err_type: str | None) -> Health:
+    """Only answers about the key may blame it; 5xx never does, whatever its body says."""
+    if status >= 500:
+        return Health.PROVIDER_ERROR
+    for word in (code, err_type):
+        if word and word in CODE_HEALTH:
+            health = CODE_HEALTH[word]
+            # A code is trusted only with the status it belongs to (a 400 "invalid_api_key" is odd, but a key answer).
+            if status in (401, 403, 404, 429, 400):
+                return health
+    if status == 404:
+        return Health.PROVIDER_ERROR  # wrong base URL or endpoint: not the key's fault
+    if status == 400:
+        return Health.PROVIDER_ERROR  # the probe request was refused: a configuration matter
+    return classify_status(status)
+
+
+class OpenAIAdapter(ProviderAdapter):
+    name = "openai"
+    capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.PROBE})
+    default_base_url = "https://api.openai.com/v1"
+
+    def __init__(self, http: httpx2.AsyncClient, accounts: dict[str, Account] | None = None, **kw: Any) -> None:
+        super().__init__(http, accounts, **kw)
+        self._clients: dict[tuple[str, str, str], openai.AsyncOpenAI] = {}
+
+    def client(self, key: ManagedKey) -> openai.AsyncOpenAI:
+        assert key.secret is not None
+        base_url = key.base_url or self.default_base_url
+        cache_key = (key.name, key.secret.fingerprint, base_url or "")
+        client = self._clients.get(cache_key)
+        if client is None:
+            client = openai.AsyncOpenAI(
+                api_key=key.secret.reveal(),
+                base_url=base_url,
+                organization=key.options.get("organization"),
+                project=key.options.get("project"),
+                http_client=self.http,
+                max_retries=0,
+                timeout=self.timeout,
+            )
+            self._clients[cache_key] = client
+        return client
+
+    async def probe(self, key: ManagedKey) -> ProbeResult:
+        started = time.perf_counter()
+        client = self.client(key)
+        try:
+            if key.probe == "completion":
+                raw: Any = await client.chat.completions.with_raw_response.create(
+                    model=key.model or self.completion_model,
+                    messages=[{"role": "user", "content": "ping"}],
+                    max_tokens=1,
+                )
+            else:
+                raw = await client.models.with_raw_response.list()
+            body = raw.parse()
+        except openai.APIStatusError as exc:
+            headers = exc.response.headers
+            health = classify_openai_error(exc.status_code, exc.code, exc.type)
+            return self.result(
+                key, health, started,
+                http_status=exc.status_code,
+                error_code=exc.code or exc.type,
+                error_message=_message(exc),
+                ratelimit=openai_ratelimit(headers),
+                retry_after_seconds=retry_after(headers),
+            )
+        except openai.APITimeoutError:
+            return self.result(key, Health.UNREACHABLE, started, error_code="timeout",
+                               error_message=f"no answer within {self.timeout:g}s")
+        except openai.APIConnectionError as exc:
+            return self.result(key, Health.UNREACHABLE, started, error_code="connect_error",
+                               error_message=str(exc.__cause__ or exc))
+        except openai.APIResponseValidationError as exc:
+            return self.result(key, Health.PROVIDER_ERROR, started, http_status=exc.status_code,
+                               error_code="bad_response", error_message="the answer is not the documented shape")
+        if key.probe != "completion" and not hasattr(body, "data"):
+            return self.result(key, Health.PROVIDER_ERROR, started, http_status=raw.status_code,
+                               error_code="bad_response", error_message="the model list is not the documented shape")
+        return self.result(key, Health.HEALTHY, started, http_status=raw.status_code,
+                           ratelimit=openai_ratelimit(raw.headers))
+
+    async def aclose(self) -> None:
+        self._clients.clear()
+
+
+class OpenAICompatibleAdapter(OpenAIAdapter):
+    """vLLM, Ollama, LM Studio, gateways: the OpenAI protocol at another base URL."""
+
+    name = "openai_compatible"
+    default_base_url = None
+
+
+def _message(exc: openai.APIStatusError) -> str:
+    """The provider's own words (the SDK hands over the inner `error` object as `body`)."""
+    body = exc.body
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        return body["message"]
+    return exc.message

@@ -1,0 +1,176 @@
+"""Reading keywatch.toml into a validated Config and a resolved Inventory.
+
+Every problem is reported, each on its own line naming the file, the field path (`keys[3].secret`),
+what is wrong and what is expected, so one run shows all that needs fixing.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from keywatch.providers.base import Account, ManagedKey
+from keywatch.settings import secrets
+from keywatch.settings.schema import Config
+
+
+class ConfigError(Exception):
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__("\n".join(f"{source}: {p}" for p in problems))
+
+
+@dataclass
+class Inventory:
+    config: Config
+    source: str
+    keys: list[ManagedKey]
+    accounts: dict[str, Account]
+    warnings: list[str] = field(default_factory=list)
+
+    def secrets(self) -> list[str]:
+        out = [k.secret.reveal() for k in self.keys if k.secret]
+        out += [s.reveal() for k in self.keys for s in k.extra_secrets.values()]
+        out += [a.admin_secret.reveal() for a in self.accounts.values() if a.admin_secret]
+        out += [s.reveal() for a in self.accounts.values() for s in a.options.values() if isinstance(s, secrets.Secret)]
+        return out
+
+    def key(self, name: str) -> ManagedKey:
+        for k in self.keys:
+            if k.name == name:
+                return k
+        raise KeyError(f"no key named {name!r} in {self.source} (known: {', '.join(k.name for k in self.keys)})")
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("function-after", "function-before") or str(part).startswith(("function-", "constrained-")):
+            continue
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _friendly(err: dict[str, Any]) -> str:
+    kind, msg = err["type"], err["msg"]
+    if kind == "extra_forbidden":
+        return "unknown field (check the spelling; `keywatch config schema` lists every field)"
+    if kind == "missing":
+        return "is required"
+    if kind == "string_pattern_mismatch" and "pattern" in err.get("ctx", {}):
+        return f"{err['input']!r} does not match {err['ctx']['pattern']} (letters, digits, - _ .)"
+    if kind == "literal_error":
+        return f"{err.get('input')!r} is not allowed: {msg.removeprefix('Input should be ')}".replace(
+            "should be", "expected"
+        )
+    msg = msg.removeprefix("Value error, ")
+    return msg
+
+
+def format_validation_error(exc: ValidationError) -> list[str]:
+    problems = []
+    for err in exc.errors(include_url=False):
+        where = _loc(err["loc"])
+        text = _friendly(err)
+        if not where:  # cross-reference checks carry their own paths, one per line
+            problems.extend(text.splitlines())
+        else:
+            problems.append(f"{where}: {text}")
+    return problems
+
+
+def parse(text: str, source: str = "<config>") -> Config:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, [f"not valid TOML: {exc}"]) from None
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, format_validation_error(exc)) from None
+
+
+def load(path: str | Path) -> Config:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise ConfigError(str(p), ["file not found"]) from None
+    except OSError as exc:
+        raise ConfigError(str(p), [f"cannot be read: {exc.strerror}"]) from None
+    return parse(text, str(p))
+
+
+def _resolve(ref: str, where: str, owner: str, allow_literal: bool, problems: list[str], warnings: list[str]):
+    if secrets.scheme_of(ref) in secrets.DEFERRED_SCHEMES:
+        return None
+    try:
+        value = secrets.resolve(ref, allow_literal=allow_literal)
+    except secrets.SecretError as exc:
+        problems.append(f"{where}: {owner}: {exc}")
+        return None
+    if not secrets.is_reference(ref):
+        warnings.append(f"{where}: {owner}: the secret is written in the config file; prefer env:, file: or credential:")
+    return value
+
+
+def build_inventory(config: Config, source: str) -> Inventory:
+    allow = config.daemon.allow_literal_secrets
+    problems: list[str] = []
+    warnings: list[str] = []
+    accounts: dict[str, Account] = {}
+    for i, a in enumerate(config.accounts):
+        owner = f"account {a.name!r}"
+        admin = _resolve(a.admin_secret, f"accounts[{i}].admin_secret", owner, allow, problems, warnings) if (
+            a.admin_secret
+        ) else None
+        options: dict[str, Any] = a.model_dump(
+            exclude={"name", "provider", "admin_secret", "base_url", "allow_destructive", "client_secret"},
+            exclude_none=True,
+        )
+        if a.client_secret:
+            cs = _resolve(a.client_secret, f"accounts[{i}].client_secret", owner, allow, problems, warnings)
+            if cs:
+                options["client_secret"] = cs
+        accounts[a.name] = Account(
+            name=a.name, provider=a.provider, admin_secret=admin, base_url=a.base_url,
+            allow_destructive=a.allow_destructive, options=options,
+        )
+    keys: list[ManagedKey] = []
+    for i, k in enumerate(config.keys):
+        if secrets.scheme_of(k.secret) == "azure" and k.provider != "azure_openai":
+            problems.append(f"keys[{i}].secret: key {k.name!r}: azure: references work only for azure_openai keys")
+            continue
+        if secrets.scheme_of(k.secret) == "azure" and not k.account:
+            problems.append(f"keys[{i}].secret: key {k.name!r}: azure: references need `account` on the key")
+            continue
+        secret = _resolve(k.secret, f"keys[{i}].secret", f"key {k.name!r}", allow, problems, warnings)
+        options = k.model_dump(
+            exclude={"name", "provider", "secret", "base_url", "probe", "model", "labels", "account", "enabled"},
+            exclude_none=True,
+        )
+        if not k.enabled:
+            continue
+        keys.append(
+            ManagedKey(
+                name=k.name, provider=k.provider, secret=secret, secret_ref=k.secret,
+                base_url=k.base_url, probe=k.probe, model=k.model, labels=dict(k.labels),
+                account=k.account, options=options,
+            )
+        )
+    if problems:
+        raise ConfigError(source, problems)
+    return Inventory(config=config, source=source, keys=keys, accounts=accounts, warnings=warnings)
+
+
+def load_inventory(path: str | Path) -> Inventory:
+    config = load(path)
+    return build_inventory(config, str(path))

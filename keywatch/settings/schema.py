@@ -1,0 +1,268 @@
+"""The configuration schema: one source of truth for validation, JSON Schema and the example file.
+
+Every model forbids unknown fields, so a typo is an error that names the field, never a silent default.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+from keywatch.providers import registry
+from keywatch.settings.durations import DURATION_PATTERN, format_duration, parse_duration
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
+LABEL_NAME_PATTERN = r"^[a-zA-Z_][a-zA-Z0-9_]{0,63}$"
+
+
+def _duration(value: Any) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError("must not be negative")
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError("expected a duration such as 30s, 5m or 1h30m")
+    return parse_duration(value)
+
+
+Duration = Annotated[
+    Any,
+    AfterValidator(_duration),
+    PlainSerializer(format_duration, return_type=str),
+    WithJsonSchema({"type": "string", "pattern": DURATION_PATTERN, "examples": ["30s", "5m", "1h30m"]}),
+]
+
+SecretRef = Annotated[
+    str,
+    Field(
+        min_length=1,
+        description="A reference: env:NAME, file:/path, credential:NAME (systemd $CREDENTIALS_DIRECTORY); "
+        "a literal secret only with daemon.allow_literal_secrets",
+        json_schema_extra={"examples": ["env:OPENAI_PROD_KEY", "credential:openai-admin"]},
+    ),
+]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class DaemonSettings(Strict):
+    database: str | None = Field(
+        None,
+        description="SQLAlchemy URL. Absent: $STATE_DIRECTORY/keywatch.db under systemd, else ./keywatch.db",
+        json_schema_extra={"examples": ["sqlite:///keywatch.db", "postgresql+psycopg://user@host/keywatch"]},
+    )
+    listen: str = Field("127.0.0.1:9464", description="host:port of /metrics, /healthz and /readyz")
+    log_format: Literal["auto", "json", "console"] = Field(
+        "auto", description="auto: JSON lines when stderr is not a terminal (journald), console otherwise"
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    allow_literal_secrets: bool = Field(
+        False, description="Accept secrets written into this file (a warning is logged for each)"
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError("expected host:port, e.g. 127.0.0.1:9464")
+        return v
+
+
+class ProbeSettings(Strict):
+    interval: Duration = Field("5m", description="Time between probe cycles")
+    concurrency: int = Field(64, ge=1, le=10000, description="Probes in flight at once")
+    timeout: Duration = Field("10s", description="Time one probe may take before it counts as unreachable")
+    jitter: float = Field(
+        0.1, ge=0, le=0.5, description="Spread of each cycle's start, as a fraction of the interval"
+    )
+    completion_model: str = Field(
+        "gpt-4o-mini", description="Model for probe = \"completion\" when the key sets none"
+    )
+
+    @field_validator("interval")
+    @classmethod
+    def _interval(cls, v: float) -> float:
+        if v < 1:
+            raise ValueError("must be at least 1s")
+        return v
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, v: float) -> float:
+        if not 0.1 <= v <= 300:
+            raise ValueError("must be between 100ms and 5m")
+        return v
+
+
+def _known_provider(v: str) -> str:
+    if v not in registry.PROVIDERS:
+        raise ValueError(f"unknown provider {v!r}; expected one of: {', '.join(registry.names())}")
+    return v
+
+
+ProviderName = Annotated[
+    str,
+    AfterValidator(_known_provider),
+    Field(json_schema_extra={"enum": registry.names()}, description="One of: " + ", ".join(registry.names())),
+]
+
+_OPTIONAL_KEY_FIELDS = (
+    "base_url", "model", "organization", "project", "endpoint", "api_version", "region", "endpoint_url",
+    "user_name", "access_key_id", "provider_key_id",
+)
+_OPTIONAL_ACCOUNT_FIELDS = (
+    "admin_secret", "base_url", "subscription_id", "resource_group", "account_name", "credential",
+    "tenant_id", "client_id", "client_secret", "region", "endpoint_url", "access_key_id",
+)
+
+
+def _check_provider_fields(
+    model: BaseModel, provider: str, fields: tuple[str, ...], required: tuple[str, ...], allowed: tuple[str, ...]
+) -> None:
+    problems = []
+    for f in required:
+        if getattr(model, f) in (None, ""):
+            problems.append(f"{f} is required for provider {provider}")
+    for f in fields:
+        if getattr(model, f) not in (None, "") and f not in allowed and f not in required:
+            problems.append(f"{f} is not used by provider {provider}")
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+class KeyConfig(Strict):
+    name: str = Field(pattern=NAME_PATTERN, description="Unique; letters, digits, - _ .")
+    provider: ProviderName
+    secret: SecretRef
+    base_url: str | None = Field(None, description="Override the provider's API base URL")
+    probe: Literal["models", "completion"] = Field(
+        "models",
+        description="models: zero tokens, proves the key authenticates; completion: 1 output token, also sees "
+        "exhausted quota and models the key may not use",
+    )
+    model: str | None = Field(None, description="Model for probe = \"completion\"")
+    labels: dict[Annotated[str, Field(pattern=LABEL_NAME_PATTERN)], str] = Field(
+        default_factory=dict, description="Free labels (team, env ...) for grouping, budgets and pools"
+    )
+    account: str | None = Field(None, description="Name of the [[accounts]] entry that manages this key")
+    enabled: bool = Field(True, description="false: keep in the inventory but do not probe")
+    organization: str | None = Field(None, description="openai: OpenAI-Organization header")
+    project: str | None = Field(None, description="openai: OpenAI-Project header")
+    endpoint: str | None = Field(None, description="azure_openai: https://NAME.openai.azure.com")
+    api_version: str | None = Field(None, description="azure_openai: data-plane api-version")
+    region: str | None = Field(None, description="aws_*: region, default us-east-1")
+    endpoint_url: str | None = Field(None, description="aws_*: endpoint override (e.g. a local test server)")
+    user_name: str | None = Field(None, description="aws_*: IAM user that owns the key")
+    access_key_id: str | None = Field(None, description="aws_iam: the access key id (the secret is the secret key)")
+    provider_key_id: str | None = Field(
+        None, description="The provider's id of this key (OpenRouter hash, Anthropic apikey_..., ...), if known"
+    )
+
+    @field_validator("base_url", "endpoint", "endpoint_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^https?://[^\s/]+", v):
+            raise ValueError("expected an http(s) URL")
+        return v.rstrip("/") if v else v
+
+    @model_validator(mode="after")
+    def _provider_fields(self) -> KeyConfig:
+        info = registry.info(self.provider)
+        _check_provider_fields(
+            self, self.provider, _OPTIONAL_KEY_FIELDS, info.key_fields_required, info.key_fields_optional
+        )
+        if self.probe not in info.probe_modes:
+            raise ValueError(
+                f"probe = {self.probe!r} is not available for provider {self.provider} "
+                f"(available: {', '.join(info.probe_modes)})"
+            )
+        return self
+
+
+class AccountConfig(Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    provider: ProviderName
+    admin_secret: SecretRef | None = Field(
+        None, description="Admin or management key (OpenAI sk-admin-, Anthropic sk-ant-admin01-, OpenRouter "
+        "management key; aws: the secret access key of the management credentials)"
+    )
+    base_url: str | None = None
+    allow_destructive: bool = Field(
+        False, description="Allow irreversible provider actions (delete, regenerate) for this account"
+    )
+    subscription_id: str | None = Field(None, description="azure_openai: subscription id")
+    resource_group: str | None = Field(None, description="azure_openai: resource group")
+    account_name: str | None = Field(None, description="azure_openai: Cognitive Services account name")
+    credential: Literal["default", "client_secret"] | None = Field(
+        None, description="azure_openai: DefaultAzureCredential (default) or a service principal"
+    )
+    tenant_id: str | None = None
+    client_id: str | None = None
+    client_secret: SecretRef | None = None
+    region: str | None = None
+    endpoint_url: str | None = None
+    access_key_id: str | None = Field(None, description="aws: access key id of the management credentials")
+
+    @model_validator(mode="after")
+    def _provider_fields(self) -> AccountConfig:
+        info = registry.info(self.provider)
+        _check_provider_fields(
+            self, self.provider, _OPTIONAL_ACCOUNT_FIELDS, info.account_fields_required, info.account_fields_optional
+        )
+        return self
+
+
+class Config(Strict):
+    """The whole keywatch.toml."""
+
+    daemon: DaemonSettings = Field(default_factory=DaemonSettings)
+    probe: ProbeSettings = Field(default_factory=ProbeSettings)
+    accounts: list[AccountConfig] = Field(default_factory=list)
+    keys: list[KeyConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> Config:
+        problems = []
+        seen: dict[str, int] = {}
+        for i, k in enumerate(self.keys):
+            if k.name in seen:
+                problems.append(f"keys[{i}].name: {k.name!r} is already used by keys[{seen[k.name]}]")
+            seen.setdefault(k.name, i)
+        accounts = {a.name: a for a in self.accounts}
+        if len(accounts) != len(self.accounts):
+            problems.append("accounts: names must be unique")
+        for i, k in enumerate(self.keys):
+            if k.account is None:
+                continue
+            acct = accounts.get(k.account)
+            if acct is None:
+                known = ", ".join(accounts) or "none"
+                problems.append(f"keys[{i}].account: no account named {k.account!r} (known: {known})")
+            elif acct.provider != k.provider and not {acct.provider, k.provider} <= {"aws_iam", "aws_bedrock"}:
+                problems.append(
+                    f"keys[{i}].account: account {k.account!r} is for provider {acct.provider}, not {k.provider}"
+                )
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+
+def json_schema() -> dict[str, Any]:
+    schema = Config.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "keywatch configuration"
+    return schema

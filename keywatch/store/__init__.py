@@ -1,0 +1,1 @@
+"""State storage: SQLAlchemy models, the repository, Alembic migrations."""

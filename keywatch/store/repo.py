@@ -1,0 +1,250 @@
+"""The repository: every database read and write keywatch makes goes through here.
+
+Calls are synchronous; the daemon runs them in a worker thread so a slow database never stalls probing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, func, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, sessionmaker
+
+from keywatch.domain import AdminState, Event, Health, KeyState, RateLimit, Transition
+from keywatch.store.models import Base, EventRow, KeyStateRow, ProbeRollupRow, TransitionRow
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def default_database_url() -> str:
+    state_dir = os.environ.get("STATE_DIRECTORY")
+    base = Path(state_dir.split(":")[0]) if state_dir else Path.cwd()
+    return f"sqlite:///{base / 'keywatch.db'}"
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+def describe_url(url: str) -> str:
+    """The URL without its password, for messages."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparseable database URL>"
+
+
+@dataclass(frozen=True)
+class Rollup:
+    key: str
+    hour: datetime
+    health: str
+    count: int
+    latency_sum_ms: float
+    latency_max_ms: float
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        self.session = sessionmaker(self.engine, expire_on_commit=False)
+
+    # -- schema ---------------------------------------------------------------------------------
+    def upgrade(self) -> list[str]:
+        """Apply pending migrations; returns the revisions applied."""
+        from alembic import command
+        from alembic.config import Config as AlembicConfig
+        from alembic.runtime.migration import MigrationContext
+        from alembic.script import ScriptDirectory
+
+        cfg = AlembicConfig()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        script = ScriptDirectory.from_config(cfg)
+        with self.engine.begin() as conn:
+            current = MigrationContext.configure(conn).get_current_revision()
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+        if current == script.get_current_head():
+            return []
+        return [r.revision for r in script.iterate_revisions("head", current)][::-1]
+
+    def ping(self) -> None:
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # -- key state ------------------------------------------------------------------------------
+    def load_states(self) -> dict[str, KeyState]:
+        with self.session() as s:
+            return {r.key: _to_state(r) for r in s.scalars(select(KeyStateRow))}
+
+    def save_cycle(
+        self,
+        states: Sequence[KeyState],
+        transitions: Sequence[Transition],
+        rollups: Iterable[Rollup],
+    ) -> None:
+        """One transaction per cycle: current states, the changes, and the hourly rollups."""
+        with self.session.begin() as s:
+            if states:
+                existing = set(s.scalars(select(KeyStateRow.key).where(KeyStateRow.key.in_([x.key for x in states]))))
+                new_rows = [_row_values(x) for x in states if x.key not in existing]
+                if new_rows:
+                    s.execute(KeyStateRow.__table__.insert(), new_rows)
+                upd = [_row_values(x, probe_only=True) for x in states if x.key in existing]
+                if upd:
+                    s.execute(update(KeyStateRow), upd)
+            if transitions:
+                s.execute(
+                    TransitionRow.__table__.insert(),
+                    [
+                        {
+                            "key": t.key, "provider": t.provider, "old": str(t.old), "new": str(t.new), "at": t.at,
+                            "http_status": t.http_status, "error_code": t.error_code,
+                            "error_message": t.error_message,
+                        }
+                        for t in transitions
+                    ],
+                )
+            rows = [r.__dict__ for r in rollups]
+            if rows:
+                self._upsert_rollups(s, rows)
+
+    def _upsert_rollups(self, s: Session, rows: list[dict[str, Any]]) -> None:
+        table = ProbeRollupRow.__table__
+        dialect = self.engine.dialect.name
+        if dialect not in ("sqlite", "postgresql"):
+            raise RuntimeError(f"unsupported database {dialect}: use SQLite or PostgreSQL")
+        ins = (sqlite.insert if dialect == "sqlite" else postgresql.insert)(table)
+        stmt = ins.on_conflict_do_update(
+            index_elements=["key", "hour", "health"],
+            set_={
+                "count": table.c.count + ins.excluded.count,
+                "latency_sum_ms": table.c.latency_sum_ms + ins.excluded.latency_sum_ms,
+                "latency_max_ms": func.max(table.c.latency_max_ms, ins.excluded.latency_max_ms)
+                if dialect == "sqlite"
+                else func.greatest(table.c.latency_max_ms, ins.excluded.latency_max_ms),
+            },
+        )
+        s.execute(stmt, rows)
+
+    def forget_keys(self, keep: Iterable[str]) -> int:
+        """Drop the current state of keys no longer in the inventory (their history stays)."""
+        keep = set(keep)
+        with self.session.begin() as s:
+            gone = [k for k in s.scalars(select(KeyStateRow.key)) if k not in keep]
+            if gone:
+                s.execute(KeyStateRow.__table__.delete().where(KeyStateRow.key.in_(gone)))
+            return len(gone)
+
+    def set_admin_state(self, key: str, state: AdminState, actor: str, reason: str, at: datetime) -> None:
+        with self.session.begin() as s:
+            s.execute(
+                update(KeyStateRow)
+                .where(KeyStateRow.key == key)
+                .values(admin_state=str(state), admin_actor=actor, admin_reason=reason, admin_changed_at=at)
+            )
+
+    def admin_info(self, key: str) -> dict[str, Any] | None:
+        with self.session() as s:
+            row = s.get(KeyStateRow, key)
+            if row is None:
+                return None
+            return {"state": row.admin_state, "actor": row.admin_actor, "reason": row.admin_reason,
+                    "changed_at": row.admin_changed_at}
+
+    # -- history --------------------------------------------------------------------------------
+    def transitions(self, key: str | None = None, since: datetime | None = None, limit: int = 1000) -> list[Transition]:
+        q = select(TransitionRow).order_by(TransitionRow.at.desc(), TransitionRow.id.desc()).limit(limit)
+        if key:
+            q = q.where(TransitionRow.key == key)
+        if since:
+            q = q.where(TransitionRow.at >= since)
+        with self.session() as s:
+            return [
+                Transition(r.key, r.provider, Health(r.old), Health(r.new), r.at, r.http_status, r.error_code,
+                           r.error_message)
+                for r in s.scalars(q)
+            ]
+
+    def record_events(self, events: Sequence[Event]) -> None:
+        if not events:
+            return
+        with self.session.begin() as s:
+            s.execute(
+                EventRow.__table__.insert(),
+                [{"at": e.at, "kind": e.kind, "key": e.key, "actor": e.actor, "message": e.message,
+                  "data": e.data} for e in events],
+            )
+
+    def events(self, key: str | None = None, since: datetime | None = None, limit: int = 1000) -> list[Event]:
+        q = select(EventRow).order_by(EventRow.at.desc(), EventRow.id.desc()).limit(limit)
+        if key:
+            q = q.where(EventRow.key == key)
+        if since:
+            q = q.where(EventRow.at >= since)
+        with self.session() as s:
+            return [Event(r.at, r.kind, r.key, r.actor, r.message, r.data or {}) for r in s.scalars(q)]
+
+    def rollups(self, key: str | None = None, since: datetime | None = None) -> list[Rollup]:
+        q = select(ProbeRollupRow).order_by(ProbeRollupRow.hour)
+        if key:
+            q = q.where(ProbeRollupRow.key == key)
+        if since:
+            q = q.where(ProbeRollupRow.hour >= since)
+        with self.session() as s:
+            return [Rollup(r.key, r.hour, r.health, r.count, r.latency_sum_ms, r.latency_max_ms) for r in s.scalars(q)]
+
+
+def _row_values(st: KeyState, probe_only: bool = False) -> dict[str, Any]:
+    rl = st.ratelimit
+    values: dict[str, Any] = {
+        "key": st.key, "provider": st.provider, "fingerprint": st.fingerprint, "masked": st.masked,
+        "health": str(st.health), "health_since": st.health_since, "last_probe_at": st.last_probe_at,
+        "consecutive": st.consecutive, "http_status": st.http_status, "error_code": st.error_code,
+        "error_message": st.error_message, "latency_ms": st.latency_ms,
+        "requests_remaining": rl.requests_remaining if rl else None,
+        "tokens_remaining": rl.tokens_remaining if rl else None,
+        "compromised": st.compromised, "compromise_reason": st.compromise_reason, "labels": st.labels,
+    }
+    if not probe_only:
+        values["admin_state"] = str(st.admin_state)
+    return values
+
+
+def _to_state(r: KeyStateRow) -> KeyState:
+    rl = (
+        RateLimit(requests_remaining=r.requests_remaining, tokens_remaining=r.tokens_remaining)
+        if r.requests_remaining is not None or r.tokens_remaining is not None
+        else None
+    )
+    return KeyState(
+        key=r.key, provider=r.provider, fingerprint=r.fingerprint, masked=r.masked, health=Health(r.health),
+        admin_state=AdminState(r.admin_state), health_since=r.health_since, last_probe_at=r.last_probe_at,
+        consecutive=r.consecutive, http_status=r.http_status, error_code=r.error_code,
+        error_message=r.error_message, latency_ms=r.latency_ms, ratelimit=rl, compromised=r.compromised,
+        compromise_reason=r.compromise_reason, labels=dict(r.labels or {}),
+    )
