@@ -22,7 +22,8 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from keywatch import __version__
-from keywatch.domain import Event, ProbeResult, Transition
+from keywatch.domain import Alert, Event, ProbeResult, Transition
+from keywatch.extensions import DAEMON_EXTENSIONS
 from keywatch.engine.prober import AdapterSet, Prober, make_http_client
 from keywatch.engine.state import StateTracker
 from keywatch.metrics import Metrics
@@ -65,6 +66,15 @@ class CycleReport:
 
 CycleHook = Callable[["Daemon", CycleReport], Awaitable[None]]
 TransitionListener = Callable[[Transition], None]
+AlertEmitter = Callable[[Alert], Awaitable[None]]
+
+
+async def log_alert(alert: Alert) -> None:
+    """Where alerts go when no alert pipeline is configured: the log."""
+    (log.warning if alert.firing else log.info)(
+        "alert", identity=alert.identity, severity=str(alert.severity), firing=alert.firing, title=alert.title,
+        summary=alert.summary, key=alert.key, provider=alert.provider,
+    )
 
 
 class Daemon:
@@ -76,6 +86,9 @@ class Daemon:
         self.tracker = StateTracker()
         self.cycle_hooks: list[CycleHook] = []
         self.transition_listeners: list[TransitionListener] = []
+        self.alert_emitter: AlertEmitter = log_alert
+        self.background: list[asyncio.Task[Any]] = []
+        self.extensions: list[Any] = []
         self.first_cycle_done = False
         self.db_ok = False
         self.cycles = 0
@@ -143,6 +156,7 @@ class Daemon:
         self.store = Store(url)
         await self._ensure_db()
         self._web = WebServer(inventory.config.daemon.listen, self.metrics.registry, self.readiness)
+        await self._setup_extensions()
         await self._web.start()
         self._scheduler = AsyncIOScheduler(timezone=UTC)
         probe = inventory.config.probe
@@ -155,6 +169,25 @@ class Daemon:
                                           f"keywatch {__version__} started with {len(inventory.keys)} keys"))
         log.info("started", version=__version__, keys=len(inventory.keys), listen=f"{self._web.host}:{self.web_port}",
                  database=describe_url(url), interval_s=probe.interval, concurrency=probe.concurrency)
+
+    async def _setup_extensions(self) -> None:
+        import importlib
+
+        for name in DAEMON_EXTENSIONS:
+            module = importlib.import_module(name)
+            await module.setup(self)
+            self.extensions.append(module)
+
+    async def emit_alert(self, alert: Alert) -> None:
+        """Raise or resolve an alert; never raises (a sink outage must not stop detection)."""
+        try:
+            await self.alert_emitter(alert)
+        except Exception:
+            log.exception("alert_emit_failed", identity=alert.identity)
+
+    @property
+    def scheduler(self) -> AsyncIOScheduler | None:
+        return self._scheduler
 
     @staticmethod
     def _trigger(interval: float, jitter: float) -> IntervalTrigger:
@@ -197,6 +230,15 @@ class Daemon:
                 log.warning("drain_timeout", waited_s=grace)
                 current.cancel()
         await self._persist([])
+        for module in reversed(self.extensions):
+            teardown = getattr(module, "teardown", None)
+            if teardown is not None:
+                try:
+                    await teardown(self)
+                except Exception:
+                    log.exception("extension_teardown_failed", extension=module.__name__)
+        for task in self.background:
+            task.cancel()
         if self._web is not None:
             await self._web.stop()
         if self._adapters is not None:

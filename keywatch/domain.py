@@ -152,3 +152,26 @@ class Event:
     actor: str
     message: str
     data: dict[str, Any] = field(default_factory=dict)
+
+
+class Severity(StrEnum):
+    INFO = "info"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """Something a person should hear about. `identity` names what and which (dedup key), e.g.
+    `key_health:openai-prod` or `provider_outage:openai`; the same identity firing again is a repeat."""
+
+    identity: str
+    severity: Severity
+    firing: bool  # False: resolved
+    title: str
+    summary: str
+    at: datetime
+    key: str | None = None
+    provider: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)  # routing: team, env, ...
+    fields: dict[str, str] = field(default_factory=dict)  # health, transition, masked, fingerprint, action ...
