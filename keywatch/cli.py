@@ -66,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop after this many seconds (default: until Ctrl-C)")
     p.add_argument("--interval", default="5s", help="probe interval (default 5s)")
     p.add_argument("--listen", default="127.0.0.1:9464", help="where /metrics is served (default 127.0.0.1:9464)")
+
+    import importlib
+
+    from keywatch.extensions import CLI_EXTENSIONS
+
+    for name in CLI_EXTENSIONS:
+        importlib.import_module(name).add_commands(sub)
     return parser
 
 
@@ -93,6 +100,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     from keywatch import logging as kwlog
 
+    if getattr(args, "handler", None) is not None:
+        kwlog.setup("auto", "warning")
+        return args.handler(args)
     if args.command == "run":
         from keywatch.daemon import Daemon
         from keywatch.settings import load
