@@ -6,6 +6,7 @@ Nothing here does I/O; every other module speaks in these types.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -50,12 +51,17 @@ def fingerprint(secret: str) -> str:
     return "sha256:" + hashlib.sha256(secret.encode()).hexdigest()[:12]
 
 
+_PUBLIC_PREFIX = re.compile(
+    r"^(sk-(?:proj|svcacct|admin|service)-|sk-ant-(?:api|admin)\d\d-|sk-or-v1-|sk-|AKIA|ASIA|ABIA|ACCA)"
+)
+
+
 def mask(secret: str) -> str:
-    """`sk-proj-...GDYA`: enough for a person to recognise a key, too little to use it."""
+    """`sk-proj-...GDYA`: the provider's public prefix and the last four characters, as providers show them."""
     if len(secret) <= 12:
         return "****"
-    dash = secret.rfind("-", 0, 16)
-    prefix = secret[: dash + 1] if dash >= 2 else secret[:3]
+    m = _PUBLIC_PREFIX.match(secret)
+    prefix = m.group(1) if m else secret[:2]
     return f"{prefix}...{secret[-4:]}"
 
 

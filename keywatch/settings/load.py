@@ -146,6 +146,8 @@ def build_inventory(config: Config, source: str) -> Inventory:
         )
     keys: list[ManagedKey] = []
     for i, k in enumerate(config.keys):
+        if not k.enabled:
+            continue  # a disabled key's secret may be gone already; it is not needed
         if secrets.scheme_of(k.secret) == "azure" and k.provider != "azure_openai":
             problems.append(f"keys[{i}].secret: key {k.name!r}: azure: references work only for azure_openai keys")
             continue
@@ -157,8 +159,6 @@ def build_inventory(config: Config, source: str) -> Inventory:
             exclude={"name", "provider", "secret", "base_url", "probe", "model", "labels", "account", "enabled"},
             exclude_none=True,
         )
-        if not k.enabled:
-            continue
         keys.append(
             ManagedKey(
                 name=k.name, provider=k.provider, secret=secret, secret_ref=k.secret,
