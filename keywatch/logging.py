@@ -66,7 +66,7 @@ def setup(fmt: str = "auto", level: str = "info", stream: Any = None) -> None:
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             _format_exc_redacted if use_json else _noop,
             redact_processor,
-            renderer,
+            _redacting(renderer),
         ],
     )
     handler = logging.StreamHandler(stream)
@@ -77,6 +77,15 @@ def setup(fmt: str = "auto", level: str = "info", stream: Any = None) -> None:
     for noisy in ("apscheduler", "aiohttp.access", "httpx", "httpx2", "httpcore", "openai", "alembic", "botocore",
                   "urllib3", "azure"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+def _redacting(renderer: Any) -> Any:
+    """Mask the rendered line too: console renderers format tracebacks after the processors ran."""
+
+    def render(logger: Any, name: str, event_dict: dict[str, Any]) -> str:
+        return REGISTRY.redact(renderer(logger, name, event_dict))
+
+    return render
 
 
 def _noop(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:

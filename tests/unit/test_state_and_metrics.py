@@ -1,0 +1,78 @@
+"""The in-memory state: transitions only on change, and metrics built from it at scrape time."""
+
+from datetime import UTC, datetime, timedelta
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+from keywatch.domain import Health, ProbeResult, RateLimit
+from keywatch.engine.state import StateTracker
+from keywatch.metrics import Metrics
+from keywatch.providers.base import ManagedKey
+from keywatch.settings.secrets import Secret
+
+T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+
+def key(name: str, secret: str = "sk-proj-aaaaaaaaaaaaaaaaaaaa1111", **labels: str) -> ManagedKey:
+    return ManagedKey(name=name, provider="openai", secret=Secret(secret), secret_ref="env:X", labels=labels)
+
+
+def result(name: str, health: Health, at: datetime, **kw) -> ProbeResult:
+    return ProbeResult(key=name, provider="openai", health=health, checked_at=at, latency_ms=12.0, **kw)
+
+
+def test_transitions_only_on_change_and_consecutive_counts() -> None:
+    t = StateTracker()
+    t.sync_inventory([key("a")])
+    first = t.apply(result("a", Health.HEALTHY, T0))
+    assert first is not None and first.old is Health.UNKNOWN and first.new is Health.HEALTHY
+    assert t.apply(result("a", Health.HEALTHY, T0 + timedelta(minutes=5))) is None
+    assert t.states["a"].consecutive == 2
+    change = t.apply(result("a", Health.INVALID, T0 + timedelta(minutes=10), http_status=401))
+    assert change is not None and (change.old, change.new) == (Health.HEALTHY, Health.INVALID)
+    st = t.states["a"]
+    assert st.consecutive == 1 and st.health_since == T0 + timedelta(minutes=10) and st.http_status == 401
+
+
+def test_rollups_aggregate_per_hour_and_health_and_drain_once() -> None:
+    t = StateTracker()
+    t.sync_inventory([key("a")])
+    for i in range(6):
+        t.apply(result("a", Health.HEALTHY, T0 + timedelta(minutes=10 * i)))
+    states, rollups = t.drain()
+    assert [s.key for s in states] == ["a"]
+    by_hour = {(r.hour, r.health): r.count for r in rollups}
+    assert by_hour == {(T0, "healthy"): 6}
+    assert t.drain() == ([], [])
+
+
+def test_new_secret_under_same_name_resets_health() -> None:
+    t = StateTracker()
+    t.sync_inventory([key("a")])
+    t.apply(result("a", Health.INVALID, T0))
+    t.sync_inventory([key("a", secret="sk-proj-bbbbbbbbbbbbbbbbbbbb2222")])
+    assert t.states["a"].health is Health.UNKNOWN
+
+
+def test_removed_key_leaves_no_series() -> None:
+    t = StateTracker()
+    t.sync_inventory([key("a", team="search"), key("b")])
+    t.apply(result("a", Health.RATE_LIMITED, T0, ratelimit=RateLimit(requests_remaining=0, tokens_remaining=5)))
+    t.apply(result("b", Health.QUOTA_EXHAUSTED, T0))
+    m = Metrics(CollectorRegistry())
+    m.attach_state(t.snapshot)
+    r = m.registry
+    assert r.get_sample_value("keywatch_key_up", {"key": "a", "provider": "openai"}) == 1.0
+    assert r.get_sample_value("keywatch_key_up", {"key": "b", "provider": "openai"}) == 0.0
+    assert r.get_sample_value("keywatch_key_health",
+                              {"key": "b", "provider": "openai", "health": "quota_exhausted"}) == 1.0
+    assert r.get_sample_value("keywatch_key_health", {"key": "b", "provider": "openai", "health": "healthy"}) == 0.0
+    assert r.get_sample_value("keywatch_key_ratelimit_remaining",
+                              {"key": "a", "provider": "openai", "resource": "tokens"}) == 5.0
+    assert r.get_sample_value("keywatch_key_labels", {"key": "a", "provider": "openai", "label_team": "search"}) == 1
+    assert r.get_sample_value("keywatch_key_last_probe_timestamp_seconds",
+                              {"key": "a", "provider": "openai"}) == T0.timestamp()
+    t.sync_inventory([key("a", team="search")])
+    text = generate_latest(r).decode()
+    assert 'key="b"' not in text
+    assert "sk-proj" not in text
