@@ -1,0 +1,248 @@
+"""Anthropic: a zero-token probe on `GET /v1/models`, and key management through the Admin API.
+
+The probe proves authentication only: exhausted credit shows on billable calls, so a key that lists
+models may still be out of credit. Out of credit has been observed both as the documented 402
+`billing_error` and as a 400 "credit balance is too low"; both count, any other 400 is ours to fix.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any, ClassVar
+
+import httpx2
+
+from keywatch.domain import Health, ProbeResult
+from keywatch.providers import mgmt
+from keywatch.providers.base import (
+    Account,
+    Capability,
+    KeyMetadata,
+    ManagedKey,
+    ProviderActionError,
+    ProviderAdapter,
+)
+from keywatch.providers.errors import (
+    anthropic_ratelimit,
+    classify_transport_error,
+    error_fields,
+    json_or_none,
+)
+from keywatch.providers.errors import retry_after as retry_after_header
+
+API_VERSION = "2023-06-01"
+DEFAULT_BASE_URL = "https://api.anthropic.com"
+
+# Words of a refusal that is about money, not about speed: the key stays refused until someone pays.
+CREDIT_WORDS = re.compile(
+    r"credit balance is too low|spend(?:ing)? limit|usage limits?|purchase credits", re.IGNORECASE
+)
+
+
+def classify_anthropic_error(status: int, err_type: str | None, message: str | None) -> Health:
+    """The documented table plus the observed out-of-credit 400; 5xx and 529 never blame the key."""
+    money = bool(message and CREDIT_WORDS.search(message))
+    if status >= 500:
+        return Health.PROVIDER_ERROR
+    if status == 401:
+        return Health.INVALID
+    if status == 402:
+        return Health.QUOTA_EXHAUSTED
+    if status == 400:
+        return Health.QUOTA_EXHAUSTED if money or err_type == "billing_error" else Health.PROVIDER_ERROR
+    if status == 403:
+        return Health.FORBIDDEN
+    if status == 429:
+        return Health.QUOTA_EXHAUSTED if money else Health.RATE_LIMITED
+    return Health.PROVIDER_ERROR  # 404 wrong base URL, 413 ...: the probe's or the config's fault
+
+
+class AnthropicAdapter(ProviderAdapter):
+    name = "anthropic"
+    capabilities: ClassVar[frozenset[Capability]] = frozenset(
+        {
+            Capability.PROBE,
+            Capability.METADATA,
+            Capability.DISABLE,
+            Capability.ENABLE,
+            Capability.REVOKE,
+            Capability.USAGE,
+        }
+    )
+    notes: ClassVar[dict[str, str]] = {
+        "probe": "GET /v1/models, zero tokens; proves authentication only; exhausted credit shows on "
+        'billable calls (402, or 400 "credit balance is too low")',
+        "metadata": "Admin API: name, status (active/inactive/archived/expired), created_at, workspace; "
+        "no last-used time",
+        "disable": "Admin API: status inactive (reversible)",
+        "enable": "Admin API: status active",
+        "create": "no Admin API endpoint creates API keys: a person creates one in the Console",
+        "revoke": "Admin API: status archived (irreversible; needs allow_destructive on the account)",
+        "usage": "Admin API usage_report/messages per key (tokens); cost_report per workspace only, "
+        "in cents; no API for the prepaid credit balance",
+    }
+    least_privilege: ClassVar[str] = (
+        "Admin API key (sk-ant-admin01-...), which only an organization admin can create; "
+        "Anthropic admin keys have no narrower scope"
+    )
+
+    def __init__(
+        self, http: httpx2.AsyncClient, accounts: dict[str, Account] | None = None, **kw: Any
+    ) -> None:
+        super().__init__(http, accounts, **kw)
+        self._ids: dict[tuple[str, str], str] = {}
+
+    # -- probe ------------------------------------------------------------------------------------
+    async def probe(self, key: ManagedKey) -> ProbeResult:
+        started = time.perf_counter()
+        if key.secret is None:
+            return self.result(
+                key,
+                Health.PROVIDER_ERROR,
+                started,
+                error_code="no_secret",
+                error_message="the key has no secret to probe with",
+            )
+        base = (key.base_url or DEFAULT_BASE_URL).rstrip("/")
+        try:
+            response = await self.http.get(
+                f"{base}/v1/models",
+                params={"limit": 1},
+                headers={"x-api-key": key.secret.reveal(), "anthropic-version": API_VERSION},
+                timeout=self.timeout,
+            )
+        except httpx2.HTTPError as exc:
+            health, code = classify_transport_error(exc)
+            return self.result(
+                key, health, started, error_code=code, error_message=_transport_message(exc, self)
+            )
+        body = json_or_none(response)
+        ratelimit = anthropic_ratelimit(response.headers)
+        if response.status_code >= 300:
+            err_type, _, message = error_fields(body)
+            health = classify_anthropic_error(response.status_code, err_type, message)
+            return self.result(
+                key,
+                health,
+                started,
+                http_status=response.status_code,
+                error_code=err_type or f"http_{response.status_code}",
+                error_message=message or response.reason_phrase,
+                ratelimit=ratelimit,
+                retry_after_seconds=retry_after_header(response.headers),
+            )
+        if not isinstance(body, dict) or not isinstance(body.get("data"), list):
+            return self.result(
+                key,
+                Health.PROVIDER_ERROR,
+                started,
+                http_status=response.status_code,
+                error_code="bad_response",
+                error_message="the model list is not the documented shape",
+            )
+        return self.result(
+            key, Health.HEALTHY, started, http_status=response.status_code, ratelimit=ratelimit
+        )
+
+    # -- admin API --------------------------------------------------------------------------------
+    async def metadata(self, key: ManagedKey) -> KeyMetadata:
+        return _metadata(await self._find(key))
+
+    async def disable(self, key: ManagedKey) -> None:
+        await self._set_status(key, "inactive")
+
+    async def enable(self, key: ManagedKey) -> None:
+        await self._set_status(key, "active")
+
+    async def revoke(self, key: ManagedKey) -> None:
+        """Archive the key: Anthropic offers no way back, hence the account's explicit opt-in."""
+        mgmt.require_destructive(self.account_for(key), key, "archiving an Anthropic key")
+        await self._set_status(key, "archived")
+
+    async def _set_status(self, key: ManagedKey, status: str) -> None:
+        record = await self._find(key)
+        if record.get("status") == status:
+            return
+        if record.get("status") in ("archived", "expired") and status != "archived":
+            raise ProviderActionError(
+                f"key {key.name}: the Anthropic key is {record.get('status')} and cannot be made {status}",
+                permanent=True,
+            )
+        await self._admin(
+            key,
+            "POST",
+            f"/v1/organizations/api_keys/{record['id']}",
+            what=f"set Anthropic key {key.name} {status}",
+            json={"status": status},
+        )
+
+    async def _find(self, key: ManagedKey) -> dict[str, Any]:
+        """The Admin API record of `key`; its id is remembered so later calls read one record, not a list."""
+        known = key.options.get("provider_key_id") or self._ids.get((key.name, key.fingerprint))
+        if known:
+            record = await self._admin(
+                key, "GET", f"/v1/organizations/api_keys/{known}", what=f"read Anthropic key {key.name}"
+            )
+            if not isinstance(record, dict) or not record.get("id"):
+                raise ProviderActionError(f"read Anthropic key {key.name}: the answer is not a key object")
+            return record
+        records: list[dict[str, Any]] = []
+        params: dict[str, Any] = {"limit": 1000}
+        for _ in range(1000):
+            page = await self._admin(
+                key, "GET", "/v1/organizations/api_keys", what="list Anthropic keys", params=params
+            )
+            data = page.get("data") if isinstance(page, dict) else None
+            if not isinstance(data, list):
+                raise ProviderActionError("list Anthropic keys: the answer is not the documented list shape")
+            records += [r for r in data if isinstance(r, dict) and r.get("id")]
+            if not page.get("has_more") or not page.get("last_id"):
+                break
+            params = {"limit": 1000, "after_id": page["last_id"]}
+        record = mgmt.pick_one(
+            records,
+            key,
+            hint_of=lambda r: r.get("partial_key_hint"),
+            name_of=lambda r: r.get("name"),
+            provider="Anthropic",
+        )
+        self._ids[(key.name, key.fingerprint)] = record["id"]
+        return record
+
+    async def _admin(self, key: ManagedKey, method: str, path: str, *, what: str, **kw: Any) -> Any:
+        account = self.account_for(key)
+        secret = mgmt.admin_secret(account, what)
+        base = (account.base_url or key.base_url or DEFAULT_BASE_URL).rstrip("/")
+        secrets = [secret] + ([key.secret.reveal()] if key.secret else [])
+        return await mgmt.call(
+            self.http,
+            method,
+            base + path,
+            headers={"x-api-key": secret, "anthropic-version": API_VERSION},
+            what=what,
+            timeout=self.timeout,
+            secrets=secrets,
+            **kw,
+        )
+
+
+def _metadata(record: dict[str, Any]) -> KeyMetadata:
+    details = {k: record.get(k) for k in ("workspace_id", "partial_key_hint") if record.get(k) is not None}
+    expires = mgmt.parse_time(record.get("expires_at"))
+    if expires is not None:
+        details["expires_at"] = expires.isoformat()
+    return KeyMetadata(
+        provider_key_id=record.get("id"),
+        name=record.get("name"),
+        status=record.get("status"),
+        created_at=mgmt.parse_time(record.get("created_at")),
+        last_used_at=None,
+        details=details,
+    )
+
+
+def _transport_message(exc: BaseException, adapter: ProviderAdapter) -> str:
+    if isinstance(exc, httpx2.TimeoutException):
+        return f"no answer within {adapter.timeout:g}s"
+    return f"{type(exc).__name__}: {exc}"

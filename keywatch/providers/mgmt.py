@@ -1,0 +1,172 @@
+"""Pieces the management side of the HTTP adapters share: finding the provider's record of a key,
+calling a management endpoint, and reading the provider's timestamps.
+
+A management call is an action on a key, so its failures are ProviderActionError with an honest
+`permanent` flag (a refused credential stays refused; an outage passes), and their text is masked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any, TypeVar
+
+import httpx2
+
+from keywatch.providers.base import Account, ManagedKey, ProviderActionError
+from keywatch.providers.errors import error_fields, json_or_none
+from keywatch.redact import redact_text
+
+T = TypeVar("T")
+
+# Answers after which retrying the same call cannot succeed without a person changing something.
+PERMANENT_STATUSES = frozenset({400, 401, 403, 404, 405, 409, 410, 422})
+
+
+def hint_matches(hint: str | None, secret: str) -> bool:
+    """True when a provider's redacted form (`sk-ant-api03-R2D...igAA`) fits `secret`.
+
+    Providers show a prefix and a suffix joined by an ellipsis; both parts must match, and a hint
+    without an ellipsis (or with empty parts) matches nothing rather than everything.
+    """
+    if not hint:
+        return False
+    for sep in ("...", "…", "***", "**"):
+        if sep in hint:
+            prefix, _, suffix = hint.partition(sep)
+            suffix = suffix.lstrip(sep[0])
+            if len(prefix) < 3 or not suffix:
+                return False
+            return secret.startswith(prefix) and secret.endswith(suffix)
+    return False
+
+
+def pick_one(
+    candidates: Iterable[T],
+    key: ManagedKey,
+    *,
+    hint_of: Callable[[T], str | None],
+    name_of: Callable[[T], str | None],
+    provider: str,
+) -> T:
+    """The provider record of `key`: by redacted hint first (narrowed by name when ambiguous), else by name.
+
+    An ambiguous or absent match is a permanent error that tells the operator to set `provider_key_id`,
+    never a guess: acting on the wrong key would be worse than not acting.
+    """
+    items = list(candidates)
+    secret = key.secret.reveal() if key.secret else ""
+    by_hint = [c for c in items if secret and hint_matches(hint_of(c), secret)]
+    if len(by_hint) > 1:
+        by_hint = [c for c in by_hint if name_of(c) == key.name]
+    if len(by_hint) == 1:
+        return by_hint[0]
+    if not by_hint:
+        by_name = [c for c in items if name_of(c) == key.name]
+        if len(by_name) == 1:
+            return by_name[0]
+        if len(by_name) > 1:
+            raise ProviderActionError(
+                f"key {key.name}: {len(by_name)} {provider} keys are named {key.name!r}; "
+                "set provider_key_id on the key to say which one",
+                permanent=True,
+            )
+        raise ProviderActionError(
+            f"key {key.name}: no {provider} key matches {key.masked} (by its redacted hint) or the name "
+            f"{key.name!r} among {len(items)} keys of the account; set provider_key_id on the key",
+            permanent=True,
+        )
+    raise ProviderActionError(
+        f"key {key.name}: {len(by_hint)} {provider} keys match {key.masked}; set provider_key_id on the key",
+        permanent=True,
+    )
+
+
+def admin_secret(account: Account, what: str) -> str:
+    if account.admin_secret is None:
+        raise ProviderActionError(
+            f"account {account.name}: {what} needs admin_secret (the management key) on the account",
+            permanent=True,
+        )
+    return account.admin_secret.reveal()
+
+
+def require_destructive(account: Account, key: ManagedKey, what: str) -> None:
+    if not account.allow_destructive:
+        raise ProviderActionError(
+            f"key {key.name}: {what} cannot be undone; set allow_destructive = true on account "
+            f"{account.name} to allow it",
+            permanent=True,
+        )
+
+
+async def call(
+    http: httpx2.AsyncClient,
+    method: str,
+    url: str,
+    *,
+    headers: dict[str, str],
+    what: str,
+    timeout: float,
+    secrets: Iterable[str] = (),
+    json: Any = None,
+    params: dict[str, Any] | None = None,
+) -> Any:
+    """One management request; the decoded JSON body, or ProviderActionError naming `what` failed and why."""
+    secrets = list(secrets)
+    try:
+        response = await http.request(method, url, headers=headers, json=json, params=params, timeout=timeout)
+    except httpx2.TimeoutException:
+        raise ProviderActionError(f"{what}: no answer within {timeout:g}s", permanent=False) from None
+    except httpx2.TransportError as exc:
+        raise ProviderActionError(
+            redact_text(f"{what}: cannot reach the provider ({type(exc).__name__})", secrets), permanent=False
+        ) from None
+    body = json_or_none(response)
+    if response.status_code >= 300:
+        _, _, message = error_fields(body)
+        detail = message or response.reason_phrase or ""
+        raise ProviderActionError(
+            redact_text(f"{what}: HTTP {response.status_code} {detail}".strip()[:400], secrets),
+            permanent=response.status_code in PERMANENT_STATUSES,
+            status=response.status_code,
+        )
+    if response.status_code == 204 or not response.content:
+        return None
+    if body is None:
+        raise ProviderActionError(
+            f"{what}: the answer is not JSON", permanent=False, status=response.status_code
+        )
+    return body
+
+
+def parse_time(value: Any) -> datetime | None:
+    """RFC 3339 strings and unix seconds, as providers give them; anything else is unknown (None)."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return datetime.fromtimestamp(value, UTC)
+    if isinstance(value, str):
+        try:
+            at = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        return at if at.tzinfo else at.replace(tzinfo=UTC)
+    return None
+
+
+def decimal_or_none(value: Any) -> Decimal | None:
+    """Money as Decimal; a bool, a container or a word is not an amount."""
+    if value is None or isinstance(value, bool | dict | list):
+        return None
+    try:
+        d = Decimal(str(value))
+    except InvalidOperation:
+        return None
+    return d if d.is_finite() else None
+
+
+def amount_str(value: Any) -> str | None:
+    d = decimal_or_none(value)
+    return None if d is None else str(d)
