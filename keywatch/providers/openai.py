@@ -88,7 +88,6 @@ class OpenAIAdapter(ProviderAdapter):
                 )
             else:
                 raw = await client.models.with_raw_response.list()
-            body = raw.parse()
         except openai.APIStatusError as exc:
             headers = exc.response.headers
             health = classify_openai_error(exc.status_code, exc.code, exc.type)
@@ -109,9 +108,15 @@ class OpenAIAdapter(ProviderAdapter):
         except openai.APIResponseValidationError as exc:
             return self.result(key, Health.PROVIDER_ERROR, started, http_status=exc.status_code,
                                error_code="bad_response", error_message="the answer is not the documented shape")
-        if key.probe != "completion" and not hasattr(body, "data"):
+        try:
+            body = raw.parse()
+        except Exception:  # HTML from a proxy, a captive portal ...: the SDK cannot read it
+            body = None
+        expected = "choices" if key.probe == "completion" else "data"
+        if not isinstance(getattr(body, expected, None), list):
             return self.result(key, Health.PROVIDER_ERROR, started, http_status=raw.status_code,
-                               error_code="bad_response", error_message="the model list is not the documented shape")
+                               error_code="bad_response",
+                               error_message=f"the answer has no `{expected}` list: not the documented shape")
         return self.result(key, Health.HEALTHY, started, http_status=raw.status_code,
                            ratelimit=openai_ratelimit(raw.headers))
 

@@ -1,0 +1,57 @@
+"""Shared fixtures: the provider simulator (a real HTTP server on loopback) and config writing."""
+
+from __future__ import annotations
+
+import itertools
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from keywatch.sim.server import SimulatorThread
+
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def sim() -> Iterator[SimulatorThread]:
+    with SimulatorThread() as s:
+        yield s
+
+
+def unique_secret(prefix: str = "sk-proj-") -> str:
+    n = next(_counter)
+    return f"{prefix}{'kwtest' * 6}{n:06d}Zq9X"
+
+
+@pytest.fixture
+def secret_factory():
+    return unique_secret
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def toml_config(keys: list[dict], *, db: Path, listen: str | None = None, interval: str = "2s",
+                timeout: str = "2s", concurrency: int = 8, extra: str = "") -> str:
+    lines = ["[daemon]", f'database = "sqlite:///{db}"', f'listen = "{listen or f"127.0.0.1:{free_port()}"}"',
+             "[probe]", f'interval = "{interval}"', f'timeout = "{timeout}"', f"concurrency = {concurrency}",
+             "jitter = 0", ""]
+    for k in keys:
+        lines.append("[[keys]]")
+        for field, value in k.items():
+            if isinstance(value, dict):
+                inner = ", ".join(f'{a} = "{b}"' for a, b in value.items())
+                lines.append(f"{field} = {{ {inner} }}")
+            else:
+                lines.append(f'{field} = "{value}"')
+        lines.append("")
+    return "\n".join(lines) + extra
+
+
+PYTHON = sys.executable
