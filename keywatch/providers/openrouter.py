@@ -1,0 +1,261 @@
+"""OpenRouter: `GET /key` is a zero-token probe that also reports the key's spend and limit in USD;
+a management key (the account's admin_secret) finds, disables, enables, creates and deletes keys.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, ClassVar
+
+import httpx2
+
+from keywatch.domain import Health, ProbeResult
+from keywatch.providers import mgmt
+from keywatch.providers.base import (
+    Account,
+    Capability,
+    KeyMetadata,
+    ManagedKey,
+    ProviderActionError,
+    ProviderAdapter,
+)
+from keywatch.providers.errors import (
+    classify_status,
+    classify_transport_error,
+    error_fields,
+    json_or_none,
+    openai_ratelimit,
+    retry_after,
+)
+from keywatch.settings.secrets import Secret
+
+DEFAULT_BASE_URL = "https://openrouter.ai/api/v1"
+FIGURES = ("usage", "usage_daily", "usage_weekly", "usage_monthly", "limit", "limit_remaining")
+
+
+class OpenRouterAdapter(ProviderAdapter):
+    name = "openrouter"
+    capabilities: ClassVar[frozenset[Capability]] = frozenset(
+        {
+            Capability.PROBE,
+            Capability.METADATA,
+            Capability.DISABLE,
+            Capability.ENABLE,
+            Capability.CREATE,
+            Capability.REVOKE,
+            Capability.USAGE,
+        }
+    )
+    notes: ClassVar[dict[str, str]] = {
+        "probe": "GET /key, zero tokens; also reports usage, limit and limit_remaining (USD); "
+        "limit_remaining <= 0 is quota_exhausted",
+        "metadata": "management key: GET /keys/{hash}: name, disabled, created_at, usage and limit; "
+        "no last-used time",
+        "disable": 'management key: PATCH /keys/{hash} {"disabled": true} (reversible)',
+        "enable": 'management key: PATCH /keys/{hash} {"disabled": false}',
+        "create": "management key: POST /keys (same limit as the key it replaces)",
+        "revoke": "management key: DELETE /keys/{hash} (irreversible; needs allow_destructive on the "
+        "account)",
+        "usage": "per key from GET /key (usage, daily/weekly/monthly, USD); account credits from "
+        "GET /credits",
+    }
+    least_privilege: ClassVar[str] = (
+        "a management (provisioning) key; it cannot call models, and OpenRouter offers no narrower role"
+    )
+
+    def __init__(
+        self, http: httpx2.AsyncClient, accounts: dict[str, Account] | None = None, **kw: Any
+    ) -> None:
+        super().__init__(http, accounts, **kw)
+        self._hashes: dict[tuple[str, str], str] = {}
+
+    # -- probe ------------------------------------------------------------------------------------
+    async def probe(self, key: ManagedKey) -> ProbeResult:
+        started = time.perf_counter()
+        if key.secret is None:
+            return self.result(
+                key,
+                Health.PROVIDER_ERROR,
+                started,
+                error_code="no_secret",
+                error_message="the key has no secret to probe with",
+            )
+        base = (key.base_url or DEFAULT_BASE_URL).rstrip("/")
+        try:
+            response = await self.http.get(
+                f"{base}/key",
+                headers={"Authorization": f"Bearer {key.secret.reveal()}"},
+                timeout=self.timeout,
+            )
+        except httpx2.HTTPError as exc:
+            health, code = classify_transport_error(exc)
+            message = (
+                f"no answer within {self.timeout:g}s" if code == "timeout" else f"{type(exc).__name__}: {exc}"
+            )
+            return self.result(key, health, started, error_code=code, error_message=message)
+        body = json_or_none(response)
+        ratelimit = openai_ratelimit(response.headers)
+        if response.status_code >= 300:
+            _, code, message = error_fields(body)
+            health = classify_status(response.status_code)
+            return self.result(
+                key,
+                health,
+                started,
+                http_status=response.status_code,
+                error_code=code or f"http_{response.status_code}",
+                error_message=message or response.reason_phrase,
+                ratelimit=ratelimit,
+                retry_after_seconds=retry_after(response.headers),
+            )
+        data = body.get("data") if isinstance(body, dict) else None
+        if not isinstance(data, dict) or "limit_remaining" not in data or "usage" not in data:
+            return self.result(
+                key,
+                Health.PROVIDER_ERROR,
+                started,
+                http_status=response.status_code,
+                error_code="bad_response",
+                error_message="the key info is not the documented shape",
+            )
+        details: dict[str, Any] = {f: mgmt.amount_str(data.get(f)) for f in FIGURES}
+        details["currency"] = "USD"
+        for f in ("limit_reset", "is_free_tier", "label"):
+            if data.get(f) is not None:
+                details[f] = data[f]
+        remaining = mgmt.decimal_or_none(data.get("limit_remaining"))
+        if data.get("limit_remaining") is not None and remaining is None:
+            return self.result(
+                key,
+                Health.PROVIDER_ERROR,
+                started,
+                http_status=response.status_code,
+                error_code="bad_response",
+                error_message="limit_remaining is not a number",
+            )
+        if remaining is not None and remaining <= 0:
+            return self.result(
+                key,
+                Health.QUOTA_EXHAUSTED,
+                started,
+                http_status=response.status_code,
+                error_code="limit_reached",
+                ratelimit=ratelimit,
+                error_message=f"the key's limit of {details['limit']} USD is used up",
+                **details,
+            )
+        return self.result(
+            key, Health.HEALTHY, started, http_status=response.status_code, ratelimit=ratelimit, **details
+        )
+
+    # -- management key ---------------------------------------------------------------------------
+    async def metadata(self, key: ManagedKey) -> KeyMetadata:
+        return _metadata(await self._find(key))
+
+    async def disable(self, key: ManagedKey) -> None:
+        await self._set_disabled(key, True)
+
+    async def enable(self, key: ManagedKey) -> None:
+        await self._set_disabled(key, False)
+
+    async def revoke(self, key: ManagedKey) -> None:
+        """Delete the key: there is no undelete, hence the account's explicit opt-in."""
+        mgmt.require_destructive(self.account_for(key), key, "deleting an OpenRouter key")
+        record = await self._find(key)
+        await self._manage(key, "DELETE", f"/keys/{record['hash']}", what=f"delete OpenRouter key {key.name}")
+        self._hashes.pop((key.name, key.fingerprint), None)
+
+    async def create(self, key: ManagedKey, *, name: str) -> tuple[KeyMetadata, Secret]:
+        """A new key on `key`'s account with the same limit, for rotation; the secret is returned once."""
+        current = await self._find(key)
+        payload: dict[str, Any] = {"name": name}
+        if current.get("limit") is not None:
+            payload["limit"] = current["limit"]
+        if current.get("limit_reset"):
+            payload["limit_reset"] = current["limit_reset"]
+        body = await self._manage(key, "POST", "/keys", what=f"create OpenRouter key {name}", json=payload)
+        data = body.get("data") if isinstance(body, dict) else None
+        value = body.get("key") if isinstance(body, dict) else None
+        if not isinstance(data, dict) or not isinstance(value, str) or not value:
+            raise ProviderActionError(f"create OpenRouter key {name}: the answer carries no key")
+        return _metadata(data), Secret(value)
+
+    async def _set_disabled(self, key: ManagedKey, disabled: bool) -> None:
+        record = await self._find(key)
+        if bool(record.get("disabled")) is disabled:
+            return
+        await self._manage(
+            key,
+            "PATCH",
+            f"/keys/{record['hash']}",
+            what=f"{'disable' if disabled else 'enable'} OpenRouter key {key.name}",
+            json={"disabled": disabled},
+        )
+
+    async def _find(self, key: ManagedKey) -> dict[str, Any]:
+        known = key.options.get("provider_key_id") or self._hashes.get((key.name, key.fingerprint))
+        if known:
+            body = await self._manage(key, "GET", f"/keys/{known}", what=f"read OpenRouter key {key.name}")
+            data = body.get("data") if isinstance(body, dict) else None
+            if not isinstance(data, dict):
+                raise ProviderActionError(f"read OpenRouter key {key.name}: the answer is not a key object")
+            data.setdefault("hash", known)
+            return data
+        records: list[dict[str, Any]] = []
+        offset = 0
+        for _ in range(1000):
+            body = await self._manage(
+                key,
+                "GET",
+                "/keys",
+                what="list OpenRouter keys",
+                params={"include_disabled": "true", "offset": offset},
+            )
+            data = body.get("data") if isinstance(body, dict) else None
+            if not isinstance(data, list):
+                raise ProviderActionError("list OpenRouter keys: the answer is not the documented list shape")
+            records += [r for r in data if isinstance(r, dict) and r.get("hash")]
+            if not data:
+                break
+            offset += len(data)
+        record = mgmt.pick_one(
+            records,
+            key,
+            hint_of=lambda r: r.get("label"),
+            name_of=lambda r: r.get("name"),
+            provider="OpenRouter",
+        )
+        self._hashes[(key.name, key.fingerprint)] = record["hash"]
+        return record
+
+    async def _manage(self, key: ManagedKey, method: str, path: str, *, what: str, **kw: Any) -> Any:
+        account = self.account_for(key)
+        secret = mgmt.admin_secret(account, what)
+        base = (account.base_url or key.base_url or DEFAULT_BASE_URL).rstrip("/")
+        secrets = [secret] + ([key.secret.reveal()] if key.secret else [])
+        return await mgmt.call(
+            self.http,
+            method,
+            base + path,
+            headers={"Authorization": f"Bearer {secret}"},
+            what=what,
+            timeout=self.timeout,
+            secrets=secrets,
+            **kw,
+        )
+
+
+def _metadata(record: dict[str, Any]) -> KeyMetadata:
+    details: dict[str, Any] = {f: mgmt.amount_str(record.get(f)) for f in FIGURES if f in record}
+    for f in ("label", "limit_reset"):
+        if record.get(f) is not None:
+            details[f] = record[f]
+    if record.get("updated_at"):
+        details["updated_at"] = record["updated_at"]
+    return KeyMetadata(
+        provider_key_id=record.get("hash"),
+        name=record.get("name"),
+        status="disabled" if record.get("disabled") else "active",
+        created_at=mgmt.parse_time(record.get("created_at")),
+        details=details,
+    )
