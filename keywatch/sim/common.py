@@ -41,8 +41,8 @@ def bearer(request: web.Request) -> str | None:
 
 def header_secret(request: web.Request, name: str) -> str | None:
     """The secret of a plain header such as Anthropic's `x-api-key`."""
-    value = request.headers.get(name)
-    return value.strip() or None if value is not None else None
+    value = request.headers.get(name, "").strip()
+    return value or None
 
 
 async def admit(request: web.Request, provider: str, secret: str | None) -> SimKey | None:
