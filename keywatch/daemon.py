@@ -219,8 +219,7 @@ class Daemon:
 
     async def shutdown(self) -> None:
         if self._scheduler is not None:
-            self._scheduler.shutdown(wait=False)
-            self._scheduler = None
+            self._scheduler.pause()  # no new cycle; shutdown() would cancel the running one, so it comes last
         current = self._current_cycle
         if current is not None and not current.done():
             grace = (self.inventory.config.probe.timeout if self.inventory else 10) + 15
@@ -229,6 +228,9 @@ class Daemon:
             except TimeoutError:
                 log.warning("drain_timeout", waited_s=grace)
                 current.cancel()
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+            self._scheduler = None
         await self._persist([])
         for module in reversed(self.extensions):
             teardown = getattr(module, "teardown", None)

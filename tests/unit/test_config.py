@@ -11,7 +11,7 @@ import pytest
 
 from keywatch.cli import main
 from keywatch.settings import ConfigError, load_inventory
-from keywatch.settings.load import parse
+from keywatch.settings.loader import parse
 from keywatch.settings.schema import json_schema
 
 ROOT = Path(__file__).resolve().parents[2]
