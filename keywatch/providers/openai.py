@@ -14,8 +14,16 @@ import httpx2
 import openai
 
 from keywatch.domain import Health, ProbeResult
-from keywatch.providers.base import Account, Capability, ManagedKey, ProviderAdapter
+from keywatch.providers.base import (
+    Account,
+    Capability,
+    KeyMetadata,
+    ManagedKey,
+    NotSupported,
+    ProviderAdapter,
+)
 from keywatch.providers.errors import classify_status, openai_ratelimit, retry_after
+from keywatch.providers.openai_admin import NO_DEACTIVATE, OpenAIAdmin
 
 # error code (or type) -> health, from the documented error table (README, "OpenAI errors").
 CODE_HEALTH: dict[str, Health] = {
@@ -51,12 +59,48 @@ def classify_openai_error(status: int, code: str | None, err_type: str | None) -
 
 class OpenAIAdapter(ProviderAdapter):
     name = "openai"
-    capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.PROBE})
+    capabilities: ClassVar[frozenset[Capability]] = frozenset({
+        Capability.PROBE, Capability.METADATA, Capability.REVOKE, Capability.USAGE,
+    })
+    notes: ClassVar[dict[str, str]] = {
+        "probe": "models: GET /models, zero tokens, cannot see exhausted quota; completion: 1 output token, "
+        "also sees quota, billing and model access",
+        "metadata": "Admin API: name, created_at, last_used_at, project, owner (projects and keys are paged)",
+        "disable": NO_DEACTIVATE,
+        "enable": "no API: a deleted key cannot come back",
+        "create": "possible only through a new project service account per key; not implemented by keywatch",
+        "revoke": "Admin API DELETE (irreversible; needs allow_destructive on the account; a service-account "
+        "key is deleted with its service account)",
+        "usage": "Admin API organization/usage/completions per key and organization/costs per project",
+    }
+    least_privilege: ClassVar[str] = (
+        "an Admin API key (sk-admin-...) of an organization owner; read-only admin keys suffice unless "
+        "revoke is used"
+    )
     default_base_url = "https://api.openai.com/v1"
 
     def __init__(self, http: httpx2.AsyncClient, accounts: dict[str, Account] | None = None, **kw: Any) -> None:
         super().__init__(http, accounts, **kw)
         self._clients: dict[tuple[str, str, str], openai.AsyncOpenAI] = {}
+        self._admin = OpenAIAdmin(http, self.timeout)
+
+    async def metadata(self, key: ManagedKey) -> KeyMetadata:
+        self._require(Capability.METADATA)
+        return await self._admin.metadata(self.account_for(key), key)
+
+    async def disable(self, key: ManagedKey) -> None:
+        raise NotSupported(NO_DEACTIVATE)
+
+    async def enable(self, key: ManagedKey) -> None:
+        raise NotSupported(NO_DEACTIVATE)
+
+    async def revoke(self, key: ManagedKey) -> None:
+        self._require(Capability.REVOKE)
+        await self._admin.revoke(self.account_for(key), key)
+
+    def _require(self, capability: Capability) -> None:
+        if capability not in self.capabilities:
+            raise NotSupported(f"{self.name}: {self.notes.get(capability.value, 'not offered')}")
 
     def client(self, key: ManagedKey) -> openai.AsyncOpenAI:
         assert key.secret is not None
@@ -122,6 +166,7 @@ class OpenAIAdapter(ProviderAdapter):
 
     async def aclose(self) -> None:
         self._clients.clear()
+        await self._admin.aclose()
 
 
 class OpenAICompatibleAdapter(OpenAIAdapter):
@@ -129,6 +174,17 @@ class OpenAICompatibleAdapter(OpenAIAdapter):
 
     name = "openai_compatible"
     default_base_url = None
+    capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.PROBE})
+    notes: ClassVar[dict[str, str]] = {
+        "probe": "models: GET /models, zero tokens; completion: 1 output token",
+        "metadata": "no standard API: depends on the server",
+        "disable": "no standard API: depends on the server",
+        "enable": "no standard API: depends on the server",
+        "create": "no standard API: depends on the server",
+        "revoke": "no standard API: depends on the server",
+        "usage": "no standard API: depends on the server",
+    }
+    least_privilege: ClassVar[str] = "none: no management API"
 
 
 def _message(exc: openai.APIStatusError) -> str:

@@ -36,7 +36,7 @@ PROVIDERS: dict[str, ProviderInfo] = {
             "keywatch.providers.openai:OpenAIAdapter",
             "OpenAI",
             "https://api.openai.com/v1",
-            key_fields_optional=("base_url", "model", "organization", "project"),
+            key_fields_optional=("base_url", "model", "organization", "project", "provider_key_id"),
             account_fields_optional=("admin_secret", "base_url"),
             probe_modes=("models", "completion"),
         ),
