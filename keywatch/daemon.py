@@ -154,10 +154,10 @@ class Daemon:
         self._use_inventory(inventory)
         url = inventory.config.daemon.database or default_database_url()
         self.store = Store(url)
-        await self._ensure_db()
         self._web = WebServer(inventory.config.daemon.listen, self.metrics.registry, self.readiness)
+        await self._web.start()  # before the database: /healthz answers while a slow database connects
+        await self._ensure_db()
         await self._setup_extensions()
-        await self._web.start()
         self._scheduler = AsyncIOScheduler(timezone=UTC)
         probe = inventory.config.probe
         self._scheduler.add_job(
@@ -195,14 +195,15 @@ class Daemon:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
+        # Handlers first: a SIGTERM during start-up still ends in an orderly stop.
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+        loop.add_signal_handler(signal.SIGINT, self.request_stop)
         try:
             await self.start()
         except ConfigError as exc:
             for p in exc.problems:
                 log.error("config_error", file=exc.source, problem=p)
             return 2
-        loop.add_signal_handler(signal.SIGTERM, self.request_stop)
-        loop.add_signal_handler(signal.SIGINT, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
         watchdog = asyncio.create_task(self._watchdog())
         sd_notify(f"READY=1\nSTATUS=probing {len(self.inventory.keys) if self.inventory else 0} keys")
