@@ -40,10 +40,12 @@ CODE_HEALTH: dict[str, Health] = {
 }
 
 
-def classify_openai_error(status: int, code: str | None, err_type: str | None) -> Health:
+def classify_openai_error(status: int, code: str | None, err_type: str | None, message: str = "") -> Health:
     """Only answers about the key may blame it; 5xx never does, whatever its body says."""
     if status >= 500:
         return Health.PROVIDER_ERROR
+    if status in (401, 403) and "missing scopes" in message.lower():
+        return Health.FORBIDDEN  # a restricted key: real bodies often carry code null
     for word in (code, err_type):
         if word and word in CODE_HEALTH:
             health = CODE_HEALTH[word]
@@ -134,12 +136,13 @@ class OpenAIAdapter(ProviderAdapter):
                 raw = await client.models.with_raw_response.list()
         except openai.APIStatusError as exc:
             headers = exc.response.headers
-            health = classify_openai_error(exc.status_code, exc.code, exc.type)
+            message = _message(exc)
+            health = classify_openai_error(exc.status_code, exc.code, exc.type, message)
             return self.result(
                 key, health, started,
                 http_status=exc.status_code,
                 error_code=exc.code or exc.type,
-                error_message=_message(exc),
+                error_message=message,
                 ratelimit=openai_ratelimit(headers),
                 retry_after_seconds=retry_after(headers),
             )

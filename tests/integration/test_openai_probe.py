@@ -60,6 +60,17 @@ async def test_documented_answers_map_to_health(sim, behaviour, mode, health, co
     assert secret not in (result.error_message or "")
 
 
+async def test_missing_scope_with_null_code_is_forbidden_not_invalid(sim) -> None:
+    """Real restricted-key bodies often carry `code: null`; the message still tells."""
+    secret = unique_secret()
+    sim.set_key(secret, provider="openai", behaviour="missing_scope", error_code=None)
+    key = ManagedKey(name="k", provider="openai", secret=Secret(secret), secret_ref="env:X",
+                     base_url=f"{sim.url}/openai/v1")
+    async with httpx2.AsyncClient() as http:
+        result = await OpenAIAdapter(http).probe(key)
+    assert result.http_status == 401 and result.health is Health.FORBIDDEN
+
+
 async def test_rate_limit_headers_are_read(sim) -> None:
     result, _ = await probe(sim, "healthy", "models")
     rl = result.ratelimit
