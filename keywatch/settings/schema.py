@@ -19,6 +19,7 @@ from pydantic import (
     model_validator,
 )
 
+from keywatch.notify.config import AlertsConfig
 from keywatch.providers import registry
 from keywatch.settings.durations import DURATION_PATTERN, format_duration, parse_duration
 
@@ -233,6 +234,7 @@ class Config(Strict):
     probe: ProbeSettings = Field(default_factory=ProbeSettings)
     accounts: list[AccountConfig] = Field(default_factory=list)
     keys: list[KeyConfig] = Field(default_factory=list)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
 
     @model_validator(mode="after")
     def _cross_references(self) -> Config:

@@ -1,0 +1,1 @@
+"""Alerting: sinks (one module each), the durable outbox, and the pipeline that keeps alerts quiet."""

@@ -1,0 +1,180 @@
+"""One delivery task per sink: a sink that is down delays only its own queue.
+
+Per sink, messages leave in outbox order: the oldest undelivered row is retried (exponential backoff with
+jitter, never sooner than the sink's Retry-After) before any later one is tried. A permanent refusal marks
+the sink broken: its queue is dropped and counted, and the other sinks hear about it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+
+import structlog
+
+from keywatch.notify.base import Message, Sink, SinkError, alert_from_dict, parse_time
+from keywatch.notify.outbox import AlertDB, OutboxItem
+from keywatch.notify.pipeline import AlertMetrics
+
+log = structlog.get_logger("keywatch.alerts")
+
+BrokenCallback = Callable[[Sink, SinkError], Awaitable[None]]
+
+
+def backoff(attempts: int, base: float, cap: float) -> float:
+    """Delay before attempt `attempts + 1`: doubling from `base` up to `cap`, with half of it random."""
+    d = min(cap, base * (2 ** max(0, attempts - 1)))
+    return d / 2 + random.uniform(0, d / 2)
+
+
+def message_of(item: OutboxItem, dashboard_url: str | None) -> Message:
+    alerts = [alert_from_dict(a) for a in item.payload.get("alerts", [])]
+    since = {k: parse_time(v) for k, v in (item.payload.get("since") or {}).items()}
+    return Message(item.id, alerts, since, dashboard_url)
+
+
+class SinkSender:
+    def __init__(
+        self,
+        sink: Sink,
+        db: AlertDB,
+        metrics: AlertMetrics | None = None,
+        *,
+        retry_base: float = 5.0,
+        retry_max: float = 600.0,
+        dashboard_url: str | None = None,
+        on_broken: BrokenCallback | None = None,
+    ) -> None:
+        self.sink = sink
+        self.db = db
+        self.metrics = metrics
+        self.retry_base = retry_base
+        self.retry_max = retry_max
+        self.dashboard_url = dashboard_url
+        self.on_broken = on_broken
+        self.broken = False
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._last_sent = 0.0
+        self.sending = False
+        if metrics is not None:
+            metrics.sink_up.labels(sink.name).set(1)
+            metrics.pending.labels(sink.name).set(0)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep, but wake early for stop() and for new rows."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, seconds))
+
+    async def run(self) -> None:
+        while not self._stopping and not self.broken:
+            self._wake.clear()  # before reading, so a row enqueued meanwhile still wakes the sleep below
+            try:
+                item = await asyncio.to_thread(self.db.next_pending, self.sink.name)
+                pending = await asyncio.to_thread(self.db.pending_count, self.sink.name)
+            except Exception as exc:
+                log.warning("alert_outbox_read_failed", sink=self.sink.name, error=type(exc).__name__)
+                await self._sleep(self.retry_base)
+                continue
+            if self.metrics is not None:
+                self.metrics.pending.labels(self.sink.name).set(pending)
+            if item is None:
+                await self._sleep(30.0)
+                continue
+            now = datetime.now(UTC)
+            if item.next_attempt_at is not None and item.next_attempt_at > now:
+                await self._sleep((item.next_attempt_at - now).total_seconds())
+                continue
+            gap = self.sink.min_interval - (asyncio.get_running_loop().time() - self._last_sent)
+            if gap > 0:
+                await self._sleep(gap)
+                continue
+            await self._deliver(item)
+
+    async def _deliver(self, item: OutboxItem) -> None:
+        name = self.sink.name
+        self.sending = True
+        try:
+            await self.sink.send(message_of(item, self.dashboard_url))
+        except SinkError as exc:
+            self._last_sent = asyncio.get_running_loop().time()
+            await self._failed(item, exc)
+            return
+        except Exception as exc:  # a bug in a sink must not end its sender
+            self._last_sent = asyncio.get_running_loop().time()
+            log.exception("alert_sink_crashed", sink=name)
+            await self._failed(item, SinkError(type(exc).__name__))
+            return
+        finally:
+            self.sending = False
+        self._last_sent = asyncio.get_running_loop().time()
+        await self._persist(self.db.mark_delivered, item.id, datetime.now(UTC))
+        if self.metrics is not None:
+            self.metrics.alerts.labels(name, "sent").inc()
+            self.metrics.sink_up.labels(name).set(1)
+        log.info("alert_delivered", sink=name, message=item.id, attempts=item.attempts + 1)
+
+    async def _failed(self, item: OutboxItem, exc: SinkError) -> None:
+        name = self.sink.name
+        if self.metrics is not None:
+            self.metrics.alerts.labels(name, "failed").inc()
+            self.metrics.sink_up.labels(name).set(0)
+        if exc.permanent:
+            self.broken = True
+            dropped = await self._persist(
+                self.db.drop_pending, name, f"sink broken: {exc}", datetime.now(UTC)
+            )
+            if self.metrics is not None:
+                self.metrics.alerts.labels(name, "dropped").inc(dropped or 0)
+                self.metrics.pending.labels(name).set(0)
+            log.error(
+                "alert_sink_broken",
+                sink=name,
+                target=self.sink.describe(),
+                error=str(exc),
+                dropped=dropped,
+                hint="fix the sink's config and restart (or reload) keywatch",
+            )
+            if self.on_broken is not None:
+                try:
+                    await self.on_broken(self.sink, exc)
+                except Exception:
+                    log.exception("alert_sink_broken_callback_failed", sink=name)
+            return
+        attempts = item.attempts + 1
+        delay = max(exc.retry_after or 0.0, backoff(attempts, self.retry_base, self.retry_max))
+        next_at = datetime.now(UTC) + timedelta(seconds=delay)
+        await self._persist(self.db.mark_failed, item.id, attempts, next_at, str(exc))
+        log.warning(
+            "alert_delivery_failed",
+            sink=name,
+            message=item.id,
+            attempts=attempts,
+            error=str(exc),
+            retry_in_s=round(delay, 3),
+        )
+
+    async def _persist(self, fn: Callable[..., object], *args: object) -> int | None:
+        """Write a delivery result, retrying while the database is away: a forgotten success
+        would be sent again."""
+        delay = self.retry_base
+        while True:
+            try:
+                result = await asyncio.to_thread(fn, *args)
+                return result if isinstance(result, int) else None
+            except Exception as exc:
+                log.warning("alert_outbox_write_failed", sink=self.sink.name, error=type(exc).__name__)
+                if self._stopping:
+                    return None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.retry_max)
