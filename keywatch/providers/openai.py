@@ -76,8 +76,7 @@ class OpenAIAdapter(ProviderAdapter):
         "usage": "Admin API organization/usage/completions per key and organization/costs per project",
     }
     least_privilege: ClassVar[str] = (
-        "an Admin API key (sk-admin-...) of an organization owner; read-only admin keys suffice unless "
-        "revoke is used"
+        "an Admin API key (sk-admin-...), which only an organization owner can create"
     )
     default_base_url = "https://api.openai.com/v1"
 

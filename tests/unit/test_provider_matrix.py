@@ -1,0 +1,81 @@
+"""The capability matrix comes from the adapters, covers every provider, and the README shows it as is."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from keywatch.providers import matrix, registry
+from keywatch.providers.base import Capability, ProviderAdapter
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+METHODS = {
+    Capability.METADATA: "metadata",
+    Capability.DISABLE: "disable",
+    Capability.ENABLE: "enable",
+    Capability.CREATE: "create",
+    Capability.REVOKE: "revoke",
+}
+
+
+def no_sdk(name: str) -> type[ProviderAdapter]:
+    raise ImportError(f"provider {name} needs an SDK that is not installed")
+
+
+def test_every_registered_provider_has_a_row_with_its_title():
+    rendered = matrix.render(matrix.rows())
+    for name in registry.names():
+        assert f"{registry.info(name).title} (`{name}`) |" in rendered
+
+
+def test_without_the_adapters_importable_the_matrix_reads_the_same_from_source():
+    assert matrix.render(matrix.rows(load=no_sdk)) == matrix.render(matrix.rows())
+
+
+def test_a_missing_adapter_module_reads_as_nothing_rather_than_failing():
+    assert matrix.StaticReader().class_facts("keywatch.providers.not_written_yet", "Adapter") is None
+
+
+def test_capabilities_are_read_through_base_classes_and_imported_constants():
+    caps, notes, least = matrix.StaticReader().class_facts("keywatch.providers.balance", "DeepSeekAdapter")
+    assert set(caps) == {Capability.PROBE}
+    assert "usage" in notes and least.startswith("none")
+    _, notes, _ = matrix.StaticReader().class_facts("keywatch.providers.openai", "OpenAIAdapter")
+    assert "no reversible deactivate" in notes["disable"]
+
+
+@pytest.mark.parametrize("name", registry.names())
+def test_what_an_adapter_declares_it_implements_and_what_it_lacks_it_explains(name):
+    try:
+        cls = registry.adapter_class(name)
+    except ImportError as exc:
+        pytest.skip(f"adapter {name} cannot be imported here: {exc}")
+    for capability, method in METHODS.items():
+        if capability in cls.capabilities:
+            assert getattr(cls, method, None) is not getattr(ProviderAdapter, method, None), (
+                f"{name} declares {capability} but does not implement {method}()"
+            )
+    for capability in Capability:
+        if capability not in cls.capabilities:
+            assert cls.notes.get(capability.value), f"{name} lacks {capability} and its notes do not say why"
+    assert cls.least_privilege, f"{name} does not say what its management credential needs"
+
+
+def test_the_section_is_replaced_between_the_markers_and_nothing_else():
+    text = f"# Title\n\nbefore\n\n{matrix.START}\nold table\n{matrix.END}\n\nafter\n"
+    out = matrix.replace_section(text, "new table\n")
+    assert out == f"# Title\n\nbefore\n\n{matrix.START}\nnew table\n{matrix.END}\n\nafter\n"
+    assert matrix.section(out) == "new table\n"
+    assert matrix.section("no markers here") is None
+    assert matrix.section(matrix.replace_section("", "t\n")) == "t\n"
+
+
+def test_the_readme_shows_the_matrix_the_adapters_declare():
+    text = README.read_text(encoding="utf-8") if README.exists() else ""
+    current = matrix.section(text)
+    if current is None:
+        pytest.skip("README has no capability matrix section yet")
+    assert current == matrix.render(matrix.rows()), (
+        "README capability matrix is stale: run `python -m keywatch.providers.matrix --write README.md`"
+    )
