@@ -1,0 +1,134 @@
+"""The state database on SQLite and on the PostgreSQL of this machine: migrations, cycles, growth."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from keywatch.domain import AdminState, Event, Health, ProbeResult
+from keywatch.engine.state import StateTracker
+from keywatch.providers.base import ManagedKey
+from keywatch.settings.secrets import Secret
+from keywatch.store.repo import Store
+
+PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def _pg_reachable() -> str | None:
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        return "psycopg is not installed (pip install keywatch[postgres])"
+    try:
+        with socket.create_connection(("127.0.0.1", 5432), timeout=1):
+            return None
+    except OSError:
+        return "no PostgreSQL server at 127.0.0.1:5432"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store(request, tmp_path):
+    if request.param == "sqlite":
+        s = Store(f"sqlite:///{tmp_path / 'k.db'}")
+        yield s
+        s.dispose()
+        return
+    reason = _pg_reachable()
+    if reason:
+        pytest.skip(reason)
+    schema = f"kw_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f"CREATE SCHEMA {schema}"))
+    s = Store(f"{PG_ADMIN}?options=-csearch_path%3D{schema}")
+    try:
+        yield s
+    finally:
+        s.dispose()
+        with admin.connect() as c:
+            c.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+def keys(n: int) -> list[ManagedKey]:
+    return [ManagedKey(name=f"k{i}", provider="openai", secret=Secret(f"sk-proj-store-test-{i:08d}-abcd"),
+                       secret_ref="env:X", labels={"team": "t"}) for i in range(n)]
+
+
+def run_cycle(tracker: StateTracker, store: Store, at: datetime, health: dict[str, Health]) -> None:
+    transitions = []
+    for name, h in health.items():
+        t = tracker.apply(ProbeResult(key=name, provider="openai", health=h, checked_at=at, latency_ms=20.0))
+        if t:
+            transitions.append(t)
+    states, rollups = tracker.drain()
+    store.save_cycle(states, transitions, rollups)
+
+
+def count(store: Store, table: str) -> int:
+    with store.engine.connect() as c:
+        return c.execute(text(f"SELECT count(*) FROM {table}")).scalar_one()
+
+
+def test_migrations_apply_once(store: Store) -> None:
+    assert store.upgrade()
+    assert store.upgrade() == []
+
+
+def test_database_grows_with_changes_not_with_probes(store: Store) -> None:
+    store.upgrade()
+    tracker = StateTracker()
+    ks = keys(20)
+    tracker.sync_inventory(ks)
+    t0 = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
+    for i in range(60):  # five hours of probes every five minutes, nothing changes
+        run_cycle(tracker, store, t0 + timedelta(minutes=5 * i), {k.name: Health.HEALTHY for k in ks})
+    assert count(store, "key_state") == 20
+    assert count(store, "transitions") == 20  # unknown -> healthy, once each
+    assert count(store, "probe_rollups") == 20 * 5  # one row per key and hour
+    rollups = store.rollups("k0")
+    assert sum(r.count for r in rollups) == 60 and rollups[0].hour == t0
+    # One key changes: one more transition, nothing else grows.
+    run_cycle(tracker, store, t0 + timedelta(hours=5), {"k3": Health.INVALID})
+    assert count(store, "transitions") == 21
+    assert [(t.old, t.new) for t in store.transitions("k3")][0] == (Health.HEALTHY, Health.INVALID)
+
+
+def test_state_round_trips_and_admin_decisions_survive_probe_writes(store: Store) -> None:
+    store.upgrade()
+    tracker = StateTracker()
+    tracker.sync_inventory(keys(2))
+    at = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
+    run_cycle(tracker, store, at, {"k0": Health.HEALTHY, "k1": Health.QUOTA_EXHAUSTED})
+    store.set_admin_state("k1", AdminState.DISABLED, "operator:alice", "out of credit", at)
+    run_cycle(tracker, store, at + timedelta(minutes=5), {"k0": Health.HEALTHY, "k1": Health.QUOTA_EXHAUSTED})
+    states = store.load_states()
+    assert states["k0"].health is Health.HEALTHY and states["k0"].consecutive == 2
+    assert states["k0"].last_probe_at == at + timedelta(minutes=5)
+    assert states["k1"].admin_state is AdminState.DISABLED
+    assert store.admin_info("k1")["actor"] == "operator:alice"
+
+
+def test_rollup_upsert_adds_up_across_writes(store: Store) -> None:
+    store.upgrade()
+    tracker = StateTracker()
+    tracker.sync_inventory(keys(1))
+    at = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
+    run_cycle(tracker, store, at, {"k0": Health.HEALTHY})
+    run_cycle(tracker, store, at + timedelta(minutes=1), {"k0": Health.HEALTHY})
+    (r,) = store.rollups("k0")
+    assert r.count == 2 and r.latency_sum_ms == 40.0 and r.latency_max_ms == 20.0
+
+
+def test_events_are_kept_in_order(store: Store) -> None:
+    store.upgrade()
+    at = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
+    store.record_events([Event(at, "disabled", "k0", "policy:dead-keys", "invalid for 3 probes", {"n": 3}),
+                         Event(at + timedelta(seconds=1), "enabled", "k0", "operator:bob", "fixed")])
+    evs = store.events("k0")
+    assert [e.kind for e in evs] == ["enabled", "disabled"] and evs[1].data == {"n": 3}
+    assert store.events(since=at + timedelta(seconds=1))[0].actor == "operator:bob"
