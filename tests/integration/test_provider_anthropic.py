@@ -259,3 +259,10 @@ async def test_management_without_an_account_says_what_to_configure(sim, http):
     )
     with pytest.raises(ProviderActionError, match=r"\[\[accounts\]\]"):
         await AnthropicAdapter(http).disable(key)
+
+
+async def test_the_simulator_insists_on_the_version_header_the_adapter_sends(sim, http):
+    sim.set_key(SECRET, "anthropic")
+    raw = await http.get(f"{sim.url}/anthropic/v1/models", headers={"x-api-key": SECRET})
+    assert raw.status_code == 400
+    assert (await adapter(http, sim).probe(managed(sim.url))).health is Health.HEALTHY

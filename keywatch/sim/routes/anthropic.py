@@ -113,8 +113,16 @@ def behaviour_error(key: SimKey) -> web.Response | None:
     return None
 
 
+def missing_version(request: web.Request) -> web.Response | None:
+    if request.headers.get("anthropic-version"):
+        return None
+    return error(400, "invalid_request_error", "anthropic-version: header is required")
+
+
 async def list_models(request: web.Request) -> web.Response:
     key = await admit(request, PROVIDER, header_secret(request, "x-api-key"))
+    if missing_version(request) is not None:
+        return missing_version(request)
     if key is None or key.behaviour == "admin" or key.extra.get("admin"):
         return wrong_key()  # admin keys manage the organization; they cannot call models
     refused = behaviour_error(key)
@@ -133,6 +141,8 @@ async def list_models(request: web.Request) -> web.Response:
 
 async def _admin(request: web.Request) -> web.Response | None:
     key = await admit(request, PROVIDER, header_secret(request, "x-api-key"))
+    if missing_version(request) is not None:
+        return missing_version(request)
     if key is None:
         return wrong_key()
     is_admin = key.behaviour == "admin" or bool(key.extra.get("admin"))
