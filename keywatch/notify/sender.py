@@ -143,7 +143,7 @@ class SinkSender:
                 target=self.sink.describe(),
                 error=str(exc),
                 dropped=dropped,
-                hint="fix the sink's config and restart (or reload) keywatch",
+                hint="fix the sink's config and restart keywatch",
             )
             if self.on_broken is not None:
                 try:
