@@ -17,8 +17,11 @@ from typing import Any
 
 import httpx2
 import pytest
+from prometheus_client import CollectorRegistry
 
 from keywatch.domain import Health
+from keywatch.engine.state import StateTracker
+from keywatch.metrics import Metrics
 from keywatch.providers.aws import AwsBedrockAdapter, AwsIamAdapter, bedrock_alias, user_from_arn
 from keywatch.providers.base import Account, ManagedKey, ProviderActionError
 from keywatch.redact import REGISTRY
@@ -254,6 +257,14 @@ async def test_quarantine_policy_shows_as_compromised(moto: Moto, http: httpx2.A
     assert "AWSCompromisedKeyQuarantineV2" in (result.compromise_reason or "")
     assert result.health is Health.HEALTHY  # compromise and health are separate facts
     assert (await adapter.metadata(managed)).compromised is True
+
+    tracker = StateTracker()
+    tracker.sync_inventory([managed])
+    tracker.apply(result)
+    metrics = Metrics(CollectorRegistry())
+    metrics.attach_state(tracker.snapshot)
+    labels = {"key": managed.name, "provider": "aws_iam"}
+    assert metrics.registry.get_sample_value("keywatch_key_compromised", labels) == 1.0
 
 
 async def test_quarantine_check_failure_keeps_the_probe_result(moto: Moto, http: httpx2.AsyncClient) -> None:
