@@ -179,14 +179,23 @@ class AnthropicAdapter(ProviderAdapter):
 
     async def _find(self, key: ManagedKey) -> dict[str, Any]:
         """The Admin API record of `key`; its id is remembered so later calls read one record, not a list."""
-        known = key.options.get("provider_key_id") or self._ids.get((key.name, key.fingerprint))
+        configured = key.options.get("provider_key_id")
+        known = configured or self._ids.get((key.name, key.fingerprint))
         if known:
-            record = await self._admin(
-                key, "GET", f"/v1/organizations/api_keys/{known}", what=f"read Anthropic key {key.name}"
-            )
-            if not isinstance(record, dict) or not record.get("id"):
-                raise ProviderActionError(f"read Anthropic key {key.name}: the answer is not a key object")
-            return record
+            try:
+                record = await self._admin(
+                    key, "GET", f"/v1/organizations/api_keys/{known}", what=f"read Anthropic key {key.name}"
+                )
+            except ProviderActionError as exc:
+                if configured or exc.status != 404:
+                    raise
+                self._ids.pop((key.name, key.fingerprint), None)  # remembered id went stale: search again
+            else:
+                if not isinstance(record, dict) or not record.get("id"):
+                    raise ProviderActionError(
+                        f"read Anthropic key {key.name}: the answer is not a key object"
+                    )
+                return record
         records: list[dict[str, Any]] = []
         params: dict[str, Any] = {"limit": 1000}
         for _ in range(1000):

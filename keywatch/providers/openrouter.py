@@ -193,14 +193,27 @@ class OpenRouterAdapter(ProviderAdapter):
         )
 
     async def _find(self, key: ManagedKey) -> dict[str, Any]:
-        known = key.options.get("provider_key_id") or self._hashes.get((key.name, key.fingerprint))
+        configured = key.options.get("provider_key_id")
+        known = configured or self._hashes.get((key.name, key.fingerprint))
         if known:
-            body = await self._manage(key, "GET", f"/keys/{known}", what=f"read OpenRouter key {key.name}")
-            data = body.get("data") if isinstance(body, dict) else None
-            if not isinstance(data, dict):
-                raise ProviderActionError(f"read OpenRouter key {key.name}: the answer is not a key object")
-            data.setdefault("hash", known)
-            return data
+            try:
+                body = await self._manage(
+                    key, "GET", f"/keys/{known}", what=f"read OpenRouter key {key.name}"
+                )
+            except ProviderActionError as exc:
+                if configured or exc.status != 404:
+                    raise
+                self._hashes.pop(
+                    (key.name, key.fingerprint), None
+                )  # remembered hash went stale: search again
+            else:
+                data = body.get("data") if isinstance(body, dict) else None
+                if not isinstance(data, dict):
+                    raise ProviderActionError(
+                        f"read OpenRouter key {key.name}: the answer is not a key object"
+                    )
+                data.setdefault("hash", known)
+                return data
         records: list[dict[str, Any]] = []
         offset = 0
         for _ in range(1000):

@@ -266,3 +266,11 @@ async def test_the_simulator_insists_on_the_version_header_the_adapter_sends(sim
     raw = await http.get(f"{sim.url}/anthropic/v1/models", headers={"x-api-key": SECRET})
     assert raw.status_code == 400
     assert (await adapter(http, sim).probe(managed(sim.url))).health is Health.HEALTHY
+
+
+async def test_a_remembered_id_that_went_stale_is_searched_again(sim, http):
+    seed(sim)
+    a = adapter(http, sim)
+    assert (await a.metadata(managed(sim.url))).provider_key_id == "apikey_01prod"
+    sim.set_key(SECRET, "anthropic", key_id="apikey_01moved", name="claude-prod")  # same secret, new record
+    assert (await a.metadata(managed(sim.url))).provider_key_id == "apikey_01moved"

@@ -235,3 +235,11 @@ async def test_a_hanging_management_api_is_a_transient_timeout(sim, http):
     with pytest.raises(ProviderActionError, match="no answer") as err:
         await adapter(http, sim, timeout=0.3).enable(managed(sim.url))
     assert not err.value.permanent
+
+
+async def test_a_remembered_hash_that_went_stale_is_searched_again(sim, http):
+    seed(sim)
+    a = adapter(http, sim)
+    assert (await a.metadata(managed(sim.url))).provider_key_id == HASH
+    sim.set_key(SECRET, "openrouter", hash="b" * 64, name="router-prod")
+    assert (await a.metadata(managed(sim.url))).provider_key_id == "b" * 64
