@@ -292,8 +292,7 @@ class _AwsBase(ProviderAdapter):
     async def _mgmt_call(self, key: ManagedKey, account: Account, what: str, fn: Callable[[Any], T]) -> T:
         """One IAM management call; its failure is a ProviderActionError with an honest `permanent` flag."""
         try:
-            iam = self._iam(key, account)
-            return await self._boto.run(lambda: fn(iam))
+            return await self._boto.run(lambda: fn(self._iam(key, account)))
         except ProviderActionError:
             raise
         except Exception as exc:
@@ -375,15 +374,19 @@ class AwsIamAdapter(_AwsBase):
                 error_message="the key needs access_key_id and secret (the secret access key)",
             )
         try:
-            sts = self._boto.client(
-                "sts",
-                access_key_id=access_key_id,
-                secret=key.secret.reveal(),
-                region=self._region(key),
-                endpoint=key.options.get("endpoint_url"),
-                fingerprint=key.secret.fingerprint,
-            )
-            identity = await self._boto.run(sts.get_caller_identity)
+            secret = key.secret
+
+            def call() -> Any:  # building a client takes tens of ms: off the event loop too
+                return self._boto.client(
+                    "sts",
+                    access_key_id=access_key_id,
+                    secret=secret.reveal(),
+                    region=self._region(key),
+                    endpoint=key.options.get("endpoint_url"),
+                    fingerprint=secret.fingerprint,
+                ).get_caller_identity()
+
+            identity = await self._boto.run(call)
         except Exception as exc:
             result = self._probe_error(key, started, exc)
         else:

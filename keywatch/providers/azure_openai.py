@@ -296,9 +296,8 @@ class AzureOpenAIAdapter(ProviderAdapter):
     async def _arm(self, account: Account, what: str, fn: Callable[[Any, str, str], T]) -> T:
         """One ARM call off the event loop; failures become ProviderActionError, masked."""
         try:
-            client = self._client(account)
             rg, name, _ = self._names(account)
-            return await asyncio.to_thread(fn, client, rg, name)
+            return await asyncio.to_thread(lambda: fn(self._client(account), rg, name))
         except ProviderActionError:
             raise
         except Exception as exc:
