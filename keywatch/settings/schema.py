@@ -19,6 +19,7 @@ from pydantic import (
     model_validator,
 )
 
+from keywatch.engine.policy_config import OutageSettings, Policies, Pools, SafetySettings
 from keywatch.notify.config import AlertsConfig
 from keywatch.providers import registry
 from keywatch.settings.durations import DURATION_PATTERN, format_duration, parse_duration
@@ -235,6 +236,10 @@ class Config(Strict):
     accounts: list[AccountConfig] = Field(default_factory=list)
     keys: list[KeyConfig] = Field(default_factory=list)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    pools: Pools = Field(default_factory=list, description="Healthy keys published to Redis sets or files")
+    outage: OutageSettings = Field(default_factory=OutageSettings)
+    safety: SafetySettings = Field(default_factory=SafetySettings)
+    policies: Policies = Field(default_factory=list, description="What to do about key states (after pools)")
 
     @model_validator(mode="after")
     def _cross_references(self) -> Config:

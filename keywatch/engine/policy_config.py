@@ -1,0 +1,464 @@
+"""The `[[policies]]`, `[[pools]]`, `[outage]` and `[safety]` sections.
+
+Conditions and actions are registered by name and each validates its own argument, so a bad policy is
+refused at load with the list of valid names (cloud-custodian style), before anything can act on a key.
+
+This module must not import `keywatch.settings` at import time: the settings schema imports it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+
+from keywatch.domain import AdminState, Health, Severity
+
+_DURATION_PATTERN = r"^(\d+(\.\d+)?(ns|us|µs|ms|s|m|h|d))+$"
+_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
+
+# Signals other parts of keywatch raise about a key (daemon.signals[key] holds a set of these names).
+# budgets add "budget_exhausted"; "compromised" is also raised by KeyState.compromised.
+SIGNALS: tuple[str, ...] = ("budget_exhausted", "compromised")
+HEALTH_NAMES: tuple[str, ...] = tuple(str(h) for h in Health)
+ADMIN_NAMES: tuple[str, ...] = tuple(str(a) for a in AdminState)
+
+
+def _duration(value: Any) -> float:
+    from keywatch.settings.durations import parse_duration
+
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if value < 0:
+            raise ValueError("must not be negative")
+        return float(value)
+    if not isinstance(value, str):
+        raise ValueError("expected a duration such as 30s, 5m or 1h30m")
+    return parse_duration(value)
+
+
+def _format(seconds: float) -> str:
+    from keywatch.settings.durations import format_duration
+
+    return format_duration(seconds)
+
+
+Duration = Annotated[
+    Any,
+    AfterValidator(_duration),
+    PlainSerializer(_format, return_type=str),
+    WithJsonSchema({"type": "string", "pattern": _DURATION_PATTERN, "examples": ["30s", "5m", "1h"]}),
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+def _one_or_many(v: Any) -> Any:
+    return [v] if isinstance(v, str) else v
+
+
+def _names_in(valid: tuple[str, ...], what: str) -> Any:
+    def check(values: list[str]) -> list[str]:
+        bad = [x for x in values if x not in valid]
+        if bad:
+            raise ValueError(f"unknown {what} {', '.join(map(repr, bad))}; valid: {', '.join(valid)}")
+        return values
+
+    return check
+
+
+# -- conditions ----------------------------------------------------------------------------------------
+class Conditions(_Strict):
+    """`when = { ... }`: every condition written must hold; a key matches when all do."""
+
+    health: Annotated[list[str], AfterValidator(_names_in(HEALTH_NAMES, "health"))] | None = Field(
+        None, description="The key's current health is one of these"
+    )
+    changed_to: Annotated[list[str], AfterValidator(_names_in(HEALTH_NAMES, "health"))] | None = Field(
+        None, description="The key's health changed into one of these in this cycle"
+    )
+    changed_from: Annotated[list[str], AfterValidator(_names_in(HEALTH_NAMES, "health"))] | None = Field(
+        None, description="The key's health changed away from one of these in this cycle"
+    )
+    for_probes: int | None = Field(
+        None,
+        ge=1,
+        le=100000,
+        description="The current health has held for at least this many consecutive probes (probes during a "
+        "provider outage do not count)",
+    )
+    for_duration: Duration | None = Field(
+        None,
+        description="The current health has held for at least this long (time in an outage does not count)",
+    )
+    provider: Annotated[list[str], AfterValidator(lambda v: _known_providers(v))] | None = Field(
+        None, description="The key's provider is one of these"
+    )
+    labels: dict[str, str] | None = Field(None, description="Every label given equals the key's label")
+    keys: list[str] | None = Field(None, description="The key's name matches one of these glob patterns")
+    signals: Annotated[list[str], AfterValidator(_names_in(SIGNALS, "signal"))] | None = Field(
+        None, description="The key carries at least one of these signals: " + ", ".join(SIGNALS)
+    )
+    compromised: bool | None = Field(None, description="The provider reports the key as exposed (or not)")
+    admin_state: Annotated[list[str], AfterValidator(_names_in(ADMIN_NAMES, "admin state"))] | None = Field(
+        None, description="The key's admin state is one of these"
+    )
+    disabled_by: Literal["keywatch", "operator", "any"] | None = Field(
+        None, description="The key is disabled, by a policy (keywatch), by a person (operator), or by either"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_names(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            raise ValueError('expected a table of conditions, e.g. { health = "invalid", for_probes = 3 }')
+        unknown = [k for k in data if k not in cls.model_fields]
+        if unknown:
+            raise ValueError(
+                f"unknown condition {', '.join(map(repr, unknown))}; "
+                f"valid conditions: {', '.join(cls.model_fields)}"
+            )
+        if not data:
+            raise ValueError(
+                "at least one condition is required (a policy that matches every key is refused)"
+            )
+        for name in ("health", "changed_to", "changed_from", "provider", "keys", "signals", "admin_state"):
+            if name in data:
+                data = {**data, name: _one_or_many(data[name])}
+        return data
+
+
+def _known_providers(values: list[str]) -> list[str]:
+    from keywatch.providers import registry
+
+    bad = [v for v in values if v not in registry.PROVIDERS]
+    if bad:
+        raise ValueError(
+            f"unknown provider {', '.join(map(repr, bad))}; valid: {', '.join(registry.names())}"
+        )
+    return values
+
+
+# -- actions -------------------------------------------------------------------------------------------
+class AlertAction(_Strict):
+    type: Literal["alert"] = "alert"
+    severity: Severity = Field(Severity.WARNING, description="info, warning or critical")
+    identity: str = Field(
+        "key_health:{key}", description="Dedup identity; {key}, {provider} and {policy} are replaced"
+    )
+    title: str | None = Field(None, description="Alert title; default: the policy name and the key")
+
+    @field_validator("identity")
+    @classmethod
+    def _identity(cls, v: str) -> str:
+        bad = set(re.findall(r"{([^}]*)}", v)) - {"key", "provider", "policy"}
+        if bad:
+            raise ValueError(
+                f"unknown placeholder {', '.join(sorted(bad))}; valid: {{key}}, {{provider}}, {{policy}}"
+            )
+        return v
+
+
+class DisableAction(_Strict):
+    type: Literal["disable"] = "disable"
+    at_provider: bool = Field(
+        True,
+        description="Also deactivate the key at the provider where that is reversible (Anthropic inactive, "
+        "OpenRouter disabled, AWS Inactive)",
+    )
+
+
+class EnableAction(_Strict):
+    type: Literal["enable"] = "enable"
+    at_provider: bool = Field(True, description="Also re-activate the key at the provider where possible")
+
+
+class PoolRemoveAction(_Strict):
+    type: Literal["pool_remove"] = "pool_remove"
+    pools: list[str] | None = Field(
+        None, description="Pools to leave while the policy matches; absent: every pool"
+    )
+
+
+class PoolAddAction(_Strict):
+    type: Literal["pool_add"] = "pool_add"
+    pools: list[str] = Field(
+        min_length=1,
+        description="Pools to join while the policy matches, even if the pool's selector does not "
+        "pick the key (it must still be healthy and active)",
+    )
+
+
+class HookAction(_Strict):
+    type: Literal["hook"] = "hook"
+    command: list[str] = Field(
+        min_length=1,
+        description="Program and arguments (no shell); env KEYWATCH_KEY, KEYWATCH_ACTION, "
+        "KEYWATCH_REASON, KEYWATCH_POLICY, KEYWATCH_PROVIDER, KEYWATCH_HEALTH; never the secret",
+    )
+    timeout: Duration = Field("30s", description="The command is killed after this long")
+
+
+class RevokeAction(_Strict):
+    type: Literal["revoke"] = "revoke"
+    allow_destructive: bool = Field(
+        False,
+        description="Must be true: revoking (OpenAI delete, Anthropic archive, Azure regenerate) cannot "
+        "be undone; the account must also set allow_destructive",
+    )
+
+    @model_validator(mode="after")
+    def _opt_in(self) -> RevokeAction:
+        if not self.allow_destructive:
+            raise ValueError(
+                "revoke cannot be undone; set allow_destructive = true on this action to allow it"
+            )
+        return self
+
+
+ACTION_MODELS: dict[str, type[BaseModel]] = {
+    m.model_fields["type"].default: m
+    for m in (
+        AlertAction,
+        DisableAction,
+        EnableAction,
+        PoolRemoveAction,
+        PoolAddAction,
+        HookAction,
+        RevokeAction,
+    )
+}
+ActionConfig = (
+    AlertAction | DisableAction | EnableAction | PoolRemoveAction | PoolAddAction | HookAction | RevokeAction
+)
+
+
+ActionItem = Annotated[ActionConfig, Field(discriminator="type")]
+
+
+def _parse_action(item: Any) -> Any:
+    if isinstance(item, str):
+        item = {"type": item}
+    if not isinstance(item, dict):
+        raise ValueError(
+            'expected an action name or a table such as { type = "alert", severity = "critical" }'
+        )
+    kind = item.get("type")
+    if kind not in ACTION_MODELS:
+        raise ValueError(f"unknown action {kind!r}; valid actions: {', '.join(ACTION_MODELS)}")
+    try:
+        return TypeAdapter(ACTION_MODELS[kind]).validate_python(item)
+    except ValidationError as exc:
+        parts = []
+        for err in exc.errors(include_url=False):
+            where = ".".join(str(x) for x in err["loc"])
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                valid = ", ".join(ACTION_MODELS[kind].model_fields)
+                msg = f"unknown field; valid fields of {kind}: {valid}"
+            parts.append(f"{kind}{'.' + where if where else ''}: {msg}")
+        raise ValueError("; ".join(parts)) from None
+
+
+class PolicyConfig(_Strict):
+    name: str = Field(
+        pattern=_NAME_PATTERN, description="Unique; the actor recorded on every action it takes"
+    )
+    description: str | None = None
+    enabled: bool = True
+    dry_run: bool = Field(False, description="Decide and record, do nothing (also [safety] dry_run)")
+    when: Conditions
+    actions: Annotated[list[ActionItem], Field(min_length=1)] = Field(
+        description="What to do while the conditions hold: alert, disable, enable, pool_remove, pool_add, "
+        "hook, revoke; a name or a table with `type`"
+    )
+    max_actions_per_hour: int | None = Field(
+        None,
+        ge=1,
+        description="Blast radius of this policy; default [safety] max_actions_per_policy_per_hour",
+    )
+
+    @field_validator("actions", mode="before")
+    @classmethod
+    def _actions(cls, v: Any) -> Any:
+        if not isinstance(v, list):
+            raise ValueError("expected a list of actions")
+        out, problems = [], []
+        for i, item in enumerate(v):
+            try:
+                out.append(_parse_action(item))
+            except ValueError as exc:
+                problems.append(f"[{i}] {exc}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return out
+
+    @property
+    def action_list(self) -> list[ActionConfig]:
+        return list(self.actions)
+
+
+# -- pools ---------------------------------------------------------------------------------------------
+class RedisTarget(_Strict):
+    url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="redis://, rediss:// or unix:// URL, or a secret reference (env:NAME ...) when it "
+        "holds a "
+        "password",
+    )
+    key: str = Field(
+        min_length=1,
+        description="Redis set holding the pool's secrets (an app takes one with "
+        "SRANDMEMBER); restrict it with Redis ACLs",
+    )
+    ranked: bool = Field(
+        False, description="Also publish a sorted set `<key>:ranked`, best key first (ZRANGE 0 0)"
+    )
+
+
+class FileTarget(_Strict):
+    path: str = Field(
+        min_length=1, description="File written atomically with mode 0600 (temp + fsync + rename)"
+    )
+    format: Literal["json", "env"] = Field(
+        "json",
+        description="json: {pool, updated_at, keys: [{name, provider, secret, base_url}]}; env: "
+        "KEYWATCH_POOL_KEY (best), KEYWATCH_POOL_KEYS (comma-separated), KEYWATCH_POOL_SIZE",
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError("expected an absolute path")
+        return v
+
+
+class PoolConfig(_Strict):
+    name: str = Field(pattern=_NAME_PATTERN)
+    provider: Annotated[list[str], AfterValidator(lambda v: _known_providers(v))] | None = Field(
+        None, description="Only keys of these providers"
+    )
+    labels: dict[str, str] | None = Field(None, description="Only keys with every one of these labels")
+    keys: list[str] | None = Field(
+        None, description="Only keys whose name matches one of these glob patterns"
+    )
+    include_rate_limited: bool = Field(False, description="Keep rate_limited keys in the pool")
+    order: Literal["latency", "headroom", "name"] = Field(
+        "latency", description="latency: fastest first; headroom: most rate-limit room left first; name"
+    )
+    redis: RedisTarget | None = None
+    file: FileTarget | None = None
+
+    @field_validator("provider", "keys", mode="before")
+    @classmethod
+    def _listify(cls, v: Any) -> Any:
+        return _one_or_many(v)
+
+    @model_validator(mode="after")
+    def _target(self) -> PoolConfig:
+        if self.redis is None and self.file is None:
+            raise ValueError('a pool needs a target: redis = { key = "..." } and/or file = { path = "..." }')
+        return self
+
+
+# -- outage and safety ----------------------------------------------------------------------------------
+class OutageSettings(_Strict):
+    enabled: bool = Field(
+        True, description="Detect provider outages and suspend key-level actions during them"
+    )
+    threshold: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="Fraction of one provider's (or one base_url's) keys failing with "
+        "provider_error or unreachable in a cycle that makes an outage",
+    )
+    min_keys: int = Field(2, ge=1, description="Groups with fewer probed keys are never called an outage")
+
+
+class SafetySettings(_Strict):
+    dry_run: bool = Field(False, description="Every policy decides and records but does nothing")
+    max_actions_per_policy_per_hour: int = Field(
+        20, ge=1, description="Past this, a policy stops acting and a critical blast_radius alert fires"
+    )
+    max_disabled_percent: float = Field(
+        10.0,
+        gt=0,
+        le=100,
+        description="keywatch never lets its own disables exceed this share of the fleet; a cycle that "
+        "would is "
+        "refused as a whole and a critical blast_radius alert fires",
+    )
+    default_policies: Literal["when_empty", "always", "never"] = Field(
+        "when_empty", description="The built-in policies: when no [[policies]] is written, always, or never"
+    )
+    disable_after_probes: int = Field(
+        3, ge=1, description="Built-in: invalid this many probes in a row -> disable"
+    )
+    auto_enable: bool = Field(
+        True, description="Built-in: re-enable a key keywatch disabled once it recovers"
+    )
+    enable_after_probes: int = Field(
+        3, ge=1, description="Built-in: healthy this many probes in a row -> enable"
+    )
+    rate_limited_warn_after: Duration = Field(
+        "30m", description="Built-in: rate_limited this long -> warning"
+    )
+    alert_clear_probes: int = Field(
+        3,
+        ge=1,
+        description="A policy alert resolves after its condition stayed false this many cycles (a flapping "
+        "key keeps one alert firing instead of one per flap)",
+    )
+
+
+# -- cross references (run with the Config's earlier fields in `info.data`) -----------------------------
+def check_policies(policies: list[PolicyConfig], info: ValidationInfo) -> list[PolicyConfig]:
+    problems = []
+    pool_names = {p.name for p in (info.data.get("pools") or [])}
+    seen: dict[str, int] = {}
+    for i, p in enumerate(policies):
+        if p.name in seen:
+            problems.append(f"[{i}].name: {p.name!r} is already used by policies[{seen[p.name]}]")
+        seen.setdefault(p.name, i)
+        for j, a in enumerate(p.action_list):
+            for name in getattr(a, "pools", None) or []:
+                if name not in pool_names:
+                    known = ", ".join(sorted(pool_names)) or "none"
+                    problems.append(
+                        f"[{i}] ({p.name}) actions[{j}].pools: no pool named {name!r} (known: {known})"
+                    )
+    if problems:
+        raise ValueError("; ".join(problems))
+    return policies
+
+
+def check_pools(pools: list[PoolConfig]) -> list[PoolConfig]:
+    seen: dict[str, int] = {}
+    problems = []
+    for i, p in enumerate(pools):
+        if p.name in seen:
+            problems.append(f"[{i}].name: {p.name!r} is already used by pools[{seen[p.name]}]")
+        seen.setdefault(p.name, i)
+    if problems:
+        raise ValueError("; ".join(problems))
+    return pools
+
+
+Policies = Annotated[list[PolicyConfig], AfterValidator(check_policies)]
+Pools = Annotated[list[PoolConfig], AfterValidator(check_pools)]
