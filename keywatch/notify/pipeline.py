@@ -133,6 +133,13 @@ class AlertPipeline:
             await self._process(retry)
         due = [alert_from_dict(st.alert) for st in self.states.values() if self._due(st, now)]
         if due:
+            try:
+                silences = await asyncio.to_thread(self.db.silences, now)
+            except Exception:
+                silences = []
+            # Held by a silence: nothing to do until it ends (not a rewrite of the same state every tick).
+            due = [a for a in due if not any(s.matches(alert_labels(a)) for s in silences)]
+        if due:
             await self._process(due, reconsider=True)
         if self._last_purge is None or now - self._last_purge >= timedelta(hours=1):
             self._last_purge = now
