@@ -1,4 +1,4 @@
-"""Pools: the healthy keys published to the real Redis on this machine and to files nobody sees half-written."""
+"""Pools: healthy keys published to the real Redis on this machine and to files never seen half-written."""
 
 from __future__ import annotations
 
