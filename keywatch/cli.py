@@ -6,7 +6,6 @@ Exit codes: 0 all good, 1 something needs attention (a key is not healthy), 2 a 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys
@@ -14,7 +13,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from keywatch import __version__
+from keywatch import __version__, aio
 
 DEFAULT_CONFIG = os.environ.get("KEYWATCH_CONFIG", "/etc/keywatch/keywatch.toml")
 EXIT_OK, EXIT_ATTENTION, EXIT_USAGE = 0, 1, 2
@@ -109,7 +108,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         config = load(args.config)
         kwlog.setup(config.daemon.log_format, config.daemon.log_level)
-        return asyncio.run(Daemon(args.config).run())
+        return aio.run(Daemon(args.config).run())
     if args.command == "check":
         kwlog.setup("auto", "warning")
         return cmd_check(args)
@@ -190,7 +189,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     if not inventory.keys:
         raise CliError(f"{inventory.source}: no enabled keys to check")
     progress = sys.stderr.isatty() and len(args.key or inventory.keys) > 1
-    results = asyncio.run(probe_inventory(inventory, args.key, progress))
+    results = aio.run(probe_inventory(inventory, args.key, progress))
     fps = {k.name: k.fingerprint for k in inventory.keys}
     if args.json:
         print(json.dumps([result_json(r, fps[r.key]) for r in results], indent=2))

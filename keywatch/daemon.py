@@ -7,6 +7,7 @@ ends the process. Only a bad config at start does (exit 2), because then there i
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import socket
@@ -21,11 +22,11 @@ import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from keywatch import __version__
+from keywatch import __version__, aio
 from keywatch.domain import Alert, Event, ProbeResult, Transition
-from keywatch.extensions import DAEMON_EXTENSIONS
 from keywatch.engine.prober import AdapterSet, Prober, make_http_client
 from keywatch.engine.state import StateTracker
+from keywatch.extensions import DAEMON_EXTENSIONS
 from keywatch.metrics import Metrics
 from keywatch.redact import REGISTRY
 from keywatch.settings import ConfigError, Inventory, load_inventory
@@ -165,6 +166,10 @@ class Daemon:
             next_run_time=datetime.now(UTC), max_instances=1, coalesce=True, misfire_grace_time=int(probe.interval),
         )
         self._scheduler.start()
+        # The inventory, config and clients live as long as the process: keep them out of the cyclic
+        # collector's full passes, which otherwise rescan them during every busy cycle.
+        gc.collect()
+        gc.freeze()
         self._pending_events.append(Event(datetime.now(UTC), "daemon_started", None, "keywatch",
                                           f"keywatch {__version__} started with {len(inventory.keys)} keys"))
         log.info("started", version=__version__, keys=len(inventory.keys), listen=f"{self._web.host}:{self.web_port}",
@@ -410,4 +415,4 @@ def _db_error(exc: BaseException) -> str:
 
 
 def run(config_path: str) -> int:
-    return asyncio.run(Daemon(config_path).run())
+    return aio.run(Daemon(config_path).run())

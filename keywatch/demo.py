@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from keywatch import aio
 from keywatch.domain import Transition
 
 
@@ -157,7 +158,7 @@ def run_demo(duration: float | None, interval: str = "5s", listen: str = "127.0.
             _print(f"[{at:6.1f}s] {t.key.ljust(width)}  {t.old} -> {t.new}{detail}")
 
         daemon.transition_listeners.append(on_transition)
-        return asyncio.run(_drive(daemon, sim, duration, fleet))
+        return aio.run(_drive(daemon, sim, duration, fleet))
 
 
 async def _drive(daemon: Any, sim: Any, duration: float | None, fleet: list[DemoKey]) -> int:

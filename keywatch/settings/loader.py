@@ -118,7 +118,9 @@ def _resolve(ref: str, where: str, owner: str, allow_literal: bool, problems: li
         problems.append(f"{where}: {owner}: {exc}")
         return None
     if not secrets.is_reference(ref):
-        warnings.append(f"{where}: {owner}: the secret is written in the config file; prefer env:, file: or credential:")
+        warnings.append(
+            f"{where}: {owner}: the secret is written in the config file; prefer env:, file: or credential:"
+        )
     return value
 
 

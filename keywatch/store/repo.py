@@ -17,7 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from keywatch.domain import AdminState, Event, Health, KeyState, RateLimit, Transition
-from keywatch.store.models import Base, EventRow, KeyStateRow, ProbeRollupRow, TransitionRow
+from keywatch.store.models import EventRow, KeyStateRow, ProbeRollupRow, TransitionRow
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 

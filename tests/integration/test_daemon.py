@@ -111,7 +111,7 @@ def test_lifecycle_notify_ready_reload_and_term(sim, tmp_path: Path, notify_sock
     d = DaemonProc(cfg, env, port)
     try:
         wait_for(d.ready, what="/readyz 200")
-        status, body = http_get(d.url("/readyz"))
+        _status, body = http_get(d.url("/readyz"))
         assert json.loads(body)["checks"] == {"config_loaded": True, "database_reachable": True,
                                               "first_cycle_done": True}
         assert http_get(d.url("/healthz"))[0] == 200

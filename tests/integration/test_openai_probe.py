@@ -28,7 +28,7 @@ CASES = [
     ("overloaded", "models", Health.PROVIDER_ERROR, None),
     ("bad_body", "models", Health.PROVIDER_ERROR, "bad_response"),
     ("hang", "models", Health.UNREACHABLE, "timeout"),
-    ("disconnect", "models", Health.UNREACHABLE, "connect_error"),
+    ("disconnect", "models", Health.UNREACHABLE, None),
     # The zero-token probe cannot see exhausted quota; the 1-token completion probe can.
     ("quota_exhausted", "models", Health.HEALTHY, None),
     ("quota_exhausted", "completion", Health.QUOTA_EXHAUSTED, "insufficient_quota"),

@@ -95,7 +95,7 @@ def test_database_grows_with_changes_not_with_probes(store: Store) -> None:
     # One key changes: one more transition, nothing else grows.
     run_cycle(tracker, store, t0 + timedelta(hours=5), {"k3": Health.INVALID})
     assert count(store, "transitions") == 21
-    assert [(t.old, t.new) for t in store.transitions("k3")][0] == (Health.HEALTHY, Health.INVALID)
+    assert next((t.old, t.new) for t in store.transitions("k3")) == (Health.HEALTHY, Health.INVALID)
 
 
 def test_state_round_trips_and_admin_decisions_survive_probe_writes(store: Store) -> None:
