@@ -498,10 +498,12 @@ async def setup(daemon: Any) -> None:
     engine = PolicyEngine(daemon, metrics)
     await engine.load()
     daemon.policy_engine = engine
-    daemon.policy_owns_key_alerts = True
     daemon.cycle_hooks.append(engine.on_cycle)
     cfg = daemon.inventory.config
     policies = effective_policies(list(cfg.policies), cfg.safety)
+    # With no policy at all (default_policies = "never" and none written) the alert pipeline's plain
+    # health-change alerts stay on, so a key dying is never silent.
+    daemon.policy_owns_key_alerts = bool(policies)
     log.info(
         "policies_ready",
         policies=[p.name for p in policies],

@@ -235,8 +235,8 @@ async def setup(daemon: Any) -> None:
             REGISTRY.add(secrets)  # a reload replaced the redactor's list with the keys' secrets only
             if alerts_config(d.inventory.config) != config:
                 log.warning("restart_needed", setting="alerts")
-        if not config.default_key_alerts:
-            return
+        if not config.default_key_alerts or getattr(d, "policy_owns_key_alerts", False):
+            return  # the policy engine raises key alerts itself, with its own thresholds
         snapshot = d.tracker.snapshot()
         labels = {k.name: k.labels for k in d.inventory.keys}
         for t in report.transitions:

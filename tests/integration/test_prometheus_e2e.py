@@ -255,7 +255,10 @@ def stack(tmp_path_factory) -> Iterator[dict]:
             f'database = "sqlite:///{tmp / "keywatch.db"}"\n'
             f'listen = "127.0.0.1:{port}"\n'
             'log_format = "json"\n\n'
-            '[probe]\ninterval = "2s"\nconcurrency = 8\ntimeout = "2s"\n\n' + "\n".join(lines)
+            '[probe]\ninterval = "2s"\nconcurrency = 8\ntimeout = "2s"\n\n'
+            # Keys stay as the simulator made them: the built-in policies would disable the invalid
+            # one, and the key-down rule rightly ignores keys keywatch disabled on purpose.
+            '[safety]\ndefault_policies = "never"\n\n' + "\n".join(lines)
         )
         log = tmp / "keywatch.log"
         with log.open("wb") as out:
