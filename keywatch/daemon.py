@@ -23,7 +23,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from keywatch import __version__, aio
-from keywatch.domain import Alert, Event, ProbeResult, Transition
+from keywatch.domain import Alert, Event, Health, ProbeResult, Transition
 from keywatch.engine.prober import AdapterSet, Prober, make_http_client
 from keywatch.engine.state import StateTracker
 from keywatch.extensions import DAEMON_EXTENSIONS
@@ -155,7 +155,7 @@ class Daemon:
         self._use_inventory(inventory)
         url = inventory.config.daemon.database or default_database_url()
         self.store = Store(url)
-        self._web = WebServer(inventory.config.daemon.listen, self.metrics.registry, self.readiness)
+        self._web = WebServer(inventory.config.daemon.listen, self.metrics.exposition, self.readiness)
         await self._web.start()  # before the database: /healthz answers while a slow database connects
         await self._ensure_db()
         await self._setup_extensions()
@@ -322,8 +322,12 @@ class Daemon:
             if t is not None:
                 transitions.append(t)
                 self.metrics.transitions.labels(t.provider, str(t.new)).inc()
-                log.info("health_changed", key=t.key, provider=t.provider, old=str(t.old), new=str(t.new),
-                         http_status=t.http_status, error_code=t.error_code, error=t.error_message)
+                # A key found healthy at its first probe is not news (at thousands of keys, start-up
+                # would flood the journal); every other change is.
+                first_and_fine = t.old is Health.UNKNOWN and t.new.is_up
+                (log.debug if first_and_fine else log.info)(
+                    "health_changed", key=t.key, provider=t.provider, old=str(t.old), new=str(t.new),
+                    http_status=t.http_status, error_code=t.error_code, error=t.error_message)
                 for listener in self.transition_listeners:
                     try:
                         listener(t)

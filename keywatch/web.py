@@ -9,17 +9,18 @@ import asyncio
 from collections.abc import Callable
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 ReadyFn = Callable[[], tuple[bool, dict[str, bool]]]
+RenderFn = Callable[[], bytes]
 
 
 class WebServer:
-    def __init__(self, listen: str, registry: CollectorRegistry, ready: ReadyFn) -> None:
+    def __init__(self, listen: str, render: RenderFn, ready: ReadyFn) -> None:
         host, _, port = listen.rpartition(":")
         self.host = host.strip("[]")
         self.port = int(port)
-        self.registry = registry
+        self.render = render
         self.ready = ready
         self.app = web.Application()
         self.app.router.add_get("/metrics", self._metrics)
@@ -44,7 +45,7 @@ class WebServer:
 
     async def _metrics(self, _: web.Request) -> web.Response:
         # Rendering thousands of series is CPU work: keep it off the event loop's own turn.
-        body = await asyncio.get_running_loop().run_in_executor(None, generate_latest, self.registry)
+        body = await asyncio.get_running_loop().run_in_executor(None, self.render)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _healthz(self, _: web.Request) -> web.Response:

@@ -27,6 +27,9 @@ class ConfigError(Exception):
 
 @dataclass
 class Inventory:
+    """The loaded config: `keys` are the enabled keys with their secrets resolved; `config` holds every
+    other setting (its `keys` list is left empty, see build_inventory)."""
+
     config: Config
     source: str
     keys: list[ManagedKey]
@@ -170,7 +173,10 @@ def build_inventory(config: Config, source: str) -> Inventory:
         )
     if problems:
         raise ConfigError(source, problems)
-    return Inventory(config=config, source=source, keys=keys, accounts=accounts, warnings=warnings)
+    # The key list lives once, resolved, in Inventory.keys: at thousands of keys the validated models
+    # would double the daemon's memory for nothing.
+    settings = config.model_copy(update={"keys": []})
+    return Inventory(config=settings, source=source, keys=keys, accounts=accounts, warnings=warnings)
 
 
 def load_inventory(path: str | Path) -> Inventory:

@@ -76,3 +76,26 @@ def test_removed_key_leaves_no_series() -> None:
     text = generate_latest(r).decode()
     assert 'key="b"' not in text
     assert "sk-proj" not in text
+
+
+def test_metrics_endpoint_text_matches_the_registry_samples() -> None:
+    """/metrics renders per-key families directly; what it says must equal what the registry collects."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    t = StateTracker()
+    t.sync_inventory([key("a", team="search", **{"cost-center": 'x"y\\z'}), key("b"), key("c", env="prod")])
+    t.apply(result("a", Health.RATE_LIMITED, T0, ratelimit=RateLimit(requests_remaining=0, tokens_remaining=5)))
+    t.apply(result("b", Health.INVALID, T0 + timedelta(seconds=1.5)))
+    m = Metrics(CollectorRegistry())
+    m.attach_state(t.snapshot)
+
+    def samples(text: str) -> set[tuple[str, tuple, float]]:
+        return {(s.name, tuple(sorted(s.labels.items())), s.value)
+                for fam in text_string_to_metric_families(text) for s in fam.samples
+                if s.name.startswith("keywatch_key_")}
+
+    fast = m.exposition().decode()
+    generic = generate_latest(m.registry).decode()
+    assert samples(fast) == samples(generic)
+    assert len(samples(fast)) > 40
+    assert fast.count("# TYPE keywatch_key_health gauge") == 1
