@@ -23,6 +23,7 @@ from keywatch.engine.policy_config import OutageSettings, Policies, Pools, Safet
 from keywatch.notify.config import AlertsConfig
 from keywatch.providers import registry
 from keywatch.settings.durations import DURATION_PATTERN, format_duration, parse_duration
+from keywatch.usage.config import Budgets, UsageSettings
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
 LABEL_NAME_PATTERN = r"^[a-zA-Z_][a-zA-Z0-9_]{0,63}$"
@@ -240,6 +241,8 @@ class Config(Strict):
     outage: OutageSettings = Field(default_factory=OutageSettings)
     safety: SafetySettings = Field(default_factory=SafetySettings)
     policies: Policies = Field(default_factory=list, description="What to do about key states (after pools)")
+    usage: UsageSettings = Field(default_factory=UsageSettings, description="Usage and cost pulls")
+    budgets: Budgets = Field(default_factory=list, description="Spending limits per key, label, account or provider")
 
     @model_validator(mode="after")
     def _cross_references(self) -> Config:

@@ -1,0 +1,238 @@
+"""OpenAI usage and costs under /openai/v1/organization (Admin API, admin key), plus the `/_sim/usage` control API.
+
+Fixtures live in state.admin[<provider>] and are set with `POST /_sim/usage/<provider>` (JSON object; its
+fields replace the stored ones) or directly through SimulatorThread.call():
+  usage: [{"at": unix s or RFC 3339, "api_key_id", "project_id", "model", "input_tokens", "output_tokens",
+           "input_cached_tokens", "num_model_requests"}]  (Anthropic: "workspace_id", "uncached_input_tokens",
+           "cache_read_input_tokens", "output_tokens")
+  costs: [{"at", "project_id", "api_key_id", "line_item", "amount": "1.23" (USD; Anthropic: cents string),
+           "currency"}]  (Anthropic: "workspace_id", "description")
+  spend_limit_cents (OpenAI), page_size (caps buckets per page, to exercise paging),
+  usage_status (answer every usage/cost request with this HTTP status: a provider outage).
+Records are summed into the requested buckets and grouped by the requested group_by fields, as the APIs do;
+empty buckets are listed too. Amounts are summed as Decimal.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from aiohttp import web
+
+from keywatch.sim.common import json_response, state_of
+from keywatch.sim.routes import openai as sim_openai
+from keywatch.sim.state import SimState
+
+PREFIX = "/openai/v1/organization/usage+costs"  # a label for the mount check; routes are listed in register()
+WIDTHS = {"1m": timedelta(minutes=1), "1h": timedelta(hours=1), "1d": timedelta(days=1)}
+DEFAULT_LIMITS = {"1m": 60, "1h": 24, "1d": 7}
+MAX_LIMITS = {"1m": 1440, "1h": 168, "1d": 31}
+
+
+def parse_at(value: Any) -> datetime:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return datetime.fromtimestamp(value, UTC)
+    if isinstance(value, str):
+        if value.isdigit():
+            return datetime.fromtimestamp(int(value), UTC)
+        at = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return at if at.tzinfo else at.replace(tzinfo=UTC)
+    raise ValueError(f"not a time: {value!r}")
+
+
+def floor_to(at: datetime, width: timedelta) -> datetime:
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    return epoch + ((at - epoch) // width) * width
+
+
+def group_params(request: web.Request) -> list[str]:
+    return request.query.getall("group_by[]", []) + request.query.getall("group_by", [])
+
+
+def buckets(
+    records: list[dict[str, Any]],
+    start: datetime,
+    end: datetime,
+    width: timedelta,
+    group_by: list[str],
+    summarise: Callable[[list[dict[str, Any]], dict[str, Any]], dict[str, Any]],
+) -> list[tuple[datetime, list[dict[str, Any]]]]:
+    """[(bucket start, [result per group])] for every bucket in [start, end)."""
+    out = []
+    at = floor_to(start, width)
+    parsed = [(parse_at(r["at"]), r) for r in records]
+    while at < end:
+        stop = at + width
+        groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+        for when, r in parsed:
+            if at <= when < stop:
+                groups.setdefault(tuple(r.get(g) for g in group_by), []).append(r)
+        results = [summarise(rs, dict(zip(group_by, g, strict=True))) for g, rs in groups.items()]
+        out.append((at, results))
+        at = stop
+    return out
+
+
+def page_of(request: web.Request, items: list[Any], limit: int, cap: int | None) -> tuple[list[Any], str | None]:
+    size = min(limit, cap) if cap else limit
+    raw = request.query.get("page")
+    offset = int(raw.removeprefix("page_")) if raw and raw.removeprefix("page_").isdigit() else 0
+    chunk = items[offset : offset + size]
+    nxt = f"page_{offset + size}" if offset + size < len(items) else None
+    return chunk, nxt
+
+
+def window(request: web.Request, start_name: str, end_name: str, default_width: str) -> tuple[
+    datetime, datetime, str, int
+]:
+    try:
+        start = parse_at(request.query[start_name])
+    except (KeyError, ValueError):
+        raise web.HTTPBadRequest(text=json.dumps({"error": {"message": f"{start_name} is required"}}),
+                                 content_type="application/json") from None
+    end = parse_at(request.query[end_name]) if end_name in request.query else datetime.now(UTC)
+    width = request.query.get("bucket_width", default_width)
+    if width not in WIDTHS:
+        raise web.HTTPBadRequest(text=json.dumps({"error": {"message": f"bucket_width {width!r} is not valid"}}),
+                                 content_type="application/json")
+    try:
+        limit = int(request.query.get("limit", DEFAULT_LIMITS[width]))
+    except ValueError:
+        limit = DEFAULT_LIMITS[width]
+    return start, end, width, max(1, min(limit, MAX_LIMITS[width] if width != "1d" else 180))
+
+
+def dec_number(d: Decimal) -> float:
+    """A JSON number that reads back as `d` (shortest float repr: exact for up to 15 significant digits)."""
+    return float(d)
+
+
+# --- OpenAI -----------------------------------------------------------------------------------------------
+def _usage_summary(rs: list[dict[str, Any]], group: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"object": "organization.usage.completions.result"}
+    for f in ("input_tokens", "output_tokens", "input_cached_tokens", "input_audio_tokens", "output_audio_tokens",
+              "num_model_requests"):
+        out[f] = sum(int(r.get(f, 0)) for r in rs)
+    for f in ("project_id", "user_id", "api_key_id", "model", "batch", "service_tier"):
+        out[f] = group.get(f)
+    return out
+
+
+def _cost_summary(rs: list[dict[str, Any]], group: dict[str, Any]) -> dict[str, Any]:
+    total = sum((Decimal(str(r["amount"])) for r in rs), Decimal(0))
+    return {
+        "object": "organization.costs.result",
+        "amount": {"value": dec_number(total), "currency": rs[0].get("currency", "usd")},
+        "line_item": group.get("line_item"),
+        "project_id": group.get("project_id"),
+        "api_key_id": group.get("api_key_id"),
+        "quantity": None,
+        "quantity_unit": None,
+    }
+
+
+async def _guard(request: web.Request, provider: str) -> web.Response | None:
+    data = state_of(request).provider_data(provider)
+    status = data.get("usage_status")
+    if status:
+        return json_response({"error": {"message": "The server had an error while processing your request.",
+                                        "type": "server_error", "param": None, "code": None}}, int(status))
+    return None
+
+
+async def openai_usage(request: web.Request) -> web.Response:
+    _, refused = await sim_openai._admin(request)
+    if refused is not None:
+        return refused
+    failed = await _guard(request, "openai")
+    if failed is not None:
+        return failed
+    data = state_of(request).provider_data("openai")
+    start, end, width, limit = window(request, "start_time", "end_time", "1d")
+    all_buckets = buckets(data.get("usage", []), start, end, WIDTHS[width], group_params(request), _usage_summary)
+    return _openai_page(request, all_buckets, limit, data.get("page_size"), "organization.usage.completions")
+
+
+async def openai_costs(request: web.Request) -> web.Response:
+    _, refused = await sim_openai._admin(request)
+    if refused is not None:
+        return refused
+    failed = await _guard(request, "openai")
+    if failed is not None:
+        return failed
+    data = state_of(request).provider_data("openai")
+    start, end, _, limit = window(request, "start_time", "end_time", "1d")
+    all_buckets = buckets(data.get("costs", []), start, end, WIDTHS["1d"], group_params(request), _cost_summary)
+    return _openai_page(request, all_buckets, limit, data.get("page_size"), "organization.costs")
+
+
+def _openai_page(request: web.Request, all_buckets: list[Any], limit: int, cap: int | None, _: str) -> web.Response:
+    chunk, nxt = page_of(request, all_buckets, limit, cap)
+    width = WIDTHS[request.query.get("bucket_width", "1d")]
+    data = [
+        {"object": "bucket", "start_time": int(at.timestamp()), "end_time": int((at + width).timestamp()),
+         "results": results}
+        for at, results in chunk
+    ]
+    return json_response({"object": "page", "data": data, "has_more": nxt is not None, "next_page": nxt})
+
+
+async def openai_spend_limit(request: web.Request) -> web.Response:
+    _, refused = await sim_openai._admin(request)
+    if refused is not None:
+        return refused
+    cents = state_of(request).provider_data("openai").get("spend_limit_cents")
+    if cents is None:
+        return sim_openai._not_found("No spend limit is set for this organization.")
+    return json_response({"object": "organization.spend_limit", "threshold_amount": int(cents), "currency": "USD",
+                          "interval": "month", "enforcement": {"status": "active"}})
+
+
+# --- control API -------------------------------------------------------------------------------------------
+FIXTURE_FIELDS = ("usage", "costs", "spend_limit_cents", "page_size", "usage_status")
+
+
+async def post_fixtures(request: web.Request) -> web.Response:
+    provider = request.match_info["provider"]
+    try:
+        payload = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return json_response({"error": "body must be JSON"}, 400)
+    if not isinstance(payload, dict):
+        return json_response({"error": "body must be a JSON object"}, 400)
+    unknown = sorted(set(payload) - set(FIXTURE_FIELDS))
+    if unknown:
+        return json_response({"error": f"unknown fields {unknown}; valid: {list(FIXTURE_FIELDS)}"}, 400)
+    for name in ("usage", "costs"):
+        for i, r in enumerate(payload.get(name) or []):
+            try:
+                parse_at(r["at"])
+            except (KeyError, ValueError, TypeError):
+                return json_response({"error": f"{name}[{i}].at: expected unix seconds or RFC 3339"}, 400)
+    set_fixtures(state_of(request), provider, **payload)
+    return json_response({"provider": provider, "set": sorted(payload)})
+
+
+def set_fixtures(state: SimState, provider: str, **fields: Any) -> None:
+    """Replace the given fixture fields of `provider` (call on the simulator's loop)."""
+    state.provider_data(provider).update(fields)
+
+
+async def delete_fixtures(request: web.Request) -> web.Response:
+    data = state_of(request).provider_data(request.match_info["provider"])
+    for f in FIXTURE_FIELDS:
+        data.pop(f, None)
+    return json_response({"cleared": True})
+
+
+def register(app: web.Application, state: SimState) -> None:
+    org = "/openai/v1/organization"
+    app.router.add_get(f"{org}/usage/completions", openai_usage)
+    app.router.add_get(f"{org}/costs", openai_costs)
+    app.router.add_get(f"{org}/spend_limit", openai_spend_limit)
+    app.router.add_post("/_sim/usage/{provider}", post_fixtures)
+    app.router.add_delete("/_sim/usage/{provider}", delete_fixtures)

@@ -1,0 +1,1 @@
+"""One module per provider family; each defines `async def pull(ctx, source) -> PullResult`."""
