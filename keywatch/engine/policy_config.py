@@ -3,7 +3,7 @@
 Conditions and actions are registered by name and each validates its own argument, so a bad policy is
 refused at load with the list of valid names (cloud-custodian style), before anything can act on a key.
 
-This module must not import `keywatch.settings` at import time: the settings schema imports it.
+It uses keywatch.settings.types only: the settings schema imports this module.
 """
 
 from __future__ import annotations
@@ -14,20 +14,17 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
-    ConfigDict,
     Field,
-    PlainSerializer,
     TypeAdapter,
     ValidationError,
     ValidationInfo,
-    WithJsonSchema,
     field_validator,
     model_validator,
 )
 
 from keywatch.domain import AdminState, Health, Severity
+from keywatch.settings.types import Duration, Strict
 
-_DURATION_PATTERN = r"^(\d+(\.\d+)?(ns|us|µs|ms|s|m|h|d))+$"
 _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 
 # Signals other parts of keywatch raise about a key (daemon.signals[key] holds a set of these names).
@@ -35,36 +32,6 @@ _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 SIGNALS: tuple[str, ...] = ("budget_exhausted", "compromised")
 HEALTH_NAMES: tuple[str, ...] = tuple(str(h) for h in Health)
 ADMIN_NAMES: tuple[str, ...] = tuple(str(a) for a in AdminState)
-
-
-def _duration(value: Any) -> float:
-    from keywatch.settings.durations import parse_duration
-
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        if value < 0:
-            raise ValueError("must not be negative")
-        return float(value)
-    if not isinstance(value, str):
-        raise ValueError("expected a duration such as 30s, 5m or 1h30m")
-    return parse_duration(value)
-
-
-def _format(seconds: float) -> str:
-    from keywatch.settings.durations import format_duration
-
-    return format_duration(seconds)
-
-
-Duration = Annotated[
-    Any,
-    AfterValidator(_duration),
-    PlainSerializer(_format, return_type=str),
-    WithJsonSchema({"type": "string", "pattern": _DURATION_PATTERN, "examples": ["30s", "5m", "1h"]}),
-]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
 def _one_or_many(v: Any) -> Any:
@@ -82,7 +49,7 @@ def _names_in(valid: tuple[str, ...], what: str) -> Any:
 
 
 # -- conditions ----------------------------------------------------------------------------------------
-class Conditions(_Strict):
+class Conditions(Strict):
     """`when = { ... }`: every condition written must hold; a key matches when all do."""
 
     health: Annotated[list[str], AfterValidator(_names_in(HEALTH_NAMES, "health"))] | None = Field(
@@ -154,7 +121,7 @@ def _known_providers(values: list[str]) -> list[str]:
 
 
 # -- actions -------------------------------------------------------------------------------------------
-class AlertAction(_Strict):
+class AlertAction(Strict):
     type: Literal["alert"] = "alert"
     severity: Severity = Field(Severity.WARNING, description="info, warning or critical")
     identity: str = Field(
@@ -173,7 +140,7 @@ class AlertAction(_Strict):
         return v
 
 
-class DisableAction(_Strict):
+class DisableAction(Strict):
     type: Literal["disable"] = "disable"
     at_provider: bool = Field(
         True,
@@ -182,19 +149,19 @@ class DisableAction(_Strict):
     )
 
 
-class EnableAction(_Strict):
+class EnableAction(Strict):
     type: Literal["enable"] = "enable"
     at_provider: bool = Field(True, description="Also re-activate the key at the provider where possible")
 
 
-class PoolRemoveAction(_Strict):
+class PoolRemoveAction(Strict):
     type: Literal["pool_remove"] = "pool_remove"
     pools: list[str] | None = Field(
         None, description="Pools to leave while the policy matches; absent: every pool"
     )
 
 
-class PoolAddAction(_Strict):
+class PoolAddAction(Strict):
     type: Literal["pool_add"] = "pool_add"
     pools: list[str] = Field(
         min_length=1,
@@ -203,7 +170,7 @@ class PoolAddAction(_Strict):
     )
 
 
-class HookAction(_Strict):
+class HookAction(Strict):
     type: Literal["hook"] = "hook"
     command: list[str] = Field(
         min_length=1,
@@ -213,7 +180,7 @@ class HookAction(_Strict):
     timeout: Duration = Field("30s", description="The command is killed after this long")
 
 
-class RevokeAction(_Strict):
+class RevokeAction(Strict):
     type: Literal["revoke"] = "revoke"
     allow_destructive: bool = Field(
         False,
@@ -274,7 +241,7 @@ def _parse_action(item: Any) -> Any:
         raise ValueError("; ".join(parts)) from None
 
 
-class PolicyConfig(_Strict):
+class PolicyConfig(Strict):
     name: str = Field(
         pattern=_NAME_PATTERN, description="Unique; the actor recorded on every action it takes"
     )
@@ -313,7 +280,7 @@ class PolicyConfig(_Strict):
 
 
 # -- pools ---------------------------------------------------------------------------------------------
-class RedisTarget(_Strict):
+class RedisTarget(Strict):
     url: str = Field(
         "redis://127.0.0.1:6379/0",
         description="redis://, rediss:// or unix:// URL, or a secret reference (env:NAME ...) when it "
@@ -330,7 +297,7 @@ class RedisTarget(_Strict):
     )
 
 
-class FileTarget(_Strict):
+class FileTarget(Strict):
     path: str = Field(
         min_length=1, description="File written atomically with mode 0600 (temp + fsync + rename)"
     )
@@ -348,7 +315,7 @@ class FileTarget(_Strict):
         return v
 
 
-class PoolConfig(_Strict):
+class PoolConfig(Strict):
     name: str = Field(pattern=_NAME_PATTERN)
     provider: Annotated[list[str], AfterValidator(lambda v: _known_providers(v))] | None = Field(
         None, description="Only keys of these providers"
@@ -377,7 +344,7 @@ class PoolConfig(_Strict):
 
 
 # -- outage and safety ----------------------------------------------------------------------------------
-class OutageSettings(_Strict):
+class OutageSettings(Strict):
     enabled: bool = Field(
         True, description="Detect provider outages and suspend key-level actions during them"
     )
@@ -391,7 +358,7 @@ class OutageSettings(_Strict):
     min_keys: int = Field(2, ge=1, description="Groups with fewer probed keys are never called an outage")
 
 
-class SafetySettings(_Strict):
+class SafetySettings(Strict):
     dry_run: bool = Field(False, description="Every policy decides and records but does nothing")
     max_actions_per_policy_per_hour: int = Field(
         20, ge=1, description="Past this, a policy stops acting and a critical blast_radius alert fires"

@@ -1,61 +1,28 @@
 """The `[alerts]` section: sinks, routes, and the knobs that keep alerting quiet.
 
-This module must not import `keywatch.settings` at import time: the settings schema imports it.
+It uses keywatch.settings.types only: the settings schema imports this module.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Literal
 
 from pydantic import (
-    AfterValidator,
-    BaseModel,
     ConfigDict,
     Field,
-    PlainSerializer,
-    WithJsonSchema,
     model_validator,
 )
 
-_DURATION_PATTERN = r"^(\d+(\.\d+)?(ns|us|µs|ms|s|m|h|d))+$"
+from keywatch.settings.types import Duration, Strict
+
 _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 SINK_TYPES = ("slack", "webhook", "alertmanager", "console")
 SeverityName = Literal["info", "warning", "critical"]
 SECRET_URL_TYPES = ("slack", "webhook")
 
 
-def _duration(value: Any) -> float:
-    from keywatch.settings.durations import parse_duration
-
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        if value < 0:
-            raise ValueError("must not be negative")
-        return float(value)
-    if not isinstance(value, str):
-        raise ValueError("expected a duration such as 30s, 5m or 1h30m")
-    return parse_duration(value)
-
-
-def _format(seconds: float) -> str:
-    from keywatch.settings.durations import format_duration
-
-    return format_duration(seconds)
-
-
-Duration = Annotated[
-    Any,
-    AfterValidator(_duration),
-    PlainSerializer(_format, return_type=str),
-    WithJsonSchema({"type": "string", "pattern": _DURATION_PATTERN, "examples": ["30s", "5m", "4h"]}),
-]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
-
-
-class SinkConfig(_Strict):
+class SinkConfig(Strict):
     name: str = Field(
         pattern=_NAME_PATTERN, description="Unique; used by routes, metrics and `alert test --sink`"
     )
@@ -110,7 +77,7 @@ class SinkConfig(_Strict):
         return 1.0 if self.type == "slack" else 0.0
 
 
-class RouteConfig(_Strict):
+class RouteConfig(Strict):
     match: dict[str, str] = Field(
         default_factory=dict,
         description="Every pair must equal the alert's label of that name (key, provider, severity, "
@@ -128,7 +95,7 @@ class RouteConfig(_Strict):
     model_config = ConfigDict(extra="forbid", validate_default=True, populate_by_name=True)
 
 
-class AlertsConfig(_Strict):
+class AlertsConfig(Strict):
     repeat_interval: Duration = Field("4h", description="A still-firing alert is repeated this often")
     group_wait: Duration = Field(
         "30s",

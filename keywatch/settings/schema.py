@@ -11,10 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
-    ConfigDict,
     Field,
-    PlainSerializer,
-    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -22,43 +19,11 @@ from pydantic import (
 from keywatch.engine.policy_config import OutageSettings, Policies, Pools, SafetySettings
 from keywatch.notify.config import AlertsConfig
 from keywatch.providers import registry
-from keywatch.settings.durations import DURATION_PATTERN, format_duration, parse_duration
+from keywatch.settings.types import Duration, SecretRef, Strict
 from keywatch.usage.config import Budgets, UsageSettings
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
 LABEL_NAME_PATTERN = r"^[a-zA-Z_][a-zA-Z0-9_]{0,63}$"
-
-
-def _duration(value: Any) -> float:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        if value < 0:
-            raise ValueError("must not be negative")
-        return float(value)
-    if not isinstance(value, str):
-        raise ValueError("expected a duration such as 30s, 5m or 1h30m")
-    return parse_duration(value)
-
-
-Duration = Annotated[
-    Any,
-    AfterValidator(_duration),
-    PlainSerializer(format_duration, return_type=str),
-    WithJsonSchema({"type": "string", "pattern": DURATION_PATTERN, "examples": ["30s", "5m", "1h30m"]}),
-]
-
-SecretRef = Annotated[
-    str,
-    Field(
-        min_length=1,
-        description="A reference: env:NAME, file:/path, credential:NAME (systemd $CREDENTIALS_DIRECTORY); "
-        "a literal secret only with daemon.allow_literal_secrets",
-        json_schema_extra={"examples": ["env:OPENAI_PROD_KEY", "credential:openai-admin"]},
-    ),
-]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
 class DaemonSettings(Strict):
