@@ -243,3 +243,24 @@ def test_label_budget_covers_the_labelled_keys_only(service: UsageService) -> No
 def test_usage_settings_refuse_a_lookback_shorter_than_an_hour() -> None:
     with pytest.raises(ValueError, match="lookback"):
         UsageSettings(lookback="10m")
+
+
+async def test_forecast_metric_is_absent_when_nothing_burns_and_present_when_it_does(service: UsageService) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from keywatch.usage.metrics import UsageCollector
+
+    registry = CollectorRegistry()
+    registry.register(UsageCollector(lambda: service.snapshot))
+    service.store.write_rows([spend("search-1", utc(2026, 3, 16, 1), "60")])
+    with freeze_time("2026-03-18 12:00:00"):
+        await service.evaluate()
+    assert registry.get_sample_value("keywatch_budget_exhaustion_forecast_seconds", {"budget": "search-weekly"}) \
+        is None
+    assert registry.get_sample_value("keywatch_budget_used_ratio", {"budget": "search-weekly"}) == 0.6
+    service.store.write_rows([spend("search-1", utc(2026, 3, 18, h), "1") for h in range(12)])
+    with freeze_time("2026-03-18 12:00:00"):
+        await service.evaluate()
+    # $12 in the last 24 h, $28 left: 56 hours
+    assert registry.get_sample_value("keywatch_budget_exhaustion_forecast_seconds", {"budget": "search-weekly"}) \
+        == pytest.approx(56 * 3600, rel=0.05)
