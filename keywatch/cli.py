@@ -23,7 +23,8 @@ class CliError(Exception):
     """A problem the user can fix; printed without a traceback, exit 2."""
 
 
-def _add_config(p: argparse.ArgumentParser) -> None:
+def add_config_arg(p: argparse.ArgumentParser) -> None:
+    """`-c/--config`, the same on every subcommand (extensions use it too)."""
     p.add_argument("-c", "--config", default=DEFAULT_CONFIG,
                    help=f"config file (default: $KEYWATCH_CONFIG or {DEFAULT_CONFIG})")
 
@@ -38,27 +39,27 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("run", help="run the daemon (probe on a schedule, serve /metrics)")
-    _add_config(p)
+    add_config_arg(p)
 
     p = sub.add_parser("check", help="probe keys once and print their health")
-    _add_config(p)
+    add_config_arg(p)
     p.add_argument("--key", action="append", metavar="NAME", help="only this key (repeatable)")
     p.add_argument("--json", action="store_true", help="print JSON (a list of objects)")
 
     p = sub.add_parser("status", help="show the state the daemon recorded in the database")
-    _add_config(p)
+    add_config_arg(p)
     p.add_argument("--json", action="store_true", help="print JSON")
 
     p = sub.add_parser("config", help="validate the config or print its JSON Schema")
     csub = p.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     v = csub.add_parser("validate", help="check the config file and resolve every secret reference")
-    _add_config(v)
+    add_config_arg(v)
     csub.add_parser("schema", help="print the config's JSON Schema")
 
     p = sub.add_parser("db", help="database maintenance")
     dsub = p.add_subparsers(dest="db_command", metavar="ACTION", required=True)
     u = dsub.add_parser("upgrade", help="apply pending migrations (the daemon also does this at start)")
-    _add_config(u)
+    add_config_arg(u)
 
     p = sub.add_parser("demo", help="run the daemon against the built-in provider simulator")
     p.add_argument("--duration", type=float, default=None, metavar="SECONDS",

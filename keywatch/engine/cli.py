@@ -15,23 +15,14 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from keywatch.cli import add_config_arg
+
 EXIT_OK, EXIT_ATTENTION, EXIT_USAGE = 0, 1, 2
-
-
-def _add_config(p: argparse.ArgumentParser) -> None:
-    from keywatch.cli import DEFAULT_CONFIG
-
-    p.add_argument(
-        "-c",
-        "--config",
-        default=DEFAULT_CONFIG,
-        help=f"config file (default: $KEYWATCH_CONFIG or {DEFAULT_CONFIG})",
-    )
 
 
 def add_commands(sub: Any) -> None:
     p = sub.add_parser("disable", help="disable a key (operator decision; keywatch never re-enables it)")
-    _add_config(p)
+    add_config_arg(p)
     p.add_argument("key", metavar="KEY", help="key name")
     p.add_argument("--reason", required=True, help="why (recorded in the audit trail)")
     p.add_argument(
@@ -43,7 +34,7 @@ def add_commands(sub: Any) -> None:
     p.set_defaults(handler=cmd_disable)
 
     p = sub.add_parser("enable", help="enable a key again (operator decision)")
-    _add_config(p)
+    add_config_arg(p)
     p.add_argument("key", metavar="KEY", help="key name")
     p.add_argument("--reason", default="enabled by operator", help="why (recorded in the audit trail)")
     p.add_argument("--keywatch-only", action="store_true", help="do not re-activate the key at the provider")
@@ -53,7 +44,7 @@ def add_commands(sub: Any) -> None:
     p = sub.add_parser(
         "events", help="the audit trail: actions, outages, pool changes, with actor and reason"
     )
-    _add_config(p)
+    add_config_arg(p)
     p.add_argument("--key", metavar="NAME", help="only events about this key")
     p.add_argument("--since", default="7d", metavar="DURATION", help="how far back (default 7d)")
     p.add_argument("--kind", action="append", metavar="KIND", help="only these kinds (repeatable)")
@@ -66,7 +57,7 @@ def add_commands(sub: Any) -> None:
     t = psub.add_parser(
         "test", help="what the policies would do now, from the database's states; changes nothing"
     )
-    _add_config(t)
+    add_config_arg(t)
     t.add_argument("--json", action="store_true", help="print JSON")
     t.set_defaults(handler=cmd_policy_test)
 

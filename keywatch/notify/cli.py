@@ -14,32 +14,23 @@ import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from keywatch.cli import add_config_arg
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-
-def _add_config(p: argparse.ArgumentParser) -> None:
-    from keywatch.cli import DEFAULT_CONFIG
-
-    p.add_argument(
-        "-c",
-        "--config",
-        default=DEFAULT_CONFIG,
-        help=f"config file (default: $KEYWATCH_CONFIG or {DEFAULT_CONFIG})",
-    )
 
 
 def add_commands(sub: Any) -> None:
     p = sub.add_parser("alert", help="alert sinks: send a test alert")
     asub = p.add_subparsers(dest="alert_command", metavar="ACTION", required=True)
     t = asub.add_parser("test", help="send a test alert to each sink (or one) now, bypassing the outbox")
-    _add_config(t)
+    add_config_arg(t)
     t.add_argument("--sink", metavar="NAME", help="only this sink")
     t.set_defaults(handler=cmd_alert_test)
 
     p = sub.add_parser("silence", help="silence alerts for a while (stored in the database)")
     ssub = p.add_subparsers(dest="silence_command", metavar="ACTION", required=True)
     a = ssub.add_parser("add", help="silence alerts whose labels match")
-    _add_config(a)
+    add_config_arg(a)
     a.add_argument(
         "--match",
         action="append",
@@ -53,12 +44,12 @@ def add_commands(sub: Any) -> None:
     a.add_argument("--by", default=None, help="who (default: the current user)")
     a.set_defaults(handler=cmd_silence_add)
     ls = ssub.add_parser("list", help="list silences in force (or all with --all)")
-    _add_config(ls)
+    add_config_arg(ls)
     ls.add_argument("--all", action="store_true", help="include expired silences")
     ls.add_argument("--json", action="store_true", help="print JSON")
     ls.set_defaults(handler=cmd_silence_list)
     rm = ssub.add_parser("remove", help="end a silence now")
-    _add_config(rm)
+    add_config_arg(rm)
     rm.add_argument("id", type=int)
     rm.set_defaults(handler=cmd_silence_remove)
 
