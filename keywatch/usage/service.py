@@ -232,13 +232,18 @@ class UsageService:
             log.error("usage_database_unavailable", error=type(exc).__name__)
             return self.snapshot.budgets
         self._key_figures(inventory, by_period, totals)
+        grouped: dict[tuple[str, str, str], list[Any]] = {}
+        for a in series:
+            account, provider, scope, currency, width, bucket = a.group
+            grouped.setdefault((account, provider, scope), []).append(
+                (currency, bucket, bucket + WIDTHS[width], a.cost, a.has_cost, a.tokens))
         statuses = []
         for b in budgets:
             keys = bmod.covered_keys(b, inventory.keys)
             start, end = bmod.period_bounds(b.period, now)
             u = bmod.used(b, by_period[b.period], set(keys), totals)
             st = bmod.BudgetStatus(b.name, b.period, start, end, b.usd, b.tokens, u, bmod.ratio(b, u), keys)
-            self._forecast(b, st, series, now, burn)
+            self._forecast(b, st, grouped, now, burn)
             statuses.append(st)
             await self._announce(b, st, now)
         self._signals(statuses)
@@ -275,18 +280,17 @@ class UsageService:
         self.snapshot.key_spend = spend
         self.snapshot.key_tokens = tokens
 
-    def _forecast(self, b: BudgetConfig, st: bmod.BudgetStatus, series: list[Any], now: datetime,
-                  burn: timedelta) -> None:
+    def _forecast(self, b: BudgetConfig, st: bmod.BudgetStatus, series: dict[tuple[str, str, str], list[Any]],
+                  now: datetime, burn: timedelta) -> None:
         keys = set(st.keys)
         money, toks = [], []
-        for a in series:
-            account, provider, scope, currency, width, bucket = a.group
+        for (account, provider, scope), items in series.items():
             if not bmod.matches(b, account, provider, scope, keys):
                 continue
-            end = bucket + WIDTHS[width]
-            if currency == "USD" and a.has_cost:
-                money.append((bucket, end, a.cost))
-            toks.append((bucket, end, Decimal(a.tokens)))
+            for currency, bucket, end, cost, has_cost, tokens in items:
+                if currency == "USD" and has_cost:
+                    money.append((bucket, end, cost))
+                toks.append((bucket, end, Decimal(tokens)))
         st.burn_usd_per_s = burn_rate(money, now, burn)
         st.burn_tokens_per_s = burn_rate(toks, now, burn)
         candidates = []

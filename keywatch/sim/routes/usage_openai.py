@@ -62,18 +62,20 @@ def buckets(
     summarise: Callable[[list[dict[str, Any]], dict[str, Any]], dict[str, Any]],
 ) -> list[tuple[datetime, list[dict[str, Any]]]]:
     """[(bucket start, [result per group])] for every bucket in [start, end)."""
+    by_bucket: dict[datetime, list[dict[str, Any]]] = {}
+    first = floor_to(start, width)
+    for r in records:
+        at = floor_to(parse_at(r["at"]), width)
+        if first <= at < end:
+            by_bucket.setdefault(at, []).append(r)
     out = []
-    at = floor_to(start, width)
-    parsed = [(parse_at(r["at"]), r) for r in records]
+    at = first
     while at < end:
-        stop = at + width
         groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
-        for when, r in parsed:
-            if at <= when < stop:
-                groups.setdefault(tuple(r.get(g) for g in group_by), []).append(r)
-        results = [summarise(rs, dict(zip(group_by, g, strict=True))) for g, rs in groups.items()]
-        out.append((at, results))
-        at = stop
+        for r in by_bucket.get(at, ()):
+            groups.setdefault(tuple(r.get(g) for g in group_by), []).append(r)
+        out.append((at, [summarise(rs, dict(zip(group_by, g, strict=True))) for g, rs in groups.items()]))
+        at += width
     return out
 
 
