@@ -214,3 +214,21 @@ tokens = 1000
         assert [a.firing for a in h.alerts_for("budget:team-search")] == [True, False]
     finally:
         await stop(h)
+
+
+async def test_the_first_probe_cycle_schedules_the_hourly_usage_job(tmp_path: Path) -> None:
+    import asyncio
+
+    h = await _start(tmp_path, page_size=None)
+    try:
+        assert h.daemon.scheduler.get_job("usage") is None
+        await h.daemon.cycle()
+        job = h.daemon.scheduler.get_job("usage")
+        assert job is not None and job.trigger.interval == timedelta(hours=1)
+        for _ in range(200):  # the job starts at once; wait for its first pull to land
+            if h.sample("keywatch_usage_stale", {"account": "openai-org"}) is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert h.sample("keywatch_usage_stale", {"account": "openai-org"}) == 0
+    finally:
+        await stop(h)
