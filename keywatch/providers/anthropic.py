@@ -23,12 +23,7 @@ from keywatch.providers.base import (
     ProviderActionError,
     ProviderAdapter,
 )
-from keywatch.providers.errors import (
-    anthropic_ratelimit,
-    classify_transport_error,
-    error_fields,
-    json_or_none,
-)
+from keywatch.providers.errors import Refusal, anthropic_ratelimit, error_fields
 from keywatch.providers.errors import retry_after as retry_after_header
 
 API_VERSION = "2023-06-01"
@@ -96,53 +91,28 @@ class AnthropicAdapter(ProviderAdapter):
     # -- probe ------------------------------------------------------------------------------------
     async def probe(self, key: ManagedKey) -> ProbeResult:
         started = time.perf_counter()
-        if key.secret is None:
-            return self.result(
-                key,
-                Health.PROVIDER_ERROR,
-                started,
-                error_code="no_secret",
-                error_message="the key has no secret to probe with",
-            )
         base = (key.base_url or DEFAULT_BASE_URL).rstrip("/")
-        try:
-            response = await self.http.get(
-                f"{base}/v1/models",
-                params={"limit": 1},
-                headers={"x-api-key": key.secret.reveal(), "anthropic-version": API_VERSION},
-                timeout=self.timeout,
-            )
-        except httpx2.HTTPError as exc:
-            health, code = classify_transport_error(exc)
-            return self.result(
-                key, health, started, error_code=code, error_message=_transport_message(exc, self)
-            )
-        body = json_or_none(response)
-        ratelimit = anthropic_ratelimit(response.headers)
-        if response.status_code >= 300:
-            err_type, _, message = error_fields(body)
-            health = classify_anthropic_error(response.status_code, err_type, message)
-            return self.result(
-                key,
-                health,
-                started,
-                http_status=response.status_code,
-                error_code=err_type or f"http_{response.status_code}",
-                error_message=message or response.reason_phrase,
-                ratelimit=ratelimit,
-                retry_after_seconds=retry_after_header(response.headers),
-            )
+        answer = await self.http_probe(
+            key,
+            f"{base}/v1/models",
+            started=started,
+            params={"limit": 1},
+            headers=lambda secret: {"x-api-key": secret, "anthropic-version": API_VERSION},
+            refusal=_refusal,
+        )
+        if isinstance(answer, ProbeResult):
+            return answer
+        response, body = answer
         if not isinstance(body, dict) or not isinstance(body.get("data"), list):
-            return self.result(
-                key,
-                Health.PROVIDER_ERROR,
-                started,
-                http_status=response.status_code,
-                error_code="bad_response",
-                error_message="the model list is not the documented shape",
+            return self.bad_response(
+                key, started, response.status_code, "the model list is not the documented shape"
             )
         return self.result(
-            key, Health.HEALTHY, started, http_status=response.status_code, ratelimit=ratelimit
+            key,
+            Health.HEALTHY,
+            started,
+            http_status=response.status_code,
+            ratelimit=anthropic_ratelimit(response.headers),
         )
 
     # -- admin API --------------------------------------------------------------------------------
@@ -251,7 +221,12 @@ def _metadata(record: dict[str, Any]) -> KeyMetadata:
     )
 
 
-def _transport_message(exc: BaseException, adapter: ProviderAdapter) -> str:
-    if isinstance(exc, httpx2.TimeoutException):
-        return f"no answer within {adapter.timeout:g}s"
-    return f"{type(exc).__name__}: {exc}"
+def _refusal(response: httpx2.Response, body: Any) -> Refusal:
+    err_type, _, message = error_fields(body)
+    return Refusal(
+        classify_anthropic_error(response.status_code, err_type, message),
+        code=err_type,
+        message=message,
+        ratelimit=anthropic_ratelimit(response.headers),
+        retry_after_seconds=retry_after_header(response.headers),
+    )

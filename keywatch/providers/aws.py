@@ -55,7 +55,7 @@ from keywatch.providers.base import (
     ProviderActionError,
     ProviderAdapter,
 )
-from keywatch.providers.errors import classify_transport_error, json_or_none
+from keywatch.providers.errors import Refusal
 from keywatch.providers.errors import retry_after as retry_after_header
 from keywatch.redact import redact_text
 
@@ -610,44 +610,20 @@ class AwsBedrockAdapter(_AwsBase):
 
     async def probe(self, key: ManagedKey) -> ProbeResult:
         started = time.perf_counter()
-        if key.secret is None:
-            return self.result(
-                key,
-                Health.PROVIDER_ERROR,
-                started,
-                error_code="no_secret",
-                error_message="the key has no secret to probe with",
-            )
-        try:
-            response = await self.http.get(
-                f"{self._base(key)}/foundation-models",
-                headers={"Authorization": f"Bearer {key.secret.reveal()}", "Accept": "application/json"},
-                timeout=self.timeout,
-            )
-        except httpx2.HTTPError as exc:
-            health, code = classify_transport_error(exc)
-            message = f"no answer within {self.timeout:g}s" if code == "timeout" else type(exc).__name__
-            return self.result(key, health, started, error_code=code, error_message=message)
-        body = json_or_none(response)
-        if response.status_code >= 300:
-            code, message = _bedrock_error(response.headers, body)
-            return self.result(
-                key,
-                classify_aws_error(response.status_code, code, message),
-                started,
-                http_status=response.status_code,
-                error_code=code or f"http_{response.status_code}",
-                error_message=message or response.reason_phrase,
-                retry_after_seconds=retry_after_header(response.headers),
-            )
+        answer = await self.http_probe(
+            key,
+            f"{self._base(key)}/foundation-models",
+            started=started,
+            headers=lambda secret: {"Authorization": f"Bearer {secret}", "Accept": "application/json"},
+            refusal=_bedrock_refusal,
+            transport_detail=False,
+        )
+        if isinstance(answer, ProbeResult):
+            return answer
+        response, body = answer
         if not isinstance(body, dict) or not isinstance(body.get("modelSummaries"), list):
-            return self.result(
-                key,
-                Health.PROVIDER_ERROR,
-                started,
-                http_status=response.status_code,
-                error_code="bad_response",
-                error_message="the model list is not the documented shape",
+            return self.bad_response(
+                key, started, response.status_code, "the model list is not the documented shape"
             )
         return self.result(
             key, Health.HEALTHY, started, http_status=response.status_code, models=len(body["modelSummaries"])
@@ -743,6 +719,16 @@ class AwsBedrockAdapter(_AwsBase):
                 UserName=user, ServiceSpecificCredentialId=cred_id, Status=status
             ),
         )
+
+
+def _bedrock_refusal(response: httpx2.Response, body: Any) -> Refusal:
+    code, message = _bedrock_error(response.headers, body)
+    return Refusal(
+        classify_aws_error(response.status_code, code, message),
+        code=code,
+        message=message,
+        retry_after_seconds=retry_after_header(response.headers),
+    )
 
 
 def _bedrock_error(headers: httpx2.Headers, body: Any) -> tuple[str | None, str | None]:

@@ -42,7 +42,7 @@ from keywatch.providers.base import (
     ProviderActionError,
     ProviderAdapter,
 )
-from keywatch.providers.errors import classify_transport_error, error_fields, json_or_none, openai_ratelimit
+from keywatch.providers.errors import Refusal, error_fields, openai_ratelimit
 from keywatch.providers.errors import retry_after as retry_after_header
 from keywatch.redact import REGISTRY, redact_text
 from keywatch.settings.secrets import Secret
@@ -176,46 +176,29 @@ class AzureOpenAIAdapter(ProviderAdapter):
         return result
 
     async def _probe_once(self, key: ManagedKey, started: float) -> ProbeResult:
-        assert key.secret is not None
         endpoint = str(key.options.get("endpoint", "")).rstrip("/")
-        api_version = key.options.get("api_version") or DEFAULT_API_VERSION
-        try:
-            response = await self.http.get(
-                f"{endpoint}/openai/models",
-                params={"api-version": api_version},
-                headers={"api-key": key.secret.reveal()},
-                timeout=self.timeout,
-            )
-        except httpx2.HTTPError as exc:
-            health, code = classify_transport_error(exc)
-            message = f"no answer within {self.timeout:g}s" if code == "timeout" else type(exc).__name__
-            return self.result(key, health, started, error_code=code, error_message=message)
-        body = json_or_none(response)
-        ratelimit = openai_ratelimit(response.headers)
-        if response.status_code >= 300:
-            _, code, message = error_fields(body)
-            wait = retry_seconds(response.headers, message)
-            return self.result(
-                key,
-                classify_azure_error(response.status_code, wait),
-                started,
-                http_status=response.status_code,
-                error_code=code or f"http_{response.status_code}",
-                error_message=message or response.reason_phrase,
-                ratelimit=ratelimit,
-                retry_after_seconds=wait,
-            )
+        answer = await self.http_probe(
+            key,
+            f"{endpoint}/openai/models",
+            started=started,
+            params={"api-version": key.options.get("api_version") or DEFAULT_API_VERSION},
+            headers=lambda secret: {"api-key": secret},
+            refusal=_refusal,
+            transport_detail=False,
+        )
+        if isinstance(answer, ProbeResult):
+            return answer
+        response, body = answer
         if not isinstance(body, dict) or not isinstance(body.get("data"), list):
-            return self.result(
-                key,
-                Health.PROVIDER_ERROR,
-                started,
-                http_status=response.status_code,
-                error_code="bad_response",
-                error_message="the model list is not the documented shape",
+            return self.bad_response(
+                key, started, response.status_code, "the model list is not the documented shape"
             )
         return self.result(
-            key, Health.HEALTHY, started, http_status=response.status_code, ratelimit=ratelimit
+            key,
+            Health.HEALTHY,
+            started,
+            http_status=response.status_code,
+            ratelimit=openai_ratelimit(response.headers),
         )
 
     async def _with_secret(self, key: ManagedKey, *, refresh: bool) -> ManagedKey:
@@ -404,6 +387,18 @@ class AzureOpenAIAdapter(ProviderAdapter):
         for c in clients:
             with contextlib.suppress(Exception):  # closing a pool must never fail shutdown
                 c.close()
+
+
+def _refusal(response: httpx2.Response, body: Any) -> Refusal:
+    _, code, message = error_fields(body)
+    wait = retry_seconds(response.headers, message)
+    return Refusal(
+        classify_azure_error(response.status_code, wait),
+        code=code,
+        message=message,
+        ratelimit=openai_ratelimit(response.headers),
+        retry_after_seconds=wait,
+    )
 
 
 def _arm_error(account: Account, what: str, exc: BaseException) -> ProviderActionError:

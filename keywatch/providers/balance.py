@@ -18,7 +18,7 @@ import httpx2
 from keywatch.domain import Health, ProbeResult
 from keywatch.providers import mgmt
 from keywatch.providers.base import Capability, ManagedKey, ProviderAdapter
-from keywatch.providers.errors import classify_status, classify_transport_error, error_fields, retry_after
+from keywatch.providers.errors import Refusal, classify_status, error_fields, retry_after
 
 
 class BadBalance(ValueError):
@@ -36,55 +36,23 @@ class BalanceAdapter(ProviderAdapter):
 
     async def probe(self, key: ManagedKey) -> ProbeResult:
         started = time.perf_counter()
-        if key.secret is None:
-            return self.result(
-                key,
-                Health.PROVIDER_ERROR,
-                started,
-                error_code="no_secret",
-                error_message="the key has no secret to probe with",
-            )
         base = (key.base_url or self.default_base_url).rstrip("/")
-        try:
-            response = await self.http.get(
-                base + self.balance_path,
-                headers={"Authorization": f"Bearer {key.secret.reveal()}"},
-                timeout=self.timeout,
-            )
-        except httpx2.HTTPError as exc:
-            health, code = classify_transport_error(exc)
-            message = (
-                f"no answer within {self.timeout:g}s" if code == "timeout" else f"{type(exc).__name__}: {exc}"
-            )
-            return self.result(key, health, started, error_code=code, error_message=message)
-        try:
-            body: Any = json.loads(response.content, parse_float=Decimal)
-        except ValueError:
-            body = None
-        if response.status_code >= 300:
-            err_type, code, message = error_fields(body)
-            health = classify_status(response.status_code)
-            if response.status_code < 500 and err_type in self.type_health:
-                health = self.type_health[err_type]
-            return self.result(
-                key,
-                health,
-                started,
-                http_status=response.status_code,
-                error_code=err_type or code or f"http_{response.status_code}",
-                error_message=message or response.reason_phrase,
-                retry_after_seconds=retry_after(response.headers),
-            )
+        answer = await self.http_probe(
+            key,
+            base + self.balance_path,
+            started=started,
+            headers=lambda secret: {"Authorization": f"Bearer {secret}"},
+            refusal=self._refusal,
+            decode=_exact_json,
+        )
+        if isinstance(answer, ProbeResult):
+            return answer
+        response, body = answer
         try:
             available, details = self.read_balance(body, base)
         except BadBalance as exc:
-            return self.result(
-                key,
-                Health.PROVIDER_ERROR,
-                started,
-                http_status=response.status_code,
-                error_code="bad_response",
-                error_message=f"the balance answer is unreadable: {exc}",
+            return self.bad_response(
+                key, started, response.status_code, f"the balance answer is unreadable: {exc}"
             )
         if not available:
             return self.result(
@@ -98,9 +66,26 @@ class BalanceAdapter(ProviderAdapter):
             )
         return self.result(key, Health.HEALTHY, started, http_status=response.status_code, **details)
 
+    def _refusal(self, response: httpx2.Response, body: Any) -> Refusal:
+        err_type, code, message = error_fields(body)
+        health = classify_status(response.status_code)
+        if response.status_code < 500 and err_type in self.type_health:
+            health = self.type_health[err_type]
+        return Refusal(
+            health, code=err_type or code, message=message, retry_after_seconds=retry_after(response.headers)
+        )
+
     def read_balance(self, body: Any, base_url: str) -> tuple[bool, dict[str, Any]]:
         """(can the account still pay, figures for ProbeResult.details); BadBalance when unreadable."""
         raise NotImplementedError
+
+
+def _exact_json(response: httpx2.Response) -> Any:
+    """The body with amounts as Decimal, so a balance of 0.1 reads as 0.1; None when it is not JSON."""
+    try:
+        return json.loads(response.content, parse_float=Decimal)
+    except ValueError:
+        return None
 
 
 def _amount(value: Any, where: str) -> Decimal:

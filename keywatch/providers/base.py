@@ -7,6 +7,7 @@ simulator change the base URL or the transport, nothing is monkeypatched.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -15,6 +16,7 @@ from typing import Any, ClassVar
 import httpx2
 
 from keywatch.domain import Health, ProbeResult, RateLimit
+from keywatch.providers.errors import Refusal, classify_transport_error, json_or_none
 from keywatch.redact import redact_text
 from keywatch.settings.secrets import Secret
 
@@ -182,3 +184,67 @@ class ProviderAdapter:
             retry_after_seconds=retry_after_seconds,
             details=details,
         )
+
+    def bad_response(self, key: ManagedKey, started: float, http_status: int | None, message: str) -> ProbeResult:
+        """An answer that is not what the provider documents: the provider's (or a proxy's) fault, never the key's."""
+        return self.result(
+            key,
+            Health.PROVIDER_ERROR,
+            started,
+            http_status=http_status,
+            error_code="bad_response",
+            error_message=message,
+        )
+
+    async def http_probe(
+        self,
+        key: ManagedKey,
+        url: str,
+        *,
+        started: float,
+        headers: Callable[[str], dict[str, str]],
+        refusal: Callable[[httpx2.Response, Any], Refusal],
+        params: dict[str, Any] | None = None,
+        decode: Callable[[httpx2.Response], Any] = json_or_none,
+        transport_detail: bool = True,
+    ) -> ProbeResult | tuple[httpx2.Response, Any]:
+        """GET `url` with the key's secret in `headers(secret)`, settling what every HTTP probe settles alike.
+
+        The ProbeResult when the answer is already known: no secret to send, no answer at all (the network
+        or the provider, never the key), or an error answer, which `refusal` reads with the provider's own
+        table. Otherwise the 2xx response and its body as `decode` reads it, for the adapter to judge.
+        `transport_detail` adds the exception's own words to an unreachable result.
+        """
+        if key.secret is None:
+            return self.result(
+                key,
+                Health.PROVIDER_ERROR,
+                started,
+                error_code="no_secret",
+                error_message="the key has no secret to probe with",
+            )
+        try:
+            response = await self.http.get(
+                url, params=params, headers=headers(key.secret.reveal()), timeout=self.timeout
+            )
+        except httpx2.HTTPError as exc:
+            health, code = classify_transport_error(exc)
+            if code == "timeout":
+                message = f"no answer within {self.timeout:g}s"
+            else:
+                message = f"{type(exc).__name__}: {exc}" if transport_detail else type(exc).__name__
+            return self.result(key, health, started, error_code=code, error_message=message)
+        body = decode(response)
+        if response.status_code >= 300:
+            refused = refusal(response, body)
+            return self.result(
+                key,
+                refused.health,
+                started,
+                http_status=response.status_code,
+                error_code=refused.code or f"http_{response.status_code}",
+                error_message=refused.message or response.reason_phrase,
+                ratelimit=refused.ratelimit,
+                retry_after_seconds=refused.retry_after_seconds,
+            )
+        return response, body

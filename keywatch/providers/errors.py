@@ -6,6 +6,7 @@ key (401, 402, 403, quota) may blame the key. 5xx, timeouts and refused connecti
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,6 +14,20 @@ import httpx2
 
 from keywatch.domain import Health, RateLimit
 from keywatch.settings.durations import parse_duration
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """What a provider's error answer means, read with that provider's own table.
+
+    A code or message left None falls back to the HTTP status (`http_429`) and its reason phrase.
+    """
+
+    health: Health
+    code: str | None = None
+    message: str | None = None
+    ratelimit: RateLimit | None = None
+    retry_after_seconds: float | None = None
 
 
 def classify_transport_error(exc: BaseException) -> tuple[Health, str]:

@@ -165,8 +165,7 @@ class OpenAIAdapter(ProviderAdapter):
             return self.result(key, Health.UNREACHABLE, started, error_code="connect_error",
                                error_message=str(exc.__cause__ or exc))
         except openai.APIResponseValidationError as exc:
-            return self.result(key, Health.PROVIDER_ERROR, started, http_status=exc.status_code,
-                               error_code="bad_response", error_message="the answer is not the documented shape")
+            return self.bad_response(key, started, exc.status_code, "the answer is not the documented shape")
         # The list itself is not needed, only proof that it is one: plain JSON is several times
         # cheaper than building a pydantic model per listed model (OpenAI lists about a hundred).
         expected = "choices" if key.probe == "completion" else "data"
@@ -176,9 +175,8 @@ class OpenAIAdapter(ProviderAdapter):
         except ValueError:  # HTML from a proxy, a captive portal ...
             body = None
         if not isinstance(body, dict) or not isinstance(body.get(expected), list):
-            return self.result(key, Health.PROVIDER_ERROR, started, http_status=http_response.status_code,
-                               error_code="bad_response",
-                               error_message=f"the answer has no `{expected}` list: not the documented shape")
+            return self.bad_response(key, started, http_response.status_code,
+                                     f"the answer has no `{expected}` list: not the documented shape")
         return self.result(key, Health.HEALTHY, started, http_status=http_response.status_code,
                            ratelimit=openai_ratelimit(http_response.headers))
 

@@ -19,14 +19,7 @@ from keywatch.providers.base import (
     ProviderActionError,
     ProviderAdapter,
 )
-from keywatch.providers.errors import (
-    classify_status,
-    classify_transport_error,
-    error_fields,
-    json_or_none,
-    openai_ratelimit,
-    retry_after,
-)
+from keywatch.providers.errors import Refusal, classify_status, error_fields, openai_ratelimit, retry_after
 from keywatch.settings.secrets import Secret
 
 DEFAULT_BASE_URL = "https://openrouter.ai/api/v1"
@@ -72,52 +65,21 @@ class OpenRouterAdapter(ProviderAdapter):
     # -- probe ------------------------------------------------------------------------------------
     async def probe(self, key: ManagedKey) -> ProbeResult:
         started = time.perf_counter()
-        if key.secret is None:
-            return self.result(
-                key,
-                Health.PROVIDER_ERROR,
-                started,
-                error_code="no_secret",
-                error_message="the key has no secret to probe with",
-            )
         base = (key.base_url or DEFAULT_BASE_URL).rstrip("/")
-        try:
-            response = await self.http.get(
-                f"{base}/key",
-                headers={"Authorization": f"Bearer {key.secret.reveal()}"},
-                timeout=self.timeout,
-            )
-        except httpx2.HTTPError as exc:
-            health, code = classify_transport_error(exc)
-            message = (
-                f"no answer within {self.timeout:g}s" if code == "timeout" else f"{type(exc).__name__}: {exc}"
-            )
-            return self.result(key, health, started, error_code=code, error_message=message)
-        body = json_or_none(response)
+        answer = await self.http_probe(
+            key,
+            f"{base}/key",
+            started=started,
+            headers=lambda secret: {"Authorization": f"Bearer {secret}"},
+            refusal=_refusal,
+        )
+        if isinstance(answer, ProbeResult):
+            return answer
+        response, body = answer
         ratelimit = openai_ratelimit(response.headers)
-        if response.status_code >= 300:
-            _, code, message = error_fields(body)
-            health = classify_status(response.status_code)
-            return self.result(
-                key,
-                health,
-                started,
-                http_status=response.status_code,
-                error_code=code or f"http_{response.status_code}",
-                error_message=message or response.reason_phrase,
-                ratelimit=ratelimit,
-                retry_after_seconds=retry_after(response.headers),
-            )
         data = body.get("data") if isinstance(body, dict) else None
         if not isinstance(data, dict) or "limit_remaining" not in data or "usage" not in data:
-            return self.result(
-                key,
-                Health.PROVIDER_ERROR,
-                started,
-                http_status=response.status_code,
-                error_code="bad_response",
-                error_message="the key info is not the documented shape",
-            )
+            return self.bad_response(key, started, response.status_code, "the key info is not the documented shape")
         details: dict[str, Any] = {f: mgmt.amount_str(data.get(f)) for f in FIGURES}
         details["currency"] = "USD"
         for f in ("limit_reset", "is_free_tier", "label"):
@@ -125,14 +87,7 @@ class OpenRouterAdapter(ProviderAdapter):
                 details[f] = data[f]
         remaining = mgmt.decimal_or_none(data.get("limit_remaining"))
         if data.get("limit_remaining") is not None and remaining is None:
-            return self.result(
-                key,
-                Health.PROVIDER_ERROR,
-                started,
-                http_status=response.status_code,
-                error_code="bad_response",
-                error_message="limit_remaining is not a number",
-            )
+            return self.bad_response(key, started, response.status_code, "limit_remaining is not a number")
         if remaining is not None and remaining <= 0:
             return self.result(
                 key,
@@ -256,6 +211,17 @@ class OpenRouterAdapter(ProviderAdapter):
             secrets=secrets,
             **kw,
         )
+
+
+def _refusal(response: httpx2.Response, body: Any) -> Refusal:
+    _, code, message = error_fields(body)
+    return Refusal(
+        classify_status(response.status_code),
+        code=code,
+        message=message,
+        ratelimit=openai_ratelimit(response.headers),
+        retry_after_seconds=retry_after(response.headers),
+    )
 
 
 def _metadata(record: dict[str, Any]) -> KeyMetadata:
