@@ -409,13 +409,7 @@ def _arm_error(account: Account, what: str, exc: BaseException) -> ProviderActio
         status = int(exc.status_code or 0)
         code = getattr(getattr(exc, "error", None), "code", None)
         message = getattr(getattr(exc, "error", None), "message", None) or exc.reason or ""
-        return ProviderActionError(
-            redact_text(
-                f"{what}: HTTP {status} {code or ''} {message}".replace("  ", " ").strip()[:400], secrets
-            ),
-            permanent=status in mgmt.PERMANENT_STATUSES,
-            status=status,
-        )
+        return mgmt.status_error(what, status, (f"{code} {message}" if code else message).replace("  ", " "), secrets)
     if isinstance(exc, ClientAuthenticationError):
         return ProviderActionError(
             redact_text(f"{what}: no Azure credential ({str(exc).splitlines()[0][:200]})", secrets),

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import httpx2
 
-from keywatch.providers.base import Account, ManagedKey, ProviderActionError
+from keywatch.providers.base import Account, ManagedKey, ProviderActionError, ProviderAdapter
 from keywatch.providers.errors import error_fields, json_or_none
 from keywatch.redact import redact_text
 
@@ -101,6 +101,48 @@ def require_destructive(account: Account, key: ManagedKey, what: str) -> None:
         )
 
 
+def status_error(what: str, status: int, detail: str, secrets: Iterable[str] = ()) -> ProviderActionError:
+    """A management call the provider answered with an error: permanent when retrying cannot help."""
+    return ProviderActionError(
+        redact_text(f"{what}: HTTP {status} {detail}".strip()[:400], list(secrets)),
+        permanent=status in PERMANENT_STATUSES,
+        status=status,
+    )
+
+
+async def account_call(
+    adapter: ProviderAdapter,
+    key: ManagedKey,
+    method: str,
+    path: str,
+    *,
+    what: str,
+    default_base_url: str,
+    headers: Callable[[str], dict[str, str]],
+    json: Any = None,
+    params: dict[str, Any] | None = None,
+) -> Any:
+    """`call` on the account that manages `key`, with its admin secret in `headers(secret)`.
+
+    The account's base URL wins over the key's, so one management endpoint can serve keys that are
+    probed elsewhere; both the admin secret and the key's are masked in any error.
+    """
+    account = adapter.account_for(key)
+    secret = admin_secret(account, what)
+    base = (account.base_url or key.base_url or default_base_url).rstrip("/")
+    return await call(
+        adapter.http,
+        method,
+        base + path,
+        headers=headers(secret),
+        what=what,
+        timeout=adapter.timeout,
+        secrets=[secret] + ([key.secret.reveal()] if key.secret else []),
+        json=json,
+        params=params,
+    )
+
+
 async def call(
     http: httpx2.AsyncClient,
     method: str,
@@ -126,12 +168,7 @@ async def call(
     body = json_or_none(response)
     if response.status_code >= 300:
         _, _, message = error_fields(body)
-        detail = message or response.reason_phrase or ""
-        raise ProviderActionError(
-            redact_text(f"{what}: HTTP {response.status_code} {detail}".strip()[:400], secrets),
-            permanent=response.status_code in PERMANENT_STATUSES,
-            status=response.status_code,
-        )
+        raise status_error(what, response.status_code, message or response.reason_phrase or "", secrets)
     if response.status_code == 204 or not response.content:
         return None
     if body is None:

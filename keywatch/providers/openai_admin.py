@@ -124,11 +124,7 @@ class OpenAIAdmin:
         except openai.APIStatusError as exc:
             body = exc.body
             message = body.get("message") if isinstance(body, dict) else None
-            raise ProviderActionError(
-                redact_text(f"{what}: HTTP {exc.status_code} {message or exc.message}"[:400], secrets),
-                permanent=exc.status_code in mgmt.PERMANENT_STATUSES,
-                status=exc.status_code,
-            ) from None
+            raise mgmt.status_error(what, exc.status_code, message or exc.message, secrets) from None
         except openai.APITimeoutError:
             raise ProviderActionError(f"{what}: no answer within {self.timeout:g}s") from None
         except openai.APIConnectionError as exc:

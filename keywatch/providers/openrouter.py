@@ -197,18 +197,14 @@ class OpenRouterAdapter(ProviderAdapter):
         return record
 
     async def _manage(self, key: ManagedKey, method: str, path: str, *, what: str, **kw: Any) -> Any:
-        account = self.account_for(key)
-        secret = mgmt.admin_secret(account, what)
-        base = (account.base_url or key.base_url or DEFAULT_BASE_URL).rstrip("/")
-        secrets = [secret] + ([key.secret.reveal()] if key.secret else [])
-        return await mgmt.call(
-            self.http,
+        return await mgmt.account_call(
+            self,
+            key,
             method,
-            base + path,
-            headers={"Authorization": f"Bearer {secret}"},
+            path,
             what=what,
-            timeout=self.timeout,
-            secrets=secrets,
+            default_base_url=DEFAULT_BASE_URL,
+            headers=lambda secret: {"Authorization": f"Bearer {secret}"},
             **kw,
         )
 
