@@ -245,6 +245,17 @@ def _is_transport_error(exc: BaseException) -> bool:
 class _AwsBase(ProviderAdapter):
     """Management credentials and the IAM client both AWS adapters share."""
 
+    # Both manage their keys through IAM, with the same reach: read, (de)activate, delete.
+    capabilities: ClassVar[frozenset[Capability]] = frozenset(
+        {
+            Capability.PROBE,
+            Capability.METADATA,
+            Capability.DISABLE,
+            Capability.ENABLE,
+            Capability.REVOKE,
+        }
+    )
+
     def __init__(
         self, http: httpx2.AsyncClient, accounts: dict[str, Account] | None = None, **kw: Any
     ) -> None:
@@ -327,15 +338,6 @@ class _AwsBase(ProviderAdapter):
 
 class AwsIamAdapter(_AwsBase):
     name = "aws_iam"
-    capabilities: ClassVar[frozenset[Capability]] = frozenset(
-        {
-            Capability.PROBE,
-            Capability.METADATA,
-            Capability.DISABLE,
-            Capability.ENABLE,
-            Capability.REVOKE,
-        }
-    )
     notes: ClassVar[dict[str, str]] = {
         "probe": "sts:GetCallerIdentity, free and needs no permission; with management credentials it also "
         "looks for the AWSCompromisedKeyQuarantine* policy on the key's user (compromise signal)",
@@ -574,15 +576,6 @@ class AwsIamAdapter(_AwsBase):
 
 class AwsBedrockAdapter(_AwsBase):
     name = "aws_bedrock"
-    capabilities: ClassVar[frozenset[Capability]] = frozenset(
-        {
-            Capability.PROBE,
-            Capability.METADATA,
-            Capability.DISABLE,
-            Capability.ENABLE,
-            Capability.REVOKE,
-        }
-    )
     notes: ClassVar[dict[str, str]] = {
         "probe": "GET bedrock /foundation-models as bearer token, zero tokens; 403 'Authentication "
         "failed'/'Invalid API Key' is invalid, AccessDeniedException is forbidden",

@@ -33,6 +33,7 @@ class BalanceAdapter(ProviderAdapter):
     # error type -> health, for refusals whose status alone does not tell (e.g. a quota 429).
     type_health: ClassVar[dict[str, Health]] = {}
     capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.PROBE})
+    least_privilege: ClassVar[str] = "none: no management API (the key itself reads the balance)"
 
     async def probe(self, key: ManagedKey) -> ProbeResult:
         started = time.perf_counter()
@@ -109,7 +110,6 @@ class DeepSeekAdapter(BalanceAdapter):
         "revoke": "no API: keys are deleted only in the platform console",
         "usage": "no usage API; the balance is in the probe details",
     }
-    least_privilege: ClassVar[str] = "none: no management API (the key itself reads the balance)"
 
     def read_balance(self, body: Any, base_url: str) -> tuple[bool, dict[str, Any]]:
         if not isinstance(body, dict) or not isinstance(body.get("is_available"), bool):
@@ -158,7 +158,6 @@ class MoonshotAdapter(BalanceAdapter):
         "revoke": "no API: keys are deleted only in the platform console",
         "usage": "no usage API; the balance is in the probe details",
     }
-    least_privilege: ClassVar[str] = "none: no management API (the key itself reads the balance)"
 
     def read_balance(self, body: Any, base_url: str) -> tuple[bool, dict[str, Any]]:
         if not isinstance(body, dict) or not isinstance(body.get("data"), dict):
