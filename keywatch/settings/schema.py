@@ -20,7 +20,7 @@ from keywatch.engine.policy_config import OutageSettings, Policies, Pools, Safet
 from keywatch.notify.config import AlertsConfig
 from keywatch.providers import registry
 from keywatch.settings.types import Duration, SecretRef, Strict
-from keywatch.usage.config import Budgets, UsageSettings
+from keywatch.usage.config import Budgets, UsageSettings, check_references
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
 LABEL_NAME_PATTERN = r"^[a-zA-Z_][a-zA-Z0-9_]{0,63}$"
@@ -231,6 +231,7 @@ class Config(Strict):
                 problems.append(
                     f"keys[{i}].account: account {k.account!r} is for provider {acct.provider}, not {k.provider}"
                 )
+        problems += check_references(list(self.budgets), {k.name for k in self.keys}, set(accounts))
         if problems:
             raise ValueError("\n".join(problems))
         return self

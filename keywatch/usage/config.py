@@ -1,52 +1,24 @@
 """The `[usage]` and `[[budgets]]` sections.
 
-This module must not import `keywatch.settings` at import time: the settings schema imports it.
+It uses keywatch.settings.types only: the settings schema imports this module.
 """
 
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
-_DURATION_PATTERN = r"^(\d+(\.\d+)?(ns|us|µs|ms|s|m|h|d))+$"
+from keywatch.settings.types import Duration, Strict
+
 _NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 DEFAULT_THRESHOLDS = (50, 80, 95, 100)
 PERIODS = ("daily", "weekly", "monthly")
 
 
-def _duration(value: Any) -> float:
-    from keywatch.settings.durations import parse_duration
 
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        if value < 0:
-            raise ValueError("must not be negative")
-        return float(value)
-    if not isinstance(value, str):
-        raise ValueError("expected a duration such as 1h, 24h or 7d")
-    return parse_duration(value)
-
-
-def _format(seconds: float) -> str:
-    from keywatch.settings.durations import format_duration
-
-    return format_duration(seconds)
-
-
-Duration = Annotated[
-    Any,
-    AfterValidator(_duration),
-    PlainSerializer(_format, return_type=str),
-    WithJsonSchema({"type": "string", "pattern": _DURATION_PATTERN, "examples": ["1h", "24h", "3d"]}),
-]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
-
-
-class UsageSettings(_Strict):
+class UsageSettings(Strict):
     enabled: bool = Field(True, description="Pull usage and cost figures from the accounts' admin APIs")
     interval: Duration = Field("1h", description="Time between usage pulls")
     lookback: Duration = Field(
@@ -91,7 +63,7 @@ def _thresholds(v: list[int]) -> list[int]:
     return sorted(v)
 
 
-class BudgetConfig(_Strict):
+class BudgetConfig(Strict):
     name: str = Field(pattern=_NAME_PATTERN, description="Unique; used in alerts (budget:<name>) and metrics")
     key: str | None = Field(None, description="The budget covers this key (a [[keys]] name)")
     labels: dict[str, str] | None = Field(

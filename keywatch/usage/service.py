@@ -23,7 +23,7 @@ from keywatch.usage.collectors import aws as c_aws
 from keywatch.usage.collectors import keyreport
 from keywatch.usage.collectors import openai as c_openai
 from keywatch.usage.collectors.base import PullContext, Source
-from keywatch.usage.config import BudgetConfig, UsageSettings, check_references
+from keywatch.usage.config import BudgetConfig, UsageSettings
 from keywatch.usage.forecast import burn_rate, exhaustion, human
 from keywatch.usage.metrics import SourceView, UsageCollector, UsageSnapshot
 from keywatch.usage.money import usd_text
@@ -391,9 +391,7 @@ async def setup(daemon: Any) -> None:
     if not hasattr(daemon, "signals"):
         daemon.signals = {}
     config = daemon.inventory.config
-    for problem in check_references(budgets_of(config), {k.name for k in config.keys},
-                                    {a.name for a in config.accounts}):
-        log.error("budget_config_problem", file=daemon.config_path, problem=problem)
+    # Budgets naming unknown keys or accounts are refused when the config is loaded (settings schema).
     service = UsageService(daemon, UsageStore(daemon.store.engine))
     daemon.usage = service
     try:

@@ -39,6 +39,7 @@ MALFORMED = [
     (GOOD_KEY + "labels = { \"team-name\" = \"x\" }\n", "keys[0].labels.team-name", "does not match"),
     ("[daemons]\nlisten = \"127.0.0.1:1\"\n", "daemons", "unknown field"),
     ("[[keys]\nname = 1\n", "not valid TOML", "line 1"),
+    (GOOD_KEY + '[[budgets]]\nname = "b"\nkey = "nope"\nusd = 10\n', "budgets[0].key", "no key named 'nope'"),
     (GOOD_KEY + 'probe = "completion"\n[[keys]]\nname = "m"\nprovider = "moonshot"\nsecret = "env:K"\n'
      'probe = "completion"\n', "keys[1]", "not available for provider moonshot"),
 ]
