@@ -5,11 +5,13 @@ from __future__ import annotations
 import itertools
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import httpx2
 import pytest
 
+from keywatch.sim import Simulator
 from keywatch.sim.server import SimulatorThread
 
 _counter = itertools.count()
@@ -55,3 +57,20 @@ def toml_config(keys: list[dict], *, db: Path, listen: str | None = None, interv
 
 
 PYTHON = sys.executable
+
+
+@pytest.fixture
+async def fresh_sim() -> AsyncIterator[Simulator]:
+    """A simulator of the test's own, in the test's event loop: keys and behaviours one test sets up
+    cannot leak into the next (the session-wide `sim` is shared)."""
+    simulator = Simulator()
+    await simulator.start()
+    yield simulator
+    await simulator.stop()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx2.AsyncClient]:
+    """The real HTTP client an adapter under test is given, closed after the test."""
+    async with httpx2.AsyncClient() as client:
+        yield client

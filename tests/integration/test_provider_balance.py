@@ -8,7 +8,6 @@ from __future__ import annotations
 import socket
 from collections.abc import AsyncIterator
 
-import httpx2
 import pytest
 from aiohttp import web
 
@@ -16,7 +15,6 @@ from keywatch.domain import Health
 from keywatch.providers.balance import DeepSeekAdapter, MoonshotAdapter
 from keywatch.providers.base import ManagedKey, NotSupported
 from keywatch.settings.secrets import Secret
-from keywatch.sim import Simulator
 
 SECRET = "sk-3f9a2b7c4d1e8f6a5b0c9d2e7f1a4b8c"
 
@@ -24,20 +22,6 @@ PROVIDERS = {
     "deepseek": (DeepSeekAdapter, "/deepseek"),
     "moonshot": (MoonshotAdapter, "/moonshot/v1"),
 }
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    simulator = Simulator()
-    await simulator.start()
-    yield simulator
-    await simulator.stop()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx2.AsyncClient]:
-    async with httpx2.AsyncClient() as client:
-        yield client
 
 
 def key(provider: str, base_url: str) -> ManagedKey:
@@ -50,9 +34,9 @@ def key(provider: str, base_url: str) -> ManagedKey:
     )
 
 
-async def probe(http, sim, provider: str, timeout: float = 5.0):
+async def probe(http, fresh_sim, provider: str, timeout: float = 5.0):
     cls, path = PROVIDERS[provider]
-    return await cls(http, timeout=timeout).probe(key(provider, sim.url + path))
+    return await cls(http, timeout=timeout).probe(key(provider, fresh_sim.url + path))
 
 
 CASES = [
@@ -93,19 +77,19 @@ CASES = [
     ids=[f"{c[0]}-{c[1]}-{i}" for i, c in enumerate(CASES)],
 )
 async def test_each_answer_maps_to_the_documented_health(
-    sim, http, provider, behaviour, extra, health, status, code
+    fresh_sim, http, provider, behaviour, extra, health, status, code
 ):
-    sim.set_key(SECRET, provider, behaviour, **extra)
-    result = await probe(http, sim, provider)
+    fresh_sim.set_key(SECRET, provider, behaviour, **extra)
+    result = await probe(http, fresh_sim, provider)
     assert (result.health, result.http_status, result.error_code) == (health, status, code)
     assert SECRET not in repr(result)
 
 
-async def test_deepseek_balance_figures_are_exact_strings(sim, http):
-    sim.set_key(
+async def test_deepseek_balance_figures_are_exact_strings(fresh_sim, http):
+    fresh_sim.set_key(
         SECRET, "deepseek", total_balance="110.10", granted_balance="10.10", topped_up_balance="100.00"
     )
-    result = await probe(http, sim, "deepseek")
+    result = await probe(http, fresh_sim, "deepseek")
     assert (result.details["currency"], result.details["balance"]) == ("CNY", "110.10")
     assert result.details["balances"] == [
         {
@@ -117,32 +101,32 @@ async def test_deepseek_balance_figures_are_exact_strings(sim, http):
     ]
 
 
-async def test_moonshot_balance_keeps_every_digit(sim, http):
-    sim.set_key(
+async def test_moonshot_balance_keeps_every_digit(fresh_sim, http):
+    fresh_sim.set_key(
         SECRET, "moonshot", available_balance=49.58894, voucher_balance=46.58893, cash_balance=3.00001
     )
-    result = await probe(http, sim, "moonshot")
+    result = await probe(http, fresh_sim, "moonshot")
     assert result.details["balance"] == "49.58894"
     assert (result.details["voucher_balance"], result.details["cash_balance"]) == ("46.58893", "3.00001")
 
 
-async def test_the_deepseek_invalid_key_message_is_masked(sim, http):
-    result = await probe(http, sim, "deepseek")  # unknown secret
+async def test_the_deepseek_invalid_key_message_is_masked(fresh_sim, http):
+    result = await probe(http, fresh_sim, "deepseek")  # unknown secret
     assert result.health is Health.INVALID
     assert "is invalid" in (result.error_message or "")
 
 
 @pytest.mark.parametrize("provider", sorted(PROVIDERS))
-async def test_a_hanging_provider_is_unreachable(sim, http, provider):
-    sim.set_key(SECRET, provider, "hang")
-    result = await probe(http, sim, provider, timeout=0.3)
+async def test_a_hanging_provider_is_unreachable(fresh_sim, http, provider):
+    fresh_sim.set_key(SECRET, provider, "hang")
+    result = await probe(http, fresh_sim, provider, timeout=0.3)
     assert (result.health, result.error_code) == (Health.UNREACHABLE, "timeout")
 
 
 @pytest.mark.parametrize("provider", sorted(PROVIDERS))
-async def test_a_dropped_connection_does_not_blame_the_key(sim, http, provider):
-    sim.set_key(SECRET, provider, "disconnect")
-    result = await probe(http, sim, provider)
+async def test_a_dropped_connection_does_not_blame_the_key(fresh_sim, http, provider):
+    fresh_sim.set_key(SECRET, provider, "disconnect")
+    result = await probe(http, fresh_sim, provider)
     assert not result.health.blames_key and result.health is not Health.HEALTHY
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import httpx2
 import pytest
 
@@ -17,22 +15,8 @@ SECRET = "sk-proj-4bW9xQ2LmN7pR3sT8vY1zA6cD0eF5gH2jK4Lq9Wm3Nb5Vc7Xz1GDYA"
 ADMIN = "sk-admin-Zr8Qp3Lm5Nx7Tv2Wy4Bc6Df9Gh1Jk0Lp2Mq4Nr6Ts8Uv0ADMN"
 
 
-@pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    simulator = Simulator()
-    await simulator.start()
-    yield simulator
-    await simulator.stop()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx2.AsyncClient]:
-    async with httpx2.AsyncClient() as client:
-        yield client
-
-
-def adapter(http: httpx2.AsyncClient, sim: Simulator, admin: str = ADMIN, **kw) -> OpenAIAdapter:
-    account = Account("org", "openai", admin_secret=Secret(admin), base_url=f"{sim.url}/openai/v1", **kw)
+def adapter(http: httpx2.AsyncClient, fresh_sim: Simulator, admin: str = ADMIN, **kw) -> OpenAIAdapter:
+    account = Account("org", "openai", admin_secret=Secret(admin), base_url=f"{fresh_sim.url}/openai/v1", **kw)
     return OpenAIAdapter(http, {"org": account}, timeout=5)
 
 
@@ -48,12 +32,12 @@ def managed(url: str, secret: str = SECRET, name: str = "openai-prod", **options
     )
 
 
-def seed(sim: Simulator) -> None:
-    sim.set_key(ADMIN, "openai", "admin")
-    sim.set_key(
+def seed(fresh_sim: Simulator) -> None:
+    fresh_sim.set_key(ADMIN, "openai", "admin")
+    fresh_sim.set_key(
         SECRET, "openai", project_id="proj_prod", key_id="key_prod", name="openai-prod", created_at=1719000000
     )
-    sim.set_key(
+    fresh_sim.set_key(
         "sk-proj-otherOtherOtherOtherOtherOtherOtherOtherOther0000",
         "openai",
         project_id="proj_dev",
@@ -62,10 +46,10 @@ def seed(sim: Simulator) -> None:
     )
 
 
-async def test_metadata_reads_created_and_last_used_from_the_admin_api(sim, http):
-    seed(sim)
-    a = adapter(http, sim)
-    key = managed(sim.url)
+async def test_metadata_reads_created_and_last_used_from_the_admin_api(fresh_sim, http):
+    seed(fresh_sim)
+    a = adapter(http, fresh_sim)
+    key = managed(fresh_sim.url)
     before = await a.metadata(key)
     assert (before.provider_key_id, before.name, before.status) == ("key_prod", "openai-prod", "active")
     assert before.created_at is not None and int(before.created_at.timestamp()) == 1719000000
@@ -76,10 +60,10 @@ async def test_metadata_reads_created_and_last_used_from_the_admin_api(sim, http
     assert (await a.metadata(key)).last_used_at is not None
 
 
-async def test_the_key_is_found_across_pages_of_projects_and_of_keys(sim, http):
-    sim.set_key(ADMIN, "openai", "admin")
+async def test_the_key_is_found_across_pages_of_projects_and_of_keys(fresh_sim, http):
+    fresh_sim.set_key(ADMIN, "openai", "admin")
     for i in range(101):  # more than one page of projects (100 a page) ...
-        sim.set_key(
+        fresh_sim.set_key(
             f"sk-proj-filler{i:03d}xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx{i:04d}",
             "openai",
             project_id=f"proj_{i:03d}",
@@ -87,69 +71,69 @@ async def test_the_key_is_found_across_pages_of_projects_and_of_keys(sim, http):
             name=f"filler-{i}",
         )
     for i in range(101):  # ... and more than one page of keys in the last project
-        sim.set_key(
+        fresh_sim.set_key(
             f"sk-proj-last{i:03d}yyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyyy{i:04d}",
             "openai",
             project_id="proj_zzz",
             key_id=f"key_z{i}",
             name=f"last-{i}",
         )
-    sim.set_key(SECRET, "openai", project_id="proj_zzz", key_id="key_prod", name="openai-prod")
-    meta = await adapter(http, sim).metadata(managed(sim.url, name="called-otherwise-here"))
+    fresh_sim.set_key(SECRET, "openai", project_id="proj_zzz", key_id="key_prod", name="openai-prod")
+    meta = await adapter(http, fresh_sim).metadata(managed(fresh_sim.url, name="called-otherwise-here"))
     assert (meta.provider_key_id, meta.details["project_id"]) == ("key_prod", "proj_zzz")
-    calls = sim.state.requests
+    calls = fresh_sim.state.requests
     assert calls[("openai", "/openai/v1/organization/projects")] == 2
     assert calls[("openai", "/openai/v1/organization/projects/{project_id}/api_keys")] == 101 + 2
 
 
-async def test_provider_key_id_and_project_read_the_key_directly(sim, http):
-    seed(sim)
-    meta = await adapter(http, sim).metadata(
-        managed(sim.url, name="x", provider_key_id="key_dev", project="proj_dev")
+async def test_provider_key_id_and_project_read_the_key_directly(fresh_sim, http):
+    seed(fresh_sim)
+    meta = await adapter(http, fresh_sim).metadata(
+        managed(fresh_sim.url, name="x", provider_key_id="key_dev", project="proj_dev")
     )
     assert meta.name == "openai-dev"
 
 
-async def test_provider_key_id_alone_is_looked_up_across_projects(sim, http):
-    seed(sim)
-    meta = await adapter(http, sim).metadata(managed(sim.url, name="x", provider_key_id="key_dev"))
+async def test_provider_key_id_alone_is_looked_up_across_projects(fresh_sim, http):
+    seed(fresh_sim)
+    meta = await adapter(http, fresh_sim).metadata(managed(fresh_sim.url, name="x", provider_key_id="key_dev"))
     assert meta.details["project_id"] == "proj_dev"
 
 
-async def test_keys_sharing_a_redacted_value_are_told_apart_by_name(sim, http):
-    seed(sim)
+async def test_keys_sharing_a_redacted_value_are_told_apart_by_name(fresh_sim, http):
+    seed(fresh_sim)
     twin = SECRET[:8] + "Twin" * 10 + SECRET[-4:]
-    sim.set_key(twin, "openai", project_id="proj_prod", key_id="key_twin", name="openai-twin")
-    assert (await adapter(http, sim).metadata(managed(sim.url))).provider_key_id == "key_prod"
+    fresh_sim.set_key(twin, "openai", project_id="proj_prod", key_id="key_twin", name="openai-twin")
+    assert (await adapter(http, fresh_sim).metadata(managed(fresh_sim.url))).provider_key_id == "key_prod"
     with pytest.raises(ProviderActionError, match="provider_key_id") as err:
-        await adapter(http, sim).metadata(managed(sim.url, name="neither"))
+        await adapter(http, fresh_sim).metadata(managed(fresh_sim.url, name="neither"))
     assert err.value.permanent
 
 
-async def test_disable_and_enable_are_not_supported_and_say_why(sim, http):
-    seed(sim)
-    for action in (adapter(http, sim).disable, adapter(http, sim).enable):
+async def test_disable_and_enable_are_not_supported_and_say_why(fresh_sim, http):
+    seed(fresh_sim)
+    for action in (adapter(http, fresh_sim).disable, adapter(http, fresh_sim).enable):
         with pytest.raises(NotSupported, match="no reversible deactivate"):
-            await action(managed(sim.url))
-    assert (await adapter(http, sim).probe(managed(sim.url))).health is Health.HEALTHY
+            await action(managed(fresh_sim.url))
+    assert (await adapter(http, fresh_sim).probe(managed(fresh_sim.url))).health is Health.HEALTHY
 
 
-async def test_delete_needs_the_destructive_opt_in_and_then_the_key_stops_working(sim, http):
-    seed(sim)
+async def test_delete_needs_the_destructive_opt_in_and_then_the_key_stops_working(fresh_sim, http):
+    seed(fresh_sim)
     with pytest.raises(ProviderActionError, match="allow_destructive") as err:
-        await adapter(http, sim).revoke(managed(sim.url))
-    assert err.value.permanent and SECRET in sim.state.keys
+        await adapter(http, fresh_sim).revoke(managed(fresh_sim.url))
+    assert err.value.permanent and SECRET in fresh_sim.state.keys
 
-    a = adapter(http, sim, allow_destructive=True)
-    await a.revoke(managed(sim.url))
-    assert (await a.probe(managed(sim.url))).health is Health.INVALID
+    a = adapter(http, fresh_sim, allow_destructive=True)
+    await a.revoke(managed(fresh_sim.url))
+    assert (await a.probe(managed(fresh_sim.url))).health is Health.INVALID
     with pytest.raises(ProviderActionError):
-        await a.metadata(managed(sim.url))
+        await a.metadata(managed(fresh_sim.url))
 
 
-async def test_a_service_account_key_cannot_be_deleted_alone(sim, http):
-    seed(sim)
-    sim.set_key(
+async def test_a_service_account_key_cannot_be_deleted_alone(fresh_sim, http):
+    seed(fresh_sim)
+    fresh_sim.set_key(
         SECRET,
         "openai",
         project_id="proj_prod",
@@ -158,34 +142,34 @@ async def test_a_service_account_key_cannot_be_deleted_alone(sim, http):
         owner_type="service_account",
     )
     with pytest.raises(ProviderActionError, match="service account") as err:
-        await adapter(http, sim, allow_destructive=True).revoke(managed(sim.url))
+        await adapter(http, fresh_sim, allow_destructive=True).revoke(managed(fresh_sim.url))
     assert err.value.permanent and err.value.status == 400
-    assert SECRET in sim.state.keys
+    assert SECRET in fresh_sim.state.keys
 
 
-async def test_a_project_key_as_admin_secret_is_a_permanent_refusal_without_secrets(sim, http):
-    seed(sim)
+async def test_a_project_key_as_admin_secret_is_a_permanent_refusal_without_secrets(fresh_sim, http):
+    seed(fresh_sim)
     with pytest.raises(ProviderActionError, match="Missing scopes") as err:
-        await adapter(http, sim, admin=SECRET).metadata(managed(sim.url))
+        await adapter(http, fresh_sim, admin=SECRET).metadata(managed(fresh_sim.url))
     assert err.value.permanent and err.value.status == 401
     assert SECRET not in str(err.value)
 
 
-async def test_an_admin_api_outage_is_transient(sim, http):
-    seed(sim)
-    sim.set_key(ADMIN, "openai", "server_error", admin=True)
+async def test_an_admin_api_outage_is_transient(fresh_sim, http):
+    seed(fresh_sim)
+    fresh_sim.set_key(ADMIN, "openai", "server_error", admin=True)
     with pytest.raises(ProviderActionError) as err:
-        await adapter(http, sim).metadata(managed(sim.url))
+        await adapter(http, fresh_sim).metadata(managed(fresh_sim.url))
     assert not err.value.permanent and err.value.status == 500
 
 
-async def test_openai_compatible_servers_offer_no_management(sim, http):
+async def test_openai_compatible_servers_offer_no_management(fresh_sim, http):
     key = ManagedKey(
         name="local",
         provider="openai_compatible",
         secret=Secret(SECRET),
         secret_ref="env:K",
-        base_url=f"{sim.url}/openai/v1",
+        base_url=f"{fresh_sim.url}/openai/v1",
     )
     with pytest.raises(NotSupported):
         await OpenAICompatibleAdapter(http).metadata(key)

@@ -4,7 +4,6 @@ management-key round trip (disable, read back, enable, read back)."""
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator
 
 import httpx2
 import pytest
@@ -21,22 +20,8 @@ MANAGEMENT = "sk-or-v1-ad41f0e8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b
 HASH = "f01d52606dc8f0a8303a7b5cc3fa07109c2e346cec7c0a16b40de462992ce943"
 
 
-@pytest.fixture
-async def sim() -> AsyncIterator[Simulator]:
-    simulator = Simulator()
-    await simulator.start()
-    yield simulator
-    await simulator.stop()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx2.AsyncClient]:
-    async with httpx2.AsyncClient() as client:
-        yield client
-
-
-def adapter(http: httpx2.AsyncClient, sim: Simulator, *, timeout: float = 5.0, **kw) -> OpenRouterAdapter:
-    base = f"{sim.url}/openrouter/api/v1"
+def adapter(http: httpx2.AsyncClient, fresh_sim: Simulator, *, timeout: float = 5.0, **kw) -> OpenRouterAdapter:
+    base = f"{fresh_sim.url}/openrouter/api/v1"
     account = Account("or", "openrouter", admin_secret=Secret(MANAGEMENT), base_url=base, **kw)
     return OpenRouterAdapter(http, {"or": account}, timeout=timeout)
 
@@ -74,47 +59,47 @@ CASES = [
     CASES,
     ids=[f"{c[0]}-{c[3]}-{i}" for i, c in enumerate(CASES)],
 )
-async def test_each_answer_maps_to_the_documented_health(sim, http, behaviour, extra, health, status, code):
-    sim.set_key(SECRET, "openrouter", behaviour, **extra)
-    result = await adapter(http, sim).probe(managed(sim.url))
+async def test_each_answer_maps_to_the_documented_health(fresh_sim, http, behaviour, extra, health, status, code):
+    fresh_sim.set_key(SECRET, "openrouter", behaviour, **extra)
+    result = await adapter(http, fresh_sim).probe(managed(fresh_sim.url))
     assert (result.health, result.http_status, result.error_code) == (health, status, code)
     assert SECRET not in repr(result)
 
 
-async def test_the_probe_reports_spend_and_limit_as_exact_decimal_strings(sim, http):
-    sim.set_key(SECRET, "openrouter", limit=20, usage=19.5, limit_reset="monthly")
-    result = await adapter(http, sim).probe(managed(sim.url))
+async def test_the_probe_reports_spend_and_limit_as_exact_decimal_strings(fresh_sim, http):
+    fresh_sim.set_key(SECRET, "openrouter", limit=20, usage=19.5, limit_reset="monthly")
+    result = await adapter(http, fresh_sim).probe(managed(fresh_sim.url))
     d = result.details
     assert (d["usage"], d["limit"], d["limit_remaining"], d["currency"]) == ("19.5", "20", "0.5", "USD")
     assert d["limit_reset"] == "monthly"
 
 
-async def test_a_key_without_limit_is_never_exhausted_by_its_spend(sim, http):
-    sim.set_key(SECRET, "openrouter", usage=1234.5)
-    result = await adapter(http, sim).probe(managed(sim.url))
+async def test_a_key_without_limit_is_never_exhausted_by_its_spend(fresh_sim, http):
+    fresh_sim.set_key(SECRET, "openrouter", usage=1234.5)
+    result = await adapter(http, fresh_sim).probe(managed(fresh_sim.url))
     assert result.health is Health.HEALTHY
     assert (result.details["limit"], result.details["limit_remaining"]) == (None, None)
 
 
-async def test_rate_limited_probe_carries_retry_after(sim, http):
-    sim.set_key(SECRET, "openrouter", "rate_limited", retry_after=3)
-    assert (await adapter(http, sim).probe(managed(sim.url))).retry_after_seconds == 3
+async def test_rate_limited_probe_carries_retry_after(fresh_sim, http):
+    fresh_sim.set_key(SECRET, "openrouter", "rate_limited", retry_after=3)
+    assert (await adapter(http, fresh_sim).probe(managed(fresh_sim.url))).retry_after_seconds == 3
 
 
-async def test_an_unknown_secret_is_invalid(sim, http):
-    result = await adapter(http, sim).probe(managed(sim.url))
+async def test_an_unknown_secret_is_invalid(fresh_sim, http):
+    result = await adapter(http, fresh_sim).probe(managed(fresh_sim.url))
     assert (result.health, result.error_message) == (Health.INVALID, "User not found.")
 
 
-async def test_a_hanging_provider_is_unreachable(sim, http):
-    sim.set_key(SECRET, "openrouter", "hang")
-    result = await adapter(http, sim, timeout=0.3).probe(managed(sim.url))
+async def test_a_hanging_provider_is_unreachable(fresh_sim, http):
+    fresh_sim.set_key(SECRET, "openrouter", "hang")
+    result = await adapter(http, fresh_sim, timeout=0.3).probe(managed(fresh_sim.url))
     assert (result.health, result.error_code) == (Health.UNREACHABLE, "timeout")
 
 
-async def test_a_dropped_connection_does_not_blame_the_key(sim, http):
-    sim.set_key(SECRET, "openrouter", "disconnect")
-    result = await adapter(http, sim).probe(managed(sim.url))
+async def test_a_dropped_connection_does_not_blame_the_key(fresh_sim, http):
+    fresh_sim.set_key(SECRET, "openrouter", "disconnect")
+    result = await adapter(http, fresh_sim).probe(managed(fresh_sim.url))
     assert not result.health.blames_key and result.health is not Health.HEALTHY
 
 
@@ -136,16 +121,16 @@ async def test_a_refused_connection_is_unreachable(http):
 # --- management key ---------------------------------------------------------------------------------
 
 
-def seed(sim: Simulator) -> None:
-    sim.set_key(MANAGEMENT, "openrouter", "admin")
-    sim.set_key(OTHER, "openrouter", hash="a" * 64, name="router-dev")
-    sim.set_key(SECRET, "openrouter", hash=HASH, name="router-prod", limit=50, usage=12.25)
+def seed(fresh_sim: Simulator) -> None:
+    fresh_sim.set_key(MANAGEMENT, "openrouter", "admin")
+    fresh_sim.set_key(OTHER, "openrouter", hash="a" * 64, name="router-dev")
+    fresh_sim.set_key(SECRET, "openrouter", hash=HASH, name="router-prod", limit=50, usage=12.25)
 
 
-async def test_disable_then_enable_round_trip_is_read_back_from_the_provider(sim, http):
-    seed(sim)
-    a = adapter(http, sim)
-    key = managed(sim.url)
+async def test_disable_then_enable_round_trip_is_read_back_from_the_provider(fresh_sim, http):
+    seed(fresh_sim)
+    a = adapter(http, fresh_sim)
+    key = managed(fresh_sim.url)
 
     before = await a.metadata(key)
     assert (before.provider_key_id, before.status, before.name) == (HASH, "active", "router-prod")
@@ -155,7 +140,7 @@ async def test_disable_then_enable_round_trip_is_read_back_from_the_provider(sim
     await a.disable(key)
     assert (await a.metadata(key)).status == "disabled"
     assert (await a.probe(key)).health is Health.INVALID  # the provider now refuses the key
-    assert (await a.metadata(managed(sim.url, OTHER, "router-dev"))).status == "active"
+    assert (await a.metadata(managed(fresh_sim.url, OTHER, "router-dev"))).status == "active"
 
     await a.disable(key)  # idempotent
     assert (await a.metadata(key)).status == "disabled"
@@ -165,81 +150,81 @@ async def test_disable_then_enable_round_trip_is_read_back_from_the_provider(sim
     assert (await a.probe(key)).health is Health.HEALTHY
 
 
-async def test_the_key_is_found_by_its_label_across_pages_including_disabled_ones(sim, http):
-    seed(sim)
+async def test_the_key_is_found_by_its_label_across_pages_including_disabled_ones(fresh_sim, http):
+    seed(fresh_sim)
     for i in range(5):
-        sim.set_key(
+        fresh_sim.set_key(
             f"sk-or-v1-{i:064x}", "openrouter", hash=f"{i:064x}", name=f"filler-{i}", disabled=i % 2 == 0
         )
-    sim.state.provider_data("openrouter")["page_size"] = 2
-    a = adapter(http, sim)
-    key = managed(sim.url, name="called-otherwise-here")
+    fresh_sim.state.provider_data("openrouter")["page_size"] = 2
+    a = adapter(http, fresh_sim)
+    key = managed(fresh_sim.url, name="called-otherwise-here")
     await a.disable(key)
     assert (await a.metadata(key)).provider_key_id == HASH
-    assert sim.state.keys[SECRET].extra["disabled"] is True
+    assert fresh_sim.state.keys[SECRET].extra["disabled"] is True
 
 
-async def test_provider_key_id_is_used_when_set(sim, http):
-    seed(sim)
-    meta = await adapter(http, sim).metadata(managed(sim.url, name="x", provider_key_id="a" * 64))
+async def test_provider_key_id_is_used_when_set(fresh_sim, http):
+    seed(fresh_sim)
+    meta = await adapter(http, fresh_sim).metadata(managed(fresh_sim.url, name="x", provider_key_id="a" * 64))
     assert meta.name == "router-dev"
 
 
-async def test_create_makes_a_working_key_with_the_same_limit(sim, http):
-    seed(sim)
-    a = adapter(http, sim)
-    meta, secret = await a.create(managed(sim.url), name="router-prod-2")
+async def test_create_makes_a_working_key_with_the_same_limit(fresh_sim, http):
+    seed(fresh_sim)
+    a = adapter(http, fresh_sim)
+    meta, secret = await a.create(managed(fresh_sim.url), name="router-prod-2")
     assert (meta.name, meta.status, meta.details["limit"]) == ("router-prod-2", "active", "50")
     assert secret.reveal().startswith("sk-or-v1-") and secret.reveal() not in repr(secret)
-    new_key = managed(sim.url, secret.reveal(), "router-prod-2")
+    new_key = managed(fresh_sim.url, secret.reveal(), "router-prod-2")
     assert (await a.probe(new_key)).health is Health.HEALTHY
 
 
-async def test_delete_needs_the_destructive_opt_in(sim, http):
-    seed(sim)
+async def test_delete_needs_the_destructive_opt_in(fresh_sim, http):
+    seed(fresh_sim)
     with pytest.raises(ProviderActionError, match="allow_destructive") as err:
-        await adapter(http, sim).revoke(managed(sim.url))
-    assert err.value.permanent and SECRET in sim.state.keys
+        await adapter(http, fresh_sim).revoke(managed(fresh_sim.url))
+    assert err.value.permanent and SECRET in fresh_sim.state.keys
 
-    a = adapter(http, sim, allow_destructive=True)
-    await a.revoke(managed(sim.url))
-    assert (await a.probe(managed(sim.url))).health is Health.INVALID
+    a = adapter(http, fresh_sim, allow_destructive=True)
+    await a.revoke(managed(fresh_sim.url))
+    assert (await a.probe(managed(fresh_sim.url))).health is Health.INVALID
     with pytest.raises(ProviderActionError) as err:
-        await a.metadata(managed(sim.url))
+        await a.metadata(managed(fresh_sim.url))
     assert err.value.permanent
 
 
-async def test_an_ordinary_key_as_management_key_is_refused_permanently(sim, http):
-    sim.set_key(OTHER, "openrouter")
-    sim.set_key(SECRET, "openrouter", hash=HASH, name="router-prod")
-    account = Account("or", "openrouter", admin_secret=Secret(OTHER), base_url=f"{sim.url}/openrouter/api/v1")
+async def test_an_ordinary_key_as_management_key_is_refused_permanently(fresh_sim, http):
+    fresh_sim.set_key(OTHER, "openrouter")
+    fresh_sim.set_key(SECRET, "openrouter", hash=HASH, name="router-prod")
+    account = Account("or", "openrouter", admin_secret=Secret(OTHER), base_url=f"{fresh_sim.url}/openrouter/api/v1")
     with pytest.raises(ProviderActionError, match="Only management keys") as err:
-        await OpenRouterAdapter(http, {"or": account}).disable(managed(sim.url))
+        await OpenRouterAdapter(http, {"or": account}).disable(managed(fresh_sim.url))
     assert err.value.permanent and err.value.status == 403
     assert OTHER not in str(err.value)
-    assert not sim.state.keys[SECRET].extra.get("disabled")
+    assert not fresh_sim.state.keys[SECRET].extra.get("disabled")
 
 
-async def test_a_management_api_outage_is_transient_and_changes_nothing(sim, http):
-    seed(sim)
-    sim.set_key(MANAGEMENT, "openrouter", "overloaded", admin=True)
+async def test_a_management_api_outage_is_transient_and_changes_nothing(fresh_sim, http):
+    seed(fresh_sim)
+    fresh_sim.set_key(MANAGEMENT, "openrouter", "overloaded", admin=True)
     with pytest.raises(ProviderActionError) as err:
-        await adapter(http, sim).disable(managed(sim.url))
+        await adapter(http, fresh_sim).disable(managed(fresh_sim.url))
     assert not err.value.permanent
-    assert not sim.state.keys[SECRET].extra.get("disabled")
+    assert not fresh_sim.state.keys[SECRET].extra.get("disabled")
 
 
-async def test_a_hanging_management_api_is_a_transient_timeout(sim, http):
-    seed(sim)
-    sim.set_key(MANAGEMENT, "openrouter", "hang", admin=True)
+async def test_a_hanging_management_api_is_a_transient_timeout(fresh_sim, http):
+    seed(fresh_sim)
+    fresh_sim.set_key(MANAGEMENT, "openrouter", "hang", admin=True)
     with pytest.raises(ProviderActionError, match="no answer") as err:
-        await adapter(http, sim, timeout=0.3).enable(managed(sim.url))
+        await adapter(http, fresh_sim, timeout=0.3).enable(managed(fresh_sim.url))
     assert not err.value.permanent
 
 
-async def test_a_remembered_hash_that_went_stale_is_searched_again(sim, http):
-    seed(sim)
-    a = adapter(http, sim)
-    assert (await a.metadata(managed(sim.url))).provider_key_id == HASH
-    sim.set_key(SECRET, "openrouter", hash="b" * 64, name="router-prod")
-    assert (await a.metadata(managed(sim.url))).provider_key_id == "b" * 64
+async def test_a_remembered_hash_that_went_stale_is_searched_again(fresh_sim, http):
+    seed(fresh_sim)
+    a = adapter(http, fresh_sim)
+    assert (await a.metadata(managed(fresh_sim.url))).provider_key_id == HASH
+    fresh_sim.set_key(SECRET, "openrouter", hash="b" * 64, name="router-prod")
+    assert (await a.metadata(managed(fresh_sim.url))).provider_key_id == "b" * 64
