@@ -148,25 +148,26 @@ class AnthropicAdapter(ProviderAdapter):
         )
 
     async def _find(self, key: ManagedKey) -> dict[str, Any]:
-        """The Admin API record of `key`; its id is remembered so later calls read one record, not a list."""
-        configured = key.options.get("provider_key_id")
-        known = configured or self._ids.get((key.name, key.fingerprint))
-        if known:
-            try:
-                record = await self._admin(
-                    key, "GET", f"/v1/organizations/api_keys/{known}", what=f"read Anthropic key {key.name}"
-                )
-            except ProviderActionError as exc:
-                if configured or exc.status != 404:
-                    raise
-                self._ids.pop((key.name, key.fingerprint), None)  # remembered id went stale: search again
-            else:
-                if not isinstance(record, dict) or not record.get("id"):
-                    raise ProviderActionError(
-                        f"read Anthropic key {key.name}: the answer is not a key object"
-                    )
-                return record
-        records: list[dict[str, Any]] = []
+        return await mgmt.find_record(
+            key,
+            self._ids,
+            provider="Anthropic",
+            id_field="id",
+            hint_field="partial_key_hint",
+            read=lambda key_id: self._read(key, key_id),
+            list_all=lambda: self._list(key),
+        )
+
+    async def _read(self, key: ManagedKey, key_id: str) -> dict[str, Any]:
+        record = await self._admin(
+            key, "GET", f"/v1/organizations/api_keys/{key_id}", what=f"read Anthropic key {key.name}"
+        )
+        if not isinstance(record, dict) or not record.get("id"):
+            raise ProviderActionError(f"read Anthropic key {key.name}: the answer is not a key object")
+        return record
+
+    async def _list(self, key: ManagedKey) -> list[Any]:
+        records: list[Any] = []
         params: dict[str, Any] = {"limit": 1000}
         for _ in range(1000):
             page = await self._admin(
@@ -175,19 +176,11 @@ class AnthropicAdapter(ProviderAdapter):
             data = page.get("data") if isinstance(page, dict) else None
             if not isinstance(data, list):
                 raise ProviderActionError("list Anthropic keys: the answer is not the documented list shape")
-            records += [r for r in data if isinstance(r, dict) and r.get("id")]
+            records += data
             if not page.get("has_more") or not page.get("last_id"):
                 break
             params = {"limit": 1000, "after_id": page["last_id"]}
-        record = mgmt.pick_one(
-            records,
-            key,
-            hint_of=lambda r: r.get("partial_key_hint"),
-            name_of=lambda r: r.get("name"),
-            provider="Anthropic",
-        )
-        self._ids[(key.name, key.fingerprint)] = record["id"]
-        return record
+        return records
 
     async def _admin(self, key: ManagedKey, method: str, path: str, *, what: str, **kw: Any) -> Any:
         return await mgmt.account_call(

@@ -7,7 +7,7 @@ A management call is an action on a key, so its failures are ProviderActionError
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
@@ -81,6 +81,44 @@ def pick_one(
         f"key {key.name}: {len(by_hint)} {provider} keys match {key.masked}; set provider_key_id on the key",
         permanent=True,
     )
+
+
+async def find_record(
+    key: ManagedKey,
+    remembered: dict[tuple[str, str], str],
+    *,
+    provider: str,
+    id_field: str,
+    hint_field: str,
+    read: Callable[[str], Awaitable[dict[str, Any]]],
+    list_all: Callable[[], Awaitable[list[Any]]],
+) -> dict[str, Any]:
+    """The provider's record of `key`: read by its configured or remembered id, else found among all.
+
+    A remembered id is forgotten when the provider answers 404 (the key was replaced) and the search
+    runs again; a configured provider_key_id is never second-guessed. The id found is remembered, so
+    later calls read one record rather than list the account.
+    """
+    configured = key.options.get("provider_key_id")
+    slot = (key.name, key.fingerprint)
+    known = configured or remembered.get(slot)
+    if known:
+        try:
+            return await read(known)
+        except ProviderActionError as exc:
+            if configured or exc.status != 404:
+                raise
+            remembered.pop(slot, None)
+    records = [r for r in await list_all() if isinstance(r, dict) and r.get(id_field)]
+    record = pick_one(
+        records,
+        key,
+        hint_of=lambda r: r.get(hint_field),
+        name_of=lambda r: r.get("name"),
+        provider=provider,
+    )
+    remembered[slot] = record[id_field]
+    return record
 
 
 def admin_secret(account: Account, what: str) -> str:

@@ -148,28 +148,26 @@ class OpenRouterAdapter(ProviderAdapter):
         )
 
     async def _find(self, key: ManagedKey) -> dict[str, Any]:
-        configured = key.options.get("provider_key_id")
-        known = configured or self._hashes.get((key.name, key.fingerprint))
-        if known:
-            try:
-                body = await self._manage(
-                    key, "GET", f"/keys/{known}", what=f"read OpenRouter key {key.name}"
-                )
-            except ProviderActionError as exc:
-                if configured or exc.status != 404:
-                    raise
-                self._hashes.pop(
-                    (key.name, key.fingerprint), None
-                )  # remembered hash went stale: search again
-            else:
-                data = body.get("data") if isinstance(body, dict) else None
-                if not isinstance(data, dict):
-                    raise ProviderActionError(
-                        f"read OpenRouter key {key.name}: the answer is not a key object"
-                    )
-                data.setdefault("hash", known)
-                return data
-        records: list[dict[str, Any]] = []
+        return await mgmt.find_record(
+            key,
+            self._hashes,
+            provider="OpenRouter",
+            id_field="hash",
+            hint_field="label",
+            read=lambda key_hash: self._read(key, key_hash),
+            list_all=lambda: self._list(key),
+        )
+
+    async def _read(self, key: ManagedKey, key_hash: str) -> dict[str, Any]:
+        body = await self._manage(key, "GET", f"/keys/{key_hash}", what=f"read OpenRouter key {key.name}")
+        data = body.get("data") if isinstance(body, dict) else None
+        if not isinstance(data, dict):
+            raise ProviderActionError(f"read OpenRouter key {key.name}: the answer is not a key object")
+        data.setdefault("hash", key_hash)
+        return data
+
+    async def _list(self, key: ManagedKey) -> list[Any]:
+        records: list[Any] = []
         offset = 0
         for _ in range(1000):
             body = await self._manage(
@@ -182,19 +180,11 @@ class OpenRouterAdapter(ProviderAdapter):
             data = body.get("data") if isinstance(body, dict) else None
             if not isinstance(data, list):
                 raise ProviderActionError("list OpenRouter keys: the answer is not the documented list shape")
-            records += [r for r in data if isinstance(r, dict) and r.get("hash")]
+            records += data
             if not data:
                 break
             offset += len(data)
-        record = mgmt.pick_one(
-            records,
-            key,
-            hint_of=lambda r: r.get("label"),
-            name_of=lambda r: r.get("name"),
-            provider="OpenRouter",
-        )
-        self._hashes[(key.name, key.fingerprint)] = record["hash"]
-        return record
+        return records
 
     async def _manage(self, key: ManagedKey, method: str, path: str, *, what: str, **kw: Any) -> Any:
         return await mgmt.account_call(
