@@ -332,6 +332,16 @@ class _AwsBase(ProviderAdapter):
             )
         return ProviderActionError(redact_text(f"{what}: {type(exc).__name__}: {exc}"[:400], secrets))
 
+    async def disable(self, key: ManagedKey) -> None:
+        await self._set_status(key, "Inactive")
+
+    async def enable(self, key: ManagedKey) -> None:
+        await self._set_status(key, "Active")
+
+    async def _set_status(self, key: ManagedKey, status: str) -> None:
+        """IAM's own words: `Inactive` stops the credential and `Active` restores it, both reversible."""
+        raise NotImplementedError
+
     async def aclose(self) -> None:
         self._boto.clear()
 
@@ -545,12 +555,6 @@ class AwsIamAdapter(_AwsBase):
             details=details,
         )
 
-    async def disable(self, key: ManagedKey) -> None:
-        await self._set_status(key, "Inactive")
-
-    async def enable(self, key: ManagedKey) -> None:
-        await self._set_status(key, "Active")
-
     async def revoke(self, key: ManagedKey) -> None:
         """Delete the key pair: AWS offers no way back, hence the account's explicit opt-in."""
         account = self.account_for(key)
@@ -679,12 +683,6 @@ class AwsBedrockAdapter(_AwsBase):
             created_at=_aware(record.get("CreateDate")),
             details=details,
         )
-
-    async def disable(self, key: ManagedKey) -> None:
-        await self._set_status(key, "Inactive")
-
-    async def enable(self, key: ManagedKey) -> None:
-        await self._set_status(key, "Active")
 
     async def revoke(self, key: ManagedKey) -> None:
         account, record = await self._find(key)
