@@ -20,6 +20,8 @@ boto3 = pytest.importorskip("boto3", reason="aws keys need keywatch[aws] (boto3)
 
 @pytest.fixture(scope="module")
 def moto_url():
+    # moto's IAM backend is process-wide and reads this once: set it as every AWS test does.
+    os.environ["MOTO_IAM_LOAD_MANAGED_POLICIES"] = "true"
     moto_server = pytest.importorskip("moto.server", reason="the AWS test server needs moto[server]")
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
