@@ -74,3 +74,69 @@ def test_check_probes_every_provider_in_one_run(sim, moto_url: str, tmp_path: Pa
     assert got == {name: (provider, health) for name, provider, _, health, _, _ in fleet}
     for *_, secret in fleet:
         assert secret not in proc.stdout + proc.stderr
+
+
+def test_quarantined_aws_key_is_flagged_in_status_and_metrics(moto_url: str, tmp_path: Path) -> None:
+    """The AWS quarantine policy is a compromise signal beside health: the daemon stores it, `status`
+    shows it, and /metrics carries keywatch_key_compromised."""
+    iam = boto3.client("iam", endpoint_url=moto_url, region_name="us-east-1",
+                       aws_access_key_id="AKIAIOSFODNN7EXAMPLE", aws_secret_access_key="x" * 40)
+    admin_user, user = f"admin-{secrets.token_hex(3)}", f"leaky-{secrets.token_hex(3)}"
+    iam.create_user(UserName=admin_user)
+    admin = iam.create_access_key(UserName=admin_user)["AccessKey"]
+    iam.create_user(UserName=user)
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+    iam.attach_user_policy(UserName=user, PolicyArn="arn:aws:iam::aws:policy/AWSCompromisedKeyQuarantineV3")
+    port = free_port()
+    cfg = tmp_path / "keywatch.toml"
+    cfg.write_text(f"""
+[daemon]
+database = "sqlite:///{tmp_path / "k.db"}"
+listen = "127.0.0.1:{port}"
+[probe]
+interval = "1h"
+[safety]
+dry_run = true
+[[accounts]]
+name = "aws-main"
+provider = "aws_iam"
+access_key_id = "{admin["AccessKeyId"]}"
+admin_secret = "env:KW_ADMIN"
+endpoint_url = "{moto_url}"
+[[keys]]
+name = "leaky"
+provider = "aws_iam"
+access_key_id = "{key["AccessKeyId"]}"
+secret = "env:KW_KEY"
+endpoint_url = "{moto_url}"
+account = "aws-main"
+""")
+    env = {k: os.environ[k] for k in ("PATH", "HOME", "PYTHONPATH") if k in os.environ}
+    env.update(KW_ADMIN=admin["SecretAccessKey"], KW_KEY=key["SecretAccessKey"])
+
+    import time
+    import urllib.request
+
+    daemon = subprocess.Popen([sys.executable, "-m", "keywatch", "run", "-c", str(cfg)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, metrics = time.monotonic() + 30, ""
+        while time.monotonic() < deadline and 'keywatch_key_last_probe_timestamp_seconds{key="leaky"' not in metrics:
+            time.sleep(0.2)
+            try:
+                metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+            except OSError:
+                continue
+        assert 'keywatch_key_compromised{key="leaky",provider="aws_iam"} 1.0' in metrics
+    finally:
+        daemon.terminate()
+        assert daemon.wait(30) == 0
+    proc = subprocess.run([sys.executable, "-m", "keywatch", "status", "-c", str(cfg), "--json"],
+                          capture_output=True, text=True, env=env, timeout=60)
+    [row] = json.loads(proc.stdout)
+    assert row["compromised"] is True and "AWSCompromisedKeyQuarantineV3" in row["compromise_reason"]
+    assert proc.returncode == 1  # a compromised key needs attention
+    table = subprocess.run([sys.executable, "-m", "keywatch", "status", "-c", str(cfg)],
+                           capture_output=True, text=True, env=env, timeout=60).stdout
+    assert "COMPROMISED" in table
+    assert key["SecretAccessKey"] not in proc.stdout + table
