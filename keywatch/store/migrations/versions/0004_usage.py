@@ -20,7 +20,8 @@ def upgrade() -> None:
         sa.Column("source", sa.String(length=24), nullable=False),
         sa.Column("scope", sa.String(length=200), nullable=False),
         sa.Column("width", sa.String(length=4), nullable=False),
-        sa.Column("bucket", sa.DateTime(timezone=True), nullable=False),
+        # integer microseconds on SQLite (keywatch.usage.models.BucketTime), timestamptz on PostgreSQL
+        sa.Column("bucket", sa.DateTime(timezone=True).with_variant(sa.BigInteger(), "sqlite"), nullable=False),
         sa.Column("model", sa.String(length=128), nullable=False),
         sa.Column("line_item", sa.String(length=200), nullable=False),
         sa.Column("currency", sa.String(length=8), nullable=False),
@@ -30,11 +31,10 @@ def upgrade() -> None:
         sa.Column("cached_tokens", sa.BigInteger(), nullable=False),
         sa.Column("requests", sa.BigInteger(), nullable=False),
         sa.Column("cost_nanos", sa.BigInteger(), nullable=True),
-        sa.PrimaryKeyConstraint("account", "source", "scope", "width", "bucket", "model", "line_item", "currency"),
+        # bucket first: reads and replaces are bucket ranges; WITHOUT ROWID stores the key once on SQLite
+        sa.PrimaryKeyConstraint("bucket", "account", "source", "width", "scope", "model", "line_item", "currency"),
+        sqlite_with_rowid=False,
     )
-    with op.batch_alter_table("usage_rollups", schema=None) as batch_op:
-        batch_op.create_index("ix_usage_rollups_bucket", ["bucket"], unique=False)
-        batch_op.create_index("ix_usage_rollups_scope", ["scope", "bucket"], unique=False)
     op.create_table(
         "usage_balances",
         sa.Column("account", sa.String(length=128), nullable=False),
@@ -69,7 +69,4 @@ def downgrade() -> None:
     op.drop_table("budget_marks")
     op.drop_table("usage_sources")
     op.drop_table("usage_balances")
-    with op.batch_alter_table("usage_rollups", schema=None) as batch_op:
-        batch_op.drop_index("ix_usage_rollups_scope")
-        batch_op.drop_index("ix_usage_rollups_bucket")
     op.drop_table("usage_rollups")
