@@ -151,7 +151,10 @@ async def main() -> None:
     print(f"pull: {len(r.rows):,} rows from {sum(sim.state.requests.values())} HTTP requests in {pull_s:.1f} s "
           f"(errors: {r.errors or 'none'})")
     size = db_size(url, store)
-    print(f"database: {size / 1e6:.0f} MB after ({args.database})")
+    with store.engine.connect() as c:
+        stored = int(c.exec_driver_sql("SELECT count(*) FROM usage_rollups").scalar())
+    print(f"database: {size / 1e6:.0f} MB after ({args.database}; {stored:,} rollup rows, "
+          f"{size / stored:.0f} bytes per row)")
 
     t0 = time.perf_counter()
     statuses = await service.evaluate(now)
