@@ -2,4 +2,5 @@ import sys
 
 from keywatch.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # probe worker processes (spawn) import this module too
+    sys.exit(main())

@@ -26,6 +26,7 @@ from keywatch import __version__, aio
 from keywatch.domain import Alert, Event, Health, ProbeResult, Transition
 from keywatch.engine.prober import AdapterSet, Prober, make_http_client
 from keywatch.engine.state import StateTracker
+from keywatch.engine.workers import WorkerProber
 from keywatch.extensions import DAEMON_EXTENSIONS
 from keywatch.metrics import Metrics
 from keywatch.redact import REGISTRY
@@ -102,7 +103,7 @@ class Daemon:
         self._scheduler: AsyncIOScheduler | None = None
         self._web: WebServer | None = None
         self._adapters: AdapterSet | None = None
-        self._prober: Prober | None = None
+        self._prober: Prober | WorkerProber | None = None
         self.metrics.attach_state(self.tracker.snapshot)
 
     # -- readiness ----------------------------------------------------------------------------------
@@ -134,18 +135,43 @@ class Daemon:
         http = make_http_client(probe.concurrency, probe.timeout)
         self._adapters = AdapterSet(http, inventory.accounts, timeout=probe.timeout,
                                     completion_model=probe.completion_model)
-        self._prober = Prober(self._adapters, concurrency=probe.concurrency, timeout=probe.timeout)
         if old[0] is not None:
             self._retired.append(old)
+        self._prober = self._make_prober(inventory)
         self.inventory = inventory
         self.tracker.sync_inventory(inventory.keys)
         self.metrics.keys.clear()
         for provider in {k.provider for k in inventory.keys}:
             self.metrics.keys.labels(provider).set(sum(1 for k in inventory.keys if k.provider == provider))
 
+    def _make_prober(self, inventory: Inventory) -> Prober | WorkerProber:
+        """In-process probing, or worker processes when `probe.workers` > 1 (kept across reloads that do
+        not change how they are built: a reload then only hands them the new inventory)."""
+        probe, daemon = inventory.config.probe, inventory.config.daemon
+        assert self._adapters is not None
+        if probe.workers <= 1:
+            if isinstance(self._prober, WorkerProber):
+                self._retired.append(self._prober)
+            return Prober(self._adapters, concurrency=probe.concurrency, timeout=probe.timeout)
+        shape = (probe.workers, probe.concurrency, probe.timeout, probe.completion_model)
+        current = self._prober
+        if not (isinstance(current, WorkerProber) and current.shape == shape):
+            if isinstance(current, WorkerProber):
+                self._retired.append(current)
+            current = WorkerProber(probe.workers, concurrency=probe.concurrency, timeout=probe.timeout,
+                                   completion_model=probe.completion_model,
+                                   log_format="json" if daemon.log_format == "auto" else daemon.log_format,
+                                   log_level=daemon.log_level)
+        current.set_inventory(inventory.keys, inventory.accounts)
+        return current
+
     async def _close_retired(self) -> None:
         retired, self._retired = self._retired, []
-        for adapters, http in retired:
+        for item in retired:
+            if isinstance(item, WorkerProber):
+                await item.aclose()
+                continue
+            adapters, http = item
             await adapters.aclose()
             await http.aclose()
 
@@ -155,7 +181,7 @@ class Daemon:
         self._use_inventory(inventory)
         url = inventory.config.daemon.database or default_database_url()
         self.store = Store(url)
-        self._web = WebServer(inventory.config.daemon.listen, self.metrics.exposition, self.readiness)
+        self._web = WebServer(inventory.config.daemon.listen, self.metrics.exposition_chunks, self.readiness)
         await self._web.start()  # before the database: /healthz answers while a slow database connects
         await self._ensure_db()
         await self._setup_extensions()
@@ -252,6 +278,9 @@ class Daemon:
         if self._adapters is not None:
             self._retired.append((self._adapters, self._adapters.http))
             self._adapters = None
+        if isinstance(self._prober, WorkerProber):
+            self._retired.append(self._prober)
+            self._prober = None
         await self._close_retired()
         if self.store is not None:
             self.store.dispose()

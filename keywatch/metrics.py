@@ -91,7 +91,14 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
+_COMMON = {0.0: "0.0", 1.0: "1.0"}
+SLICE = 1000
+
+
 def _num(value: float) -> str:
+    common = _COMMON.get(value)
+    if common is not None:
+        return common
     if value == int(value) and abs(value) < 1e15:
         return f"{value:.1f}"
     return repr(value)
@@ -113,24 +120,30 @@ class KeyStateRenderer:
             hit = self._label_cache[cache_key] = (base, base + extra)
         return hit
 
-    def render(self, states: Iterable[KeyState]) -> str:
+    def render(self, states: Iterable[KeyState]) -> list[bytes]:
+        """The per-key families as encoded chunks of at most SLICE keys: a scrape's memory peak stays a few
+        MB whatever the fleet size (the caller writes the chunks out one by one)."""
         states = list(states)
         if len(self._label_cache) > 2 * len(states) + 100:
             self._label_cache.clear()  # keys renamed or removed: rebuild lazily
         labels = [self._labels(st) for st in states]
-        out: list[str] = []
+        chunks: list[bytes] = []
         for name, help_text, extra, rows in KEY_FAMILIES:
-            out.append(f"# HELP {name} {help_text}\n# TYPE {name} gauge\n")
-            for st, (base, _) in zip(states, labels, strict=True):
-                for lv, value in rows(st):
-                    if extra:
-                        out.append(f'{name}{{{base},{extra}="{lv}"}} {_num(value)}\n')
-                    else:
-                        out.append(f"{name}{{{base}}} {_num(value)}\n")
+            chunks.append(f"# HELP {name} {help_text}\n# TYPE {name} gauge\n".encode())
+            for lo in range(0, len(states), SLICE):
+                out = []
+                for st, (base, _) in zip(states[lo:lo + SLICE], labels[lo:lo + SLICE], strict=True):
+                    for lv, value in rows(st):
+                        if extra:
+                            out.append(f'{name}{{{base},{extra}="{lv}"}} {_num(value)}\n')
+                        else:
+                            out.append(f"{name}{{{base}}} {_num(value)}\n")
+                chunks.append("".join(out).encode())
         name, help_text = LABELS_FAMILY
-        out.append(f"# HELP {name} {help_text}\n# TYPE {name} gauge\n")
-        out.extend(f"{name}{{{full}}} 1.0\n" for _, full in labels)
-        return "".join(out)
+        chunks.append(f"# HELP {name} {help_text}\n# TYPE {name} gauge\n".encode())
+        for lo in range(0, len(labels), SLICE):
+            chunks.append("".join(f"{name}{{{full}}} 1.0\n" for _, full in labels[lo:lo + SLICE]).encode())
+        return chunks
 
 
 def _label_values(labels: dict[str, str]) -> dict[str, str]:
@@ -171,17 +184,20 @@ class Metrics:
         self._collector = KeyStateCollector(snapshot)
         self.registry.register(self._collector)
 
-    def exposition(self) -> bytes:
-        """The /metrics body: every registered metric, with the per-key families rendered directly."""
+    def exposition_chunks(self) -> list[bytes]:
+        """The /metrics body in pieces: every registered metric, then the per-key families rendered directly."""
         collector = self._collector
         if collector is None:
-            return generate_latest(self.registry)
+            return [generate_latest(self.registry)]
         collector.fast.active = True
         try:
             head = generate_latest(self.registry)
         finally:
             collector.fast.active = False
-        return head + self._renderer.render(collector.snapshot().values()).encode()
+        return [head, *self._renderer.render(collector.snapshot().values())]
+
+    def exposition(self) -> bytes:
+        return b"".join(self.exposition_chunks())
 
     def observe_probe(self, provider: str, health: str, seconds: float) -> None:
         self.probe_duration.labels(provider).observe(seconds)

@@ -12,7 +12,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 ReadyFn = Callable[[], tuple[bool, dict[str, bool]]]
-RenderFn = Callable[[], bytes]
+RenderFn = Callable[[], list[bytes]]
 
 
 class WebServer:
@@ -43,10 +43,17 @@ class WebServer:
             await self._runner.cleanup()
             self._runner = None
 
-    async def _metrics(self, _: web.Request) -> web.Response:
-        # Rendering thousands of series is CPU work: keep it off the event loop's own turn.
-        body = await asyncio.get_running_loop().run_in_executor(None, self.render)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    async def _metrics(self, request: web.Request) -> web.StreamResponse:
+        # Rendering thousands of series is CPU work: keep it off the event loop's own turn, and write the
+        # pieces out as they are, so no second copy of a many-megabyte body is ever made.
+        chunks = await asyncio.get_running_loop().run_in_executor(None, self.render)
+        response = web.StreamResponse(headers={"Content-Type": CONTENT_TYPE_LATEST})
+        response.content_length = sum(len(c) for c in chunks)
+        await response.prepare(request)
+        for chunk in chunks:
+            await response.write(chunk)
+        await response.write_eof()
+        return response
 
     async def _healthz(self, _: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

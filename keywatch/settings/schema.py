@@ -54,6 +54,11 @@ class ProbeSettings(Strict):
     interval: Duration = Field("5m", description="Time between probe cycles")
     concurrency: int = Field(64, ge=1, le=10000, description="Probes in flight at once")
     timeout: Duration = Field("10s", description="Time one probe may take before it counts as unreachable")
+    workers: int = Field(
+        1, ge=1, le=32,
+        description="Processes that probe (1: the daemon itself). More than one spreads the keys over worker "
+        "processes, for fleets one core cannot probe within the interval; concurrency is shared among them",
+    )
     jitter: float = Field(
         0.1, ge=0, le=0.5, description="Spread of each cycle's start, as a fraction of the interval"
     )
