@@ -410,6 +410,9 @@ def check_policies(policies: list[PolicyConfig], info: ValidationInfo) -> list[P
                     problems.append(
                         f"[{i}] ({p.name}) actions[{j}].pools: no pool named {name!r} (known: {known})"
                     )
+    from keywatch.engine.capabilities import errors_for_config
+
+    problems += errors_for_config(policies, info.data)
     if problems:
         raise ValueError("; ".join(problems))
     return policies

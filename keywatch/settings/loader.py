@@ -173,6 +173,9 @@ def build_inventory(config: Config, source: str) -> Inventory:
         )
     if problems:
         raise ConfigError(source, problems)
+    from keywatch.engine import capabilities
+
+    warnings += capabilities.warnings(config.policies, keys)
     # The key list lives once, resolved, in Inventory.keys: at thousands of keys the validated models
     # would double the daemon's memory for nothing.
     settings = config.model_copy(update={"keys": []})

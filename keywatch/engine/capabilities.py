@@ -1,0 +1,164 @@
+"""The provider capability each policy action needs, checked when the config loads.
+
+cloud-custodian's actions declare the permissions they need and a policy that cannot work is refused
+before it runs. Here an action declares the provider capability it needs, so `revoke` on DeepSeek keys
+is a config error at `keywatch config validate` instead of a "provider side not changed" at 3 a.m.
+
+Capabilities come from the adapter classes' declarations, read from source by the capability matrix's
+StaticReader: validating a config must not import boto3 or the Azure SDK, and must give the same answer
+on a machine without them.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Sequence
+from fnmatch import fnmatchcase
+from typing import Any, Protocol
+
+from keywatch.engine.policy_config import Conditions, PolicyConfig
+from keywatch.providers import registry
+from keywatch.providers.base import Capability
+
+# What each action needs from the provider. alert, pool_* and hook act in keywatch alone.
+NEEDS: dict[str, Capability] = {
+    "revoke": Capability.REVOKE,
+    "disable": Capability.DISABLE,
+    "enable": Capability.ENABLE,
+}
+
+
+class SelectableKey(Protocol):
+    """What the check reads of a key: settings.schema.KeyConfig and providers.base.ManagedKey both fit."""
+
+    name: str
+    provider: str
+    labels: dict[str, str]
+
+
+@functools.cache
+def provider_capabilities(provider: str) -> frozenset[Capability] | None:
+    """The capabilities `provider`'s adapter declares; None when its source cannot be read (then nothing
+    is refused on a guess)."""
+    from keywatch.providers.matrix import StaticReader
+
+    module_name, _, cls_name = registry.info(provider).adapter.partition(":")
+    try:
+        facts = StaticReader().class_facts(module_name, cls_name)
+    except (ValueError, KeyError, SyntaxError):
+        return None
+    if facts is None:
+        return None
+    return frozenset(Capability(c) for c in facts[0])
+
+
+def selectable_providers(when: Conditions, keys: Iterable[SelectableKey]) -> list[str]:
+    """Providers of the configured keys the policy's provider/keys/labels conditions can match, plus the
+    providers its `provider` condition names outright (a key added later must not make it wrong)."""
+    found: set[str] = set()
+    for k in keys:
+        if not getattr(k, "enabled", True):
+            continue  # not monitored, so no policy acts on it
+        if when.provider is not None and k.provider not in when.provider:
+            continue
+        if when.keys is not None and not any(fnmatchcase(k.name, p) for p in when.keys):
+            continue
+        if when.labels is not None and any(k.labels.get(n) != v for n, v in when.labels.items()):
+            continue
+        found.add(k.provider)
+    if when.provider is not None and when.keys is None and when.labels is None:
+        found.update(when.provider)
+    return [p for p in registry.names() if p in found]
+
+
+def _lacking(providers: Sequence[str], cap: Capability) -> list[str]:
+    out = []
+    for p in providers:
+        caps = provider_capabilities(p)
+        if caps is not None and cap not in caps:
+            out.append(p)
+    return out
+
+
+def _can(provider: str) -> str:
+    caps = provider_capabilities(provider) or frozenset()
+    return ", ".join(c.value for c in Capability if c in caps) or "nothing"
+
+
+def _revoke_instead(providers: Sequence[str]) -> str:
+    can_disable = [p for p in providers if Capability.DISABLE in (provider_capabilities(p) or ())]
+    cannot = [p for p in providers if p not in can_disable]
+    pools_only = "disable with at_provider = false (the key leaves every pool)"
+    parts = []
+    if can_disable:
+        parts.append(f"{', '.join(can_disable)}: disable (deactivates the key at the provider, reversibly)")
+    if cannot:
+        parts.append(f"{', '.join(cannot)}: {pools_only}" if can_disable else pools_only)
+    return "; ".join(parts) + ", with an alert so a person revokes the key in the provider's console"
+
+
+def _joined(providers: Sequence[str], singular: str, plural: str) -> str:
+    return f"{', '.join(providers)} {singular if len(providers) == 1 else plural}"
+
+
+def check(policies: Sequence[PolicyConfig], keys: Iterable[SelectableKey]) -> tuple[list[str], list[str]]:
+    """(errors, warnings) for `policies` against the configured `keys`, each naming `policies[i]`,
+    the policy, the action and the providers.
+
+    A `revoke` the provider cannot do is an error: the policy's whole point would silently not happen.
+    A provider-side `disable`/`enable` it cannot do is a warning only when `at_provider = true` is written:
+    keywatch's own disable still takes the key out of every pool, and the default (the built-in
+    policies') is "at the provider where that is reversible", which degrades to pools-only by design.
+    """
+    keys = list(keys)
+    errors: list[str] = []
+    warnings: list[str] = []
+    for i, p in enumerate(policies):
+        if not p.enabled:
+            continue
+        providers: list[str] | None = None
+        for j, a in enumerate(p.action_list):
+            cap = NEEDS.get(a.type)
+            if cap is None:
+                continue
+            if cap is not Capability.REVOKE and not (
+                "at_provider" in a.model_fields_set and getattr(a, "at_provider", False)
+            ):
+                continue
+            if providers is None:
+                providers = selectable_providers(p.when, keys)
+            lacking = _lacking(providers, cap)
+            if not lacking:
+                continue
+            where = f"policies[{i}] ({p.name}) actions[{j}] {a.type}"
+            if cap is Capability.REVOKE:
+                can = "; ".join(f"{x} can: {_can(x)}" for x in lacking)
+                able = [x for x in registry.names() if x not in _lacking([x], cap)]
+                errors.append(
+                    f"{where}: {', '.join(lacking)} cannot revoke a key through its API ({can}); instead: "
+                    f"{_revoke_instead(lacking)}; or narrow `when` (provider, keys, labels) to providers "
+                    f"that can revoke ({', '.join(able)})"
+                )
+            else:
+                verb = "deactivate" if cap is Capability.DISABLE else "re-activate"
+                effect = "leaves pools only" if cap is Capability.DISABLE else "returns to pools only"
+                warnings.append(
+                    f"{where}: {_joined(lacking, 'has', 'have')} no reversible {verb}: the key {effect} "
+                    "(at_provider = false says so and silences this)"
+                )
+    return errors, warnings
+
+
+def warnings(policies: Sequence[PolicyConfig], keys: Iterable[SelectableKey]) -> list[str]:
+    """The warnings of check(), for Inventory.warnings."""
+    return check(policies, keys)[1]
+
+
+def errors_for_config(policies: Sequence[PolicyConfig], data: dict[str, Any]) -> list[str]:
+    """check()'s errors from inside the Config validation, where the keys validated so far are in
+    `data`; without them (they failed to validate) nothing is said, their errors come first. The
+    leading `policies` is left to the loader, which prefixes the field (`policies: [0] (name) ...`)."""
+    keys = data.get("keys")
+    if keys is None:
+        return []
+    return [e.removeprefix("policies") for e in check(policies, keys)[0]]
