@@ -20,6 +20,7 @@ from keywatch.domain import Alert, Event, Severity
 from keywatch.usage import budgets as bmod
 from keywatch.usage.collectors import anthropic as c_anthropic
 from keywatch.usage.collectors import aws as c_aws
+from keywatch.usage.collectors import azure as c_azure
 from keywatch.usage.collectors import keyreport
 from keywatch.usage.collectors import openai as c_openai
 from keywatch.usage.collectors.base import PullContext, Source
@@ -37,6 +38,7 @@ ACCOUNT_COLLECTORS = {
     "anthropic": c_anthropic.pull,
     "aws_bedrock": c_aws.pull,
     "aws_iam": c_aws.pull,  # only when listed in usage.accounts: IAM accounts often do not use Bedrock
+    "azure_openai": c_azure.pull,  # per account (Monitor + Cost Management): Azure cannot tell its keys apart
 }
 SIGNAL = "budget_exhausted"
 
