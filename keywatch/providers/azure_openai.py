@@ -129,7 +129,8 @@ class AzureOpenAIAdapter(ProviderAdapter):
         "enable": NO_DISABLE,
         "create": "an account has exactly two keys; new values come from regenerating one",
         "revoke": "ARM regenerateKey on the key's slot (irreversible; needs allow_destructive)",
-        "usage": "ARM list_usages: the account's quota use and limits (per account, not per key)",
+        "usage": "Azure Monitor token metrics and Cost Management daily cost, per account (not per key); "
+        "ARM list_usages for quota",
     }
     least_privilege: ClassVar[str] = (
         "Microsoft.CognitiveServices/accounts/read, .../listKeys/action, .../usages/read "
@@ -237,7 +238,8 @@ class AzureOpenAIAdapter(ProviderAdapter):
             raise ProviderActionError(f"account {account.name}: {', '.join(missing)} missing", permanent=True)
         return opts["resource_group"], opts["account_name"], opts["subscription_id"]
 
-    def _credential(self, account: Account) -> Any:
+    def credential(self, account: Account) -> Any:
+        """The Azure credential of an account (also used by the usage collector for Monitor and Cost calls)."""
         if self._credential_factory is not None:
             return self._credential_factory(account)
         opts = account.options
@@ -263,7 +265,7 @@ class AzureOpenAIAdapter(ProviderAdapter):
                 from azure.mgmt.cognitiveservices import CognitiveServicesManagementClient
 
                 _, _, subscription = self._names(account)
-                credential = self._credential(account)
+                credential = self.credential(account)
                 base_url = (account.base_url or ARM_URL).rstrip("/")
                 kw: dict[str, Any] = {
                     "retry_total": 0,

@@ -58,7 +58,7 @@ async def _token(ctx: PullContext, account: Account) -> str:
     """A bearer token for ARM from the adapter's credential (DefaultAzureCredential or a service principal)."""
     adapter: Any = ctx.adapter(PROVIDER)
     try:
-        credential = adapter._credential(account)
+        credential = adapter.credential(account)
         token = await asyncio.wait_for(asyncio.to_thread(credential.get_token, ARM_SCOPE), ctx.timeout)
     except ProviderActionError as exc:
         raise PullError(str(exc)) from None
