@@ -159,6 +159,16 @@ class AlertPipeline:
     def mark_broken(self, sink: str) -> None:
         self.broken.add(sink)
 
+    async def reconfigure(self, config: AlertsConfig, sinks: list[Sink], fresh: set[str]) -> None:
+        """A reload's routes, repeat and flap settings and sinks, for every decision from now on.
+        Taken under the decision lock so one batch is routed under one config; `fresh` names sinks whose
+        destination changed (their broken mark is dropped), and a sink no longer configured is forgotten."""
+        async with self._lock:
+            self.config = config
+            self.sinks = list(sinks)
+            names = {s.name for s in sinks}
+            self.broken = {n for n in self.broken if n in names and n not in fresh}
+
     def active_alerts(self, sink: str) -> list[tuple[Alert, datetime | None]]:
         """Firing alerts people were told about that route to `sink` (Alertmanager re-sends these)."""
         out = []

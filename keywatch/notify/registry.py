@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import httpx2
 
@@ -82,31 +83,62 @@ def make_http_client() -> httpx2.AsyncClient:
     )
 
 
+@dataclass(frozen=True)
+class SinkSpec:
+    """One sink's config with its secrets resolved: two equal specs make the same sink, so a reload can
+    tell a sink that changed (new webhook URL in the same file, say) from one that did not."""
+
+    config: SinkConfig
+    url: str | None = field(default=None, repr=False)
+    secret: str | None = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def destination(self) -> tuple[str, str | None, str | None]:
+        """What decides where messages go and how they are signed: a change here gives a broken sink
+        a fresh start."""
+        return (self.config.type, self.url, self.secret)
+
+    def secrets(self) -> list[str]:
+        return [
+            v
+            for v, is_secret in ((self.url, self.config.type in SECRET_URL_TYPES), (self.secret, True))
+            if v and is_secret
+        ]
+
+    def build(self, http: httpx2.AsyncClient) -> Sink:
+        return BUILDERS[self.config.type](self.config, self.url, self.secret, http)
+
+
+def resolve_sinks(config: AlertsConfig, *, allow_literal: bool = False) -> list[SinkSpec]:
+    """Every sink's secrets, or SinkConfigError listing each reference that failed (by field, never by
+    value)."""
+    from keywatch.settings import secrets
+
+    problems: list[str] = []
+    specs: list[SinkSpec] = []
+    for i, c in enumerate(config.sinks):
+        resolved: dict[str, str | None] = {"url": c.url, "secret": None}
+        for field_name in ("url", "secret"):
+            ref = getattr(c, field_name)
+            if ref is None or (field_name == "url" and c.type not in SECRET_URL_TYPES):
+                continue
+            try:
+                resolved[field_name] = secrets.resolve(ref, allow_literal=allow_literal).reveal()
+            except secrets.SecretError as exc:
+                problems.append(f"alerts.sinks[{i}].{field_name}: sink {c.name!r}: {exc}")
+        specs.append(SinkSpec(c, resolved["url"], resolved["secret"]))
+    if problems:
+        raise SinkConfigError(problems)
+    return specs
+
+
 def build_sinks(
     config: AlertsConfig, http: httpx2.AsyncClient, *, allow_literal: bool = False
 ) -> tuple[list[Sink], list[str]]:
     """The sinks and the secret values they hold (for the log redactor). Raises SinkConfigError."""
-    from keywatch.settings import secrets
-
-    problems: list[str] = []
-    sinks: list[Sink] = []
-    revealed: list[str] = []
-    for i, c in enumerate(config.sinks):
-        resolved: dict[str, str | None] = {"url": c.url, "secret": None}
-        for field in ("url", "secret"):
-            ref = getattr(c, field)
-            if ref is None or (field == "url" and c.type not in SECRET_URL_TYPES):
-                continue
-            try:
-                value = secrets.resolve(ref, allow_literal=allow_literal).reveal()
-            except secrets.SecretError as exc:
-                problems.append(f"alerts.sinks[{i}].{field}: sink {c.name!r}: {exc}")
-                continue
-            resolved[field] = value
-            revealed.append(value)
-        if problems:
-            continue
-        sinks.append(BUILDERS[c.type](c, resolved["url"], resolved["secret"], http))
-    if problems:
-        raise SinkConfigError(problems)
-    return sinks, revealed
+    specs = resolve_sinks(config, allow_literal=allow_literal)
+    return [s.build(http) for s in specs], [v for s in specs for v in s.secrets()]

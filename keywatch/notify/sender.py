@@ -3,6 +3,9 @@
 Per sink, messages leave in outbox order: the oldest undelivered row is retried (exponential backoff with
 jitter, never sooner than the sink's Retry-After) before any later one is tried. A permanent refusal marks
 the sink broken: its queue is dropped and counted, and the other sinks hear about it.
+
+A config reload keeps one sender per sink name (so a row is never in two senders' hands): a changed sink is
+swapped in between two deliveries, a removed one is drained and stopped.
 """
 
 from __future__ import annotations
@@ -58,6 +61,8 @@ class SinkSender:
         self.broken = False
         self._wake = asyncio.Event()
         self._stopping = False
+        self._draining = False
+        self._draining_blocked = False
         self._last_sent = 0.0
         self.sending = False
         if metrics is not None:
@@ -71,6 +76,33 @@ class SinkSender:
         self._stopping = True
         self._wake.set()
 
+    def drain(self) -> None:
+        """Send what is queued while the sink takes it, then end: at the first failure, or when the queue
+        is empty. Used for a sink a reload removed; what is left stays pending in the outbox."""
+        self._draining = True
+        self._wake.set()
+
+    def reconfigure(
+        self,
+        sink: Sink,
+        *,
+        retry_base: float,
+        retry_max: float,
+        dashboard_url: str | None,
+        fresh_start: bool = False,
+    ) -> None:
+        """Take effect from the next delivery; one in flight finishes against the sink it started with.
+        `fresh_start`: the destination changed, so an earlier permanent refusal no longer applies."""
+        self.sink = sink
+        self.retry_base = retry_base
+        self.retry_max = retry_max
+        self.dashboard_url = dashboard_url
+        if fresh_start:
+            self.broken = False
+            if self.metrics is not None:
+                self.metrics.sink_up.labels(sink.name).set(1)
+        self._wake.set()
+
     async def _sleep(self, seconds: float) -> None:
         """Sleep, but wake early for stop() and for new rows."""
         with contextlib.suppress(TimeoutError):
@@ -78,6 +110,8 @@ class SinkSender:
 
     async def run(self) -> None:
         while not self._stopping and not self.broken:
+            if self._draining and self._draining_blocked:
+                return
             self._wake.clear()  # before reading, so a row enqueued meanwhile still wakes the sleep below
             try:
                 item = await asyncio.to_thread(self.db.next_pending, self.sink.name)
@@ -89,10 +123,14 @@ class SinkSender:
             if self.metrics is not None:
                 self.metrics.pending.labels(self.sink.name).set(pending)
             if item is None:
+                if self._draining:
+                    return
                 await self._sleep(30.0)
                 continue
             now = datetime.now(UTC)
             if item.next_attempt_at is not None and item.next_attempt_at > now:
+                if self._draining:
+                    return  # it failed before: a sink no longer configured gets no retries
                 await self._sleep((item.next_attempt_at - now).total_seconds())
                 continue
             gap = self.sink.min_interval - (asyncio.get_running_loop().time() - self._last_sent)
@@ -102,18 +140,19 @@ class SinkSender:
             await self._deliver(item)
 
     async def _deliver(self, item: OutboxItem) -> None:
-        name = self.sink.name
+        sink = self.sink
+        name = sink.name
         self.sending = True
         try:
-            await self.sink.send(message_of(item, self.dashboard_url))
+            await sink.send(message_of(item, self.dashboard_url))
         except SinkError as exc:
             self._last_sent = asyncio.get_running_loop().time()
-            await self._failed(item, exc)
+            await self._failed(item, exc, sink)
             return
         except Exception as exc:  # a bug in a sink must not end its sender
             self._last_sent = asyncio.get_running_loop().time()
             log.exception("alert_sink_crashed", sink=name)
-            await self._failed(item, SinkError(type(exc).__name__))
+            await self._failed(item, SinkError(type(exc).__name__), sink)
             return
         finally:
             self.sending = False
@@ -124,12 +163,15 @@ class SinkSender:
             self.metrics.sink_up.labels(name).set(1)
         log.info("alert_delivered", sink=name, message=item.id, attempts=item.attempts + 1)
 
-    async def _failed(self, item: OutboxItem, exc: SinkError) -> None:
-        name = self.sink.name
+    async def _failed(self, item: OutboxItem, exc: SinkError, sink: Sink) -> None:
+        name = sink.name
+        if self._draining:
+            self._draining_blocked = True
         if self.metrics is not None:
             self.metrics.alerts.labels(name, "failed").inc()
             self.metrics.sink_up.labels(name).set(0)
-        if exc.permanent:
+        # A refusal by the destination a reload just replaced says nothing about the new one: retry there.
+        if exc.permanent and sink is self.sink and not self._draining:
             self.broken = True
             dropped = await self._persist(
                 self.db.drop_pending, name, f"sink broken: {exc}", datetime.now(UTC)
@@ -143,7 +185,8 @@ class SinkSender:
                 target=self.sink.describe(),
                 error=str(exc),
                 dropped=dropped,
-                hint="fix the sink's config and restart keywatch",
+                hint="give the sink a working URL (in the config or the secret it references), "
+                "then reload keywatch (systemctl reload keywatch)",
             )
             if self.on_broken is not None:
                 try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,7 +23,7 @@ from keywatch.notify.config import AlertsConfig
 from keywatch.notify.console import ConsoleSink
 from keywatch.notify.outbox import AlertDB
 from keywatch.notify.pipeline import AlertMetrics, AlertPipeline, Clock, utcnow
-from keywatch.notify.registry import SinkConfigError, build_sinks, make_http_client
+from keywatch.notify.registry import SinkConfigError, SinkSpec, make_http_client, resolve_sinks
 from keywatch.notify.sender import SinkSender
 
 log = structlog.get_logger("keywatch.alerts")
@@ -80,9 +81,12 @@ def key_alert(t: Transition, state: Any = None, labels: dict[str, str] | None = 
     return None
 
 
+DRAIN_GRACE = 15.0  # seconds a removed sink may keep sending what was queued for it
+
+
 class AlertService:
     """The pipeline, its senders and the periodic work (groups, held changes, repeats,
-    Alertmanager re-sends)."""
+    Alertmanager re-sends). `reconfigure` applies a reloaded `[alerts]` without a restart."""
 
     def __init__(
         self,
@@ -93,40 +97,80 @@ class AlertService:
         *,
         clock: Clock = utcnow,
         tick_interval: float | None = None,
+        drain_grace: float = DRAIN_GRACE,
     ) -> None:
         self.config = config
-        self.sinks = sinks
+        self.sinks = list(sinks)
         self.db = db
         self.metrics = metrics
-        self.pipeline = AlertPipeline(config, sinks, db, metrics, clock=clock, on_enqueued=self._wake)
-        self.senders = {
-            s.name: SinkSender(
-                s,
-                db,
-                metrics,
-                retry_base=config.retry_base,
-                retry_max=config.retry_max,
-                dashboard_url=config.dashboard_url,
-                on_broken=self._sink_broken,
-            )
-            for s in sinks
-        }
-        self.tick_interval = tick_interval or max(0.05, min(1.0, config.group_wait / 4 or 1.0))
+        self.pipeline = AlertPipeline(config, self.sinks, db, metrics, clock=clock, on_enqueued=self._wake)
+        self.senders = {s.name: self._sender(s) for s in sinks}
+        self._fixed_tick = tick_interval
+        self.tick_interval = tick_interval or self._tick_for(config)
+        self.drain_grace = drain_grace
+        self.on_tick: Callable[[], Awaitable[None]] | None = None
         self.tasks: list[asyncio.Task[Any]] = []
+        self._sender_tasks: dict[str, asyncio.Task[Any]] = {}
+        self._resend_tasks: dict[str, asyncio.Task[Any]] = {}
+        self._retiring: dict[str, asyncio.Task[Any]] = {}
+        self._started = False
         self._stopping = asyncio.Event()
+
+    @staticmethod
+    def _tick_for(config: AlertsConfig) -> float:
+        return max(0.05, min(1.0, config.group_wait / 4 or 1.0))
+
+    def _sender(self, sink: Sink) -> SinkSender:
+        return SinkSender(
+            sink,
+            self.db,
+            self.metrics,
+            retry_base=self.config.retry_base,
+            retry_max=self.config.retry_max,
+            dashboard_url=self.config.dashboard_url,
+            on_broken=self._sink_broken,
+        )
+
+    def _task(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro, name=name)
+        self.tasks.append(task)
+        task.add_done_callback(self._forget)
+        return task
+
+    def _forget(self, task: asyncio.Task[Any]) -> None:
+        if task in self.tasks:
+            self.tasks.remove(task)
+
+    def _run_sender(self, name: str) -> None:
+        sender = self.senders[name]
+        previous = self._retiring.get(name)
+
+        async def run() -> None:
+            if previous is not None:  # the same name, removed by an earlier reload: one sender per queue
+                await asyncio.wait({previous})
+            await sender.run()
+
+        self._sender_tasks[name] = self._task(run(), f"alerts-sender-{name}")
+
+    def _run_resend(self, name: str) -> None:
+        task = self._resend_tasks.get(name)
+        if task is None or task.done():
+            self._resend_tasks[name] = self._task(self._resend(name), f"alerts-resend-{name}")
 
     async def start(self) -> list[asyncio.Task[Any]]:
         try:
             await self.pipeline.start()
         except Exception as exc:  # the database may come back; alerts are then decided afresh
             log.error("alert_state_unavailable", error=type(exc).__name__)
-        for name, sender in self.senders.items():
-            self.tasks.append(asyncio.create_task(sender.run(), name=f"alerts-sender-{name}"))
-        self.tasks.append(asyncio.create_task(self._ticker(), name="alerts-ticker"))
+        for name in self.senders:
+            self._run_sender(name)
+        self._task(self._ticker(), "alerts-ticker")
         for s in self.sinks:
             if isinstance(s, AlertmanagerSink):
-                self.tasks.append(asyncio.create_task(self._resend(s), name=f"alerts-resend-{s.name}"))
-        return self.tasks
+                self._run_resend(s.name)
+        started = list(self.tasks)
+        self._started = True
+        return started
 
     async def emit(self, alert: Alert) -> None:
         await self.pipeline.emit(alert)
@@ -143,30 +187,41 @@ class AlertService:
                 await self.pipeline.tick()
             except Exception:
                 log.exception("alert_tick_failed")
+            if self.on_tick is not None:
+                try:
+                    await self.on_tick()
+                except Exception:
+                    log.exception("alert_reload_check_failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), timeout=self.tick_interval)
 
-    async def _resend(self, sink: AlertmanagerSink) -> None:
+    async def _resend(self, name: str) -> None:
         """Keep firing alerts alive in Alertmanager; only when the sink's queue is empty, so a queued resolve
-        is never overtaken by a stale firing."""
+        is never overtaken by a stale firing. Ends when a reload removes the sink or changes its type."""
         while not self._stopping.is_set():
+            sender = self.senders.get(name)
+            if sender is None or not isinstance(sender.sink, AlertmanagerSink):
+                return
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), timeout=sink.resend_interval)
-            sender = self.senders[sink.name]
+                await asyncio.wait_for(self._stopping.wait(), timeout=sender.sink.resend_interval)
+            sender = self.senders.get(name)
+            if sender is None or not isinstance(sender.sink, AlertmanagerSink):
+                return
+            sink = sender.sink
             if self._stopping.is_set() or sender.broken:
                 continue
             try:
-                if await asyncio.to_thread(self.db.pending_count, sink.name):
+                if await asyncio.to_thread(self.db.pending_count, name):
                     continue
-                active = self.pipeline.active_alerts(sink.name)
+                active = self.pipeline.active_alerts(name)
                 if active:
                     await sink.post(
                         [to_alertmanager(a, since, self.config.dashboard_url) for a, since in active]
                     )
             except SinkError as exc:
-                log.warning("alertmanager_resend_failed", sink=sink.name, error=str(exc))
+                log.warning("alertmanager_resend_failed", sink=name, error=str(exc))
             except Exception as exc:
-                log.warning("alertmanager_resend_failed", sink=sink.name, error=type(exc).__name__)
+                log.warning("alertmanager_resend_failed", sink=name, error=type(exc).__name__)
 
     async def _sink_broken(self, sink: Sink, exc: SinkError) -> None:
         self.pipeline.mark_broken(sink.name)
@@ -177,13 +232,124 @@ class AlertService:
                 True,
                 f"alert sink {sink.name} is broken",
                 f"{sink.type} sink {sink.name} ({sink.describe()}) refused a message for good: {exc}. "
-                "Its queued "
-                "messages were dropped; fix its config and restart keywatch.",
+                "Its queued messages were dropped; give it a working URL and reload keywatch "
+                "(systemctl reload keywatch).",
                 datetime.now(UTC),
                 labels={"sink": sink.name},
                 fields={"action": "stopped sending to this sink"},
             )
         )
+
+    # -- reload ---------------------------------------------------------------------------------
+    async def reconfigure(self, config: AlertsConfig, sinks: list[Sink], fresh: set[str]) -> None:
+        """Apply a reloaded `[alerts]`. A sink passed as the very object already running is untouched;
+        another object under a running name replaces it between two deliveries (same sender, so each
+        queued row is still sent once); `fresh` names sinks whose destination changed, which clears a
+        broken mark. Removed sinks drain in the background; their unsent rows stay in the outbox."""
+        old = {s.name: s for s in self.sinks}
+        new = {s.name: s for s in sinks}
+        was_broken = {n for n, sender in self.senders.items() if sender.broken} | self.pipeline.broken
+        removed = old.keys() - new.keys()
+        # Under the decision lock: from here on no row is written for a removed sink.
+        await self.pipeline.reconfigure(config, sinks, fresh)
+        self.config = config
+        self.sinks = list(sinks)
+        self.tick_interval = self._fixed_tick or self._tick_for(config)
+        for name, sink in new.items():
+            sender = self.senders.get(name)
+            if sender is None:
+                sender = self.senders[name] = self._sender(sink)
+                if self._started:
+                    self._run_sender(name)
+                log.info("alert_sink_added", sink=name, target=f"{sink.type}: {sink.describe()}")
+            else:
+                sender.reconfigure(
+                    sink,
+                    retry_base=config.retry_base,
+                    retry_max=config.retry_max,
+                    dashboard_url=config.dashboard_url,
+                    fresh_start=name in fresh,
+                )
+                task = self._sender_tasks.get(name)
+                if self._started and (task is None or task.done()):
+                    self._run_sender(name)  # a broken sender had ended
+                if sink is not old[name]:
+                    log.info("alert_sink_changed", sink=name, target=f"{sink.type}: {sink.describe()}")
+                    self._close_later(old[name])
+            if self._started and isinstance(sink, AlertmanagerSink):
+                self._run_resend(name)
+        for name in removed:
+            sender = self.senders.pop(name)
+            sender.drain()
+            self._retiring[name] = self._task(
+                self._retire(name, sender, self._sender_tasks.pop(name, None), old[name]),
+                f"alerts-retire-{name}",
+            )
+        for name in was_broken & (removed | fresh):
+            await self._resolve_broken(name, "reconfigured" if name in new else "removed")
+
+    async def _resolve_broken(self, name: str, how: str) -> None:
+        await self.pipeline.emit(
+            Alert(
+                f"sink_broken:{name}",
+                Severity.CRITICAL,
+                False,
+                f"alert sink {name} was {how}",
+                f"a config reload {how} sink {name}; it is no longer marked broken",
+                datetime.now(UTC),
+                labels={"sink": name},
+                fields={"action": "nothing"},
+            )
+        )
+
+    def _close_later(self, sink: Sink) -> None:
+        """A replaced sink may still be finishing its last delivery: close it once that is over."""
+
+        async def close() -> None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), timeout=_timeout(sink) + 1.0)
+            with contextlib.suppress(Exception):
+                await sink.aclose()
+
+        self._task(close(), f"alerts-close-{sink.name}")
+
+    async def _retire(
+        self, name: str, sender: SinkSender, task: asyncio.Task[Any] | None, sink: Sink
+    ) -> None:
+        """Drain a removed sink, then say how much it leaves behind."""
+        try:
+            if task is not None:
+                stopping = asyncio.ensure_future(self._stopping.wait())
+                await asyncio.wait({task, stopping}, timeout=self.drain_grace, return_when="FIRST_COMPLETED")
+                stopping.cancel()
+                if not task.done():
+                    sender.stop()
+                    _, pending = await asyncio.wait({task}, timeout=_timeout(sink) + 1.0)
+                    for t in pending:
+                        t.cancel()
+            try:
+                left: int | None = await asyncio.to_thread(self.db.pending_count, name)
+            except Exception:
+                left = None
+            if left:
+                log.warning(
+                    "alert_sink_removed_with_pending",
+                    sink=name,
+                    pending=left,
+                    hint="the messages stay in the outbox and are sent if a sink of this name is configured "
+                    "again",
+                )
+            else:
+                log.info("alert_sink_removed", sink=name, pending=left)
+            if self.metrics is not None and name not in self.senders:
+                for gauge in (self.metrics.sink_up, self.metrics.pending):
+                    with contextlib.suppress(KeyError):
+                        gauge.remove(name)
+            with contextlib.suppress(Exception):
+                await sink.aclose()
+        finally:
+            if self._retiring.get(name) is asyncio.current_task():
+                del self._retiring[name]
 
     async def stop(self, grace: float = 15.0) -> None:
         """Send waiting groups, let in-flight deliveries finish, then stop; undelivered rows wait
@@ -196,14 +362,140 @@ class AlertService:
         for sender in self.senders.values():
             sender.stop()
         if self.tasks:
-            _, still = await asyncio.wait(self.tasks, timeout=grace)
+            _, still = await asyncio.wait(list(self.tasks), timeout=grace)
             for t in still:
                 t.cancel()
         for s in self.sinks:
             await s.aclose()
 
 
+def _timeout(sink: Sink) -> float:
+    return float(getattr(sink, "timeout", 10.0))
+
+
 # -- daemon extension ------------------------------------------------------------------------------
+class AlertsReloader:
+    """Notices a daemon reload (a new inventory object) and applies its `[alerts]` to the running service.
+
+    Secrets are resolved again on every reload, so a webhook URL changed inside its file or environment
+    counts as a change too. A reference that does not resolve refuses the whole `[alerts]` part (its routes
+    may name the sink it defines): the running sinks, routes and settings stay, the outbox is untouched.
+    """
+
+    def __init__(
+        self,
+        service: AlertService,
+        http: Any,
+        inventory: Any,
+        specs: list[SinkSpec],
+        secrets: list[str],
+    ) -> None:
+        self.service = service
+        self.http = http
+        self.inventory = inventory
+        self.specs = {s.name: s for s in specs}
+        self.secrets = set(secrets)
+        self.refused = False
+        self._lock = asyncio.Lock()
+
+    async def check(self, daemon: Any) -> bool:
+        """True when a new config was applied. Safe to call often and from several places."""
+        from keywatch.redact import REGISTRY
+
+        async with self._lock:
+            inventory = daemon.inventory
+            if inventory is None or inventory is self.inventory:
+                return False
+            self.inventory = inventory
+            REGISTRY.add(self.secrets)  # the reload replaced the redactor's list with the keys' secrets only
+            return await self._apply(alerts_config(inventory.config), inventory.config.daemon)
+
+    async def _apply(self, config: AlertsConfig, daemon_config: Any) -> bool:
+        from keywatch.redact import REGISTRY
+
+        try:
+            resolved = await asyncio.to_thread(
+                resolve_sinks, config, allow_literal=daemon_config.allow_literal_secrets
+            )
+        except SinkConfigError as exc:
+            for problem in exc.problems:
+                log.error(
+                    "alerts_reload_refused",
+                    problem=problem,
+                    kept="the running sinks, routes and alert settings; queued alerts are still sent",
+                    hint="fix the reference, then reload again",
+                )
+            await self._refused(exc.problems)
+            return False
+        except Exception as exc:
+            log.error("alerts_reload_refused", problem=f"{type(exc).__name__}", kept="the running alerts config")
+            return False
+        specs = {s.name: s for s in resolved}
+        new_secrets = {v for s in resolved for v in s.secrets()}
+        REGISTRY.add(new_secrets)
+        self.secrets |= new_secrets  # a replaced URL stays masked too: it still grants posting
+        if specs == self.specs and config == self.service.config:
+            await self._accepted()
+            return False
+        running = {s.name: s for s in self.service.sinks}
+        sinks: list[Sink] = []
+        fresh: set[str] = set()
+        for name, spec in specs.items():
+            if self.specs.get(name) == spec and name in running:
+                sinks.append(running[name])
+                continue
+            sinks.append(spec.build(self.http))
+            old = self.specs.get(name)
+            if old is None or old.destination != spec.destination:
+                fresh.add(name)
+        if not sinks:
+            sinks = [running["log"] if "log" in running and "log" not in self.specs else ConsoleSink("log")]
+        before = set(running)
+        changed = sorted(n for n in specs if n in before and self.specs.get(n) != specs[n])
+        await self.service.reconfigure(config, sinks, fresh)
+        self.specs = specs
+        log.info(
+            "alerts_reloaded",
+            added=sorted({s.name for s in sinks} - before),
+            removed=sorted(before - {s.name for s in sinks}),
+            changed=changed,
+            sinks=[f"{s.name} ({s.type}: {s.describe()})" for s in sinks],
+            routes=len(config.routes),
+        )
+        await self._accepted()
+        return True
+
+    async def _refused(self, problems: list[str]) -> None:
+        self.refused = True
+        await self.service.emit(
+            Alert(
+                "alerts_config_refused",
+                Severity.WARNING,
+                True,
+                "reloaded [alerts] config refused",
+                "The running alert sinks and routes are kept. " + "; ".join(problems),
+                datetime.now(UTC),
+                fields={"action": "kept the running alerts config; fix it and reload keywatch"},
+            )
+        )
+
+    async def _accepted(self) -> None:
+        if not self.refused:
+            return
+        self.refused = False
+        await self.service.emit(
+            Alert(
+                "alerts_config_refused",
+                Severity.WARNING,
+                False,
+                "reloaded [alerts] config accepted",
+                "the [alerts] config that was refused is now applied",
+                datetime.now(UTC),
+                fields={"action": "nothing"},
+            )
+        )
+
+
 async def setup(daemon: Any) -> None:
     from keywatch.redact import REGISTRY
     from keywatch.settings import ConfigError
@@ -212,30 +504,32 @@ async def setup(daemon: Any) -> None:
     config = alerts_config(inventory.config)
     http = make_http_client()
     try:
-        sinks, secrets = build_sinks(
-            config, http, allow_literal=inventory.config.daemon.allow_literal_secrets
-        )
+        specs = resolve_sinks(config, allow_literal=inventory.config.daemon.allow_literal_secrets)
     except SinkConfigError as exc:
         await http.aclose()
         raise ConfigError(inventory.source, exc.problems) from None
+    secrets = [v for s in specs for v in s.secrets()]
     REGISTRY.add(secrets)
-    if not sinks:
-        sinks = [ConsoleSink("log")]
+    sinks = [s.build(http) for s in specs] or [ConsoleSink("log")]
     metrics = AlertMetrics(daemon.metrics.registry)
     service = AlertService(config, sinks, AlertDB(daemon.store.session), metrics)
-    service_state = {"inventory": inventory, "secrets": secrets, "http": http}
+    reloader = AlertsReloader(service, http, inventory, specs, secrets)
+    service_state = {"http": http, "reloader": reloader}
     daemon.alert_service = service
     daemon._alert_service_state = service_state
     daemon.alert_emitter = service.emit
+
+    async def notice_reload() -> None:
+        await reloader.check(daemon)
+
+    # The ticker notices a reload within a second, whatever the probe interval; the cycle hook makes sure
+    # a cycle's alerts are routed under the config it probed with.
+    service.on_tick = notice_reload
     daemon.background.extend(await service.start())
 
     async def key_alerts(d: Any, report: Any) -> None:
-        if d.inventory is not service_state["inventory"]:
-            service_state["inventory"] = d.inventory
-            REGISTRY.add(secrets)  # a reload replaced the redactor's list with the keys' secrets only
-            if alerts_config(d.inventory.config) != config:
-                log.warning("restart_needed", setting="alerts")
-        if not config.default_key_alerts or getattr(d, "policy_owns_key_alerts", False):
+        await reloader.check(d)
+        if not service.config.default_key_alerts or getattr(d, "policy_owns_key_alerts", False):
             return  # the policy engine raises key alerts itself, with its own thresholds
         snapshot = d.tracker.snapshot()
         labels = {k.name: k.labels for k in d.inventory.keys}
