@@ -129,7 +129,8 @@ class Daemon:
         return inventory
 
     def _use_inventory(self, inventory: Inventory) -> None:
-        REGISTRY.replace(inventory.secrets())
+        # Add, never replace: secrets held by extensions (alert sinks) and those of keys just removed stay masked.
+        REGISTRY.add(inventory.secrets())
         probe = inventory.config.probe
         old = (self._adapters, self._adapters.http if self._adapters else None)
         http = make_http_client(probe.concurrency, probe.timeout)
