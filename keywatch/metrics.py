@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -120,16 +120,15 @@ class KeyStateRenderer:
             hit = self._label_cache[cache_key] = (base, base + extra)
         return hit
 
-    def render(self, states: Iterable[KeyState]) -> list[bytes]:
-        """The per-key families as encoded chunks of at most SLICE keys: a scrape's memory peak stays a few
-        MB whatever the fleet size (the caller writes the chunks out one by one)."""
+    def render(self, states: Iterable[KeyState]) -> Iterator[bytes]:
+        """The per-key families as encoded chunks of at most SLICE keys, produced as they are consumed: a
+        scrape's memory peak stays a few MB whatever the fleet size."""
         states = list(states)
         if len(self._label_cache) > 2 * len(states) + 100:
             self._label_cache.clear()  # keys renamed or removed: rebuild lazily
         labels = [self._labels(st) for st in states]
-        chunks: list[bytes] = []
         for name, help_text, extra, rows in KEY_FAMILIES:
-            chunks.append(f"# HELP {name} {help_text}\n# TYPE {name} gauge\n".encode())
+            yield f"# HELP {name} {help_text}\n# TYPE {name} gauge\n".encode()
             for lo in range(0, len(states), SLICE):
                 out = []
                 for st, (base, _) in zip(states[lo:lo + SLICE], labels[lo:lo + SLICE], strict=True):
@@ -138,12 +137,11 @@ class KeyStateRenderer:
                             out.append(f'{name}{{{base},{extra}="{lv}"}} {_num(value)}\n')
                         else:
                             out.append(f"{name}{{{base}}} {_num(value)}\n")
-                chunks.append("".join(out).encode())
+                yield "".join(out).encode()
         name, help_text = LABELS_FAMILY
-        chunks.append(f"# HELP {name} {help_text}\n# TYPE {name} gauge\n".encode())
+        yield f"# HELP {name} {help_text}\n# TYPE {name} gauge\n".encode()
         for lo in range(0, len(labels), SLICE):
-            chunks.append("".join(f"{name}{{{full}}} 1.0\n" for _, full in labels[lo:lo + SLICE]).encode())
-        return chunks
+            yield "".join(f"{name}{{{full}}} 1.0\n" for _, full in labels[lo:lo + SLICE]).encode()
 
 
 def _label_values(labels: dict[str, str]) -> dict[str, str]:
@@ -184,17 +182,20 @@ class Metrics:
         self._collector = KeyStateCollector(snapshot)
         self.registry.register(self._collector)
 
-    def exposition_chunks(self) -> list[bytes]:
-        """The /metrics body in pieces: every registered metric, then the per-key families rendered directly."""
+    def exposition_chunks(self) -> Iterator[bytes]:
+        """The /metrics body in pieces, made as they are taken: every registered metric, then the per-key
+        families rendered directly. Consume it from one thread at a time."""
         collector = self._collector
         if collector is None:
-            return [generate_latest(self.registry)]
+            yield generate_latest(self.registry)
+            return
         collector.fast.active = True
         try:
             head = generate_latest(self.registry)
         finally:
             collector.fast.active = False
-        return [head, *self._renderer.render(collector.snapshot().values())]
+        yield head
+        yield from self._renderer.render(collector.snapshot().values())
 
     def exposition(self) -> bytes:
         return b"".join(self.exposition_chunks())

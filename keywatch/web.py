@@ -6,13 +6,15 @@ Other parts (webhook receivers) add routes to the same app before it starts.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import itertools
+from collections.abc import Callable, Iterator
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 ReadyFn = Callable[[], tuple[bool, dict[str, bool]]]
-RenderFn = Callable[[], list[bytes]]
+RenderFn = Callable[[], Iterator[bytes]]
+BATCH = 16  # chunks rendered per trip to the worker thread
 
 
 class WebServer:
@@ -44,14 +46,15 @@ class WebServer:
             self._runner = None
 
     async def _metrics(self, request: web.Request) -> web.StreamResponse:
-        # Rendering thousands of series is CPU work: keep it off the event loop's own turn, and write the
-        # pieces out as they are, so no second copy of a many-megabyte body is ever made.
-        chunks = await asyncio.get_running_loop().run_in_executor(None, self.render)
+        # Rendering thousands of series is CPU work: it runs in a worker thread, a few chunks at a time,
+        # and each piece is written out as it comes, so the body never exists whole in memory.
+        loop = asyncio.get_running_loop()
+        chunks = self.render()
         response = web.StreamResponse(headers={"Content-Type": CONTENT_TYPE_LATEST})
-        response.content_length = sum(len(c) for c in chunks)
         await response.prepare(request)
-        for chunk in chunks:
-            await response.write(chunk)
+        while batch := await loop.run_in_executor(None, _take, chunks, BATCH):
+            for chunk in batch:
+                await response.write(chunk)
         await response.write_eof()
         return response
 
@@ -61,3 +64,7 @@ class WebServer:
     async def _readyz(self, _: web.Request) -> web.Response:
         ok, checks = self.ready()
         return web.json_response({"ready": ok, "checks": checks}, status=200 if ok else 503)
+
+
+def _take(chunks: Iterator[bytes], n: int) -> list[bytes]:
+    return list(itertools.islice(chunks, n))
