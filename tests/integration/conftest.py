@@ -74,3 +74,49 @@ async def http() -> AsyncIterator[httpx2.AsyncClient]:
     """The real HTTP client an adapter under test is given, closed after the test."""
     async with httpx2.AsyncClient() as client:
         yield client
+
+
+PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def _pg_unavailable() -> str | None:
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        return "psycopg is not installed (pip install keywatch[postgres])"
+    try:
+        with socket.create_connection(("127.0.0.1", 5432), timeout=1):
+            return None
+    except OSError:
+        return "no PostgreSQL server at 127.0.0.1:5432"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store(request, tmp_path):
+    """A keywatch Store on SQLite, then on the local PostgreSQL in a schema of its own (dropped after)."""
+    import uuid
+
+    from sqlalchemy import create_engine, text
+
+    from keywatch.store.repo import Store
+
+    if request.param == "sqlite":
+        s = Store(f"sqlite:///{tmp_path / 'k.db'}")
+        yield s
+        s.dispose()
+        return
+    reason = _pg_unavailable()
+    if reason:
+        pytest.skip(reason)
+    schema = f"kw_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f"CREATE SCHEMA {schema}"))
+    s = Store(f"{PG_ADMIN}?options=-csearch_path%3D{schema}")
+    try:
+        yield s
+    finally:
+        s.dispose()
+        with admin.connect() as c:
+            c.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()

@@ -2,56 +2,15 @@
 
 from __future__ import annotations
 
-import socket
-import uuid
 from datetime import UTC, datetime, timedelta
 
-import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
 from keywatch.domain import AdminState, Event, Health, ProbeResult
 from keywatch.engine.state import StateTracker
 from keywatch.providers.base import ManagedKey
 from keywatch.settings.secrets import Secret
 from keywatch.store.repo import Store
-
-PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-
-
-def _pg_reachable() -> str | None:
-    try:
-        import psycopg  # noqa: F401
-    except ImportError:
-        return "psycopg is not installed (pip install keywatch[postgres])"
-    try:
-        with socket.create_connection(("127.0.0.1", 5432), timeout=1):
-            return None
-    except OSError:
-        return "no PostgreSQL server at 127.0.0.1:5432"
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def store(request, tmp_path):
-    if request.param == "sqlite":
-        s = Store(f"sqlite:///{tmp_path / 'k.db'}")
-        yield s
-        s.dispose()
-        return
-    reason = _pg_reachable()
-    if reason:
-        pytest.skip(reason)
-    schema = f"kw_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(text(f"CREATE SCHEMA {schema}"))
-    s = Store(f"{PG_ADMIN}?options=-csearch_path%3D{schema}")
-    try:
-        yield s
-    finally:
-        s.dispose()
-        with admin.connect() as c:
-            c.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
 
 
 def keys(n: int) -> list[ManagedKey]:

@@ -4,59 +4,23 @@ SQLite database stays small enough to embed (90 days of hourly rows for 1,000 ke
 
 from __future__ import annotations
 
-import socket
-import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
 
 from keywatch.store.repo import Store
 from keywatch.usage.rows import PullResult, Replace, UsageRow
 from keywatch.usage.store import UsageStore
 
-PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 DAY = datetime(2026, 7, 1, tzinfo=UTC)
 
 
-def _pg_reachable() -> str | None:
-    try:
-        import psycopg  # noqa: F401
-    except ImportError:
-        return "psycopg is not installed (pip install keywatch[postgres])"
-    try:
-        with socket.create_connection(("127.0.0.1", 5432), timeout=1):
-            return None
-    except OSError:
-        return "no PostgreSQL server at 127.0.0.1:5432"
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def usage(request, tmp_path):
-    if request.param == "sqlite":
-        s = Store(f"sqlite:///{tmp_path / 'k.db'}")
-        s.upgrade()
-        yield UsageStore(s.engine)
-        s.dispose()
-        return
-    reason = _pg_reachable()
-    if reason:
-        pytest.skip(reason)
-    schema = f"kw_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(text(f"CREATE SCHEMA {schema}"))
-    s = Store(f"{PG_ADMIN}?options=-csearch_path%3D{schema}")
-    try:
-        s.upgrade()
-        yield UsageStore(s.engine)
-    finally:
-        s.dispose()
-        with admin.connect() as c:
-            c.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
+@pytest.fixture
+def usage(store):
+    store.upgrade()
+    return UsageStore(store.engine)
 
 
 def hourly(scope: str, start: datetime, hours: int, tokens: int = 10, source: str = "usage") -> list[UsageRow]:
