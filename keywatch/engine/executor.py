@@ -139,8 +139,13 @@ class Executor:
             )
         )
 
-    async def _provider_call(self, key: ManagedKey, cap: Capability, call: str) -> tuple[bool | None, str]:
-        """(changed, words). changed: True done, False failed, None the provider cannot do it."""
+    async def _provider_call(
+        self, key: ManagedKey, cap: Capability, call: str, *, at_provider: bool = True
+    ) -> tuple[bool | None, str]:
+        """(changed, words). changed: True done, False failed, None the provider cannot do it (or was not
+        asked to: `at_provider=False`)."""
+        if not at_provider:
+            return None, "provider side not requested"
         try:
             adapter = self.adapters(key.provider)
         except Exception as exc:
@@ -157,6 +162,46 @@ class Executor:
             return False, REGISTRY.redact(f"{type(exc).__name__}: {exc}")[:300]
         return True, f"{call}d at {key.provider}"
 
+    async def _framed(
+        self,
+        action: str,
+        subject: str,
+        key: ManagedKey,
+        actor: str,
+        reason: str,
+        *,
+        dry_run: bool,
+        body: Callable[[], Awaitable[Outcome]],
+        would: str | None = None,
+        provider_action: bool = True,
+    ) -> Outcome:
+        """The audit frame every action shares: an action_started event before anything happens (so a
+        process dying half-way still leaves a trace), then the body unless this is a dry run, then an
+        action_done event with the result. A provider action's done event carries `provider_changed` and
+        repeats the reason; a hook's carries what the program did (its exit status) instead."""
+        await self._event(
+            "action_started",
+            key.name,
+            actor,
+            f"{action} {subject}: {reason}",
+            action=action,
+            reason=reason,
+            dry_run=dry_run,
+        )
+        if dry_run:
+            out = Outcome("dry_run", would or f"would {action} {subject} ({reason})")
+        else:
+            out = await body()
+        if provider_action:
+            message = f"{action} {subject}: {out.message}; reason: {reason}"
+            fields: dict[str, Any] = {"provider_changed": out.provider_changed}
+        else:
+            message, fields = f"{action} {subject}: {out.message}", out.data
+        await self._event(
+            "action_done", key.name, actor, message, action=action, reason=reason, result=out.result, **fields
+        )
+        return out
+
     async def disable(
         self,
         key: ManagedKey,
@@ -168,23 +213,9 @@ class Executor:
         dry_run: bool = False,
     ) -> Outcome:
         """Deactivate where reversible, and take the key out of keywatch's pools either way."""
-        await self._event(
-            "action_started",
-            key.name,
-            actor,
-            f"disable {key.name}: {reason}",
-            action="disable",
-            reason=reason,
-            dry_run=dry_run,
-        )
-        if dry_run:
-            out = Outcome("dry_run", f"would disable {key.name} ({reason})")
-        else:
-            changed, words = (
-                (await self._provider_call(key, Capability.DISABLE, "disable"))
-                if at_provider
-                else (None, "provider side not requested")
-            )
+
+        async def body() -> Outcome:
+            changed, words = await self._provider_call(key, Capability.DISABLE, "disable", at_provider=at_provider)
             new = replace(state, admin_state=AdminState.DISABLED)
             await self._set_admin(new, actor, reason)
             if changed is False:
@@ -195,26 +226,17 @@ class Executor:
                     new,
                 )
                 await self._alert_failure(key, "disable", actor, out.message)
-            elif changed is None:
-                out = Outcome(
+                return out
+            if changed is None:
+                return Outcome(
                     "ok",
                     f"disabled in keywatch (out of every pool); provider side not changed: {words}",
                     None,
                     new,
                 )
-            else:
-                out = Outcome("ok", f"disabled in keywatch and {words}", True, new)
-        await self._event(
-            "action_done",
-            key.name,
-            actor,
-            f"disable {key.name}: {out.message}; reason: {reason}",
-            action="disable",
-            reason=reason,
-            result=out.result,
-            provider_changed=out.provider_changed,
-        )
-        return out
+            return Outcome("ok", f"disabled in keywatch and {words}", True, new)
+
+        return await self._framed("disable", key.name, key, actor, reason, dry_run=dry_run, body=body)
 
     async def enable(
         self,
@@ -227,80 +249,36 @@ class Executor:
         dry_run: bool = False,
     ) -> Outcome:
         """Re-activate at the provider first: a key still inactive there must not go back into pools."""
-        await self._event(
-            "action_started",
-            key.name,
-            actor,
-            f"enable {key.name}: {reason}",
-            action="enable",
-            reason=reason,
-            dry_run=dry_run,
-        )
-        if dry_run:
-            out = Outcome("dry_run", f"would enable {key.name} ({reason})")
-        else:
-            changed, words = (
-                (await self._provider_call(key, Capability.ENABLE, "enable"))
-                if at_provider
-                else (None, "provider side not requested")
-            )
+
+        async def body() -> Outcome:
+            changed, words = await self._provider_call(key, Capability.ENABLE, "enable", at_provider=at_provider)
             if changed is False:
-                out = Outcome(
-                    "failed", f"stays disabled: re-activation at the provider failed: {words}", False
-                )
+                out = Outcome("failed", f"stays disabled: re-activation at the provider failed: {words}", False)
                 await self._alert_failure(key, "enable", actor, out.message)
-            else:
-                new = replace(state, admin_state=AdminState.ACTIVE)
-                await self._set_admin(new, actor, reason)
-                out = Outcome(
-                    "ok", "enabled in keywatch" + (f" and {words}" if changed else ""), changed, new
-                )
-        await self._event(
-            "action_done",
-            key.name,
-            actor,
-            f"enable {key.name}: {out.message}; reason: {reason}",
-            action="enable",
-            reason=reason,
-            result=out.result,
-            provider_changed=out.provider_changed,
-        )
-        return out
+                return out
+            new = replace(state, admin_state=AdminState.ACTIVE)
+            await self._set_admin(new, actor, reason)
+            return Outcome("ok", "enabled in keywatch" + (f" and {words}" if changed else ""), changed, new)
+
+        return await self._framed("enable", key.name, key, actor, reason, dry_run=dry_run, body=body)
 
     async def revoke(
         self, key: ManagedKey, state: KeyState, actor: str, reason: str, *, dry_run: bool = False
     ) -> Outcome:
-        await self._event(
-            "action_started",
-            key.name,
-            actor,
-            f"revoke {key.name}: {reason}",
-            action="revoke",
-            reason=reason,
-            dry_run=dry_run,
-        )
-        if dry_run:
-            out = Outcome("dry_run", f"would revoke {key.name} ({reason})")
-        else:
+        """Retire in keywatch only once the provider confirms: a key that may still work there must not be
+        marked retired."""
+
+        async def body() -> Outcome:
             changed, words = await self._provider_call(key, Capability.REVOKE, "revoke")
             if changed:
                 new = replace(state, admin_state=AdminState.RETIRED)
                 await self._set_admin(new, actor, reason)
-                out = Outcome("ok", f"{words}; retired in keywatch", True, new)
-            else:
-                out = Outcome("failed", f"not revoked: {words}", changed)
-                await self._alert_failure(key, "revoke", actor, out.message)
-        await self._event(
-            "action_done",
-            key.name,
-            actor,
-            f"revoke {key.name}: {out.message}; reason: {reason}",
-            action="revoke",
-            reason=reason,
-            result=out.result,
-            provider_changed=out.provider_changed,
-        )
-        return out
+                return Outcome("ok", f"{words}; retired in keywatch", True, new)
+            out = Outcome("failed", f"not revoked: {words}", changed)
+            await self._alert_failure(key, "revoke", actor, out.message)
+            return out
+
+        return await self._framed("revoke", key.name, key, actor, reason, dry_run=dry_run, body=body)
 
     async def hook(
         self,
@@ -316,18 +294,8 @@ class Executor:
         """Run a program with what it needs to know and nothing more: not the daemon's environment, which may
         hold the secrets keywatch read from env: references."""
         shown = " ".join(command)
-        await self._event(
-            "action_started",
-            key.name,
-            actor,
-            f"hook {shown}: {reason}",
-            action="hook",
-            reason=reason,
-            dry_run=dry_run,
-        )
-        if dry_run:
-            out = Outcome("dry_run", f"would run {shown}")
-        else:
+
+        async def body() -> Outcome:
             env = {k: os.environ[k] for k in ("PATH", "LANG", "LC_ALL", "TZ") if k in os.environ}
             env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
             env.update(
@@ -339,18 +307,19 @@ class Executor:
                 KEYWATCH_HEALTH=str(state.health),
                 KEYWATCH_FINGERPRINT=key.fingerprint,
             )
-            out = await _run(command, env, timeout)
-        await self._event(
-            "action_done",
-            key.name,
+            return await _run(command, env, timeout)
+
+        return await self._framed(
+            "hook",
+            shown,
+            key,
             actor,
-            f"hook {shown}: {out.message}",
-            action="hook",
-            reason=reason,
-            result=out.result,
-            **out.data,
+            reason,
+            dry_run=dry_run,
+            body=body,
+            would=f"would run {shown}",
+            provider_action=False,
         )
-        return out
 
 
 async def _run(command: list[str], env: dict[str, str], timeout: float) -> Outcome:
