@@ -13,12 +13,11 @@ from typing import Any
 
 from keywatch.providers import mgmt
 from keywatch.usage.collectors.base import (
-    MAX_PAGES,
     PullContext,
     PullError,
     Source,
     as_int,
-    get_json,
+    get_pages,
     key_ids,
     scope_for,
 )
@@ -47,20 +46,7 @@ async def pull(ctx: PullContext, source: Source) -> PullResult:
     ids = await key_ids(ctx, "anthropic", account.name)
 
     async def pages(path: str, params: list[tuple[str, str]], what: str) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        page: str | None = None
-        for _ in range(MAX_PAGES):
-            q = params + ([("page", page)] if page else [])
-            body = await get_json(ctx.http, base + path, headers=headers, params=q, what=what, timeout=ctx.timeout,
-                                  secrets=[secret])
-            data = body.get("data")
-            if not isinstance(data, list):
-                raise PullError(f"{what}: no data list in the answer")
-            out += [b for b in data if isinstance(b, dict)]
-            page = body.get("next_page")
-            if not body.get("has_more") or not page:
-                return out
-        raise PullError(f"{what}: more than {MAX_PAGES} pages")
+        return await get_pages(ctx, base + path, params, headers=headers, what=what, secrets=[secret])
 
     start_h, end_h = floor(ctx.start, "1h"), ceil(ctx.now, "1h")
     try:

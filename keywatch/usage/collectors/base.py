@@ -69,6 +69,28 @@ async def get_json(
     return body
 
 
+async def get_pages(
+    ctx: PullContext, url: str, params: list[tuple[str, str]], *, headers: dict[str, str], what: str,
+    secrets: list[str],
+) -> list[dict[str, Any]]:
+    """Every object in `data` across all pages of a list endpoint that pages with `has_more` + `next_page`
+    (the OpenAI and Anthropic admin APIs share this shape). A page without a data list, or more than
+    MAX_PAGES pages, is a PullError: a partial answer must not pass for the whole window."""
+    items: list[dict[str, Any]] = []
+    page: str | None = None
+    for _ in range(MAX_PAGES):
+        q = params + ([("page", page)] if page else [])
+        body = await get_json(ctx.http, url, headers=headers, params=q, what=what, timeout=ctx.timeout, secrets=secrets)
+        data = body.get("data")
+        if not isinstance(data, list):
+            raise PullError(f"{what}: no data list in the answer")
+        items += [b for b in data if isinstance(b, dict)]
+        page = body.get("next_page")
+        if not body.get("has_more") or not page:
+            return items
+    raise PullError(f"{what}: more than {MAX_PAGES} pages")
+
+
 def as_int(value: Any, where: str) -> int:
     if value is None:
         return 0
