@@ -24,42 +24,32 @@ class SinkConfigError(Exception):
         self.problems = problems
 
 
-def _slack(c: SinkConfig, url: str | None, secret: str | None, http: httpx2.AsyncClient) -> Sink:
+def _http_sink(
+    cls: Callable[..., Sink], c: SinkConfig, url: str | None, http: httpx2.AsyncClient, **extra: object
+) -> Sink:
+    """The HTTP sinks take the same delivery settings from their config; only their own extras differ."""
     assert url is not None
-    return SlackSink(
+    return cls(
         c.name,
         url,
         http,
         timeout=c.timeout,
         min_interval=c.effective_min_interval,
         min_severity=Severity(c.min_severity),
+        **extra,
     )
+
+
+def _slack(c: SinkConfig, url: str | None, secret: str | None, http: httpx2.AsyncClient) -> Sink:
+    return _http_sink(SlackSink, c, url, http)
 
 
 def _webhook(c: SinkConfig, url: str | None, secret: str | None, http: httpx2.AsyncClient) -> Sink:
-    assert url is not None
-    return WebhookSink(
-        c.name,
-        url,
-        http,
-        secret=secret,
-        timeout=c.timeout,
-        min_interval=c.effective_min_interval,
-        min_severity=Severity(c.min_severity),
-    )
+    return _http_sink(WebhookSink, c, url, http, secret=secret)
 
 
 def _alertmanager(c: SinkConfig, url: str | None, secret: str | None, http: httpx2.AsyncClient) -> Sink:
-    assert url is not None
-    return AlertmanagerSink(
-        c.name,
-        url,
-        http,
-        timeout=c.timeout,
-        min_interval=c.effective_min_interval,
-        min_severity=Severity(c.min_severity),
-        resend_interval=c.resend_interval,
-    )
+    return _http_sink(AlertmanagerSink, c, url, http, resend_interval=c.resend_interval)
 
 
 def _console(c: SinkConfig, url: str | None, secret: str | None, http: httpx2.AsyncClient) -> Sink:
