@@ -442,14 +442,30 @@ def _find_key(state: SimState, project_id: str, key_id: str) -> SimKey | None:
     return next((k for k in project_keys(state, project_id) if k.extra["key_id"] == key_id), None)
 
 
+async def _named_key(request: web.Request) -> tuple[SimKey | None, SimKey] | web.Response:
+    """The admin key calling and the project key the path names, or the refusal or 404 to answer with."""
+    key, refused = await _admin(request)
+    if refused is not None:
+        return refused
+    project_id, key_id = request.match_info["project_id"], request.match_info["key_id"]
+    found = _find_key(state_of(request), project_id, key_id)
+    if found is None:
+        return _not_found(f"No API key found with id '{key_id}' in project '{project_id}'.")
+    return key, found
+
+
+def _list_page(request: web.Request, key: SimKey | None, items: list[dict[str, Any]]) -> web.Response:
+    """One page of a list endpoint, cursor (`after`) and `limit` taken from the query as the real API does."""
+    return json_response(paged_list(items, request.query.get("after"), _limit(request)), 200, _headers(key, 0))
+
+
 async def list_projects(request: web.Request) -> web.Response:
     key, refused = await _admin(request)
     if refused is not None:
         return refused
     include_archived = request.query.get("include_archived", "false").lower() == "true"
     items = [p for p in projects(state_of(request)).values() if include_archived or p["archived_at"] is None]
-    page = paged_list(items, request.query.get("after"), _limit(request))
-    return json_response(page, 200, _headers(key, 0))
+    return _list_page(request, key, items)
 
 
 async def list_project_keys(request: web.Request) -> web.Response:
@@ -460,33 +476,24 @@ async def list_project_keys(request: web.Request) -> web.Response:
     project_id = request.match_info["project_id"]
     if project_id not in projects(state):
         return _not_found(f"No project found with id '{project_id}'.")
-    items = [_key_item(state, k) for k in project_keys(state, project_id)]
-    page = paged_list(items, request.query.get("after"), _limit(request))
-    return json_response(page, 200, _headers(key, 0))
+    return _list_page(request, key, [_key_item(state, k) for k in project_keys(state, project_id)])
 
 
 async def get_project_key(request: web.Request) -> web.Response:
-    key, refused = await _admin(request)
-    if refused is not None:
-        return refused
-    state = state_of(request)
-    project_id, key_id = request.match_info["project_id"], request.match_info["key_id"]
-    found = _find_key(state, project_id, key_id)
-    if found is None:
-        return _not_found(f"No API key found with id '{key_id}' in project '{project_id}'.")
-    return json_response(_key_item(state, found), 200, _headers(key, 0))
+    named = await _named_key(request)
+    if isinstance(named, web.Response):
+        return named
+    key, found = named
+    return json_response(_key_item(state_of(request), found), 200, _headers(key, 0))
 
 
 async def delete_project_key(request: web.Request) -> web.Response:
     """Deleting forgets the secret, so it then answers 401 invalid_api_key like any wrong key."""
-    key, refused = await _admin(request)
-    if refused is not None:
-        return refused
-    state = state_of(request)
-    project_id, key_id = request.match_info["project_id"], request.match_info["key_id"]
-    found = _find_key(state, project_id, key_id)
-    if found is None:
-        return _not_found(f"No API key found with id '{key_id}' in project '{project_id}'.")
+    named = await _named_key(request)
+    if isinstance(named, web.Response):
+        return named
+    key, found = named
+    state, key_id = state_of(request), found.extra["key_id"]
     if found.extra.get("owner_type") == "service_account":
         return error_response(
             400,
