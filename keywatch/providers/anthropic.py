@@ -103,17 +103,7 @@ class AnthropicAdapter(ProviderAdapter):
         if isinstance(answer, ProbeResult):
             return answer
         response, body = answer
-        if not isinstance(body, dict) or not isinstance(body.get("data"), list):
-            return self.bad_response(
-                key, started, response.status_code, "the model list is not the documented shape"
-            )
-        return self.result(
-            key,
-            Health.HEALTHY,
-            started,
-            http_status=response.status_code,
-            ratelimit=anthropic_ratelimit(response.headers),
-        )
+        return self.listed(key, started, response, body, ratelimit=anthropic_ratelimit(response.headers))
 
     # -- admin API --------------------------------------------------------------------------------
     async def metadata(self, key: ManagedKey) -> KeyMetadata:

@@ -618,13 +618,9 @@ class AwsBedrockAdapter(_AwsBase):
         if isinstance(answer, ProbeResult):
             return answer
         response, body = answer
-        if not isinstance(body, dict) or not isinstance(body.get("modelSummaries"), list):
-            return self.bad_response(
-                key, started, response.status_code, "the model list is not the documented shape"
-            )
-        return self.result(
-            key, Health.HEALTHY, started, http_status=response.status_code, models=len(body["modelSummaries"])
-        )
+        models = body.get("modelSummaries") if isinstance(body, dict) else None
+        return self.listed(key, started, response, body, field="modelSummaries",
+                           models=len(models) if isinstance(models, list) else 0)
 
     # -- management (IAM service-specific credentials) ---------------------------------------------
     def _user(self, key: ManagedKey) -> str:

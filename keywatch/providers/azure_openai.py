@@ -190,17 +190,7 @@ class AzureOpenAIAdapter(ProviderAdapter):
         if isinstance(answer, ProbeResult):
             return answer
         response, body = answer
-        if not isinstance(body, dict) or not isinstance(body.get("data"), list):
-            return self.bad_response(
-                key, started, response.status_code, "the model list is not the documented shape"
-            )
-        return self.result(
-            key,
-            Health.HEALTHY,
-            started,
-            http_status=response.status_code,
-            ratelimit=openai_ratelimit(response.headers),
-        )
+        return self.listed(key, started, response, body, ratelimit=openai_ratelimit(response.headers))
 
     async def _with_secret(self, key: ManagedKey, *, refresh: bool) -> ManagedKey:
         """`key` with its secret in hand: its own, or the account's `key1`/`key2` read through ARM."""

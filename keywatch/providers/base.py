@@ -196,6 +196,23 @@ class ProviderAdapter:
             error_message=message,
         )
 
+    def listed(
+        self,
+        key: ManagedKey,
+        started: float,
+        response: httpx2.Response,
+        body: Any,
+        *,
+        field: str = "data",
+        ratelimit: RateLimit | None = None,
+        **details: Any,
+    ) -> ProbeResult:
+        """A probe whose proof is a model list: healthy when `body[field]` is a list, else bad_response."""
+        if not isinstance(body, dict) or not isinstance(body.get(field), list):
+            return self.bad_response(key, started, response.status_code, "the model list is not the documented shape")
+        return self.result(key, Health.HEALTHY, started, http_status=response.status_code, ratelimit=ratelimit,
+                           **details)
+
     async def http_probe(
         self,
         key: ManagedKey,
