@@ -382,17 +382,8 @@ class PolicyEngine:
     async def _execute(self, d: Decision, key: Any, state: KeyState) -> Any:
         ex = self.executor
         try:
-            if d.kind == "disable":
-                out = await ex.disable(
-                    key,
-                    state,
-                    d.policy,
-                    d.reason,
-                    at_provider=d.action.at_provider,  # type: ignore[union-attr]
-                    dry_run=d.dry_run,
-                )
-            elif d.kind == "enable":
-                out = await ex.enable(
+            if d.kind in ("disable", "enable"):
+                out = await getattr(ex, d.kind)(
                     key,
                     state,
                     d.policy,
