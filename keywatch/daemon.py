@@ -22,7 +22,7 @@ import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from keywatch import __version__, aio
+from keywatch import __version__
 from keywatch.domain import Alert, Event, Health, ProbeResult, Transition
 from keywatch.engine.prober import AdapterSet, Prober, make_http_client
 from keywatch.engine.state import StateTracker
@@ -446,7 +446,3 @@ def _db_error(exc: BaseException) -> str:
     """A database error without the statement parameters (they may hold labels or messages)."""
     orig = getattr(exc, "orig", None)
     return f"{type(exc).__name__}: {orig if orig is not None else exc}".splitlines()[0][:300]
-
-
-def run(config_path: str) -> int:
-    return aio.run(Daemon(config_path).run())

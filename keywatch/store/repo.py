@@ -151,15 +151,6 @@ class Store:
         )
         s.execute(stmt, rows)
 
-    def forget_keys(self, keep: Iterable[str]) -> int:
-        """Drop the current state of keys no longer in the inventory (their history stays)."""
-        keep = set(keep)
-        with self.session.begin() as s:
-            gone = [k for k in s.scalars(select(KeyStateRow.key)) if k not in keep]
-            if gone:
-                s.execute(KeyStateRow.__table__.delete().where(KeyStateRow.key.in_(gone)))
-            return len(gone)
-
     def set_admin_state(self, key: str, state: AdminState, actor: str, reason: str, at: datetime) -> None:
         with self.session.begin() as s:
             s.execute(
