@@ -27,6 +27,7 @@ from keywatch.engine.policy_config import (
     PoolRemoveAction,
     SafetySettings,
 )
+from keywatch.pools.membership import PoolHolds
 
 OPERATOR_PREFIX = "operator:"
 # Actions that change something outside keywatch's own bookkeeping: these count toward the blast radius.
@@ -394,21 +395,6 @@ class AlertBook:
             else:
                 self.quiet[identity] = n
         return changes
-
-
-@dataclass(frozen=True)
-class PoolHolds:
-    """Pool membership a matching policy imposes: `removed[key]` is a set of pool names ("*" = every pool)."""
-
-    removed: dict[str, frozenset[str]] = field(default_factory=dict)
-    added: dict[str, frozenset[str]] = field(default_factory=dict)
-
-    def excludes(self, key: str, pool: str) -> bool:
-        r = self.removed.get(key, frozenset())
-        return "*" in r or pool in r
-
-    def includes(self, key: str, pool: str) -> bool:
-        return pool in self.added.get(key, frozenset())
 
 
 def pool_holds(decisions: Iterable[Decision]) -> PoolHolds:

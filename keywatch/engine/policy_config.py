@@ -1,4 +1,4 @@
-"""The `[[policies]]`, `[[pools]]`, `[outage]` and `[safety]` sections.
+"""The `[[policies]]`, `[outage]` and `[safety]` sections.
 
 Conditions and actions are registered by name and each validates its own argument, so a bad policy is
 refused at load with the list of valid names (cloud-custodian style), before anything can act on a key.
@@ -23,19 +23,13 @@ from pydantic import (
 )
 
 from keywatch.domain import AdminState, Health, Severity
-from keywatch.settings.types import Duration, Strict
-
-_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
+from keywatch.settings.types import NAME_PATTERN, Duration, Strict, known_providers, one_or_many
 
 # Signals other parts of keywatch raise about a key (daemon.signals[key] holds a set of these names).
 # budgets add "budget_exhausted"; "compromised" is also raised by KeyState.compromised.
 SIGNALS: tuple[str, ...] = ("budget_exhausted", "compromised")
 HEALTH_NAMES: tuple[str, ...] = tuple(str(h) for h in Health)
 ADMIN_NAMES: tuple[str, ...] = tuple(str(a) for a in AdminState)
-
-
-def _one_or_many(v: Any) -> Any:
-    return [v] if isinstance(v, str) else v
 
 
 def _names_in(valid: tuple[str, ...], what: str) -> Any:
@@ -72,7 +66,7 @@ class Conditions(Strict):
         None,
         description="The current health has held for at least this long (time in an outage does not count)",
     )
-    provider: Annotated[list[str], AfterValidator(lambda v: _known_providers(v))] | None = Field(
+    provider: Annotated[list[str], AfterValidator(lambda v: known_providers(v))] | None = Field(
         None, description="The key's provider is one of these"
     )
     labels: dict[str, str] | None = Field(None, description="Every label given equals the key's label")
@@ -105,19 +99,8 @@ class Conditions(Strict):
             )
         for name in ("health", "changed_to", "changed_from", "provider", "keys", "signals", "admin_state"):
             if name in data:
-                data = {**data, name: _one_or_many(data[name])}
+                data = {**data, name: one_or_many(data[name])}
         return data
-
-
-def _known_providers(values: list[str]) -> list[str]:
-    from keywatch.providers import registry
-
-    bad = [v for v in values if v not in registry.PROVIDERS]
-    if bad:
-        raise ValueError(
-            f"unknown provider {', '.join(map(repr, bad))}; valid: {', '.join(registry.names())}"
-        )
-    return values
 
 
 # -- actions -------------------------------------------------------------------------------------------
@@ -243,7 +226,7 @@ def _parse_action(item: Any) -> Any:
 
 class PolicyConfig(Strict):
     name: str = Field(
-        pattern=_NAME_PATTERN, description="Unique; the actor recorded on every action it takes"
+        pattern=NAME_PATTERN, description="Unique; the actor recorded on every action it takes"
     )
     description: str | None = None
     enabled: bool = True
@@ -277,70 +260,6 @@ class PolicyConfig(Strict):
     @property
     def action_list(self) -> list[ActionConfig]:
         return list(self.actions)
-
-
-# -- pools ---------------------------------------------------------------------------------------------
-class RedisTarget(Strict):
-    url: str = Field(
-        "redis://127.0.0.1:6379/0",
-        description="redis://, rediss:// or unix:// URL, or a secret reference (env:NAME ...) when it "
-        "holds a "
-        "password",
-    )
-    key: str = Field(
-        min_length=1,
-        description="Redis set holding the pool's secrets (an app takes one with "
-        "SRANDMEMBER); restrict it with Redis ACLs",
-    )
-    ranked: bool = Field(
-        False, description="Also publish a sorted set `<key>:ranked`, best key first (ZRANGE 0 0)"
-    )
-
-
-class FileTarget(Strict):
-    path: str = Field(
-        min_length=1, description="File written atomically with mode 0600 (temp + fsync + rename)"
-    )
-    format: Literal["json", "env"] = Field(
-        "json",
-        description="json: {pool, updated_at, keys: [{name, provider, secret, base_url}]}; env: "
-        "KEYWATCH_POOL_KEY (best), KEYWATCH_POOL_KEYS (comma-separated), KEYWATCH_POOL_SIZE",
-    )
-
-    @field_validator("path")
-    @classmethod
-    def _absolute(cls, v: str) -> str:
-        if not v.startswith("/"):
-            raise ValueError("expected an absolute path")
-        return v
-
-
-class PoolConfig(Strict):
-    name: str = Field(pattern=_NAME_PATTERN)
-    provider: Annotated[list[str], AfterValidator(lambda v: _known_providers(v))] | None = Field(
-        None, description="Only keys of these providers"
-    )
-    labels: dict[str, str] | None = Field(None, description="Only keys with every one of these labels")
-    keys: list[str] | None = Field(
-        None, description="Only keys whose name matches one of these glob patterns"
-    )
-    include_rate_limited: bool = Field(False, description="Keep rate_limited keys in the pool")
-    order: Literal["latency", "headroom", "name"] = Field(
-        "latency", description="latency: fastest first; headroom: most rate-limit room left first; name"
-    )
-    redis: RedisTarget | None = None
-    file: FileTarget | None = None
-
-    @field_validator("provider", "keys", mode="before")
-    @classmethod
-    def _listify(cls, v: Any) -> Any:
-        return _one_or_many(v)
-
-    @model_validator(mode="after")
-    def _target(self) -> PoolConfig:
-        if self.redis is None and self.file is None:
-            raise ValueError('a pool needs a target: redis = { key = "..." } and/or file = { path = "..." }')
-        return self
 
 
 # -- outage and safety ----------------------------------------------------------------------------------
@@ -418,17 +337,4 @@ def check_policies(policies: list[PolicyConfig], info: ValidationInfo) -> list[P
     return policies
 
 
-def check_pools(pools: list[PoolConfig]) -> list[PoolConfig]:
-    seen: dict[str, int] = {}
-    problems = []
-    for i, p in enumerate(pools):
-        if p.name in seen:
-            problems.append(f"[{i}].name: {p.name!r} is already used by pools[{seen[p.name]}]")
-        seen.setdefault(p.name, i)
-    if problems:
-        raise ValueError("; ".join(problems))
-    return pools
-
-
 Policies = Annotated[list[PolicyConfig], AfterValidator(check_policies)]
-Pools = Annotated[list[PoolConfig], AfterValidator(check_pools)]

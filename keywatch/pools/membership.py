@@ -3,16 +3,30 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
 from keywatch.domain import AdminState, Health, KeyState
-from keywatch.engine.policy import PoolHolds
-from keywatch.engine.policy_config import PoolConfig
+from keywatch.pools.config import PoolConfig
 from keywatch.providers.base import ManagedKey
 from keywatch.settings.secrets import Secret
 
 BLOCKING_SIGNALS = frozenset({"budget_exhausted", "compromised"})
+
+
+@dataclass(frozen=True)
+class PoolHolds:
+    """Pool membership a matching policy imposes: `removed[key]` is a set of pool names ("*" = every pool)."""
+
+    removed: dict[str, frozenset[str]] = field(default_factory=dict)
+    added: dict[str, frozenset[str]] = field(default_factory=dict)
+
+    def excludes(self, key: str, pool: str) -> bool:
+        r = self.removed.get(key, frozenset())
+        return "*" in r or pool in r
+
+    def includes(self, key: str, pool: str) -> bool:
+        return pool in self.added.get(key, frozenset())
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,8 @@ from typing import Any
 
 import structlog
 
-from keywatch.engine.policy import PoolHolds
-from keywatch.engine.policy_config import FileTarget, PoolConfig, RedisTarget
-from keywatch.pools.membership import PoolMember, members
+from keywatch.pools.config import FileTarget, PoolConfig, RedisTarget
+from keywatch.pools.membership import PoolHolds, PoolMember, members
 from keywatch.providers.base import ManagedKey
 
 log = structlog.get_logger("keywatch.pools")

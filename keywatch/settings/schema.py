@@ -16,8 +16,9 @@ from pydantic import (
     model_validator,
 )
 
-from keywatch.engine.policy_config import OutageSettings, Policies, Pools, SafetySettings
+from keywatch.engine.policy_config import OutageSettings, Policies, SafetySettings
 from keywatch.notify.config import AlertsConfig
+from keywatch.pools.config import Pools
 from keywatch.providers import registry
 from keywatch.settings.types import Duration, SecretRef, Strict
 from keywatch.usage.config import Budgets, UsageSettings, check_references

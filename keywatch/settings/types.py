@@ -45,3 +45,20 @@ class Strict(BaseModel):
     """Unknown fields are errors that name the field, never silent defaults."""
 
     model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
+
+
+def one_or_many(v: Any) -> Any:
+    """`provider = "openai"` and `provider = ["openai"]` mean the same."""
+    return [v] if isinstance(v, str) else v
+
+
+def known_providers(values: list[str]) -> list[str]:
+    from keywatch.providers import registry
+
+    bad = [v for v in values if v not in registry.PROVIDERS]
+    if bad:
+        raise ValueError(f"unknown provider {', '.join(map(repr, bad))}; valid: {', '.join(registry.names())}")
+    return values

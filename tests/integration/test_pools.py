@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from keywatch.domain import AdminState, Health, KeyState, RateLimit
-from keywatch.engine.policy_config import PoolConfig
 from keywatch.pools import members
+from keywatch.pools.config import PoolConfig
 from keywatch.pools.publish import write_atomic
 from keywatch.providers.base import ManagedKey
 from keywatch.settings.secrets import Secret
