@@ -148,7 +148,8 @@ def result_json(r: Any, fingerprint: str) -> dict[str, Any]:
 
 
 async def probe_inventory(inventory: Any, names: list[str] | None, progress: bool) -> list[Any]:
-    from keywatch.engine.prober import AdapterSet, Prober, make_http_client
+    from keywatch.engine.prober import Prober
+    from keywatch.providers.clients import AdapterSet, make_http_client
     from keywatch.redact import REGISTRY
 
     REGISTRY.replace(inventory.secrets())

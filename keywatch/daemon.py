@@ -12,8 +12,6 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,13 +22,16 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from keywatch import __version__
 from keywatch.domain import Alert, Event, Health, ProbeResult, Transition
-from keywatch.engine.prober import AdapterSet, Prober, make_http_client
-from keywatch.engine.state import StateTracker
+from keywatch.engine.prober import Prober
 from keywatch.engine.workers import WorkerProber
-from keywatch.extensions import DAEMON_EXTENSIONS
+from keywatch.extensions import DAEMON_CAPABILITIES
 from keywatch.metrics import Metrics
+from keywatch.providers.base import ProviderAdapter
+from keywatch.providers.clients import AdapterSet, make_http_client
 from keywatch.redact import REGISTRY
+from keywatch.runtime import Capability, CycleReport, EventLog, Runtime
 from keywatch.settings import ConfigError, Inventory, load_inventory
+from keywatch.state import StateTracker
 from keywatch.store.repo import Store, default_database_url, describe_url
 from keywatch.web import WebServer
 
@@ -54,31 +55,6 @@ def sd_notify(message: str) -> bool:
         return False
 
 
-@dataclass
-class CycleReport:
-    """What one cycle saw; handed to every cycle hook (policies, alerts, pools)."""
-
-    started_at: datetime
-    results: list[ProbeResult]
-    transitions: list[Transition]
-    inventory: Inventory
-    duration_s: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-CycleHook = Callable[["Daemon", CycleReport], Awaitable[None]]
-TransitionListener = Callable[[Transition], None]
-AlertEmitter = Callable[[Alert], Awaitable[None]]
-
-
-async def log_alert(alert: Alert) -> None:
-    """Where alerts go when no alert pipeline is configured: the log."""
-    (log.warning if alert.firing else log.info)(
-        "alert", identity=alert.identity, severity=str(alert.severity), firing=alert.firing, title=alert.title,
-        summary=alert.summary, key=alert.key, provider=alert.provider,
-    )
-
-
 class Daemon:
     def __init__(self, config_path: str | Path, metrics: Metrics | None = None) -> None:
         self.config_path = str(config_path)
@@ -86,17 +62,12 @@ class Daemon:
         self.inventory: Inventory | None = None
         self.store: Store | None = None
         self.tracker = StateTracker()
-        self.cycle_hooks: list[CycleHook] = []
-        self.transition_listeners: list[TransitionListener] = []
-        self.alert_emitter: AlertEmitter = log_alert
-        self.background: list[asyncio.Task[Any]] = []
-        self.extensions: list[Any] = []
+        self.capabilities: dict[str, Capability] = {}
         self.first_cycle_done = False
         self.db_ok = False
         self.cycles = 0
         self._db_ready = False
         self._pending_transitions: list[Transition] = []
-        self._pending_events: list[Event] = []
         self._stop = asyncio.Event()
         self._current_cycle: asyncio.Task[None] | None = None
         self._retired: list[Any] = []
@@ -105,6 +76,27 @@ class Daemon:
         self._adapters: AdapterSet | None = None
         self._prober: Prober | WorkerProber | None = None
         self.metrics.attach_state(self.tracker.snapshot)
+        self.runtime = Runtime(
+            tracker=self.tracker,
+            registry=self.metrics.registry,
+            current_store=self._the_store,
+            current_inventory=self._the_inventory,
+            adapter=self._adapter,
+            current_scheduler=lambda: self._scheduler,
+            events=EventLog(lambda: self.store),
+        )
+
+    def _the_store(self) -> Store:
+        assert self.store is not None, "the store exists once the daemon started"
+        return self.store
+
+    def _the_inventory(self) -> Inventory:
+        assert self.inventory is not None, "the inventory exists once the daemon started"
+        return self.inventory
+
+    def _adapter(self, provider: str) -> ProviderAdapter:
+        assert self._adapters is not None, "adapters exist once the daemon started"
+        return self._adapters.get(provider)
 
     # -- readiness ----------------------------------------------------------------------------------
     def readiness(self) -> tuple[bool, dict[str, bool]]:
@@ -197,7 +189,7 @@ class Daemon:
         # collector's full passes, which otherwise rescan them during every busy cycle.
         gc.collect()
         gc.freeze()
-        self._pending_events.append(Event(datetime.now(UTC), "daemon_started", None, "keywatch",
+        self.runtime.events.record(Event(datetime.now(UTC), "daemon_started", None, "keywatch",
                                           f"keywatch {__version__} started with {len(inventory.keys)} keys"))
         log.info("started", version=__version__, keys=len(inventory.keys), listen=f"{self._web.host}:{self.web_port}",
                  database=describe_url(url), interval_s=probe.interval, concurrency=probe.concurrency)
@@ -205,17 +197,13 @@ class Daemon:
     async def _setup_extensions(self) -> None:
         import importlib
 
-        for name in DAEMON_EXTENSIONS:
-            module = importlib.import_module(name)
-            await module.setup(self)
-            self.extensions.append(module)
+        for name, module_name in DAEMON_CAPABILITIES:
+            module = importlib.import_module(module_name)
+            self.capabilities[name] = await module.setup(self.runtime)
 
     async def emit_alert(self, alert: Alert) -> None:
         """Raise or resolve an alert; never raises (a sink outage must not stop detection)."""
-        try:
-            await self.alert_emitter(alert)
-        except Exception:
-            log.exception("alert_emit_failed", identity=alert.identity)
+        await self.runtime.alerts.emit(alert)
 
     @property
     def scheduler(self) -> AsyncIOScheduler | None:
@@ -265,14 +253,12 @@ class Daemon:
             self._scheduler.shutdown(wait=False)
             self._scheduler = None
         await self._persist([])
-        for module in reversed(self.extensions):
-            teardown = getattr(module, "teardown", None)
-            if teardown is not None:
-                try:
-                    await teardown(self)
-                except Exception:
-                    log.exception("extension_teardown_failed", extension=module.__name__)
-        for task in self.background:
+        for name, capability in reversed(list(self.capabilities.items())):
+            try:
+                await capability.aclose()
+            except Exception:
+                log.exception("capability_close_failed", capability=name)
+        for task in self.runtime.background:
             task.cancel()
         if self._web is not None:
             await self._web.stop()
@@ -320,7 +306,7 @@ class Daemon:
         if self._scheduler is not None:
             self._scheduler.reschedule_job("probe", trigger=self._trigger(probe.interval, probe.jitter))
         self.metrics.config_reloads.labels("applied").inc()
-        self._pending_events.append(Event(datetime.now(UTC), "config_reloaded", None, "keywatch",
+        self.runtime.events.record(Event(datetime.now(UTC), "config_reloaded", None, "keywatch",
                                           f"config reloaded: {len(inventory.keys)} keys"))
         log.info("reloaded", keys=len(inventory.keys))
         if self._current_cycle is None or self._current_cycle.done():
@@ -358,7 +344,7 @@ class Daemon:
                 (log.debug if first_and_fine else log.info)(
                     "health_changed", key=t.key, provider=t.provider, old=str(t.old), new=str(t.new),
                     http_status=t.http_status, error_code=t.error_code, error=t.error_message)
-                for listener in self.transition_listeners:
+                for listener in self.runtime.transition_listeners:
                     try:
                         listener(t)
                     except Exception:
@@ -366,11 +352,11 @@ class Daemon:
 
         results = await prober.run(inventory.keys, on_result)
         report = CycleReport(started_at, results, transitions, inventory)
-        for hook in self.cycle_hooks:
+        for name, hook in self.runtime.cycle_hooks:
             try:
-                await hook(self, report)
+                await hook(report)
             except Exception:
-                log.exception("cycle_hook_failed", hook=getattr(hook, "__qualname__", repr(hook)))
+                log.exception("cycle_hook_failed", hook=name)
         await self._persist(transitions)
         report.duration_s = time.perf_counter() - t0
         self.metrics.cycle_duration.set(report.duration_s)
@@ -384,7 +370,7 @@ class Daemon:
 
     def record(self, event: Event) -> None:
         """Queue an audit event; it is written with the next cycle's batch (or at shutdown)."""
-        self._pending_events.append(event)
+        self.runtime.events.record(event)
 
     async def _ensure_db(self) -> bool:
         if self._db_ready:
@@ -423,15 +409,15 @@ class Daemon:
         if not await self._ensure_db():
             return
         states, rollups = self.tracker.drain()
-        pending_t, pending_e = self._pending_transitions, self._pending_events
-        self._pending_transitions, self._pending_events = [], []
+        pending_t, pending_e = self._pending_transitions, self.runtime.events.take()
+        self._pending_transitions = []
         try:
             await asyncio.to_thread(self.store.save_cycle, states, pending_t, rollups)
             await asyncio.to_thread(self.store.record_events, pending_e)
         except Exception as exc:
             self.tracker.restore(states, rollups)
             self._pending_transitions = pending_t + self._pending_transitions
-            self._pending_events = pending_e + self._pending_events
+            self.runtime.events.put_back(pending_e)
             self.db_ok = False
             self.metrics.db_up.set(0)
             log.error("database_write_failed", error=_db_error(exc), pending_transitions=len(self._pending_transitions))

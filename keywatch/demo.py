@@ -157,7 +157,7 @@ def run_demo(duration: float | None, interval: str = "5s", listen: str = "127.0.
             detail = f" ({t.error_code})" if t.error_code else ""
             _print(f"[{at:6.1f}s] {t.key.ljust(width)}  {t.old} -> {t.new}{detail}")
 
-        daemon.transition_listeners.append(on_transition)
+        daemon.runtime.on_transition(on_transition)
         return aio.run(_drive(daemon, sim, duration, fleet))
 
 

@@ -140,12 +140,25 @@ class Transition:
 
 
 @dataclass(frozen=True, slots=True)
-class Action:
-    kind: str  # alert, disable, enable, pool_remove, pool_add, hook, rotate
-    key: str | None
-    reason: str
-    actor: str  # policy name or "operator:<name>"
-    params: dict[str, Any] = field(default_factory=dict)
+class AdminInfo:
+    """The last admin decision about a key: what, by whom (a policy or `operator:<name>`), why, when."""
+
+    state: AdminState
+    actor: str | None
+    reason: str | None
+    changed_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Rollup:
+    """Probe counts and latency of one key, one hour and one health."""
+
+    key: str
+    hour: datetime
+    health: str
+    count: int
+    latency_sum_ms: float
+    latency_max_ms: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +171,14 @@ class Event:
     actor: str
     message: str
     data: dict[str, Any] = field(default_factory=dict)
+
+
+class Signal(StrEnum):
+    """Facts about a key that one part of keywatch raises for others (SignalBoard); policies name them in
+    `when.signals`, and a key carrying one leaves every pool."""
+
+    BUDGET_EXHAUSTED = "budget_exhausted"  # keywatch's own budget for the key is spent
+    COMPROMISED = "compromised"  # exposed: the provider says so (AWS quarantine) or a leak report matched
 
 
 class Severity(StrEnum):

@@ -1,14 +1,25 @@
-"""Parts of the daemon that plug into its lifecycle (alerts, policies, pools, usage).
+"""The capabilities the daemon starts, in the order it starts them.
 
-Each module listed here defines `async def setup(daemon) -> None`, which registers cycle hooks,
-transition listeners, web routes or background tasks, and may define `async def teardown(daemon)`.
+Each module defines `async def setup(runtime: keywatch.runtime.Runtime) -> Capability` (an object with
+`async def aclose()`), which registers cycle hooks, transition listeners and background tasks on the
+runtime. The daemon starts them in this order, runs their cycle hooks in this order after every probe
+cycle, and closes them in the reverse order. The order matters:
+
+1. alerts: attaches the durable alert pipeline to the runtime's alert bus, so every alert the others raise,
+   from their first cycle on, reaches the sinks (before it, alerts go to the log).
+2. policies: decides and acts on the cycle's states and the signals on the board (budget signals raised by
+   usage in the previous cycle).
+3. usage: pulls usage, evaluates budgets and raises or clears `budget_exhausted` for the next cycle.
+
 Adding a capability is adding a module and one line here.
 """
 
 from __future__ import annotations
 
-DAEMON_EXTENSIONS: list[str] = ["keywatch.notify.service", "keywatch.engine.service", "keywatch.usage.service"]
+DAEMON_CAPABILITIES: list[tuple[str, str]] = [
+    ("alerts", "keywatch.notify.service"),
+    ("policies", "keywatch.engine.service"),
+    ("usage", "keywatch.usage.service"),
+]
 
-# Modules that add `keywatch` subcommands: each defines `add_commands(subparsers) -> None` and gives
-# every parser it adds `set_defaults(handler=fn)`, where `fn(args) -> int` returns the exit code.
 CLI_EXTENSIONS: list[str] = ["keywatch.notify.cli", "keywatch.engine.cli", "keywatch.usage.cli"]

@@ -1,4 +1,4 @@
-"""The provider capability each policy action needs, checked when the config loads.
+"""The provider capability each policy action needs (declared by the action), checked when the config loads.
 
 cloud-custodian's actions declare the permissions they need and a policy that cannot work is refused
 before it runs. Here an action declares the provider capability it needs, so `revoke` on DeepSeek keys
@@ -19,13 +19,6 @@ from typing import Any, Protocol
 from keywatch.engine.policy_config import Conditions, PolicyConfig
 from keywatch.providers import registry
 from keywatch.providers.base import Capability
-
-# What each action needs from the provider. alert, pool_* and hook act in keywatch alone.
-NEEDS: dict[str, Capability] = {
-    "revoke": Capability.REVOKE,
-    "disable": Capability.DISABLE,
-    "enable": Capability.ENABLE,
-}
 
 
 class SelectableKey(Protocol):
@@ -80,36 +73,12 @@ def _lacking(providers: Sequence[str], cap: Capability) -> list[str]:
     return out
 
 
-def _can(provider: str) -> str:
-    caps = provider_capabilities(provider) or frozenset()
-    return ", ".join(c.value for c in Capability if c in caps) or "nothing"
-
-
-def _revoke_instead(providers: Sequence[str]) -> str:
-    can_disable = [p for p in providers if Capability.DISABLE in (provider_capabilities(p) or ())]
-    cannot = [p for p in providers if p not in can_disable]
-    pools_only = "disable with at_provider = false (the key leaves every pool)"
-    parts = []
-    if can_disable:
-        parts.append(f"{', '.join(can_disable)}: disable (deactivates the key at the provider, reversibly)")
-    if cannot:
-        parts.append(f"{', '.join(cannot)}: {pools_only}" if can_disable else pools_only)
-    return "; ".join(parts) + ", with an alert so a person revokes the key in the provider's console"
-
-
-def _joined(providers: Sequence[str], singular: str, plural: str) -> str:
-    return f"{', '.join(providers)} {singular if len(providers) == 1 else plural}"
-
-
 def check(policies: Sequence[PolicyConfig], keys: Iterable[SelectableKey]) -> tuple[list[str], list[str]]:
     """(errors, warnings) for `policies` against the configured `keys`, each naming `policies[i]`,
-    the policy, the action and the providers.
+    the policy, the action and the providers. Each action says what it needs (`Action.capability`,
+    `needs_capability`) and what to say when a provider lacks it (`check_capability`)."""
+    from keywatch.engine import actions
 
-    A `revoke` the provider cannot do is an error: the policy's whole point would silently not happen.
-    A provider-side `disable`/`enable` it cannot do is a warning only when `at_provider = true` is written:
-    keywatch's own disable still takes the key out of every pool, and the default (the built-in
-    policies') is "at the provider where that is reversible", which degrades to pools-only by design.
-    """
     keys = list(keys)
     errors: list[str] = []
     warnings: list[str] = []
@@ -118,34 +87,16 @@ def check(policies: Sequence[PolicyConfig], keys: Iterable[SelectableKey]) -> tu
             continue
         providers: list[str] | None = None
         for j, a in enumerate(p.action_list):
-            cap = NEEDS.get(a.type)
-            if cap is None:
-                continue
-            if cap is not Capability.REVOKE and not (
-                "at_provider" in a.model_fields_set and getattr(a, "at_provider", False)
-            ):
+            action = actions.get(a.type)
+            if action.capability is None or not action.needs_capability(a):
                 continue
             if providers is None:
                 providers = selectable_providers(p.when, keys)
-            lacking = _lacking(providers, cap)
-            if not lacking:
-                continue
-            where = f"policies[{i}] ({p.name}) actions[{j}] {a.type}"
-            if cap is Capability.REVOKE:
-                can = "; ".join(f"{x} can: {_can(x)}" for x in lacking)
-                able = [x for x in registry.names() if x not in _lacking([x], cap)]
-                errors.append(
-                    f"{where}: {', '.join(lacking)} cannot revoke a key through its API ({can}); instead: "
-                    f"{_revoke_instead(lacking)}; or narrow `when` (provider, keys, labels) to providers "
-                    f"that can revoke ({', '.join(able)})"
-                )
-            else:
-                verb = "deactivate" if cap is Capability.DISABLE else "re-activate"
-                effect = "leaves pools only" if cap is Capability.DISABLE else "returns to pools only"
-                warnings.append(
-                    f"{where}: {_joined(lacking, 'has', 'have')} no reversible {verb}: the key {effect} "
-                    "(at_provider = false says so and silences this)"
-                )
+            lacking = _lacking(providers, action.capability)
+            if lacking:
+                found = action.check_capability(a, f"policies[{i}] ({p.name}) actions[{j}] {a.type}", lacking)
+                errors += found.errors
+                warnings += found.warnings
     return errors, warnings
 
 

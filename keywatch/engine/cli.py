@@ -128,11 +128,14 @@ async def _admin_async(
     inventory: Any, store: Any, key: Any, what: str, actor: str, reason: str, at_provider: bool
 ) -> Any:
     from keywatch.domain import AdminState, KeyState
-    from keywatch.engine.executor import Executor, Outcome, read_admin
-    from keywatch.engine.prober import AdapterSet, make_http_client
+    from keywatch.engine.actions.base import ActionRequest
+    from keywatch.engine.actions.disable import DisableAction
+    from keywatch.engine.actions.enable import EnableAction
+    from keywatch.engine.executor import Executor, Outcome
+    from keywatch.providers.clients import AdapterSet, make_http_client
 
     states = await asyncio.to_thread(store.load_states)
-    admin = (await asyncio.to_thread(read_admin, store)).get(key.name)
+    admin = (await asyncio.to_thread(store.admin_decisions)).get(key.name)
     state = states.get(key.name) or KeyState(
         key.name, key.provider, key.fingerprint, key.masked, labels=dict(key.labels)
     )
@@ -156,9 +159,8 @@ async def _admin_async(
 
     ex = Executor(adapters.get, store, record)
     try:
-        if what == "disable":
-            return await ex.disable(key, state, actor, reason, at_provider=at_provider)
-        return await ex.enable(key, state, actor, reason, at_provider=at_provider)
+        config = (DisableAction if what == "disable" else EnableAction)(at_provider=at_provider)
+        return await ex.run(ActionRequest(key, state, actor, reason, config))
     finally:
         await adapters.aclose()
         await http.aclose()
@@ -257,33 +259,20 @@ def cmd_policy_test(args: argparse.Namespace) -> int:
 
 
 def plan(config: Any, store: Any, now: datetime) -> list[dict[str, str]]:
-    """What each policy would do with the stored states, through the same pure functions as the daemon."""
+    """What each policy would do with the stored states: the daemon's own cycle plan (engine.plan)."""
     from datetime import timedelta
 
-    from keywatch.domain import AdminState, ProbeResult
-    from keywatch.engine.executor import read_admin
-    from keywatch.engine.outage import detect, load_open
-    from keywatch.engine.policy import (
-        COUNTED_ACTIONS,
-        KeyView,
-        Ledger,
-        apply_limits,
-        decide,
-        effective_policies,
-        is_operator,
-        needed,
-    )
+    from keywatch.domain import ProbeResult
+    from keywatch.engine.outage import detect
+    from keywatch.engine.plan import CycleInputs, key_views, ledger_from_events, plan_cycle, plan_rows
     from keywatch.engine.service import base_urls
     from keywatch.providers.base import ManagedKey
 
     states = store.load_states()
-    admin = read_admin(store)
-    names = [k.name for k in config.keys if k.enabled]
-    keys = [
-        ManagedKey(k.name, k.provider, None, k.secret, base_url=k.base_url, labels=dict(k.labels))
-        for k in config.keys
-        if k.enabled
-    ]
+    admin = store.admin_decisions()
+    enabled = [k for k in config.keys if k.enabled]
+    names = [k.name for k in enabled]
+    keys = [ManagedKey(k.name, k.provider, None, k.secret, base_url=k.base_url, labels=dict(k.labels)) for k in enabled]
     results = [
         ProbeResult(st.key, st.provider, st.health, st.last_probe_at or now, 0.0)
         for n in names
@@ -291,74 +280,12 @@ def plan(config: Any, store: Any, now: datetime) -> list[dict[str, str]]:
     ]
     found = detect(results, base_urls(keys), config.outage)
     try:
-        ongoing = load_open(store)
+        ongoing = store.open_outages()
     except Exception:
         ongoing = {}
-    suspended: set[str] = set()
-    for f in found.values():
-        suspended |= f.keys
-    views = {}
-    for n in names:
-        st = states.get(n)
-        if st is None:
-            continue
-        info = admin.get(n)
-        views[n] = KeyView(
-            st,
-            in_outage=n in suspended,
-            admin_actor=info.actor if info else None,
-            admin_changed_at=info.changed_at if info else None,
-        )
-    policies = effective_policies(list(config.policies), config.safety)
-    decisions, _ = decide(policies, views, now, dry_run=config.safety.dry_run)
-    ledger = Ledger()
-    for e in store.events(None, now - timedelta(hours=1), 10000):
-        if e.kind == "action_done" and e.data.get("action") in COUNTED_ACTIONS and not is_operator(e.actor):
-            ledger.add(e.actor, e.at)
-    for q in ledger.times.values():
-        q.__init__(sorted(q))  # type: ignore[misc]
-    todo = [
-        d for d in decisions if d.kind in COUNTED_ACTIONS and (d.kind == "hook" or needed(d, views[d.key]))
-    ]
-    limits = {
-        p.name: p.max_actions_per_hour or config.safety.max_actions_per_policy_per_hour for p in policies
-    }
-    disabled = sum(
-        1
-        for v in views.values()
-        if v.state.admin_state is AdminState.DISABLED and not is_operator(v.admin_actor)
-    )
-    _, blocked = apply_limits(
-        todo,
-        ledger=ledger,
-        now=now,
-        policy_limits=limits,
-        fleet_size=len(names),
-        disabled_by_keywatch=disabled,
-        max_disabled_percent=config.safety.max_disabled_percent,
-    )
-    why_blocked = {id(b.decision): b.why for b in blocked}
-    todo_ids = {id(d) for d in todo}
-    rows = []
-    for provider, f in sorted(found.items()):
-        state = "ongoing" if provider in ongoing else "new"
-        rows.append(
-            {
-                "policy": "(outage)",
-                "key": "-",
-                "action": "suspend",
-                "would": f"{state} outage of {provider}",
-                "reason": f.describe(),
-            }
-        )
-    for d in decisions:
-        if d.dry_run:
-            would = "dry run: record only"
-        elif id(d) in why_blocked:
-            would = "BLOCKED: " + why_blocked[id(d)]
-        elif d.kind in COUNTED_ACTIONS and id(d) not in todo_ids:
-            would = "nothing (already done or a person's decision)"
-        else:
-            would = "do"
-        rows.append({"policy": d.policy, "key": d.key, "action": d.kind, "would": would, "reason": d.reason})
-    return rows
+    suspended = frozenset(k for f in found.values() for k in f.keys)
+    views = key_views(names, states, admin, suspended=suspended)
+    ledger = ledger_from_events(store.events(None, now - timedelta(hours=1), 10000))
+    cycle = plan_cycle(CycleInputs(list(config.policies), config.safety, views, len(names), now, ledger))
+    outages = [(p, "ongoing" if p in ongoing else "new", f.describe()) for p, f in sorted(found.items())]
+    return plan_rows(cycle, outages)

@@ -11,14 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
-
-from sqlalchemy import Integer, String, select, update
-from sqlalchemy.orm import Mapped, mapped_column
 
 from keywatch.domain import Health, ProbeResult
 from keywatch.engine.policy_config import OutageSettings
-from keywatch.store.models import Base
 
 OUTAGE_HEALTH = frozenset({Health.PROVIDER_ERROR, Health.UNREACHABLE})
 
@@ -108,46 +103,7 @@ class OutageTracker:
         return max(0, consecutive - self.discounted.get(key, 0))
 
 
-# -- persistence: an outage survives a restart instead of being announced twice ---------------------------
-class ProviderOutageRow(Base):
-    __tablename__ = "provider_outages"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    provider: Mapped[str] = mapped_column(String(32), index=True)
-    scope: Mapped[str] = mapped_column(String(300))
-    started_at: Mapped[datetime]
-    ended_at: Mapped[datetime | None]
-    failed: Mapped[int] = mapped_column(Integer)
-    total: Mapped[int] = mapped_column(Integer)
-
-
-def load_open(store: Any) -> dict[str, tuple[datetime, OutageFinding]]:
-    with store.session() as s:
-        rows = s.scalars(select(ProviderOutageRow).where(ProviderOutageRow.ended_at.is_(None)))
-        return {
-            r.provider: (r.started_at, OutageFinding(r.provider, r.failed, r.total, frozenset(), r.scope))
-            for r in rows
-        }
-
-
-def save_changes(
-    store: Any, started: list[OutageFinding], ended: list[tuple[OutageFinding, datetime]], now: datetime
-) -> None:
-    with store.session.begin() as s:
-        for f in started:
-            s.add(
-                ProviderOutageRow(
-                    provider=f.provider,
-                    scope=f.scope,
-                    started_at=now,
-                    ended_at=None,
-                    failed=f.failed,
-                    total=f.total,
-                )
-            )
-        for f, _ in ended:
-            s.execute(
-                update(ProviderOutageRow)
-                .where(ProviderOutageRow.provider == f.provider, ProviderOutageRow.ended_at.is_(None))
-                .values(ended_at=now)
-            )
+def from_stored(rows: Mapping[str, tuple[datetime, str, int, int]]) -> dict[str, tuple[datetime, OutageFinding]]:
+    """Store.open_outages() as the tracker holds them."""
+    return {p: (since, OutageFinding(p, failed, total, frozenset(), scope)) for p, (since, scope, failed, total)
+            in rows.items()}

@@ -16,23 +16,10 @@ from datetime import datetime, timedelta
 from fnmatch import fnmatchcase
 
 from keywatch.domain import AdminState, Health, KeyState, Severity
-from keywatch.engine.policy_config import (
-    ActionConfig,
-    AlertAction,
-    Conditions,
-    DisableAction,
-    EnableAction,
-    PolicyConfig,
-    PoolAddAction,
-    PoolRemoveAction,
-    SafetySettings,
-)
-from keywatch.pools.membership import PoolHolds
+from keywatch.engine.actions.base import ActionConfig
+from keywatch.engine.policy_config import Conditions, PolicyConfig, SafetySettings
 
 OPERATOR_PREFIX = "operator:"
-# Actions that change something outside keywatch's own bookkeeping: these count toward the blast radius.
-COUNTED_ACTIONS = frozenset({"disable", "enable", "hook", "revoke"})
-ADMIN_ACTIONS = frozenset({"disable", "enable", "revoke"})
 
 
 def is_operator(actor: str | None) -> bool:
@@ -179,16 +166,19 @@ def decide(
 
 def needed(d: Decision, v: KeyView) -> bool:
     """False when the action is already done or would undo a person's decision (idempotence)."""
-    st = v.state
-    if d.kind in ADMIN_ACTIONS and v.operator_holds:
+    from keywatch.engine import actions
+
+    action = actions.get(d.kind)
+    if action.admin and v.operator_holds:
         return False
-    if d.kind == "disable":
-        return st.admin_state is not AdminState.DISABLED
-    if d.kind == "enable":
-        return st.admin_state is AdminState.DISABLED
-    if d.kind == "revoke":
-        return st.admin_state is not AdminState.RETIRED
-    return True
+    return action.needed(d.action, v)
+
+
+def counted(d: Decision) -> bool:
+    """The action changes something outside keywatch's own bookkeeping: it counts toward the blast radius."""
+    from keywatch.engine import actions
+
+    return actions.get(d.kind).counted
 
 
 # -- built-in policies ---------------------------------------------------------------------------------
@@ -211,6 +201,12 @@ def default_policies(s: SafetySettings) -> list[PolicyConfig]:
             "name": "default-quota-exhausted",
             "description": "no quota or credit left",
             "when": {"health": "quota_exhausted"},
+            "actions": [{"type": "pool_remove"}, {"type": "alert", "severity": "warning"}],
+        },
+        {
+            "name": "default-forbidden",
+            "description": "the key authenticates but may not do this (scope, model, region)",
+            "when": {"health": "forbidden"},
             "actions": [{"type": "pool_remove"}, {"type": "alert", "severity": "warning"}],
         },
         {
@@ -296,15 +292,18 @@ def apply_limits(
     allowed: list[Decision] = []
     blocked: list[Blocked] = []
     live = [d for d in decisions if not d.dry_run]
-    new_disabled = {d.key for d in live if d.kind in ("disable", "revoke")}
+    from keywatch.engine import actions
+
+    removes = {d.kind for d in decisions if actions.get(d.kind).removes_key}
+    new_disabled = {d.key for d in live if d.kind in removes}
     limit = disable_limit(fleet_size, max_disabled_percent)
     over_fleet = bool(new_disabled) and disabled_by_keywatch + len(new_disabled) > limit
     pending: dict[str, int] = {}
     for d in decisions:
-        if d.dry_run or d.kind not in COUNTED_ACTIONS:
+        if d.dry_run or not counted(d):
             allowed.append(d)
             continue
-        if over_fleet and d.kind in ("disable", "revoke"):
+        if over_fleet and d.kind in removes:
             blocked.append(
                 Blocked(
                     d,
@@ -342,18 +341,6 @@ class AlertWish:
     policy: str
     title: str
     reason: str
-
-
-def alert_wishes(decisions: Iterable[Decision]) -> list[AlertWish]:
-    out = []
-    for d in decisions:
-        if not isinstance(d.action, AlertAction):
-            continue
-        fmt = {"key": d.key, "provider": d.provider, "policy": d.policy}
-        identity = d.action.identity.format(**fmt)
-        title = d.action.title.format(**fmt) if d.action.title else f"{d.key}: {d.policy}"
-        out.append(AlertWish(identity, d.action.severity, d.key, d.provider, d.policy, title, d.reason))
-    return out
 
 
 _SEVERITY_RANK = {Severity.INFO: 0, Severity.WARNING: 1, Severity.CRITICAL: 2}
@@ -397,34 +384,16 @@ class AlertBook:
         return changes
 
 
-def pool_holds(decisions: Iterable[Decision]) -> PoolHolds:
-    removed: dict[str, set[str]] = {}
-    added: dict[str, set[str]] = {}
-    for d in decisions:
-        if d.dry_run:
-            continue
-        if isinstance(d.action, PoolRemoveAction):
-            removed.setdefault(d.key, set()).update(d.action.pools or ["*"])
-        elif isinstance(d.action, PoolAddAction):
-            added.setdefault(d.key, set()).update(d.action.pools)
-    return PoolHolds(
-        {k: frozenset(v) for k, v in removed.items()}, {k: frozenset(v) for k, v in added.items()}
-    )
-
-
 __all__ = [
     "AlertBook",
     "AlertChange",
     "AlertWish",
     "Blocked",
     "Decision",
-    "DisableAction",
-    "EnableAction",
     "KeyView",
     "Ledger",
-    "PoolHolds",
-    "alert_wishes",
     "apply_limits",
+    "counted",
     "decide",
     "default_policies",
     "disable_limit",
@@ -433,5 +402,4 @@ __all__ = [
     "is_operator",
     "matches",
     "needed",
-    "pool_holds",
 ]

@@ -8,26 +8,17 @@ It uses keywatch.settings.types only: the settings schema imports this module.
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    Field,
-    TypeAdapter,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import AfterValidator, Field, SerializeAsAny, ValidationInfo, field_validator, model_validator
 
-from keywatch.domain import AdminState, Health, Severity
+from keywatch.domain import AdminState, Health, Signal
+from keywatch.engine.actions.base import ActionConfig
 from keywatch.settings.types import NAME_PATTERN, Duration, Strict, known_providers, one_or_many
 
-# Signals other parts of keywatch raise about a key (daemon.signals[key] holds a set of these names).
-# budgets add "budget_exhausted"; "compromised" is also raised by KeyState.compromised.
-SIGNALS: tuple[str, ...] = ("budget_exhausted", "compromised")
+# Signals other parts of keywatch raise about a key (runtime.SignalBoard); "compromised" is also raised
+# by KeyState.compromised.
+SIGNALS: tuple[str, ...] = tuple(str(s) for s in Signal)
 HEALTH_NAMES: tuple[str, ...] = tuple(str(h) for h in Health)
 ADMIN_NAMES: tuple[str, ...] = tuple(str(a) for a in AdminState)
 
@@ -103,125 +94,30 @@ class Conditions(Strict):
         return data
 
 
-# -- actions -------------------------------------------------------------------------------------------
-class AlertAction(Strict):
-    type: Literal["alert"] = "alert"
-    severity: Severity = Field(Severity.WARNING, description="info, warning or critical")
-    identity: str = Field(
-        "key_health:{key}", description="Dedup identity; {key}, {provider} and {policy} are replaced"
-    )
-    title: str | None = Field(None, description="Alert title; default: the policy name and the key")
+# -- actions: each one's model lives in its module under engine/actions/, found through the registry ---------
+def _inline(schema: dict[str, Any]) -> dict[str, Any]:
+    """A model's JSON Schema with its $defs resolved in place, so it can sit inside another schema."""
+    defs = schema.pop("$defs", {})
 
-    @field_validator("identity")
-    @classmethod
-    def _identity(cls, v: str) -> str:
-        bad = set(re.findall(r"{([^}]*)}", v)) - {"key", "provider", "policy"}
-        if bad:
-            raise ValueError(
-                f"unknown placeholder {', '.join(sorted(bad))}; valid: {{key}}, {{provider}}, {{policy}}"
-            )
-        return v
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return walk(dict(defs[node["$ref"].rsplit("/", 1)[-1]]))
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    return walk(schema)
 
 
-class DisableAction(Strict):
-    type: Literal["disable"] = "disable"
-    at_provider: bool = Field(
-        True,
-        description="Also deactivate the key at the provider where that is reversible (Anthropic inactive, "
-        "OpenRouter disabled, AWS Inactive)",
-    )
+def _actions_schema(schema: dict[str, Any]) -> None:
+    from keywatch.engine import actions
 
-
-class EnableAction(Strict):
-    type: Literal["enable"] = "enable"
-    at_provider: bool = Field(True, description="Also re-activate the key at the provider where possible")
-
-
-class PoolRemoveAction(Strict):
-    type: Literal["pool_remove"] = "pool_remove"
-    pools: list[str] | None = Field(
-        None, description="Pools to leave while the policy matches; absent: every pool"
-    )
-
-
-class PoolAddAction(Strict):
-    type: Literal["pool_add"] = "pool_add"
-    pools: list[str] = Field(
-        min_length=1,
-        description="Pools to join while the policy matches, even if the pool's selector does not "
-        "pick the key (it must still be healthy and active)",
-    )
-
-
-class HookAction(Strict):
-    type: Literal["hook"] = "hook"
-    command: list[str] = Field(
-        min_length=1,
-        description="Program and arguments (no shell); env KEYWATCH_KEY, KEYWATCH_ACTION, "
-        "KEYWATCH_REASON, KEYWATCH_POLICY, KEYWATCH_PROVIDER, KEYWATCH_HEALTH; never the secret",
-    )
-    timeout: Duration = Field("30s", description="The command is killed after this long")
-
-
-class RevokeAction(Strict):
-    type: Literal["revoke"] = "revoke"
-    allow_destructive: bool = Field(
-        False,
-        description="Must be true: revoking (OpenAI delete, Anthropic archive, Azure regenerate) cannot "
-        "be undone; the account must also set allow_destructive",
-    )
-
-    @model_validator(mode="after")
-    def _opt_in(self) -> RevokeAction:
-        if not self.allow_destructive:
-            raise ValueError(
-                "revoke cannot be undone; set allow_destructive = true on this action to allow it"
-            )
-        return self
-
-
-ACTION_MODELS: dict[str, type[BaseModel]] = {
-    m.model_fields["type"].default: m
-    for m in (
-        AlertAction,
-        DisableAction,
-        EnableAction,
-        PoolRemoveAction,
-        PoolAddAction,
-        HookAction,
-        RevokeAction,
-    )
-}
-ActionConfig = (
-    AlertAction | DisableAction | EnableAction | PoolRemoveAction | PoolAddAction | HookAction | RevokeAction
-)
-
-
-ActionItem = Annotated[ActionConfig, Field(discriminator="type")]
-
-
-def _parse_action(item: Any) -> Any:
-    if isinstance(item, str):
-        item = {"type": item}
-    if not isinstance(item, dict):
-        raise ValueError(
-            'expected an action name or a table such as { type = "alert", severity = "critical" }'
-        )
-    kind = item.get("type")
-    if kind not in ACTION_MODELS:
-        raise ValueError(f"unknown action {kind!r}; valid actions: {', '.join(ACTION_MODELS)}")
-    try:
-        return TypeAdapter(ACTION_MODELS[kind]).validate_python(item)
-    except ValidationError as exc:
-        parts = []
-        for err in exc.errors(include_url=False):
-            where = ".".join(str(x) for x in err["loc"])
-            msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                valid = ", ".join(ACTION_MODELS[kind].model_fields)
-                msg = f"unknown field; valid fields of {kind}: {valid}"
-            parts.append(f"{kind}{'.' + where if where else ''}: {msg}")
-        raise ValueError("; ".join(parts)) from None
+    schema["items"] = {
+        "oneOf": [{"type": "string", "enum": actions.names()}]
+        + [_inline(a.config.model_json_schema()) for a in actions.all_actions().values()]
+    }
 
 
 class PolicyConfig(Strict):
@@ -232,9 +128,10 @@ class PolicyConfig(Strict):
     enabled: bool = True
     dry_run: bool = Field(False, description="Decide and record, do nothing (also [safety] dry_run)")
     when: Conditions
-    actions: Annotated[list[ActionItem], Field(min_length=1)] = Field(
+    actions: Annotated[list[SerializeAsAny[ActionConfig]], Field(min_length=1)] = Field(
         description="What to do while the conditions hold: alert, disable, enable, pool_remove, pool_add, "
-        "hook, revoke; a name or a table with `type`"
+        "hook, revoke; a name or a table with `type`",
+        json_schema_extra=_actions_schema,
     )
     max_actions_per_hour: int | None = Field(
         None,
@@ -247,10 +144,12 @@ class PolicyConfig(Strict):
     def _actions(cls, v: Any) -> Any:
         if not isinstance(v, list):
             raise ValueError("expected a list of actions")
+        from keywatch.engine import actions
+
         out, problems = [], []
         for i, item in enumerate(v):
             try:
-                out.append(_parse_action(item))
+                out.append(actions.parse(item))
             except ValueError as exc:
                 problems.append(f"[{i}] {exc}")
         if problems:

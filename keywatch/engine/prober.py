@@ -11,63 +11,16 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 
-import httpx2
 import structlog
 
 from keywatch.domain import Health, ProbeResult
-from keywatch.providers import registry
-from keywatch.providers.base import Account, ManagedKey, ProviderAdapter
+from keywatch.providers.base import ManagedKey
+from keywatch.providers.clients import AdapterSet
 from keywatch.redact import redact_text
 
 log = structlog.get_logger("keywatch.prober")
 
 ResultCallback = Callable[[ProbeResult], Awaitable[None] | None]
-
-
-def make_http_client(concurrency: int, timeout: float) -> httpx2.AsyncClient:
-    """One connection pool for every probe (the SDKs receive it; they never build their own).
-
-    The client speaks the httpx2 API every adapter and the openai SDK expect, over the openai SDK's own
-    aiohttp transport: at thousands of probes a cycle it needs about half the CPU of the default one.
-    """
-    import openai
-
-    limits = httpx2.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    return openai.DefaultAioHttpClient(limits=limits, timeout=httpx2.Timeout(timeout), follow_redirects=False)
-
-
-class AdapterSet:
-    """One adapter per provider in use, sharing the HTTP client."""
-
-    def __init__(
-        self,
-        http: httpx2.AsyncClient,
-        accounts: dict[str, Account],
-        *,
-        timeout: float,
-        completion_model: str,
-    ) -> None:
-        self.http = http
-        self.accounts = accounts
-        self.timeout = timeout
-        self.completion_model = completion_model
-        self._adapters: dict[str, ProviderAdapter] = {}
-
-    def get(self, provider: str) -> ProviderAdapter:
-        adapter = self._adapters.get(provider)
-        if adapter is None:
-            cls = registry.adapter_class(provider)
-            adapter = cls(self.http, self.accounts, timeout=self.timeout, completion_model=self.completion_model)
-            self._adapters[provider] = adapter
-        return adapter
-
-    async def aclose(self) -> None:
-        for adapter in self._adapters.values():
-            try:
-                await adapter.aclose()
-            except Exception as exc:
-                log.warning("adapter_close_failed", provider=adapter.name, error=type(exc).__name__)
-        self._adapters.clear()
 
 
 class Prober:

@@ -101,7 +101,8 @@ def worker_main(conn: Connection, settings: dict[str, Any]) -> None:
 
 
 async def _worker_loop(conn: Connection, settings: dict[str, Any]) -> None:
-    from keywatch.engine.prober import AdapterSet, Prober, make_http_client
+    from keywatch.engine.prober import Prober
+    from keywatch.providers.clients import AdapterSet, make_http_client
     from keywatch.redact import REGISTRY
 
     loop = asyncio.get_running_loop()

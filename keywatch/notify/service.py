@@ -1,9 +1,8 @@
-"""Alerting inside the daemon: replaces the log-only emitter with the durable pipeline and starts one
-sender per sink. Listed in keywatch.extensions.DAEMON_EXTENSIONS.
+"""Alerting inside the daemon: attaches the durable pipeline to the runtime's alert bus and starts one
+sender per sink. Listed in keywatch.extensions.DAEMON_CAPABILITIES.
 
-Until a policy engine emits key alerts itself, `alerts.default_key_alerts` turns key health changes into
-`key_health:<key>` alerts: entering invalid (critical), quota_exhausted or forbidden (warning) fires it;
-working again (healthy or rate_limited) resolves it. Provider or network trouble neither fires nor resolves.
+This capability delivers alerts; it decides none about keys. Key alerts are decided by policies (the
+built-in ones included), in the policy engine's cycle plan.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from typing import Any
 
 import structlog
 
-from keywatch.domain import Alert, Health, Severity, Transition
+from keywatch.domain import Alert, Severity
 from keywatch.notify.alertmanager import AlertmanagerSink, to_alertmanager
 from keywatch.notify.base import Sink, SinkError
 from keywatch.notify.config import AlertsConfig
@@ -25,60 +24,14 @@ from keywatch.notify.outbox import AlertDB
 from keywatch.notify.pipeline import AlertMetrics, AlertPipeline, Clock, utcnow
 from keywatch.notify.registry import SinkConfigError, SinkSpec, make_http_client, resolve_sinks
 from keywatch.notify.sender import SinkSender
+from keywatch.runtime import CycleReport, Runtime
 
 log = structlog.get_logger("keywatch.alerts")
-
-KEY_SEVERITY = {
-    Health.INVALID: Severity.CRITICAL,
-    Health.QUOTA_EXHAUSTED: Severity.WARNING,
-    Health.FORBIDDEN: Severity.WARNING,
-}
 
 
 def alerts_config(config: Any) -> AlertsConfig:
     cfg = getattr(config, "alerts", None)
     return cfg if isinstance(cfg, AlertsConfig) else AlertsConfig()
-
-
-def key_alert(t: Transition, state: Any = None, labels: dict[str, str] | None = None) -> Alert | None:
-    """The default alert for one key health change, or None when the change says nothing about the key."""
-    identity = f"key_health:{t.key}"
-    fields = {
-        "health": str(t.new),
-        "transition": f"{t.old} → {t.new}",
-        "action": "nothing: alert only (no policy acts on this key)",
-    }
-    if state is not None:
-        fields["masked"] = state.masked
-        fields["fingerprint"] = state.fingerprint
-    if t.new in KEY_SEVERITY:
-        reason = t.error_message or t.error_code or (f"HTTP {t.http_status}" if t.http_status else str(t.new))
-        return Alert(
-            identity,
-            KEY_SEVERITY[t.new],
-            True,
-            f"key {t.key} ({t.provider}) is {t.new}",
-            reason,
-            t.at,
-            key=t.key,
-            provider=t.provider,
-            labels=dict(labels or {}),
-            fields=fields,
-        )
-    if t.new.is_up and t.old.blames_key:
-        return Alert(
-            identity,
-            Severity.INFO,
-            False,
-            f"key {t.key} ({t.provider}) works again",
-            f"the key is {t.new} again after being {t.old}",
-            t.at,
-            key=t.key,
-            provider=t.provider,
-            labels=dict(labels or {}),
-            fields={**fields, "action": "nothing"},
-        )
-    return None
 
 
 DRAIN_GRACE = 15.0  # seconds a removed sink may keep sending what was queued for it
@@ -398,12 +351,12 @@ class AlertsReloader:
         self.refused = False
         self._lock = asyncio.Lock()
 
-    async def check(self, daemon: Any) -> bool:
-        """True when a new config was applied. Safe to call often and from several places."""
+    async def check(self, inventory: Any) -> bool:
+        """True when `inventory` (the daemon's current one) brought a new config that was applied. Safe to
+        call often and from several places."""
         from keywatch.redact import REGISTRY
 
         async with self._lock:
-            inventory = daemon.inventory
             if inventory is None or inventory is self.inventory:
                 return False
             self.inventory = inventory
@@ -496,11 +449,24 @@ class AlertsReloader:
         )
 
 
-async def setup(daemon: Any) -> None:
+class AlertsCapability:
+    """The running alert service and what it owns (the HTTP client, the reloader)."""
+
+    def __init__(self, service: AlertService, http: Any, reloader: AlertsReloader) -> None:
+        self.service = service
+        self.http = http
+        self.reloader = reloader
+
+    async def aclose(self) -> None:
+        await self.service.stop()
+        await self.http.aclose()
+
+
+async def setup(rt: Runtime) -> AlertsCapability:
     from keywatch.redact import REGISTRY
     from keywatch.settings import ConfigError
 
-    inventory = daemon.inventory
+    inventory = rt.inventory
     config = alerts_config(inventory.config)
     http = make_http_client()
     try:
@@ -511,46 +477,22 @@ async def setup(daemon: Any) -> None:
     secrets = [v for s in specs for v in s.secrets()]
     REGISTRY.add(secrets)
     sinks = [s.build(http) for s in specs] or [ConsoleSink("log")]
-    metrics = AlertMetrics(daemon.metrics.registry)
-    service = AlertService(config, sinks, AlertDB(daemon.store.session), metrics)
+    metrics = AlertMetrics(rt.registry)
+    service = AlertService(config, sinks, AlertDB(rt.store.session), metrics)
     reloader = AlertsReloader(service, http, inventory, specs, secrets)
-    service_state = {"http": http, "reloader": reloader}
-    daemon.alert_service = service
-    daemon._alert_service_state = service_state
-    daemon.alert_emitter = service.emit
+    rt.alerts.attach(service.emit)
 
     async def notice_reload() -> None:
-        await reloader.check(daemon)
+        await reloader.check(rt.inventory)
 
     # The ticker notices a reload within a second, whatever the probe interval; the cycle hook makes sure
     # a cycle's alerts are routed under the config it probed with.
     service.on_tick = notice_reload
-    daemon.background.extend(await service.start())
+    rt.spawn(await service.start())
 
-    async def key_alerts(d: Any, report: Any) -> None:
-        await reloader.check(d)
-        if not service.config.default_key_alerts or getattr(d, "policy_owns_key_alerts", False):
-            return  # the policy engine raises key alerts itself, with its own thresholds
-        snapshot = d.tracker.snapshot()
-        labels = {k.name: k.labels for k in d.inventory.keys}
-        for t in report.transitions:
-            alert = key_alert(t, snapshot.get(t.key), labels.get(t.key))
-            if alert is not None:
-                await d.emit_alert(alert)
+    async def follow_reload(report: CycleReport) -> None:
+        await reloader.check(report.inventory)
 
-    daemon.cycle_hooks.append(key_alerts)
-    log.info(
-        "alerts_ready",
-        sinks=[f"{s.name} ({s.type}: {s.describe()})" for s in sinks],
-        default_key_alerts=config.default_key_alerts,
-    )
-
-
-async def teardown(daemon: Any) -> None:
-    service: AlertService | None = getattr(daemon, "alert_service", None)
-    if service is None:
-        return
-    await service.stop()
-    state = getattr(daemon, "_alert_service_state", {})
-    if state.get("http") is not None:
-        await state["http"].aclose()
+    rt.on_cycle("alerts", follow_reload)
+    log.info("alerts_ready", sinks=[f"{s.name} ({s.type}: {s.describe()})" for s in sinks])
+    return AlertsCapability(service, http, reloader)

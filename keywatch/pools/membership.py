@@ -6,12 +6,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
-from keywatch.domain import AdminState, Health, KeyState
+from keywatch.domain import AdminState, Health, KeyState, Signal
 from keywatch.pools.config import PoolConfig
 from keywatch.providers.base import ManagedKey
 from keywatch.settings.secrets import Secret
 
-BLOCKING_SIGNALS = frozenset({"budget_exhausted", "compromised"})
+BLOCKING_SIGNALS = frozenset(str(s) for s in Signal)
 
 
 @dataclass(frozen=True)

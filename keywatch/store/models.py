@@ -101,3 +101,17 @@ class EventRow(Base):
     actor: Mapped[str] = mapped_column(String(128))
     message: Mapped[str] = mapped_column(Text)
     data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class ProviderOutageRow(Base):
+    """One provider outage, open while `ended_at` is null."""
+
+    __tablename__ = "provider_outages"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    provider: Mapped[str] = mapped_column(String(32), index=True)
+    scope: Mapped[str] = mapped_column(String(300))
+    started_at: Mapped[datetime]
+    ended_at: Mapped[datetime | None]
+    failed: Mapped[int] = mapped_column(Integer)
+    total: Mapped[int] = mapped_column(Integer)

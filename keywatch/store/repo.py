@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -16,8 +15,8 @@ from sqlalchemy import Engine, create_engine, event, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
-from keywatch.domain import AdminState, Event, Health, KeyState, RateLimit, Transition
-from keywatch.store.models import EventRow, KeyStateRow, ProbeRollupRow, TransitionRow
+from keywatch.domain import AdminInfo, AdminState, Event, Health, KeyState, RateLimit, Rollup, Transition
+from keywatch.store.models import EventRow, KeyStateRow, ProbeRollupRow, ProviderOutageRow, TransitionRow
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -52,16 +51,6 @@ def describe_url(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
         return "<unparseable database URL>"
-
-
-@dataclass(frozen=True)
-class Rollup:
-    key: str
-    hour: datetime
-    health: str
-    count: int
-    latency_sum_ms: float
-    latency_max_ms: float
 
 
 class Store:
@@ -158,6 +147,42 @@ class Store:
                 .where(KeyStateRow.key == key)
                 .values(admin_state=str(state), admin_actor=actor, admin_reason=reason, admin_changed_at=at)
             )
+
+    def admin_decisions(self) -> dict[str, AdminInfo]:
+        """Every key's admin decision as stored: the daemon re-reads it each cycle, so `keywatch disable`
+        works while the daemon runs."""
+        cols = (KeyStateRow.key, KeyStateRow.admin_state, KeyStateRow.admin_actor, KeyStateRow.admin_reason,
+                KeyStateRow.admin_changed_at)
+        with self.session() as s:
+            return {
+                k: AdminInfo(AdminState(state), actor, reason, changed)
+                for k, state, actor, reason, changed in s.execute(select(*cols))
+            }
+
+    def write_admin(self, state: KeyState, actor: str, reason: str, at: datetime) -> None:
+        """Set the admin decision, creating the key's row first if the daemon never stored it."""
+        self.save_cycle([state], [], [])
+        self.set_admin_state(state.key, state.admin_state, actor, reason[:2000], at)
+
+    # -- provider outages: one survives a restart instead of being announced twice --------------------
+    def open_outages(self) -> dict[str, tuple[datetime, str, int, int]]:
+        """provider -> (started_at, scope, failed, total) of every outage not ended."""
+        with self.session() as s:
+            rows = s.scalars(select(ProviderOutageRow).where(ProviderOutageRow.ended_at.is_(None)))
+            return {r.provider: (r.started_at, r.scope, r.failed, r.total) for r in rows}
+
+    def save_outages(self, started: Iterable[tuple[str, str, int, int]], ended: Iterable[str], now: datetime) -> None:
+        """Open an outage for each (provider, scope, failed, total) in `started`; end those of `ended`."""
+        with self.session.begin() as s:
+            for provider, scope, failed, total in started:
+                s.add(ProviderOutageRow(provider=provider, scope=scope, started_at=now, ended_at=None,
+                                        failed=failed, total=total))
+            for provider in ended:
+                s.execute(
+                    update(ProviderOutageRow)
+                    .where(ProviderOutageRow.provider == provider, ProviderOutageRow.ended_at.is_(None))
+                    .values(ended_at=now)
+                )
 
     def admin_info(self, key: str) -> dict[str, Any] | None:
         with self.session() as s:

@@ -1,8 +1,8 @@
-"""The usage capability inside the daemon (listed in keywatch.extensions.DAEMON_EXTENSIONS).
+"""The usage capability inside the daemon (listed in keywatch.extensions.DAEMON_CAPABILITIES).
 
 A scheduler job (`usage`, default hourly) pulls every source, stores the figures (a re-pulled window
 replaces, never adds), then evaluates the budgets: thresholds announced once per period, `budget_exhausted`
-in daemon.signals for the keys of a spent budget, a forecast warning when the burn rate runs a budget out
+on the runtime's signal board for the keys of a spent budget, a forecast warning when the burn rate runs a budget out
 before its period ends. A source that fails keeps its last figures and is marked stale; nothing is zeroed.
 """
 
@@ -16,7 +16,8 @@ from typing import Any
 
 import structlog
 
-from keywatch.domain import Alert, Event, Severity
+from keywatch.domain import Alert, Event, Severity, Signal
+from keywatch.runtime import Runtime
 from keywatch.usage import budgets as bmod
 from keywatch.usage.collectors import anthropic as c_anthropic
 from keywatch.usage.collectors import aws as c_aws
@@ -82,8 +83,8 @@ def sources(inventory: Any, settings: UsageSettings) -> list[Source]:
 
 
 class UsageService:
-    def __init__(self, daemon: Any, store: UsageStore) -> None:
-        self.daemon = daemon
+    def __init__(self, rt: Runtime, store: UsageStore) -> None:
+        self.rt = rt
         self.store = store
         self.snapshot = UsageSnapshot()
         self.key_ids: dict[str, dict[str, str]] = {}
@@ -99,9 +100,9 @@ class UsageService:
 
     # -- plumbing ---------------------------------------------------------------------------------------
     def _clients(self) -> tuple[Any, Any]:
-        from keywatch.engine.prober import AdapterSet, make_http_client
+        from keywatch.providers.clients import AdapterSet, make_http_client
 
-        inventory = self.daemon.inventory
+        inventory = self.rt.inventory
         settings = settings_of(inventory.config)
         if self._for_inventory is not inventory:
             old = (self._adapters, self._http)
@@ -113,17 +114,17 @@ class UsageService:
                 self._closing = asyncio.ensure_future(_close(*old))
         return self._http, self._adapters
 
-    async def aclose(self) -> None:
+    async def close_clients(self) -> None:
         await _close(self._adapters, self._http)
         self._adapters = self._http = None
 
     def ensure_job(self) -> None:
-        scheduler = self.daemon.scheduler
-        if scheduler is None or self.daemon.inventory is None:
+        scheduler = self.rt.scheduler
+        if scheduler is None:
             return
         from apscheduler.triggers.interval import IntervalTrigger
 
-        settings = settings_of(self.daemon.inventory.config)
+        settings = settings_of(self.rt.inventory.config)
         if not settings.enabled:
             if scheduler.get_job(JOB_ID) is not None:
                 scheduler.remove_job(JOB_ID)
@@ -136,7 +137,7 @@ class UsageService:
             scheduler.reschedule_job(JOB_ID, trigger=trigger)
         self._interval = settings.interval
 
-    async def on_cycle(self, daemon: Any, report: Any) -> None:
+    async def on_cycle(self, report: Any) -> None:
         self.ensure_job()
 
     async def scheduled(self) -> None:
@@ -155,7 +156,7 @@ class UsageService:
 
     async def pull_all(self, now: datetime | None = None) -> dict[str, PullResult]:
         now = now or datetime.now(UTC)
-        inventory = self.daemon.inventory
+        inventory = self.rt.inventory
         settings = settings_of(inventory.config)
         http, adapters = self._clients()
         try:
@@ -216,7 +217,7 @@ class UsageService:
     async def evaluate(self, now: datetime | None = None) -> list[bmod.BudgetStatus]:
         """Figures and budgets from the database; alerts, signals and the snapshot from them."""
         now = now or datetime.now(UTC)
-        inventory = self.daemon.inventory
+        inventory = self.rt.inventory
         settings = settings_of(inventory.config)
         budgets = budgets_of(inventory.config)
         totals = {k: v for per in self.provider_totals.values() for k, v in per.items()}
@@ -331,7 +332,7 @@ class UsageService:
                         "period": b.period, "period_start": st.period_start.isoformat()},
             ))
             self.firing[b.name] = st.period_start
-            self.daemon.record(Event(now, "budget_threshold", None, "keywatch", title,
+            self.rt.events.record(Event(now, "budget_threshold", None, "keywatch", title,
                                      {"budget": b.name, "threshold": threshold, "ratio": str(st.ratio),
                                       "period_start": st.period_start.isoformat()}))
         if forecast_due and st.exhaustion_at is not None:
@@ -345,7 +346,7 @@ class UsageService:
                 fields={"budget": b.name, "exhaustion_at": st.exhaustion_at.isoformat(), "period": b.period},
             ))
             self.firing[b.name] = st.period_start
-            self.daemon.record(Event(now, "budget_forecast", None, "keywatch", title,
+            self.rt.events.record(Event(now, "budget_forecast", None, "keywatch", title,
                                      {"budget": b.name, "exhaustion_at": st.exhaustion_at.isoformat()}))
 
     async def _resolve(self, b: BudgetConfig, st: bmod.BudgetStatus, now: datetime) -> None:
@@ -366,16 +367,17 @@ class UsageService:
         return ", ".join(parts)
 
     async def _emit(self, alert: Alert) -> None:
-        await self.daemon.emit_alert(alert)
+        await self.rt.emit_alert(alert)
 
     def _signals(self, statuses: list[bmod.BudgetStatus]) -> None:
-        signals: dict[str, set[str]] = self.daemon.signals
-        now_flagged = {k for st in statuses if st.exhausted for k in st.keys}
-        for k in self.flagged - now_flagged:
-            signals.get(k, set()).discard(SIGNAL)
-        for k in now_flagged:
-            signals.setdefault(k, set()).add(SIGNAL)
-        self.flagged = now_flagged
+        self.flagged = {k for st in statuses if st.exhausted for k in st.keys}
+        self.rt.board.set(Signal.BUDGET_EXHAUSTED, self.flagged)
+
+    async def aclose(self) -> None:
+        scheduler = self.rt.scheduler
+        if scheduler is not None and scheduler.get_job(JOB_ID) is not None:
+            scheduler.remove_job(JOB_ID)
+        await self.close_clients()
 
 
 async def _close(adapters: Any, http: Any) -> None:
@@ -388,30 +390,20 @@ async def _close(adapters: Any, http: Any) -> None:
         log.warning("usage_client_close_failed", error=type(exc).__name__)
 
 
-# -- daemon extension ---------------------------------------------------------------------------------------
-async def setup(daemon: Any) -> None:
-    if not hasattr(daemon, "signals"):
-        daemon.signals = {}
-    config = daemon.inventory.config
+# -- the capability ------------------------------------------------------------------------------------------
+async def setup(rt: Runtime) -> UsageService:
+    config = rt.inventory.config
     # Budgets naming unknown keys or accounts are refused when the config is loaded (settings schema).
-    service = UsageService(daemon, UsageStore(daemon.store.engine))
-    daemon.usage = service
+    service = UsageService(rt, UsageStore(rt.store.engine))
     try:
         views = await asyncio.to_thread(service.store.sources)
         service.snapshot.sources = {n: SourceView(s.provider, s.last_success_at, s.stale) for n, s in views.items()}
     except Exception as exc:
         log.warning("usage_database_unavailable", error=type(exc).__name__)
-    daemon.metrics.registry.register(UsageCollector(lambda: service.snapshot))
-    daemon.cycle_hooks.append(service.on_cycle)
-    # The scheduler is created after the extensions: the job is added by the first cycle's hook.
+    rt.registry.register(UsageCollector(lambda: service.snapshot))
+    rt.on_cycle("usage", service.on_cycle)
+    # The scheduler is created after the capabilities: the job is added by the first cycle's hook.
     service.ensure_job()
-    log.info("usage_ready", sources=[s.name for s in sources(daemon.inventory, settings_of(config))],
+    log.info("usage_ready", sources=[s.name for s in sources(rt.inventory, settings_of(config))],
              budgets=[b.name for b in budgets_of(config)])
-
-
-async def teardown(daemon: Any) -> None:
-    service: UsageService | None = getattr(daemon, "usage", None)
-    if service is not None:
-        if daemon.scheduler is not None and daemon.scheduler.get_job(JOB_ID) is not None:
-            daemon.scheduler.remove_job(JOB_ID)
-        await service.aclose()
+    return service

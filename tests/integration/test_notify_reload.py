@@ -64,7 +64,7 @@ class Harness:
 
     @property
     def db(self) -> AlertDB:
-        return self.daemon.alert_service.db
+        return self.daemon.capabilities["alerts"].service.db
 
     def rows(self, status: str | None = None) -> list[Any]:
         return self.db.messages(status=status)
@@ -105,7 +105,8 @@ async def test_a_new_webhook_url_gets_the_next_alert_and_unbreaks_the_sink(harne
     try:
         await start(harness, webhook("hook", harness.secret_file("hook_url", old.url("/old"))))
         await harness.daemon.emit_alert(alert(1))
-        await wait_until(lambda: harness.daemon.alert_service.senders["hook"].broken, "the 410 to break the sink")
+        service = harness.daemon.capabilities["alerts"].service
+        await wait_until(lambda: service.senders["hook"].broken, "the 410 to break the sink")
 
         harness.secret_file("hook_url", new.url("/new"))  # same reference, new content: what an operator edits
         await harness.reload()
@@ -168,7 +169,7 @@ async def test_an_unresolvable_sink_secret_keeps_the_running_sinks_and_says_whic
         await other.stop()
     refused = [e for e in logs if e["event"] == "alerts_reload_refused"]
     assert len(refused) == 1 and refused[0]["problem"].startswith("alerts.sinks[1].url: sink 'other'")
-    assert harness.daemon.inventory is not None and harness.daemon.alert_service.config.routes == []
+    assert harness.daemon.inventory is not None and harness.daemon.capabilities["alerts"].service.config.routes == []
     assert "alerts_config_refused" in identities(rx)  # people who only read the alerts hear it too
     assert other.requests == []
 
@@ -200,7 +201,7 @@ async def test_alerts_queued_and_in_flight_for_a_kept_sink_arrive_exactly_once(h
     assert sorted(identities(rx)) == sorted(f"key_health:k{i}" for i in range(6))  # each exactly once
     assert len({r.headers["X-Keywatch-Delivery"] for r in rx.accepted()}) == len(rx.requests) == 6
     assert identities(added) == ["key_health:k5"]  # the new sink gets only what came after the reload
-    assert harness.daemon.alert_service.config.repeat_interval == 7200
+    assert harness.daemon.capabilities["alerts"].service.config.repeat_interval == 7200
 
 
 async def test_a_removed_sink_keeps_its_unsent_alerts_and_says_how_many(harness: Harness) -> None:

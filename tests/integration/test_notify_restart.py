@@ -67,8 +67,9 @@ def test_kill_with_alerts_pending_then_restart_delivers_each_exactly_once(sim, t
             for n in secrets
         ]
         extra = (
-            # Health changes become alerts at once (no policy thresholds): this test is about delivery.
-            '\n[safety]\ndefault_policies = "never"\n'
+            # An invalid key alerts at its first probe (no thresholds): this test is about delivery.
+            '\n[[policies]]\nname = "page-on-invalid"\nwhen = { health = "invalid" }\n'
+            'actions = [{ type = "alert", severity = "critical" }]\n'
             '\n[alerts]\nretry_base = "200ms"\nretry_max = "400ms"\n'
             '[[alerts.sinks]]\nname = "hook"\ntype = "webhook"\nurl = "env:KW_HOOK"\nsecret = "env:KW_HMAC"\n'
         )

@@ -92,7 +92,7 @@ async def start(
     async def capture(alert: Alert) -> None:
         h.alerts.append(alert)
 
-    daemon.alert_emitter = capture
+    daemon.runtime.alerts.attach(capture)
     return h
 
 

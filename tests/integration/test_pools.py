@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from keywatch.domain import AdminState, Health, KeyState, RateLimit
+from keywatch.domain import AdminState, Health, KeyState, RateLimit, Signal
 from keywatch.pools import members
 from keywatch.pools.config import PoolConfig
 from keywatch.pools.publish import write_atomic
@@ -76,10 +76,10 @@ async def test_redis_pool_follows_health_within_one_cycle(tmp_path: Path, redis_
         assert await asyncio.to_thread(cli, "disable", "k3", "--reason", "test", "-c", h.config_path) == 0
         await h.cycles(1)
         assert h.secrets["k3"] not in client.smembers(key)
-        h.daemon.signals["k4"] = {"budget_exhausted"}
+        h.daemon.runtime.board.set(Signal.BUDGET_EXHAUSTED, {"k4"})
         await h.cycles(1)
         assert h.secrets["k4"] not in client.smembers(key)
-        h.daemon.signals.pop("k4")
+        h.daemon.runtime.board.set(Signal.BUDGET_EXHAUSTED, set())
         h.set("k2", "healthy")
         await h.cycles(1)
         assert {h.secrets["k2"], h.secrets["k4"]} <= client.smembers(key)

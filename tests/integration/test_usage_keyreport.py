@@ -58,11 +58,11 @@ async def test_openrouter_daily_spend_is_replaced_each_pull_and_drives_budgets(t
         assert Decimal(report(h, capsys)[("key:router", "USD")]["cost"]) == Decimal("3.21")
         assert h.sample("keywatch_key_spend_usd", {"key": "router", "provider": "openrouter", "period": "day"}) \
             == 3.21
-        assert "budget_exhausted" not in h.daemon.signals.get("router", set())
+        assert "budget_exhausted" not in h.daemon.runtime.board.of("router")
         h.sim.set_key(OR_KEY, "openrouter", usage=4.5, limit=50)
         await h.pull(NOW + timedelta(hours=1))
         assert Decimal(report(h, capsys)[("key:router", "USD")]["cost"]) == Decimal("4.5")  # replaced, not added
-        assert h.daemon.signals["router"] == {"budget_exhausted"}
+        assert h.daemon.runtime.board.of("router") == {"budget_exhausted"}
         assert h.alerts_for("budget:router-daily")[-1].severity == "critical"
     finally:
         await stop(h)

@@ -198,8 +198,8 @@ tokens = 1000
     h = await _start(tmp_path, budgets)
     try:
         await h.pull(NOW)
-        assert "budget_exhausted" in h.daemon.signals.get("search-a", set())
-        assert "budget_exhausted" not in h.daemon.signals.get("ads-b", set())
+        assert "budget_exhausted" in h.daemon.runtime.board.of("search-a")
+        assert "budget_exhausted" not in h.daemon.runtime.board.of("ads-b")
         alerts = h.alerts_for("budget:team-search")
         assert len(alerts) == 1 and alerts[0].firing and alerts[0].severity == "critical"
         assert "$0.63 of $0.60" in alerts[0].title
@@ -210,7 +210,7 @@ tokens = 1000
         assert len(h.alerts_for("budget:team-search")) == 1  # announced once per period
         # a new month: the budget starts again, the key is released and the alert resolved
         await h.pull(datetime(2026, 4, 1, 0, 30, tzinfo=UTC))
-        assert "budget_exhausted" not in h.daemon.signals.get("search-a", set())
+        assert "budget_exhausted" not in h.daemon.runtime.board.of("search-a")
         assert [a.firing for a in h.alerts_for("budget:team-search")] == [True, False]
     finally:
         await stop(h)

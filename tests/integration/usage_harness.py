@@ -29,7 +29,7 @@ class UsageHarness:
         return self.sim.url or ""
 
     async def pull(self, now: datetime) -> Any:
-        return await self.daemon.usage.run(now)
+        return await self.daemon.capabilities["usage"].run(now)
 
     def fixtures(self, provider: str, **fields: Any) -> None:
         set_fixtures(self.sim.state, provider, **fields)
@@ -69,7 +69,7 @@ async def start(tmp: Path, body: str, sim: Simulator | None = None) -> UsageHarn
     async def capture(alert: Alert) -> None:
         h.alerts.append(alert)
 
-    daemon.alert_emitter = capture
+    daemon.runtime.alerts.attach(capture)
     return h
 
 

@@ -10,6 +10,7 @@ from freezegun import freeze_time
 
 from keywatch.domain import AdminState, Health, KeyState, ProbeResult, Severity
 from keywatch.engine.outage import OutageTracker, detect
+from keywatch.engine.plan import CycleInputs, plan_cycle
 from keywatch.engine.policy import (
     AlertBook,
     AlertWish,
@@ -21,7 +22,6 @@ from keywatch.engine.policy import (
     disable_limit,
     effective_policies,
     needed,
-    pool_holds,
 )
 from keywatch.engine.policy_config import OutageSettings, PolicyConfig, SafetySettings
 from keywatch.settings import ConfigError
@@ -76,7 +76,7 @@ def kinds(views: dict[str, KeyView], policies: list[PolicyConfig] | None = None)
         (st("rate_limited", 100, since_min=31), {}, {("k", "alert")}),
         (st("provider_error", 50), {}, set()),  # never blames the key
         (st("unreachable", 50), {}, set()),
-        (st("forbidden", 50), {}, set()),  # not in the defaults: a person decides
+        (st("forbidden", 50), {}, {("k", "alert"), ("k", "pool_remove")}),  # out of pools, a person decides
         (
             st("healthy", 3, admin_state=AdminState.DISABLED),
             {"admin_actor": "default-disable-invalid"},
@@ -297,7 +297,8 @@ def test_dry_run_decisions_pass_the_limits_and_count_nothing() -> None:
         max_disabled_percent=10,
     )
     assert blocked == [] and all(d.dry_run for d in ok)
-    assert pool_holds(decisions).removed == {}
+    plan = plan_cycle(CycleInputs([], SafetySettings(dry_run=True), views, 10, NOW))
+    assert plan.holds.removed == {} and plan.alerts == [] and {d.dry_run for d in plan.run} == {True}
 
 
 def wish(sev: Severity = Severity.CRITICAL, identity: str = "key_health:k") -> AlertWish:

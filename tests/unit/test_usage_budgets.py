@@ -10,9 +10,12 @@ from typing import Any
 
 import pytest
 from freezegun import freeze_time
+from prometheus_client import CollectorRegistry
 
 from keywatch.domain import Alert
+from keywatch.runtime import EventLog, Runtime
 from keywatch.settings.loader import build_inventory, parse
+from keywatch.state import StateTracker
 from keywatch.store.repo import Store
 from keywatch.usage.budgets import covered_keys, crossed, period_bounds
 from keywatch.usage.config import BudgetConfig, UsageSettings
@@ -124,19 +127,21 @@ tokens = 1000
 """
 
 
-class FakeDaemon:
-    def __init__(self, inventory: Any) -> None:
-        self.inventory = inventory
-        self.signals: dict[str, set[str]] = {}
-        self.alerts: list[Alert] = []
-        self.events: list[Any] = []
-        self.scheduler = None
+def runtime(inventory: Any) -> tuple[Runtime, list[Alert]]:
+    """The runtime a capability gets, with nothing behind it but this inventory; alerts are captured."""
+    alerts: list[Alert] = []
 
-    async def emit_alert(self, alert: Alert) -> None:
-        self.alerts.append(alert)
+    async def capture(alert: Alert) -> None:
+        alerts.append(alert)
 
-    def record(self, event: Any) -> None:
-        self.events.append(event)
+    def no_adapter(provider: str) -> Any:
+        raise AssertionError("no adapter in this test")
+
+    rt = Runtime(tracker=StateTracker(), registry=CollectorRegistry(), current_store=lambda: None,
+                 current_inventory=lambda: inventory, adapter=no_adapter, current_scheduler=lambda: None,
+                 events=EventLog(lambda: None))
+    rt.alerts.attach(capture)
+    return rt, alerts
 
 
 @pytest.fixture
@@ -146,7 +151,10 @@ def service(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> UsageService:
     inventory = build_inventory(config, "test.toml")
     store = Store(config.daemon.database)
     store.upgrade()
-    return UsageService(FakeDaemon(inventory), UsageStore(store.engine))
+    rt, alerts = runtime(inventory)
+    service = UsageService(rt, UsageStore(store.engine))
+    service.alerts = alerts  # type: ignore[attr-defined]
+    return service
 
 
 def spend(key: str, at: datetime, usd: str | None = None, tokens: int = 0) -> UsageRow:
@@ -155,7 +163,7 @@ def spend(key: str, at: datetime, usd: str | None = None, tokens: int = 0) -> Us
 
 
 async def test_thresholds_announced_once_per_week_and_again_next_week(service: UsageService) -> None:
-    daemon = service.daemon
+    daemon = service
     service.store.write_rows([spend("search-1", utc(2026, 3, 16, 9), "30"), spend("ads-1", utc(2026, 3, 16, 9),
                                                                                   "99")])
     with freeze_time("2026-03-16 10:00:00"):  # Monday
@@ -175,12 +183,12 @@ async def test_thresholds_announced_once_per_week_and_again_next_week(service: U
         await service.evaluate()
     spent = [a for a in daemon.alerts if a.identity == "budget:search-weekly"][-1]
     assert spent.severity == "critical" and spent.firing
-    assert daemon.signals["search-1"] == {"budget_exhausted"}
-    assert "budget_exhausted" not in daemon.signals.get("ads-1", set())
+    assert service.rt.board.of("search-1") == {"budget_exhausted"}
+    assert "budget_exhausted" not in service.rt.board.of("ads-1")
     before = len(daemon.alerts)
     with freeze_time("2026-03-23 00:00:01"):  # Monday: a new week
         await service.evaluate()
-    assert daemon.signals["search-1"] == set()
+    assert service.rt.board.of("search-1") == set()
     resolved = [a.identity for a in daemon.alerts[before:] if not a.firing]
     assert "budget:search-weekly" in resolved
     service.store.write_rows([spend("search-1", utc(2026, 3, 23, 5), "51")])
@@ -194,21 +202,23 @@ async def test_marks_survive_a_restart_so_nothing_is_announced_twice(service: Us
     service.store.write_rows([spend("search-1", utc(2026, 3, 18, 9), "81")])
     with freeze_time("2026-03-18 10:00:00"):
         await service.evaluate()
-    assert len(service.daemon.alerts) >= 1
-    again = UsageService(FakeDaemon(service.daemon.inventory), service.store)
+    assert len(service.alerts) >= 1
+    rt, alerts = runtime(service.rt.inventory)
+    again = UsageService(rt, service.store)
+    again.alerts = alerts  # type: ignore[attr-defined]
     with freeze_time("2026-03-18 11:00:00"):
         await again.evaluate()
-    assert [a for a in again.daemon.alerts if a.identity == "budget:search-weekly"] == []
+    assert [a for a in again.alerts if a.identity == "budget:search-weekly"] == []
 
 
 async def test_daily_token_budget_resets_at_utc_midnight(service: UsageService) -> None:
     service.store.write_rows([spend("ads-1", utc(2026, 3, 18, 23), tokens=1000)])
     with freeze_time("2026-03-18 23:59:00"):
         await service.evaluate()
-    assert service.daemon.signals["ads-1"] == {"budget_exhausted"}
+    assert service.rt.board.of("ads-1") == {"budget_exhausted"}
     with freeze_time("2026-03-19 00:00:00"):
         statuses = await service.evaluate()
-    assert service.daemon.signals["ads-1"] == set()
+    assert service.rt.board.of("ads-1") == set()
     assert {s.name: s.ratio for s in statuses}["ads-daily"] == 0
 
 
@@ -223,7 +233,7 @@ async def test_forecast_warns_when_the_budget_runs_out_before_the_period_ends(se
     assert st.used.usd == Decimal(12)
     assert st.exhaustion_at is not None
     assert abs((st.exhaustion_at - utc(2026, 3, 18, 2)).total_seconds()) <= 0.05 * 44 * 3600
-    warned = [a for a in service.daemon.alerts if a.identity == "budget_forecast:search-weekly"]
+    warned = [a for a in service.alerts if a.identity == "budget_forecast:search-weekly"]
     assert len(warned) == 1 and warned[0].title.startswith("At this rate budget search-weekly runs out in")
 
 
@@ -232,12 +242,12 @@ async def test_no_forecast_for_a_budget_that_does_not_burn(service: UsageService
     with freeze_time("2026-03-18 12:00:00"):  # nothing spent in the last 24 h
         statuses = await service.evaluate()
     assert {s.name: s for s in statuses}["search-weekly"].exhaustion_at is None
-    assert [a for a in service.daemon.alerts if a.identity.startswith("budget_forecast:")] == []
+    assert [a for a in service.alerts if a.identity.startswith("budget_forecast:")] == []
 
 
 def test_label_budget_covers_the_labelled_keys_only(service: UsageService) -> None:
     b = BudgetConfig(name="b", labels={"team": "search"}, usd="1")
-    assert covered_keys(b, service.daemon.inventory.keys) == ["search-1"]
+    assert covered_keys(b, service.rt.inventory.keys) == ["search-1"]
 
 
 def test_usage_settings_refuse_a_lookback_shorter_than_an_hour() -> None:

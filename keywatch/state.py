@@ -9,9 +9,8 @@ import threading
 from dataclasses import replace
 from datetime import datetime
 
-from keywatch.domain import Health, KeyState, ProbeResult, Transition
+from keywatch.domain import Health, KeyState, ProbeResult, Rollup, Transition
 from keywatch.providers.base import ManagedKey
-from keywatch.store.repo import Rollup
 
 
 class StateTracker:

@@ -1,0 +1,194 @@
+"""The contract between the daemon and its capabilities (alerts, policies, usage).
+
+The daemon builds one `Runtime` and hands it to each capability's `setup()`. A capability reads what it
+needs from it and registers what it adds (cycle hooks, transition listeners, background tasks, an alert
+sink); it never reads or sets attributes on the daemon. What one capability tells another goes through a
+typed board: `SignalBoard` for facts about keys and providers, `AlertBus` for alerts, `EventLog` for the
+audit trail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+import structlog
+
+from keywatch.domain import Alert, Event, ProbeResult, Signal, Transition
+
+if TYPE_CHECKING:
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+    from prometheus_client import CollectorRegistry
+
+    from keywatch.providers.base import ProviderAdapter
+    from keywatch.settings.loader import Inventory
+    from keywatch.state import StateTracker
+    from keywatch.store.repo import Store
+
+log = structlog.get_logger("keywatch.runtime")
+
+
+@dataclass
+class CycleReport:
+    """What one probe cycle saw; handed to every cycle hook."""
+
+    started_at: datetime
+    results: list[ProbeResult]
+    transitions: list[Transition]
+    inventory: Inventory
+    duration_s: float = 0.0
+
+
+CycleHook = Callable[["CycleReport"], Awaitable[None]]
+TransitionListener = Callable[[Transition], None]
+AlertSink = Callable[[Alert], Awaitable[None]]
+
+
+class SignalBoard:
+    """Facts one capability raises about keys for another to read: budgets raise `budget_exhausted`,
+    leak intake and provider probes `compromised`; the policy engine reads them, the pools honour them.
+    Providers in outage are on the board too, so nothing acts on a provider that is down."""
+
+    def __init__(self) -> None:
+        self._keys: dict[Signal, frozenset[str]] = {}
+        self._outages: dict[str, datetime] = {}
+
+    def set(self, signal: Signal, keys: Iterable[str]) -> None:
+        """The keys carrying `signal` now (replaces the previous set: the raiser owns the whole set)."""
+        self._keys[signal] = frozenset(keys)
+
+    def keys_with(self, signal: Signal) -> frozenset[str]:
+        return self._keys.get(signal, frozenset())
+
+    def of(self, key: str) -> frozenset[str]:
+        """The signal names `key` carries (as policies' `signals` conditions name them)."""
+        return frozenset(str(s) for s, keys in self._keys.items() if key in keys)
+
+    def as_map(self) -> dict[str, frozenset[str]]:
+        out: dict[str, set[str]] = {}
+        for s, keys in self._keys.items():
+            for k in keys:
+                out.setdefault(k, set()).add(str(s))
+        return {k: frozenset(v) for k, v in out.items()}
+
+    def set_outages(self, ongoing: Mapping[str, datetime]) -> None:
+        self._outages = dict(ongoing)
+
+    @property
+    def outages(self) -> Mapping[str, datetime]:
+        """Provider -> since when it is in outage."""
+        return self._outages
+
+
+async def log_alert(alert: Alert) -> None:
+    """Where alerts go while no alert pipeline is attached: the log."""
+    (log.warning if alert.firing else log.info)(
+        "alert", identity=alert.identity, severity=str(alert.severity), firing=alert.firing, title=alert.title,
+        summary=alert.summary, key=alert.key, provider=alert.provider,
+    )
+
+
+class AlertBus:
+    """Every capability raises and resolves alerts here; the alert pipeline attaches itself as the sink."""
+
+    def __init__(self) -> None:
+        self._sink: AlertSink = log_alert
+
+    def attach(self, sink: AlertSink) -> None:
+        self._sink = sink
+
+    async def emit(self, alert: Alert) -> None:
+        """Never raises: a sink outage must not stop detection."""
+        try:
+            await self._sink(alert)
+        except Exception:
+            log.exception("alert_emit_failed", identity=alert.identity)
+
+
+class EventLog:
+    """The audit trail's way in. `record` queues (written with the cycle's batch); `write` writes through
+    at once (an action's "started" line must exist if the process dies) and queues when it cannot."""
+
+    def __init__(self, store: Callable[[], Store | None]) -> None:
+        self._store = store
+        self.pending: list[Event] = []
+
+    def record(self, event: Event) -> None:
+        self.pending.append(event)
+
+    async def write(self, event: Event) -> None:
+        store = self._store()
+        if store is None:
+            self.pending.append(event)
+            return
+        try:
+            await asyncio.to_thread(store.record_events, [event])
+        except Exception:
+            self.pending.append(event)
+
+    def take(self) -> list[Event]:
+        out, self.pending = self.pending, []
+        return out
+
+    def put_back(self, events: list[Event]) -> None:
+        self.pending = events + self.pending
+
+
+class AdapterLookup(Protocol):
+    def __call__(self, provider: str) -> ProviderAdapter: ...
+
+
+@dataclass
+class Runtime:
+    """What a capability may use. The daemon owns the parts that change over its life (the inventory after
+    a reload, the adapters built for it, the scheduler once started) and gives the runtime a way to read
+    the current one."""
+
+    tracker: StateTracker
+    registry: CollectorRegistry
+    current_store: Callable[[], Store]
+    current_inventory: Callable[[], Inventory]
+    adapter: AdapterLookup
+    current_scheduler: Callable[[], AsyncIOScheduler | None]
+    events: EventLog
+    board: SignalBoard = field(default_factory=SignalBoard)
+    alerts: AlertBus = field(default_factory=AlertBus)
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    cycle_hooks: list[tuple[str, CycleHook]] = field(default_factory=list)
+    transition_listeners: list[TransitionListener] = field(default_factory=list)
+    background: list[asyncio.Task[Any]] = field(default_factory=list)
+
+    @property
+    def store(self) -> Store:
+        return self.current_store()
+
+    @property
+    def inventory(self) -> Inventory:
+        return self.current_inventory()
+
+    @property
+    def scheduler(self) -> AsyncIOScheduler | None:
+        return self.current_scheduler()
+
+    def on_cycle(self, name: str, hook: CycleHook) -> None:
+        """Run `hook` after every probe cycle, in the order capabilities registered (see extensions.py)."""
+        self.cycle_hooks.append((name, hook))
+
+    def on_transition(self, listener: TransitionListener) -> None:
+        self.transition_listeners.append(listener)
+
+    def spawn(self, tasks: Iterable[asyncio.Task[Any]]) -> None:
+        """Background tasks the daemon cancels at shutdown."""
+        self.background.extend(tasks)
+
+    async def emit_alert(self, alert: Alert) -> None:
+        await self.alerts.emit(alert)
+
+
+class Capability(Protocol):
+    """What `setup(runtime)` returns: the handle the daemon closes at shutdown, in reverse start order."""
+
+    async def aclose(self) -> None: ...
