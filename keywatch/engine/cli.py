@@ -264,7 +264,14 @@ def plan(config: Any, store: Any, now: datetime) -> list[dict[str, str]]:
 
     from keywatch.domain import ProbeResult
     from keywatch.engine.outage import detect
-    from keywatch.engine.plan import CycleInputs, key_views, ledger_from_events, plan_cycle, plan_rows
+    from keywatch.engine.plan import (
+        CycleInputs,
+        key_views,
+        ledger_from_events,
+        plan_cycle,
+        plan_rows,
+        streaks_from_events,
+    )
     from keywatch.engine.service import base_urls
     from keywatch.providers.base import ManagedKey
 
@@ -285,7 +292,9 @@ def plan(config: Any, store: Any, now: datetime) -> list[dict[str, str]]:
         ongoing = {}
     suspended = frozenset(k for f in found.values() for k in f.keys)
     views = key_views(names, states, admin, suspended=suspended)
-    ledger = ledger_from_events(store.events(None, now - timedelta(hours=1), 10000))
-    cycle = plan_cycle(CycleInputs(list(config.policies), config.safety, views, len(names), now, ledger))
+    recent = store.events(None, now - timedelta(days=7), 10000)
+    ledger = ledger_from_events(e for e in recent if e.at >= now - timedelta(hours=1))
+    streaks = streaks_from_events(recent, states)
+    cycle = plan_cycle(CycleInputs(list(config.policies), config.safety, views, len(names), now, ledger, streaks))
     outages = [(p, "ongoing" if p in ongoing else "new", f.describe()) for p, f in sorted(found.items())]
     return plan_rows(cycle, outages)

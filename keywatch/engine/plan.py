@@ -230,3 +230,18 @@ def plan_rows(plan: CyclePlan, outages: Iterable[tuple[str, str, str]] = ()) -> 
     for d in plan.decisions:
         rows.append({"policy": d.policy, "key": d.key, "action": d.kind, "would": plan.status(d), "reason": d.reason})
     return rows
+
+
+def streaks_from_events(events: Iterable[Any], states: Mapping[str, KeyState]) -> frozenset[Tag]:
+    """The daemon's `streaks` as the audit trail shows them, for `policy test`: a (policy, key, action)
+    recorded since the key's health last changed is still in its streak (a hook that ran, a dry run
+    recorded, a block announced), so the preview does not claim it happens again."""
+    out = set()
+    for e in events:
+        kind = e.data.get("action")
+        st = states.get(e.key) if e.key else None
+        if kind is None or st is None or e.kind not in ("action_done", "action_blocked"):
+            continue
+        if st.health_since is None or e.at >= st.health_since:
+            out.add((e.actor, e.key, kind))
+    return frozenset(out)
