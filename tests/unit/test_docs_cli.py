@@ -7,6 +7,8 @@ defined, so new commands or options added by extensions fail here until the page
 from __future__ import annotations
 
 import argparse
+import importlib
+import pkgutil
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,13 +23,22 @@ BUILDERS = ("build_parser", "make_parser", "get_parser", "parser")
 COMMON = "Common options"
 
 
+def _modules() -> list:
+    """keywatch.cli first; if it is a package, its submodules after it."""
+    found = [keywatch.cli]
+    for info in pkgutil.iter_modules(getattr(keywatch.cli, "__path__", [])):
+        found.append(importlib.import_module(f"keywatch.cli.{info.name}"))
+    return found
+
+
 def keywatch_parser() -> argparse.ArgumentParser:
-    for name in BUILDERS:
-        builder = getattr(keywatch.cli, name, None)
-        if callable(builder):
-            parser = builder()
-            if isinstance(parser, argparse.ArgumentParser):
-                return parser
+    for module in _modules():
+        for name in BUILDERS:
+            builder = getattr(module, name, None)
+            if callable(builder):
+                parser = builder()
+                if isinstance(parser, argparse.ArgumentParser):
+                    return parser
     pytest.fail(f"keywatch.cli has none of {BUILDERS} returning an argparse.ArgumentParser")
 
 
