@@ -19,9 +19,8 @@ RULES = ROOT / "config" / "prometheus" / "keywatch-rules.yml"
 RULE_TESTS = ROOT / "config" / "prometheus" / "keywatch-rules.test.yml"
 PROM_EXAMPLE = ROOT / "config" / "prometheus" / "prometheus.example.yml"
 DASHBOARD = ROOT / "config" / "grafana" / "keywatch-dashboard.json"
+GUIDE = ROOT / "docs" / "operations.md"
 GUIDE_HEADING = "## Install as a systemd service"
-# Until the lead merges the fragment into README.md, the guide lives here.
-GUIDE_FRAGMENT = Path("/tmp/readme-parts/install.md")
 EXEC_START = "/opt/keywatch/bin/keywatch run -c /etc/keywatch/keywatch.toml"
 MAX_EXPOSURE = 2.0
 
@@ -79,16 +78,13 @@ def unit_paths() -> set[str]:
 
 
 def guide_text() -> str:
-    readme = ROOT / "README.md"
-    if readme.exists():
-        text = readme.read_text()
-        if GUIDE_HEADING in text:
-            section = text.split(GUIDE_HEADING, 1)[1]
-            end = re.search(r"^## ", section, flags=re.M)
-            return GUIDE_HEADING + (section[: end.start()] if end else section)
-    if GUIDE_FRAGMENT.exists():
-        return GUIDE_FRAGMENT.read_text()
-    pytest.fail(f"no install guide: README.md has no {GUIDE_HEADING!r} section, {GUIDE_FRAGMENT} is missing")
+    """The install guide: the section of docs/operations.md from its heading to the next `## ` heading."""
+    text = GUIDE.read_text() if GUIDE.exists() else ""
+    if GUIDE_HEADING not in text:
+        pytest.fail(f"no install guide: docs/operations.md has no {GUIDE_HEADING!r} section")
+    section = text.split(GUIDE_HEADING, 1)[1]
+    end = re.search(r"^## ", section, flags=re.M)
+    return GUIDE_HEADING + (section[: end.start()] if end else section)
 
 
 def code_blocks(markdown: str) -> str:
