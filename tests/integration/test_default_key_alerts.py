@@ -56,7 +56,8 @@ def test_healthy_to_forbidden_reaches_slack_webhook_and_alertmanager(sim, alertm
             assert "held out of every pool" in slack_text
             [sent] = hook["alerts"]
             assert sent["severity"] == "warning" and sent["fields"]["health"] == "forbidden"
-            assert sent["fields"]["action"] == "held out of every pool" and sent["fields"]["policy"] == "default-forbidden"
+            assert sent["fields"]["action"] == "held out of every pool"
+            assert sent["fields"]["policy"] == "default-forbidden"
             assert am["labels"]["severity"] == "warning"
             assert am["annotations"]["action"] == "held out of every pool"
             for body in (slack_text, json.dumps(hook), json.dumps(am)):
