@@ -100,9 +100,25 @@ def check(policies: Sequence[PolicyConfig], keys: Iterable[SelectableKey]) -> tu
     return errors, warnings
 
 
-def warnings(policies: Sequence[PolicyConfig], keys: Iterable[SelectableKey]) -> list[str]:
-    """The warnings of check(), for Inventory.warnings."""
-    return check(policies, keys)[1]
+def warnings(policies: Sequence[PolicyConfig], keys: Iterable[SelectableKey], safety: Any = None) -> list[str]:
+    """The warnings of check(), for Inventory.warnings, and one when no policy raises a key alert at all
+    (policies decide every key alert: without one, a dying key is silent)."""
+    from keywatch.engine import actions
+    from keywatch.engine.policy import effective_policies
+
+    out = check(policies, keys)[1]
+    if safety is not None:
+        alerting = [
+            p for p in effective_policies(list(policies), safety)
+            if p.enabled and any(actions.get(a.type).raises_alert for a in p.action_list)
+        ]
+        if not alerting:
+            out.append(
+                "policies: no policy raises a key alert (safety.default_policies = "
+                f"{safety.default_policies!r} and no written policy has an alert action): a key that dies or "
+                'leaks is silent; add an alert action, or set safety.default_policies = "always"'
+            )
+    return out
 
 
 def errors_for_config(policies: Sequence[PolicyConfig], data: dict[str, Any]) -> list[str]:

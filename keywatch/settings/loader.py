@@ -175,7 +175,7 @@ def build_inventory(config: Config, source: str) -> Inventory:
         raise ConfigError(source, problems)
     from keywatch.engine import capabilities
 
-    warnings += capabilities.warnings(config.policies, keys)
+    warnings += capabilities.warnings(config.policies, keys, config.safety)
     # The key list lives once, resolved, in Inventory.keys: at thousands of keys the validated models
     # would double the daemon's memory for nothing.
     settings = config.model_copy(update={"keys": []})

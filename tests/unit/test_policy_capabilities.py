@@ -87,7 +87,7 @@ def test_revoke_for_any_key_checks_every_configured_provider(write, capsys: pyte
 def test_revoke_on_providers_that_can_passes(write) -> None:
     text = KEYS + _policy('{ compromised = true, labels = { team = "web" } }', f"[{REVOKE}]")
     inv = load_inventory(write(text))
-    assert not [w for w in inv.warnings if "policies" in w]
+    assert not [w for w in inv.warnings if "policies[" in w]
 
 
 def test_revoke_naming_a_provider_without_keys_yet_is_still_refused(write) -> None:
@@ -102,7 +102,7 @@ def test_disable_at_provider_on_openai_keys_warns_in_validate_and_check(
         KEYS + _policy('{ health = "invalid", provider = "openai" }', '[{ type = "disable", at_provider = true }]')
     )
     inv = load_inventory(path)
-    [w] = [w for w in inv.warnings if "policies" in w]
+    [w] = [w for w in inv.warnings if "policies[" in w]
     assert w.startswith("policies[0] (p) actions[0] disable:")
     assert "openai has no reversible deactivate: the key leaves pools only" in w
     assert main(["config", "validate", "-c", str(path)]) == 0
@@ -115,7 +115,7 @@ def test_enable_at_provider_on_openai_keys_warns(write) -> None:
         + _policy('{ health = "healthy", keys = "oa-*", disabled_by = "keywatch" }',
                   '[{ type = "enable", at_provider = true }]')
     )
-    [w] = [w for w in load_inventory(path).warnings if "policies" in w]
+    [w] = [w for w in load_inventory(path).warnings if "policies[" in w]
     assert "policies[0] (p) actions[0] enable" in w and "openai has no reversible re-activate" in w
 
 
@@ -123,13 +123,13 @@ def test_disable_at_provider_on_anthropic_keys_neither_warns_nor_errors(write) -
     path = write(
         KEYS + _policy('{ health = "invalid", provider = "anthropic" }', '[{ type = "disable", at_provider = true }]')
     )
-    assert not [w for w in load_inventory(path).warnings if "policies" in w]
+    assert not [w for w in load_inventory(path).warnings if "policies[" in w]
 
 
 def test_disable_without_written_at_provider_degrades_silently(write) -> None:
     """The default means "at the provider where reversible", as the built-in policies use it."""
     path = write(KEYS + _policy('{ health = "invalid" }', '["disable", "enable"]'))
-    assert not [w for w in load_inventory(path).warnings if "policies" in w]
+    assert not [w for w in load_inventory(path).warnings if "policies[" in w]
 
 
 def test_disabled_policies_and_disabled_keys_are_not_checked(write) -> None:
@@ -183,3 +183,12 @@ def test_checking_aws_and_azure_policies_imports_no_cloud_sdk(tmp_path: Path) ->
     ).stdout.splitlines()
     assert "azure_openai has no reversible re-activate" in out[0]
     assert out[1] == "[]"
+
+
+def test_a_config_where_no_policy_alerts_is_warned_about(write) -> None:
+    silent = load_inventory(write(KEYS + '\n[safety]\ndefault_policies = "never"\n'))
+    assert any("no policy raises a key alert" in w for w in silent.warnings)
+    written = _policy('{ health = "invalid" }', '["disable"]')
+    assert any("no policy raises a key alert" in w for w in load_inventory(write(KEYS + written)).warnings)
+    for fine in (KEYS, KEYS + _policy('{ health = "invalid" }', '["disable", "alert"]')):
+        assert not any("no policy raises a key alert" in w for w in load_inventory(write(fine)).warnings)

@@ -37,6 +37,7 @@ class AlertAction(ActionConfig):
 class Alert(Action):
     type = "alert"
     config = AlertAction
+    raises_alert = True
 
     @classmethod
     def describe(cls, config: AlertAction) -> str:

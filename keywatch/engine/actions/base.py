@@ -61,6 +61,8 @@ class Action:
     admin: ClassVar[bool] = False
     # Runs once when its policy starts matching a key, not every cycle it matches (a hook).
     once_per_match: ClassVar[bool] = False
+    # Tells a person about the key (a policy without any such action leaves a dying key silent).
+    raises_alert: ClassVar[bool] = False
 
     @classmethod
     def needed(cls, config: Any, view: KeyView) -> bool:
