@@ -161,7 +161,7 @@ def run_demo(duration: float | None, interval: str = "5s", listen: str = "127.0.
         return aio.run(_drive(daemon, sim, duration, fleet))
 
 
-async def _drive(daemon: Any, sim: Any, duration: float | None, fleet: list[DemoKey]) -> int:
+async def _drive(daemon: Daemon, sim: Any, duration: float | None, fleet: list[DemoKey]) -> int:
     runner = asyncio.create_task(daemon.run())
     while daemon.web_port is None and not runner.done():
         await asyncio.sleep(0.05)
