@@ -14,10 +14,13 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from keywatch import aio
 from keywatch.domain import Transition
+
+if TYPE_CHECKING:
+    from keywatch.daemon import Daemon
 
 
 @dataclass(frozen=True)

@@ -25,13 +25,14 @@ from keywatch.engine.actions.base import ActionRequest
 from keywatch.engine.executor import Executor, Outcome
 from keywatch.engine.outage import OutageTracker, detect
 from keywatch.engine.plan import CycleInputs, CyclePlan, Tag, key_views, ledger_from_events, plan_cycle, tag_of
-from keywatch.engine.policy import AlertBook, Decision, KeyView, Ledger, effective_policies
+from keywatch.engine.policy import AlertBook, AlertWish, Decision, KeyView, Ledger, effective_policies
 from keywatch.pools import PoolManager
 from keywatch.providers import registry
 from keywatch.runtime import CycleReport, Runtime
 
 log = structlog.get_logger("keywatch.policy")
 RETRY_FAILED_AFTER = timedelta(minutes=15)
+MASS_ALERTS = 3  # this many keys of one policy firing in one cycle are grouped into one message
 
 
 class PolicyMetrics:
@@ -84,6 +85,7 @@ class PolicyEngine:
         self.executor = Executor(rt.adapter, rt.store, rt.events.write, emit_alert=rt.emit_alert,
                                  on_state=self._on_state)
         self.last_plan: CyclePlan | None = None
+        self._firing_dirty = False
 
     # -- plumbing ----------------------------------------------------------------------------------------
     def _on_state(self, state: KeyState, actor: str, reason: str) -> None:
@@ -116,6 +118,15 @@ class PolicyEngine:
         except Exception as exc:
             log.warning("outage_state_unavailable", error=type(exc).__name__)
         self.rt.board.set_outages({p: since for p, (since, _) in self.outages.ongoing.items()})
+        try:
+            firing = await asyncio.to_thread(store.firing_policy_alerts)
+            self.book.firing = {
+                a["identity"]: AlertWish(a["identity"], Severity(a["severity"]), a["key"], a["provider"], a["policy"],
+                                         a["title"], a["reason"])
+                for a in firing
+            }
+        except Exception as exc:
+            log.warning("policy_alerts_unavailable", error=type(exc).__name__)
         now = self.rt.clock()
         try:
             self.ledger = ledger_from_events(await asyncio.to_thread(store.events, None, now - timedelta(hours=1),
@@ -278,12 +289,23 @@ class PolicyEngine:
         did: dict[tuple[str, str], list[str]], now: datetime,
     ) -> None:
         now_states = self.rt.tracker.snapshot()  # after this cycle's actions
-        for change in self.book.update(plan.alerts):
+        self.book.clear_after = self.rt.inventory.config.safety.alert_clear_probes
+        changes = self.book.update(plan.alerts)
+        if changes:
+            self._firing_dirty = True
+        await self._save_firing()
+        # Many keys of one policy firing together are one message per sink (the pipeline groups by provider
+        # and `group` within alerts.group_wait), not a page per key beside the blast-radius alert.
+        together = [(c.wish.policy, c.firing) for c in changes]
+        mass = {t for t in together if together.count(t) >= MASS_ALERTS}
+        for change in changes:
             w = change.wish
             key = keys.get(w.key)
             v = views.get(w.key)
             done = did.get((w.policy, w.key)) or ["alerted only"]
             fields = {"policy": w.policy, "reason": w.reason, "action": "; ".join(done)}
+            if (w.policy, change.firing) in mass:
+                fields["group"] = w.policy
             st = now_states.get(w.key) or (v.state if v is not None else None)
             if st is not None:
                 fields.update(health=str(st.health), admin_state=str(st.admin_state), masked=st.masked,
@@ -297,6 +319,20 @@ class PolicyEngine:
                 )
             )
             self.metrics.actions.labels(w.policy, "alert", "fired" if change.firing else "resolved").inc()
+
+    async def _save_firing(self) -> None:
+        """The firing set goes to the store whenever it changed (retried each cycle until written), so a
+        restart still resolves what was firing before it."""
+        if not self._firing_dirty:
+            return
+        rows = [{"identity": w.identity, "policy": w.policy, "key": w.key, "provider": w.provider,
+                 "severity": str(w.severity), "title": w.title, "reason": w.reason} for w in self.book.firing.values()]
+        try:
+            await asyncio.to_thread(self.rt.store.replace_policy_alerts, rows)
+        except Exception as exc:
+            log.warning("policy_alerts_write_failed", error=type(exc).__name__, firing=len(rows))
+            return
+        self._firing_dirty = False
 
     async def _blast(self, plan: CyclePlan, now: datetime) -> None:
         blocked = plan.blocked
