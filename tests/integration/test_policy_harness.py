@@ -71,7 +71,7 @@ def write_config(
             f'labels = {{ team = "t{i % 2}" }}',
             "",
         ]
-    (tmp / "keywatch.toml").write_text("\n".join(lines) + "\n" + extra)
+    (tmp / "keywatch.toml").write_text("\n".join(lines) + "\n" + extra.replace("{sim}", sim_url))
     return secrets
 
 
