@@ -8,7 +8,3 @@ Adding a capability is adding a module and one line here.
 from __future__ import annotations
 
 DAEMON_EXTENSIONS: list[str] = ["keywatch.notify.service", "keywatch.engine.service", "keywatch.usage.service"]
-
-# Modules that add `keywatch` subcommands: each defines `add_commands(subparsers) -> None` and gives
-# every parser it adds `set_defaults(handler=fn)`, where `fn(args) -> int` returns the exit code.
-CLI_EXTENSIONS: list[str] = ["keywatch.notify.cli", "keywatch.engine.cli", "keywatch.usage.cli"]
