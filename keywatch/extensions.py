@@ -21,5 +21,3 @@ DAEMON_CAPABILITIES: list[tuple[str, str]] = [
     ("policies", "keywatch.engine.service"),
     ("usage", "keywatch.usage.service"),
 ]
-
-CLI_EXTENSIONS: list[str] = ["keywatch.notify.cli", "keywatch.engine.cli", "keywatch.usage.cli"]

@@ -96,9 +96,22 @@ class AlertBus:
 
     def __init__(self) -> None:
         self._sink: AlertSink = log_alert
+        self._firing: Callable[[], list[Alert]] = list
 
-    def attach(self, sink: AlertSink) -> None:
+    def attach(self, sink: AlertSink, firing: Callable[[], list[Alert]] | None = None) -> None:
+        """`firing` returns the alerts the sink holds as firing (durably): after a restart, whoever raised
+        one of them can still resolve it."""
         self._sink = sink
+        if firing is not None:
+            self._firing = firing
+
+    def firing(self) -> list[Alert]:
+        """Every alert raised and not resolved, as the attached pipeline remembers them across restarts."""
+        try:
+            return self._firing()
+        except Exception:
+            log.exception("alert_firing_read_failed")
+            return []
 
     async def emit(self, alert: Alert) -> None:
         """Never raises: a sink outage must not stop detection."""

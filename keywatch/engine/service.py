@@ -85,7 +85,6 @@ class PolicyEngine:
         self.executor = Executor(rt.adapter, rt.store, rt.events.write, emit_alert=rt.emit_alert,
                                  on_state=self._on_state)
         self.last_plan: CyclePlan | None = None
-        self._firing_dirty = False
 
     # -- plumbing ----------------------------------------------------------------------------------------
     def _on_state(self, state: KeyState, actor: str, reason: str) -> None:
@@ -118,15 +117,13 @@ class PolicyEngine:
         except Exception as exc:
             log.warning("outage_state_unavailable", error=type(exc).__name__)
         self.rt.board.set_outages({p: since for p, (since, _) in self.outages.ongoing.items()})
-        try:
-            firing = await asyncio.to_thread(store.firing_policy_alerts)
-            self.book.firing = {
-                a["identity"]: AlertWish(a["identity"], Severity(a["severity"]), a["key"], a["provider"], a["policy"],
-                                         a["title"], a["reason"])
-                for a in firing
-            }
-        except Exception as exc:
-            log.warning("policy_alerts_unavailable", error=type(exc).__name__)
+        # The alert pipeline remembers what is firing across restarts: take back the policy alerts, so one
+        # whose key recovered while keywatch was down resolves instead of staying firing forever.
+        for a in self.rt.alerts.firing():
+            policy = a.fields.get("policy")
+            if policy and a.key:
+                self.book.firing[a.identity] = AlertWish(a.identity, a.severity, a.key, a.provider or "", policy,
+                                                         a.title, a.fields.get("reason", a.summary))
         now = self.rt.clock()
         try:
             self.ledger = ledger_from_events(await asyncio.to_thread(store.events, None, now - timedelta(hours=1),
@@ -291,9 +288,6 @@ class PolicyEngine:
         now_states = self.rt.tracker.snapshot()  # after this cycle's actions
         self.book.clear_after = self.rt.inventory.config.safety.alert_clear_probes
         changes = self.book.update(plan.alerts)
-        if changes:
-            self._firing_dirty = True
-        await self._save_firing()
         # Many keys of one policy firing together are one message per sink (the pipeline groups by provider
         # and `group` within alerts.group_wait), not a page per key beside the blast-radius alert.
         together = [(c.wish.policy, c.firing) for c in changes]
@@ -319,20 +313,6 @@ class PolicyEngine:
                 )
             )
             self.metrics.actions.labels(w.policy, "alert", "fired" if change.firing else "resolved").inc()
-
-    async def _save_firing(self) -> None:
-        """The firing set goes to the store whenever it changed (retried each cycle until written), so a
-        restart still resolves what was firing before it."""
-        if not self._firing_dirty:
-            return
-        rows = [{"identity": w.identity, "policy": w.policy, "key": w.key, "provider": w.provider,
-                 "severity": str(w.severity), "title": w.title, "reason": w.reason} for w in self.book.firing.values()]
-        try:
-            await asyncio.to_thread(self.rt.store.replace_policy_alerts, rows)
-        except Exception as exc:
-            log.warning("policy_alerts_write_failed", error=type(exc).__name__, firing=len(rows))
-            return
-        self._firing_dirty = False
 
     async def _blast(self, plan: CyclePlan, now: datetime) -> None:
         blocked = plan.blocked

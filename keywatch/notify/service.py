@@ -17,7 +17,7 @@ import structlog
 
 from keywatch.domain import Alert, Severity
 from keywatch.notify.alertmanager import AlertmanagerSink, to_alertmanager
-from keywatch.notify.base import Sink, SinkError
+from keywatch.notify.base import Sink, SinkError, alert_from_dict
 from keywatch.notify.config import AlertsConfig
 from keywatch.notify.console import ConsoleSink
 from keywatch.notify.outbox import AlertDB
@@ -68,6 +68,10 @@ class AlertService:
         self._retiring: dict[str, asyncio.Task[Any]] = {}
         self._started = False
         self._stopping = asyncio.Event()
+
+    def firing(self) -> list[Alert]:
+        """The alerts raised and not resolved, from the pipeline's durable state."""
+        return [alert_from_dict(st.alert) for st in self.pipeline.states.values() if st.firing]
 
     @staticmethod
     def _tick_for(config: AlertsConfig) -> float:
@@ -480,7 +484,7 @@ async def setup(rt: Runtime) -> AlertsCapability:
     metrics = AlertMetrics(rt.registry)
     service = AlertService(config, sinks, AlertDB(rt.store.session), metrics)
     reloader = AlertsReloader(service, http, inventory, specs, secrets)
-    rt.alerts.attach(service.emit)
+    rt.alerts.attach(service.emit, firing=service.firing)
 
     async def notice_reload() -> None:
         await reloader.check(rt.inventory)

@@ -115,17 +115,3 @@ class ProviderOutageRow(Base):
     ended_at: Mapped[datetime | None]
     failed: Mapped[int] = mapped_column(Integer)
     total: Mapped[int] = mapped_column(Integer)
-
-
-class PolicyAlertRow(Base):
-    """A policy alert that is firing: kept so a restart resolves it when its policy stops matching."""
-
-    __tablename__ = "policy_alerts"
-
-    identity: Mapped[str] = mapped_column(String(300), primary_key=True)
-    policy: Mapped[str] = mapped_column(String(64))
-    key: Mapped[str] = mapped_column(String(128))
-    provider: Mapped[str] = mapped_column(String(32))
-    severity: Mapped[str] = mapped_column(String(16))
-    title: Mapped[str] = mapped_column(Text)
-    reason: Mapped[str] = mapped_column(Text)

@@ -19,7 +19,6 @@ from keywatch.domain import AdminInfo, AdminState, Event, Health, KeyState, Rate
 from keywatch.store.models import (
     EventRow,
     KeyStateRow,
-    PolicyAlertRow,
     ProbeRollupRow,
     ProviderOutageRow,
     TransitionRow,
@@ -190,21 +189,6 @@ class Store:
                     .where(ProviderOutageRow.provider == provider, ProviderOutageRow.ended_at.is_(None))
                     .values(ended_at=now)
                 )
-
-    # -- firing policy alerts: a restart resolves them once their policy stops matching ---------------
-    POLICY_ALERT_FIELDS = ("identity", "policy", "key", "provider", "severity", "title", "reason")
-
-    def firing_policy_alerts(self) -> list[dict[str, str]]:
-        with self.session() as s:
-            return [{f: getattr(r, f) for f in self.POLICY_ALERT_FIELDS} for r in s.scalars(select(PolicyAlertRow))]
-
-    def replace_policy_alerts(self, firing: Iterable[dict[str, str]]) -> None:
-        """The whole firing set, in one transaction (idempotent: retried as a whole after a failure)."""
-        rows = [{f: str(a[f]) for f in self.POLICY_ALERT_FIELDS} for a in firing]
-        with self.session.begin() as s:
-            s.execute(PolicyAlertRow.__table__.delete())
-            if rows:
-                s.execute(PolicyAlertRow.__table__.insert(), rows)
 
     def admin_info(self, key: str) -> dict[str, Any] | None:
         with self.session() as s:

@@ -89,7 +89,8 @@ def test_kill9_at_random_points_loses_nothing_and_leaves_nothing_firing(sim, tmp
         def settled() -> bool:
             with sqlite3.connect(db) as conn:
                 pending = conn.execute("select count(*) from alert_outbox where status = 'pending'").fetchone()[0]
-                firing = conn.execute("select count(*) from policy_alerts").fetchone()[0]
+                firing = conn.execute(
+                    "select count(*) from alert_state where firing and identity like 'key_health:%'").fetchone()[0]
                 disabled = conn.execute("select count(*) from key_state where admin_state = 'disabled'").fetchone()[0]
             return pending == 0 and firing == 0 and disabled == 0
 

@@ -9,19 +9,29 @@ from pathlib import Path
 
 import pytest
 
-import tests.integration.mark_action  # noqa: F401  (registers the action)
+from keywatch.engine import actions
 from keywatch.settings import ConfigError
 from keywatch.settings.loader import parse
 from keywatch.settings.schema import json_schema
 from tests.integration.test_policy_harness import cli, start, stop
 
 
-def policy(actions: str) -> str:
+@pytest.fixture(autouse=True)
+def mark_registered():
+    """The test's action is registered for these tests only (importing its module registers it)."""
+    from tests.integration import mark_action
+
+    actions.register(mark_action.Mark)
+    yield
+    actions.unregister("mark")
+
+
+def policy(items: str) -> str:
     return f"""
 [[policies]]
 name = "mark-invalid"
 when = {{ health = "invalid" }}
-actions = [{actions}]
+actions = [{items}]
 """
 
 

@@ -70,7 +70,7 @@ def test_kill_with_alerts_pending_then_restart_delivers_each_exactly_once(sim, t
             # An invalid key alerts at its first probe (no thresholds): this test is about delivery.
             '\n[[policies]]\nname = "page-on-invalid"\nwhen = { health = "invalid" }\n'
             'actions = [{ type = "alert", severity = "critical" }]\n'
-            '\n[alerts]\nretry_base = "200ms"\nretry_max = "400ms"\n'
+            '\n[alerts]\ngroup_wait = "0s"\nretry_base = "200ms"\nretry_max = "400ms"\n'
             '[[alerts.sinks]]\nname = "hook"\ntype = "webhook"\nurl = "env:KW_HOOK"\nsecret = "env:KW_HMAC"\n'
         )
         db = tmp_path / "k.db"

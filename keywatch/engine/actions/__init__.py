@@ -26,6 +26,13 @@ def register(cls: A) -> A:
     return cls
 
 
+def unregister(kind: str) -> None:
+    """Forget an action registered from outside the package (a plugin unloaded, a test's action)."""
+    if kind in MODULES:
+        raise ValueError(f"{kind} is a built-in action")
+    _REGISTRY.pop(kind, None)
+
+
 def _load() -> None:
     global _loaded
     if _loaded:

@@ -1,4 +1,4 @@
-"""`keywatch usage`: who spent what, from the database the daemon fills (listed in CLI_EXTENSIONS).
+"""`keywatch usage`: who spent what, from the database the daemon fills.
 
 Figures that a provider reports above keys (OpenAI projects without a key, Anthropic workspaces, AWS
 accounts) are shown under their scope, e.g. `(workspace:wrk_1)`, never spread over keys.
@@ -14,28 +14,19 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-EXIT_OK, EXIT_USAGE = 0, 2
+from keywatch.cli.common import EXIT_OK, CliError, add_command, new_store, print_table
+
 BY_CHOICES = "key, label:NAME, provider, model, account or scope"
 
 
 def add_commands(sub: Any) -> None:
-    from keywatch.cli import DEFAULT_CONFIG
-
-    p = sub.add_parser("usage", help="tokens and spend per key, label, provider or model, from the database")
-    p.add_argument("-c", "--config", default=DEFAULT_CONFIG,
-                   help=f"config file (default: $KEYWATCH_CONFIG or {DEFAULT_CONFIG})")
+    p = add_command(sub, "usage", cmd_usage, "tokens and spend per key, label, provider or model, from the database")
     p.add_argument("--since", default="7d", metavar="WHEN",
                    help="how far back: a duration (7d, 12h) or a UTC date/time (2026-03-01) (default 7d)")
     p.add_argument("--by", default="key", metavar="WHAT", help=f"group by {BY_CHOICES} (default key)")
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print JSON (amounts as exact decimal strings)")
     fmt.add_argument("--csv", action="store_true", help="print CSV")
-    p.set_defaults(handler=cmd_usage)
-
-
-def _fail(message: str) -> int:
-    print(f"keywatch: {message}", file=sys.stderr)
-    return EXIT_USAGE
 
 
 def group_name(by: str, scope: str, provider: str, model: str, account: str, labels: dict[str, dict[str, str]]) -> str:
@@ -89,27 +80,29 @@ def parse_since(text: str, now: datetime) -> datetime:
 
 
 def cmd_usage(args: argparse.Namespace) -> int:
+    """Tokens, requests and spend per key, label, provider, model, account or scope, from the usage the
+    daemon collected into the database; spend reported above keys stays under its scope."""
     from keywatch.settings import load
-    from keywatch.store.repo import Store, default_database_url, describe_url
+    from keywatch.store.repo import describe_url
     from keywatch.usage.store import UsageStore
 
     by = args.by
     if by not in ("key", "provider", "model", "account", "scope") and not (
         by.startswith("label:") and len(by) > len("label:")
     ):
-        return _fail(f"--by: {by!r} is not one of {BY_CHOICES}")
+        raise CliError(f"--by: {by!r} is not one of {BY_CHOICES}")
     try:
         since = parse_since(args.since, datetime.now(UTC))
     except ValueError as exc:
-        return _fail(f"--since: {exc}")
+        raise CliError(f"--since: {exc}") from None
     config = load(args.config)
     labels = {k.name: dict(k.labels) for k in config.keys}
-    store = Store(config.daemon.database or default_database_url())
+    store = new_store(config)
     try:
         rows = report(UsageStore(store.engine), since, by, labels)
     except Exception as exc:
-        return _fail(f"cannot read usage from {describe_url(store.url)} ({type(exc).__name__}); has `keywatch run` "
-                     "been started with this config?")
+        raise CliError(f"cannot read usage from {describe_url(store.url)} ({type(exc).__name__}); has `keywatch run` "
+                     "been started with this config?") from None
     finally:
         store.dispose()
     header = ["group", "currency", "input_tokens", "output_tokens", "cached_tokens", "requests", "cost"]
@@ -123,7 +116,6 @@ def cmd_usage(args: argparse.Namespace) -> int:
         for r in rows:
             w.writerow([r[h] if h != "cost" else str(r["cost"]) for h in header])
         return EXIT_OK
-    from keywatch.cli import print_table
     from keywatch.usage.money import usd_text
 
     if not rows:

@@ -1,4 +1,4 @@
-"""`keywatch alert test` and `keywatch silence add|list|remove`. Listed in keywatch.extensions.CLI_EXTENSIONS.
+"""`keywatch alert test` and `keywatch silence add|list|remove`.
 
 `alert test` bypasses the outbox on purpose: it answers "does this sink work right now?" with the sink's own
 answer, and leaves nothing queued behind.
@@ -14,23 +14,32 @@ import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from keywatch.cli import add_config_arg
+from keywatch.cli.common import (
+    EXIT_ATTENTION,
+    EXIT_OK,
+    EXIT_USAGE,
+    CliError,
+    add_command,
+    add_group,
+    new_store,
+    print_table,
+)
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+SINK_FAILED = "a sink did not take the test alert"
 
 
 def add_commands(sub: Any) -> None:
-    p = sub.add_parser("alert", help="alert sinks: send a test alert")
-    asub = p.add_subparsers(dest="alert_command", metavar="ACTION", required=True)
-    t = asub.add_parser("test", help="send a test alert to each sink (or one) now, bypassing the outbox")
-    add_config_arg(t)
+    asub = add_group(sub, "alert", "alert sinks: send a test alert",
+                     "Alert sinks (Slack, webhooks, Alertmanager, the console): send a test alert.",
+                     attention=SINK_FAILED)
+    t = add_command(asub, "test", cmd_alert_test,
+                    "send a test alert to each sink (or one) now, bypassing the outbox", attention=SINK_FAILED)
     t.add_argument("--sink", metavar="NAME", help="only this sink")
-    t.set_defaults(handler=cmd_alert_test)
 
-    p = sub.add_parser("silence", help="silence alerts for a while (stored in the database)")
-    ssub = p.add_subparsers(dest="silence_command", metavar="ACTION", required=True)
-    a = ssub.add_parser("add", help="silence alerts whose labels match")
-    add_config_arg(a)
+    ssub = add_group(sub, "silence", "silence alerts for a while (stored in the database)",
+                     "Silence alerts whose labels match, for a while; a running daemon reads the silences from "
+                     "the database.")
+    a = add_command(ssub, "add", cmd_silence_add, "silence alerts whose labels match")
     a.add_argument(
         "--match",
         action="append",
@@ -42,21 +51,11 @@ def add_commands(sub: Any) -> None:
     a.add_argument("--for", dest="duration", required=True, metavar="DURATION", help="e.g. 30m, 2h, 1d")
     a.add_argument("--reason", required=True, help="why (shown in `silence list`)")
     a.add_argument("--by", default=None, help="who (default: the current user)")
-    a.set_defaults(handler=cmd_silence_add)
-    ls = ssub.add_parser("list", help="list silences in force (or all with --all)")
-    add_config_arg(ls)
+    ls = add_command(ssub, "list", cmd_silence_list, "list silences in force (or all with --all)")
     ls.add_argument("--all", action="store_true", help="include expired silences")
     ls.add_argument("--json", action="store_true", help="print JSON")
-    ls.set_defaults(handler=cmd_silence_list)
-    rm = ssub.add_parser("remove", help="end a silence now")
-    add_config_arg(rm)
+    rm = add_command(ssub, "remove", cmd_silence_remove, "end a silence now")
     rm.add_argument("id", type=int)
-    rm.set_defaults(handler=cmd_silence_remove)
-
-
-def _err(text: str) -> int:
-    print(f"keywatch: {text}", file=sys.stderr)
-    return EXIT_USAGE
 
 
 # -- alert test ------------------------------------------------------------------------------------
@@ -104,6 +103,8 @@ async def _test_sinks(sinks: list[Any], dashboard_url: str | None) -> list[tuple
 
 
 def cmd_alert_test(args: argparse.Namespace) -> int:
+    """Send a test alert to each configured sink (or one) now, bypassing the outbox, and print
+    each sink's own answer; nothing is left queued."""
     from keywatch.notify.registry import SinkConfigError, build_sinks, make_http_client
     from keywatch.notify.service import alerts_config
     from keywatch.redact import REGISTRY
@@ -113,9 +114,9 @@ def cmd_alert_test(args: argparse.Namespace) -> int:
     alerts = alerts_config(config)
     if args.sink and args.sink not in {s.name for s in alerts.sinks}:
         known = ", ".join(s.name for s in alerts.sinks) or "none"
-        return _err(f"{args.config}: no sink named {args.sink!r} in [[alerts.sinks]] (known: {known})")
+        raise CliError(f"{args.config}: no sink named {args.sink!r} in [[alerts.sinks]] (known: {known})")
     if not alerts.sinks:
-        return _err(f"{args.config}: no [[alerts.sinks]] configured")
+        raise CliError(f"{args.config}: no [[alerts.sinks]] configured")
 
     async def run() -> list[tuple[Any, bool, str]]:
         http = make_http_client()
@@ -138,7 +139,7 @@ def cmd_alert_test(args: argparse.Namespace) -> int:
             f"{sink.name} ({sink.type}, {sink.describe()}): "
             f"{'ok' if ok else 'FAILED'}: {REGISTRY.redact(detail)}"
         )
-    return EXIT_OK if all(ok for _, ok, _ in results) else EXIT_FAILED
+    return EXIT_OK if all(ok for _, ok, _ in results) else EXIT_ATTENTION
 
 
 # -- silences --------------------------------------------------------------------------------------
@@ -147,10 +148,8 @@ def _db(config_path: str) -> Any:
 
     from keywatch.notify.outbox import AlertDB
     from keywatch.settings import load
-    from keywatch.store.repo import Store, default_database_url
 
-    config = load(config_path)
-    store = Store(config.daemon.database or default_database_url())
+    store = new_store(load(config_path))
     store.upgrade()
     return AlertDB(sessionmaker(store.engine, expire_on_commit=False)), store
 
@@ -166,15 +165,16 @@ def parse_matchers(items: list[str]) -> dict[str, str]:
 
 
 def cmd_silence_add(args: argparse.Namespace) -> int:
+    """Silence the alerts whose labels all match, for the given duration."""
     from keywatch.settings.durations import parse_duration
 
     try:
         matchers = parse_matchers(args.match)
         seconds = parse_duration(args.duration)
     except ValueError as exc:
-        return _err(f"{exc}" if "--match" in str(exc) else f"--for: {exc}")
+        raise CliError(f"{exc}" if "--match" in str(exc) else f"--for: {exc}") from None
     if seconds <= 0:
-        return _err("--for: must be more than 0")
+        raise CliError("--for: must be more than 0")
     db, store = _db(args.config)
     try:
         now = datetime.now(UTC)
@@ -191,8 +191,7 @@ def _fmt_matchers(m: dict[str, str]) -> str:
 
 
 def cmd_silence_list(args: argparse.Namespace) -> int:
-    from keywatch.cli import print_table
-
+    """List the silences in force (with --all, the expired ones too)."""
     db, store = _db(args.config)
     try:
         now = datetime.now(UTC)
@@ -234,12 +233,13 @@ def cmd_silence_list(args: argparse.Namespace) -> int:
 
 
 def cmd_silence_remove(args: argparse.Namespace) -> int:
+    """End a silence now, by its id (see `keywatch silence list`)."""
     db, store = _db(args.config)
     try:
         ok = db.expire_silence(args.id, datetime.now(UTC))
     finally:
         store.dispose()
     if not ok:
-        return _err(f"no silence {args.id} in force (see `keywatch silence list --all`)")
+        raise CliError(f"no silence {args.id} in force (see `keywatch silence list --all`)")
     print(f"silence {args.id} ended")
     return EXIT_OK
