@@ -42,7 +42,7 @@ log = structlog.get_logger("keywatch.daemon")
 # (then it fails and is retried by whoever made it); a cycle waits at most PERSIST_WAIT for its batch, and
 # only while the writer keeps up; a write under way for STALL_AFTER makes /readyz unready.
 BUSY_TIMEOUT = 3.0
-PERSIST_WAIT = 2.0
+PERSIST_WAIT = 1.0
 STALL_AFTER = 10.0
 UNWRITTEN_LISTED = 50  # transitions named one by one in the log when they cannot be written at shutdown
 

@@ -15,6 +15,7 @@ from urllib.parse import quote
 from sqlalchemy import Engine, create_engine, event, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 
 from keywatch.domain import AdminInfo, AdminState, Event, Health, KeyState, RateLimit, Rollup, Transition
 from keywatch.store.models import EventRow, KeyStateRow, ProbeRollupRow, ProviderOutageRow, TransitionRow
@@ -40,7 +41,12 @@ def make_engine(url: str, busy_timeout: float = 30.0, may_create: Callable[[], b
     `may_create`: asked before each new SQLite connection; when it answers False the file must exist
     (a connection never creates an empty database in its place)."""
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": busy_timeout})
+        # A file database opens a connection per use (cheap for SQLite): none outlives the cause of an error.
+        # A connection opened while the file was read-only keeps the file's shared memory read-only for
+        # every connection of the process while it stays open, so a pool would never recover from it.
+        in_memory = url.rstrip("/") in ("sqlite:", "sqlite:/", "sqlite://") or ":memory:" in url
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": busy_timeout},
+                               **({} if in_memory else {"poolclass": NullPool}))
 
         @event.listens_for(engine, "do_connect")
         def _open_existing(_dialect: Any, _rec: Any, cargs: list[Any], cparams: dict[str, Any]) -> None:

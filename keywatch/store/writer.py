@@ -89,7 +89,7 @@ class DatabaseWriter:
         prepare: Callable[[], None] | None = None,
         limit: int = LIMIT,
         first_pause: float = 0.5,
-        max_pause: float = 5.0,
+        max_pause: float = 2.0,
     ) -> None:
         self.store = store
         self.on_status = on_status
