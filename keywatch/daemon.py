@@ -33,9 +33,18 @@ from keywatch.runtime import Capability, CycleReport, EventLog, Runtime
 from keywatch.settings import ConfigError, Inventory, load_inventory
 from keywatch.state import StateTracker
 from keywatch.store.repo import Store, default_database_url, describe_url
+from keywatch.store.writer import DatabaseWriter, WriteStatus
 from keywatch.web import WebServer
 
 log = structlog.get_logger("keywatch.daemon")
+
+# The database, as the daemon uses it. A SQLite lock held elsewhere costs a statement at most BUSY_TIMEOUT
+# (then it fails and is retried by whoever made it); a cycle waits at most PERSIST_WAIT for its batch, and
+# only while the writer keeps up; a write under way for STALL_AFTER makes /readyz unready.
+BUSY_TIMEOUT = 3.0
+PERSIST_WAIT = 1.0
+STALL_AFTER = 10.0
+UNWRITTEN_LISTED = 50  # transitions named one by one in the log when they cannot be written at shutdown
 
 
 def sd_notify(message: str) -> bool:
@@ -67,7 +76,7 @@ class Daemon:
         self.db_ok = False
         self.cycles = 0
         self._db_ready = False
-        self._pending_transitions: list[Transition] = []
+        self._writer: DatabaseWriter | None = None
         self._stop = asyncio.Event()
         self._current_cycle: asyncio.Task[None] | None = None
         self._retired: list[Any] = []
@@ -83,7 +92,7 @@ class Daemon:
             current_inventory=self._the_inventory,
             adapter=self._adapter,
             current_scheduler=lambda: self._scheduler,
-            events=EventLog(lambda: self.store),
+            events=EventLog(lambda: self.store, write_through=self._write_events),
         )
 
     def _the_store(self) -> Store:
@@ -100,9 +109,12 @@ class Daemon:
 
     # -- readiness ----------------------------------------------------------------------------------
     def readiness(self) -> tuple[bool, dict[str, bool]]:
+        writer = self._writer
+        status = writer.check() if writer is not None else None
         checks = {
             "config_loaded": self.inventory is not None,
-            "database_reachable": self.db_ok,
+            "database_reachable": self.db_ok and not (status is not None and status.lost),
+            "database_writable": status is not None and status.ok and not writer.stalled(STALL_AFTER),
             "first_cycle_done": self.first_cycle_done,
         }
         ok = all(checks.values())
@@ -173,10 +185,13 @@ class Daemon:
         inventory = self.load()
         self._use_inventory(inventory)
         url = inventory.config.daemon.database or default_database_url()
-        self.store = Store(url)
+        self.store = Store(url, busy_timeout=BUSY_TIMEOUT)
         self._web = WebServer(inventory.config.daemon.listen, self.metrics.exposition_chunks, self.readiness)
         await self._web.start()  # before the database: /healthz answers while a slow database connects
         await self._ensure_db()
+        self._writer = DatabaseWriter(self.store, on_status=self._db_status, on_drop=self._db_dropped,
+                                      prepare=self._prepare_db)
+        self._writer.start()
         await self._setup_extensions()
         self._scheduler = AsyncIOScheduler(timezone=UTC)
         probe = inventory.config.probe
@@ -252,12 +267,13 @@ class Daemon:
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
             self._scheduler = None
-        await self._persist([])
         for name, capability in reversed(list(self.capabilities.items())):
             try:
                 await capability.aclose()
             except Exception:
                 log.exception("capability_close_failed", capability=name)
+        await self._persist([])  # after the capabilities: what they record while closing is written too
+        await self._close_writer()
         for task in self.runtime.background:
             task.cancel()
         if self._web is not None:
@@ -373,23 +389,34 @@ class Daemon:
         self.runtime.events.record(event)
 
     async def _ensure_db(self) -> bool:
+        """Migrate and load the stored states (at start; the writer tries again before its writes while
+        this has not worked)."""
         if self._db_ready:
             return True
         assert self.store is not None
         try:
-            applied = await asyncio.to_thread(self.store.upgrade)
-            stored = await asyncio.to_thread(self.store.load_states)
+            await asyncio.to_thread(self._prepare_db)
         except Exception as exc:
             self.db_ok = False
             self.metrics.db_up.set(0)
             log.error("database_unavailable", database=describe_url(self.store.url), error=_db_error(exc))
             return False
+        return True
+
+    def _prepare_db(self) -> None:
+        """Blocking; raises when the database cannot be used yet. Once it worked, the SQLite file is pinned:
+        a running daemon never creates it again (a restart does, which is normal)."""
+        if self._db_ready:
+            return
+        assert self.store is not None
+        applied = self.store.upgrade()
+        stored = self.store.load_states()
+        self.store.pin_file()
         if applied:
             log.info("migrated", revisions=applied)
         self._merge_stored(stored)
         self._db_ready = self.db_ok = True
         self.metrics.db_up.set(1)
-        return True
 
     def _merge_stored(self, stored: dict[str, Any]) -> None:
         """Keep what the database knew about keys still in the inventory (health, admin decisions)."""
@@ -403,29 +430,79 @@ class Daemon:
             if cur.last_probe_at is None:
                 self.tracker.set(replace(st, labels=cur.labels, masked=cur.masked))
 
+    # -- persistence: the writer thread writes, in order; a cycle never waits on a database that is behind --
     async def _persist(self, transitions: list[Transition]) -> None:
-        assert self.store is not None
-        self._pending_transitions.extend(transitions)
-        if not await self._ensure_db():
-            return
         states, rollups = self.tracker.drain()
-        pending_t, pending_e = self._pending_transitions, self.runtime.events.take()
-        self._pending_transitions = []
-        try:
-            await asyncio.to_thread(self.store.save_cycle, states, pending_t, rollups)
-            await asyncio.to_thread(self.store.record_events, pending_e)
-        except Exception as exc:
+        events = self.runtime.events.take()
+        if self._writer is None:  # not started: keep it for when it is
             self.tracker.restore(states, rollups)
-            self._pending_transitions = pending_t + self._pending_transitions
-            self.runtime.events.put_back(pending_e)
-            self.db_ok = False
-            self.metrics.db_up.set(0)
-            log.error("database_write_failed", error=_db_error(exc), pending_transitions=len(self._pending_transitions))
+            self.runtime.events.put_back(events)
             return
-        if not self.db_ok:
-            log.info("database_recovered")
-        self.db_ok = True
-        self.metrics.db_up.set(1)
+        await self._submit(states=states, transitions=transitions, rollups=rollups, events=events)
+
+    async def _write_events(self, events: list[Event]) -> None:
+        """EventLog.write: through the writer, so the line is stored before the caller goes on, unless the
+        database is behind (then it is queued, in order, and the caller does not wait)."""
+        if self._writer is None:
+            self.runtime.events.pending.extend(events)
+            return
+        await self._submit(events=events)
+
+    async def _submit(self, **batch: Any) -> None:
+        writer = self._writer
+        assert writer is not None
+        fut = writer.submit(**batch, wait=writer.caught_up)
+        self._show_pending()
+        if fut is not None:
+            await asyncio.wait([asyncio.wrap_future(fut)], timeout=PERSIST_WAIT)
+
+    def _show_pending(self) -> None:
+        if self._writer is not None:
+            for kind, n in self._writer.pending().items():
+                self.metrics.db_pending.labels(kind).set(n)
+
+    def _db_status(self, status: WriteStatus) -> None:
+        """From the writer thread, when the outcome of its writes changes."""
+        assert self.store is not None
+        self.metrics.db_up.set(1 if status.ok else 0)
+        self._show_pending()
+        database = describe_url(self.store.url)
+        if status.ok:
+            self.db_ok = self._db_ready
+            log.info("database_recovered", database=database)
+        elif status.lost:
+            self.db_ok = False
+            log.error("database_lost", setting="daemon.database", database=database, error=status.error,
+                      pending=self._writer.pending() if self._writer else None,
+                      hint="the database file was removed or replaced under the running daemon; nothing is "
+                           "written until it is back (keywatch does not start over with an empty one). Restore "
+                           "it, or restart keywatch to begin a new database")
+        else:
+            log.error("database_write_failed", database=database, error=status.error,
+                      pending=self._writer.pending() if self._writer else None,
+                      hint="probing goes on; what could not be written is kept and written when it can be")
+
+    def _db_dropped(self, kind: str, n: int) -> None:
+        self.metrics.db_dropped.labels(kind).inc(n)
+        log.warning("database_queue_full", kind=kind, dropped=n)
+
+    async def _close_writer(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is None:
+            return
+        counts, transitions = await asyncio.to_thread(writer.close, BUSY_TIMEOUT + PERSIST_WAIT + 5)
+        if not any(counts.values()):
+            return
+        assert self.store is not None
+        for kind, n in counts.items():
+            if n:
+                self.metrics.db_dropped.labels(kind).inc(n)
+        log.error("database_unwritten_at_stop", database=describe_url(self.store.url), **counts,
+                  error=writer.status.error,
+                  hint="the database could not be written before the daemon stopped; these are not stored")
+        for t in transitions[-UNWRITTEN_LISTED:]:
+            log.error("transition_unwritten", key=t.key, provider=t.provider, old=str(t.old), new=str(t.new),
+                      at=t.at.isoformat(), http_status=t.http_status, error_code=t.error_code)
 
 
 def _db_error(exc: BaseException) -> str:

@@ -172,6 +172,12 @@ class Metrics:
                                 registry=r)
         self.keys = Gauge("keywatch_keys", "Keys in the inventory", ["provider"], registry=r)
         self.db_up = Gauge("keywatch_database_up", "1 when the last database write succeeded", registry=r)
+        self.db_pending = Gauge("keywatch_database_pending",
+                                "What waits to be written to the database, by kind (states, transitions, "
+                                "rollups, events)", ["kind"], registry=r)
+        self.db_dropped = Counter("keywatch_database_dropped",
+                                  "What was never written to the database, by kind: dropped past the queue's "
+                                  "bound during an outage, or still unwritten at shutdown", ["kind"], registry=r)
         self.config_reloads = Counter("keywatch_config_reloads", "Config reloads (SIGHUP)", ["result"], registry=r)
         self._collector: KeyStateCollector | None = None
         self._renderer = KeyStateRenderer()

@@ -123,16 +123,25 @@ class AlertBus:
 
 class EventLog:
     """The audit trail's way in. `record` queues (written with the cycle's batch); `write` writes through
-    at once (an action's "started" line must exist if the process dies) and queues when it cannot."""
+    at once (an action's "started" line must exist if the process dies) and queues when it cannot.
+    `write_through`, when given, does the writing (the daemon's writer: in order, never blocking long)."""
 
-    def __init__(self, store: Callable[[], Store | None]) -> None:
+    def __init__(
+        self,
+        store: Callable[[], Store | None],
+        write_through: Callable[[list[Event]], Awaitable[None]] | None = None,
+    ) -> None:
         self._store = store
+        self._write_through = write_through
         self.pending: list[Event] = []
 
     def record(self, event: Event) -> None:
         self.pending.append(event)
 
     async def write(self, event: Event) -> None:
+        if self._write_through is not None:
+            await self._write_through([event])
+            return
         store = self._store()
         if store is None:
             self.pending.append(event)

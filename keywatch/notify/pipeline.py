@@ -151,10 +151,18 @@ class AlertPipeline:
                 log.warning("alert_outbox_purge_failed", error=type(exc).__name__)
 
     async def flush(self) -> None:
-        """Send every waiting group now (shutdown, tests)."""
+        """Send every waiting group now (shutdown, tests), and try once more the decisions that could not be
+        saved; those still unsaved are reported, not dropped in silence."""
         groups, self._groups = self._groups, {}
         for g in groups.values():
             await self._process(list(g.alerts.values()))
+        if self._retry:
+            retry, self._retry = self._retry, []
+            await self._process(retry)
+        if self._retry:
+            log.error("alerts_unwritten_at_stop", alerts=len(self._retry),
+                      identities=sorted({a.identity for a in self._retry})[:20],
+                      hint="the database could not be written; these alerts are decided again after a restart")
 
     def mark_broken(self, sink: str) -> None:
         self.broken.add(sink)

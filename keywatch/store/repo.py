@@ -6,14 +6,16 @@ Calls are synchronous; the daemon runs them in a worker thread so a slow databas
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import Engine, create_engine, event, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 
 from keywatch.domain import AdminInfo, AdminState, Event, Health, KeyState, RateLimit, Rollup, Transition
 from keywatch.store.models import (
@@ -33,9 +35,40 @@ def default_database_url() -> str:
     return f"sqlite:///{base / 'keywatch.db'}"
 
 
-def make_engine(url: str) -> Engine:
+RECYCLE_ON = ("readonly", "read-only", "disk i/o error", "unable to open database file")
+
+
+class DatabaseLost(RuntimeError):
+    """The SQLite file the daemon opened is gone or was replaced: writing on would start over silently."""
+
+
+def make_engine(url: str, busy_timeout: float = 30.0, may_create: Callable[[], bool] | None = None) -> Engine:
+    """`busy_timeout`: how long a SQLite statement waits for a lock another connection holds.
+    `may_create`: asked before each new SQLite connection; when it answers False the file must exist
+    (a connection never creates an empty database in its place)."""
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        # A file database opens a connection per use (cheap for SQLite): none outlives the cause of an error.
+        # A connection opened while the file was read-only keeps the file's shared memory read-only for
+        # every connection of the process while it stays open, so a pool would never recover from it.
+        in_memory = url.rstrip("/") in ("sqlite:", "sqlite:/", "sqlite://") or ":memory:" in url
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": busy_timeout},
+                               **({} if in_memory else {"poolclass": NullPool}))
+
+        @event.listens_for(engine, "do_connect")
+        def _open_existing(_dialect: Any, _rec: Any, cargs: list[Any], cparams: dict[str, Any]) -> None:
+            path = engine.url.database
+            if may_create is None or may_create() or not path or path == ":memory:" or cparams.get("uri"):
+                return
+            target = cargs[0] if cargs else cparams.pop("database", path)
+            cargs[:] = [f"file:{quote(str(target))}?mode=rw"]
+            cparams["uri"] = True
+
+        @event.listens_for(engine, "handle_error")
+        def _recycle(ctx: Any) -> None:
+            # A connection opened while the file was read-only, or on a file since removed, stays broken
+            # after the cause is fixed: treat these errors like a lost connection, so the pool is recycled.
+            if any(m in str(ctx.original_exception).lower() for m in RECYCLE_ON):
+                ctx.is_disconnect = True
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _: Any) -> None:
@@ -60,10 +93,50 @@ def describe_url(url: str) -> str:
 
 
 class Store:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, busy_timeout: float = 30.0) -> None:
         self.url = url
-        self.engine = make_engine(url)
+        self.may_create = True
+        self.engine = make_engine(url, busy_timeout, lambda: self.may_create)
         self.session = sessionmaker(self.engine, expire_on_commit=False)
+        self._identity: tuple[int, int] | None = None
+
+    # -- the file under a running daemon ----------------------------------------------------------
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The SQLite file, or None (PostgreSQL, in-memory)."""
+        if self.engine.dialect.name != "sqlite":
+            return None
+        db = self.engine.url.database
+        return Path(db) if db and db != ":memory:" and not db.startswith("file:") else None
+
+    def pin_file(self) -> None:
+        """Remember which file this is and never create it again: from now on a removed or replaced file is
+        an error (`check_file`), not a fresh empty database."""
+        path = self.sqlite_path
+        if path is None:
+            return
+        st = path.stat()
+        self._identity = (st.st_dev, st.st_ino)
+        self.may_create = False
+
+    def check_file(self) -> None:
+        """Raise DatabaseLost when the pinned SQLite file was removed or replaced."""
+        path = self.sqlite_path
+        if path is None or self._identity is None:
+            return
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            raise DatabaseLost(f"{path} was removed") from None
+        except OSError as exc:
+            raise DatabaseLost(f"{path} cannot be checked: {exc.strerror}") from None
+        if (st.st_dev, st.st_ino) != self._identity:
+            raise DatabaseLost(f"{path} was replaced by another file")
+
+    def reset_connections(self) -> None:
+        """Close every pooled connection: the next use opens a fresh one (after a write error, a connection
+        opened read-only or on a locked file would otherwise keep failing after the cause is fixed)."""
+        self.engine.dispose()
 
     # -- schema ---------------------------------------------------------------------------------
     def upgrade(self) -> list[str]:
@@ -104,29 +177,47 @@ class Store:
     ) -> None:
         """One transaction per cycle: current states, the changes, and the hourly rollups."""
         with self.session.begin() as s:
-            if states:
-                existing = set(s.scalars(select(KeyStateRow.key).where(KeyStateRow.key.in_([x.key for x in states]))))
-                new_rows = [_row_values(x) for x in states if x.key not in existing]
-                if new_rows:
-                    s.execute(KeyStateRow.__table__.insert(), new_rows)
-                upd = [_row_values(x, probe_only=True) for x in states if x.key in existing]
-                if upd:
-                    s.execute(update(KeyStateRow), upd)
-            if transitions:
-                s.execute(
-                    TransitionRow.__table__.insert(),
-                    [
-                        {
-                            "key": t.key, "provider": t.provider, "old": str(t.old), "new": str(t.new), "at": t.at,
-                            "http_status": t.http_status, "error_code": t.error_code,
-                            "error_message": t.error_message,
-                        }
-                        for t in transitions
-                    ],
-                )
-            rows = [r.__dict__ for r in rollups]
-            if rows:
-                self._upsert_rollups(s, rows)
+            self._save_cycle(s, states, transitions, rollups)
+
+    def _save_cycle(
+        self, s: Session, states: Sequence[KeyState], transitions: Sequence[Transition], rollups: Iterable[Rollup]
+    ) -> None:
+        if states:
+            existing = set(s.scalars(select(KeyStateRow.key).where(KeyStateRow.key.in_([x.key for x in states]))))
+            new_rows = [_row_values(x) for x in states if x.key not in existing]
+            if new_rows:
+                s.execute(KeyStateRow.__table__.insert(), new_rows)
+            upd = [_row_values(x, probe_only=True) for x in states if x.key in existing]
+            if upd:
+                s.execute(update(KeyStateRow), upd)
+        if transitions:
+            s.execute(
+                TransitionRow.__table__.insert(),
+                [
+                    {
+                        "key": t.key, "provider": t.provider, "old": str(t.old), "new": str(t.new), "at": t.at,
+                        "http_status": t.http_status, "error_code": t.error_code,
+                        "error_message": t.error_message,
+                    }
+                    for t in transitions
+                ],
+            )
+        rows = [r.__dict__ for r in rollups]
+        if rows:
+            self._upsert_rollups(s, rows)
+
+    def write_batch(
+        self,
+        states: Sequence[KeyState],
+        transitions: Sequence[Transition],
+        rollups: Iterable[Rollup],
+        events: Sequence[Event],
+    ) -> None:
+        """The daemon's writer: a cycle's states, transitions, rollups and events in one transaction, so a
+        retried batch is never half written twice."""
+        with self.session.begin() as s:
+            self._save_cycle(s, states, transitions, rollups)
+            self._add_events(s, events)
 
     def _upsert_rollups(self, s: Session, rows: list[dict[str, Any]]) -> None:
         table = ProbeRollupRow.__table__
@@ -216,6 +307,11 @@ class Store:
         if not events:
             return
         with self.session.begin() as s:
+            self._add_events(s, events)
+
+    @staticmethod
+    def _add_events(s: Session, events: Sequence[Event]) -> None:
+        if events:
             s.execute(
                 EventRow.__table__.insert(),
                 [{"at": e.at, "kind": e.kind, "key": e.key, "actor": e.actor, "message": e.message,

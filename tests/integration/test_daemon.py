@@ -113,7 +113,7 @@ def test_lifecycle_notify_ready_reload_and_term(sim, tmp_path: Path, notify_sock
         wait_for(d.ready, what="/readyz 200")
         _status, body = http_get(d.url("/readyz"))
         assert json.loads(body)["checks"] == {"config_loaded": True, "database_reachable": True,
-                                              "first_cycle_done": True}
+                                              "database_writable": True, "first_cycle_done": True}
         assert http_get(d.url("/healthz"))[0] == 200
         time.sleep(0.5)
         msgs = read_notifications(sock)
