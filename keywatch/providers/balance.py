@@ -85,7 +85,7 @@ def _exact_json(response: httpx2.Response) -> Any:
     """The body with amounts as Decimal, so a balance of 0.1 reads as 0.1; None when it is not JSON."""
     try:
         return json.loads(response.content, parse_float=Decimal)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than any real answer
         return None
 
 

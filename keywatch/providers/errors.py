@@ -57,7 +57,7 @@ def classify_status(status: int) -> Health:
 def json_or_none(response: httpx2.Response) -> Any:
     try:
         return response.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than any real answer
         return None
 
 

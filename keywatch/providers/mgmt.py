@@ -221,7 +221,10 @@ def parse_time(value: Any) -> datetime | None:
     if value is None or isinstance(value, bool):
         return None
     if isinstance(value, int | float):
-        return datetime.fromtimestamp(value, UTC)
+        try:
+            return datetime.fromtimestamp(value, UTC)
+        except (OverflowError, OSError, ValueError):  # a timestamp no clock has
+            return None
     if isinstance(value, str):
         try:
             at = datetime.fromisoformat(value.replace("Z", "+00:00"))

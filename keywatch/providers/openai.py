@@ -149,11 +149,14 @@ class OpenAIAdapter(ProviderAdapter):
         except openai.APIStatusError as exc:
             headers = exc.response.headers
             message = _message(exc)
-            health = classify_openai_error(exc.status_code, exc.code, exc.type, message)
+            # A hostile or broken server can put anything where the code and type belong.
+            code = exc.code if isinstance(exc.code, str) else None
+            err_type = exc.type if isinstance(exc.type, str) else None
+            health = classify_openai_error(exc.status_code, code, err_type, message)
             return self.result(
                 key, health, started,
                 http_status=exc.status_code,
-                error_code=exc.code or exc.type,
+                error_code=code or err_type,
                 error_message=message,
                 ratelimit=openai_ratelimit(headers),
                 retry_after_seconds=retry_after(headers),
@@ -166,13 +169,15 @@ class OpenAIAdapter(ProviderAdapter):
                                error_message=str(exc.__cause__ or exc))
         except openai.APIResponseValidationError as exc:
             return self.bad_response(key, started, exc.status_code, "the answer is not the documented shape")
+        except RecursionError:  # JSON nested deeper than any real answer
+            return self.bad_response(key, started, None, "the answer is nested too deeply to read")
         # The list itself is not needed, only proof that it is one: plain JSON is several times
         # cheaper than building a pydantic model per listed model (OpenAI lists about a hundred).
         expected = "choices" if key.probe == "completion" else "data"
         http_response = raw if isinstance(raw, httpx2.Response) else raw.http_response
         try:
             body = json.loads(http_response.content)
-        except ValueError:  # HTML from a proxy, a captive portal ...
+        except (ValueError, RecursionError):  # HTML from a proxy, a captive portal, a hostile nesting ...
             body = None
         if not isinstance(body, dict) or not isinstance(body.get(expected), list):
             return self.bad_response(key, started, http_response.status_code,
