@@ -202,3 +202,75 @@ class Alert:
     provider: str | None = None
     labels: dict[str, str] = field(default_factory=dict)  # routing: team, env, ...
     fields: dict[str, str] = field(default_factory=dict)  # health, transition, masked, fingerprint, action ...
+
+
+class Secret:
+    """A resolved secret. It lives only in memory: printing, logging or putting it in an exception shows
+    its masked form, and it refuses to be pickled."""
+
+    __slots__ = ("_value", "fingerprint", "masked")
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+        self.fingerprint = fingerprint(value)
+        self.masked = mask(value)
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Secret({self.masked})"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __reduce__(self):  # refuse to be pickled into a job store or a cache
+        raise TypeError("a Secret cannot be serialised")
+
+
+@dataclass(frozen=True)
+class Account:
+    """Management credentials for one provider account (admin key, ARM, IAM ...)."""
+
+    name: str
+    provider: str
+    admin_secret: Secret | None = None
+    base_url: str | None = None
+    allow_destructive: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return f"Account({self.name!r}, {self.provider!r})"
+
+
+@dataclass(frozen=True)
+class ManagedKey:
+    """One key of the inventory, with its secret resolved."""
+
+    name: str
+    provider: str
+    secret: Secret | None  # None for deferred references, e.g. `azure:key1`
+    secret_ref: str
+    base_url: str | None = None
+    probe: str = "models"
+    model: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    account: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    extra_secrets: dict[str, Secret] = field(default_factory=dict)
+
+    @property
+    def fingerprint(self) -> str:
+        return self.secret.fingerprint if self.secret else f"ref:{self.secret_ref}"
+
+    @property
+    def masked(self) -> str:
+        return self.secret.masked if self.secret else self.secret_ref
+
+    def __repr__(self) -> str:
+        return f"ManagedKey({self.name!r}, {self.provider!r}, {self.masked})"

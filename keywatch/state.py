@@ -9,8 +9,7 @@ import threading
 from dataclasses import replace
 from datetime import datetime
 
-from keywatch.domain import Health, KeyState, ProbeResult, Rollup, Transition
-from keywatch.providers.base import ManagedKey
+from keywatch.domain import Health, KeyState, ManagedKey, ProbeResult, Rollup, Transition
 
 
 class StateTracker:

@@ -166,7 +166,7 @@ def parse_matchers(items: list[str]) -> dict[str, str]:
 
 def cmd_silence_add(args: argparse.Namespace) -> int:
     """Silence the alerts whose labels all match, for the given duration."""
-    from keywatch.settings.durations import parse_duration
+    from keywatch.durations import parse_duration
 
     try:
         matchers = parse_matchers(args.match)

@@ -92,10 +92,10 @@ async def _admin_async(
     inventory: Any, store: Any, key: Any, what: str, actor: str, reason: str, at_provider: bool
 ) -> Any:
     from keywatch.domain import AdminState, KeyState
-    from keywatch.engine.actions.base import ActionRequest
     from keywatch.engine.actions.disable import DisableAction
     from keywatch.engine.actions.enable import EnableAction
-    from keywatch.engine.executor import Executor, Outcome
+    from keywatch.engine.executor import Executor
+    from keywatch.engine.model import ActionRequest, Outcome
     from keywatch.providers.clients import AdapterSet, make_http_client
 
     states = await asyncio.to_thread(store.load_states)
@@ -136,8 +136,8 @@ def cmd_events(args: argparse.Namespace) -> int:
     reason."""
     from datetime import timedelta
 
+    from keywatch.durations import parse_duration
     from keywatch.settings import load
-    from keywatch.settings.durations import parse_duration
 
     try:
         since = datetime.now(UTC) - timedelta(seconds=parse_duration(args.since))

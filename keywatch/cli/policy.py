@@ -55,7 +55,7 @@ def plan(config: Any, store: Any, now: datetime) -> list[dict[str, str]]:
     """What each policy would do with the stored states: the daemon's own cycle plan (engine.plan)."""
     from datetime import timedelta
 
-    from keywatch.domain import ProbeResult
+    from keywatch.domain import ManagedKey, ProbeResult
     from keywatch.engine.outage import detect
     from keywatch.engine.plan import (
         CycleInputs,
@@ -66,7 +66,6 @@ def plan(config: Any, store: Any, now: datetime) -> list[dict[str, str]]:
         streaks_from_events,
     )
     from keywatch.engine.service import base_urls
-    from keywatch.providers.base import ManagedKey
 
     states = store.load_states()
     admin = store.admin_decisions()

@@ -80,6 +80,6 @@ def _iso(dt: datetime | None) -> str | None:
 def _ago(dt: datetime | None, now: datetime) -> str:
     if dt is None:
         return "never"
-    from keywatch.settings.durations import format_duration
+    from keywatch.durations import format_duration
 
     return format_duration(max(0.0, (now - dt).total_seconds())) + " ago"

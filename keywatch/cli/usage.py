@@ -66,7 +66,7 @@ def report(store: Any, since: datetime, by: str, labels: dict[str, dict[str, str
 
 
 def parse_since(text: str, now: datetime) -> datetime:
-    from keywatch.settings.durations import parse_duration
+    from keywatch.durations import parse_duration
 
     try:
         return now - timedelta(seconds=parse_duration(text))

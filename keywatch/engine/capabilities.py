@@ -11,14 +11,15 @@ on a machine without them.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable, Sequence
 from fnmatch import fnmatchcase
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from keywatch.engine.policy_config import Conditions, PolicyConfig
 from keywatch.providers import registry
 from keywatch.providers.base import Capability
+
+if TYPE_CHECKING:
+    from keywatch.engine.policy_config import Conditions, PolicyConfig
 
 
 class SelectableKey(Protocol):
@@ -29,20 +30,10 @@ class SelectableKey(Protocol):
     labels: dict[str, str]
 
 
-@functools.cache
 def provider_capabilities(provider: str) -> frozenset[Capability] | None:
-    """The capabilities `provider`'s adapter declares; None when its source cannot be read (then nothing
-    is refused on a guess)."""
-    from keywatch.providers.matrix import StaticReader
+    from keywatch.providers.matrix import declared_capabilities
 
-    module_name, _, cls_name = registry.info(provider).adapter.partition(":")
-    try:
-        facts = StaticReader().class_facts(module_name, cls_name)
-    except (ValueError, KeyError, SyntaxError):
-        return None
-    if facts is None:
-        return None
-    return frozenset(Capability(c) for c in facts[0])
+    return declared_capabilities(provider)
 
 
 def selectable_providers(when: Conditions, keys: Iterable[SelectableKey]) -> list[str]:

@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from keywatch.domain import Alert, Event, KeyState, Severity
-from keywatch.providers.base import Capability, ManagedKey, NotSupported, ProviderActionError, ProviderAdapter
+from keywatch.domain import Alert, Event, KeyState, ManagedKey, Severity
+from keywatch.providers.base import Capability, NotSupported, ProviderActionError, ProviderAdapter
 
 if TYPE_CHECKING:
-    from keywatch.engine.actions.base import ActionRequest
+    from keywatch.engine.model import ActionRequest, Outcome
     from keywatch.store.repo import Store
 from keywatch.redact import REGISTRY, redact_text
 
@@ -32,17 +31,6 @@ log = structlog.get_logger("keywatch.executor")
 AdapterLookup = Callable[[str], ProviderAdapter]
 Recorder = Callable[[Event], Awaitable[None]]
 AlertFn = Callable[[Alert], Awaitable[None]]
-
-
-@dataclass
-class Outcome:
-    """What one action did. `result`: ok, partial (keywatch side done, provider side not), failed, dry_run."""
-
-    result: str
-    message: str
-    provider_changed: bool | None = None  # None: not attempted
-    state: KeyState | None = None
-    data: dict[str, Any] = field(default_factory=dict)
 
 
 # -- the executor ---------------------------------------------------------------------------------------

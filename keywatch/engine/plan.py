@@ -19,17 +19,8 @@ from typing import Any
 
 from keywatch.domain import AdminInfo, AdminState, Health, KeyState
 from keywatch.engine import actions
-from keywatch.engine.policy import (
-    AlertWish,
-    Blocked,
-    Decision,
-    KeyView,
-    Ledger,
-    apply_limits,
-    decide,
-    effective_policies,
-    is_operator,
-)
+from keywatch.engine.model import AlertWish, Decision, KeyView, is_operator
+from keywatch.engine.policy import Blocked, Ledger, apply_limits, decide, effective_policies
 from keywatch.engine.policy_config import PolicyConfig, SafetySettings
 from keywatch.pools.membership import PoolHolds
 
@@ -85,8 +76,8 @@ class CyclePlan:
         self._status = st
 
 
-class PlanBuilder:
-    """What each action's `plan()` adds to."""
+class Builder:
+    """What each action's `plan()` adds to (model.PlanBuilder)."""
 
     def __init__(self, now: datetime, streaks: frozenset[Tag], retry_after: Mapping[Tag, datetime]) -> None:
         self.now = now
@@ -145,7 +136,7 @@ class CycleInputs:
 def plan_cycle(inputs: CycleInputs) -> CyclePlan:
     policies = effective_policies(list(inputs.policies), inputs.safety)
     decisions, _ = decide(policies, inputs.views, inputs.now, dry_run=inputs.safety.dry_run)
-    builder = PlanBuilder(inputs.now, inputs.streaks, inputs.retry_after)
+    builder = Builder(inputs.now, inputs.streaks, inputs.retry_after)
     for d in decisions:
         actions.get(d.kind).plan(d, inputs.views[d.key], builder)
     safety = inputs.safety

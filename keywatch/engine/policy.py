@@ -15,69 +15,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from fnmatch import fnmatchcase
 
-from keywatch.domain import AdminState, Health, KeyState, Severity
-from keywatch.engine.actions.base import ActionConfig
+from keywatch.domain import AdminState, Severity
+from keywatch.engine.model import AlertWish, Decision, KeyView, is_operator
 from keywatch.engine.policy_config import Conditions, PolicyConfig, SafetySettings
-
-OPERATOR_PREFIX = "operator:"
-
-
-def is_operator(actor: str | None) -> bool:
-    return bool(actor) and actor.startswith(OPERATOR_PREFIX)  # type: ignore[union-attr]
-
-
-@dataclass(frozen=True)
-class KeyView:
-    """What a decision may know about one key this cycle."""
-
-    state: KeyState
-    signals: frozenset[str] = frozenset()
-    changed_from: Health | None = None  # set when health changed in this cycle
-    counted_probes: int | None = None  # consecutive probes outside outages; None: state.consecutive
-    counted_since: datetime | None = None  # start of the streak, outage time excluded; None: health_since
-    in_outage: bool = False
-    admin_actor: str | None = None
-    admin_changed_at: datetime | None = None
-
-    @property
-    def key(self) -> str:
-        return self.state.key
-
-    @property
-    def probes(self) -> int:
-        return self.state.consecutive if self.counted_probes is None else self.counted_probes
-
-    @property
-    def since(self) -> datetime | None:
-        return self.state.health_since if self.counted_since is None else self.counted_since
-
-    @property
-    def all_signals(self) -> frozenset[str]:
-        return self.signals | {"compromised"} if self.state.compromised else self.signals
-
-    @property
-    def operator_holds(self) -> bool:
-        """A person's decision stands: a disable forever, an enable until the key's health next changes."""
-        if not is_operator(self.admin_actor):
-            return False
-        if self.state.admin_state is AdminState.DISABLED:
-            return True
-        since = self.state.health_since
-        return since is None or self.admin_changed_at is None or self.admin_changed_at >= since
-
-
-@dataclass(frozen=True)
-class Decision:
-    policy: str
-    key: str
-    provider: str
-    action: ActionConfig
-    reason: str
-    dry_run: bool = False
-
-    @property
-    def kind(self) -> str:
-        return self.action.type
 
 
 def matches(c: Conditions, v: KeyView, now: datetime) -> bool:
@@ -127,7 +67,7 @@ def explain(c: Conditions, v: KeyView, now: datetime) -> str:
     if c.for_probes is not None:
         parts.append(f"for {v.probes} probes in a row")
     if c.for_duration is not None and v.since is not None:
-        from keywatch.settings.durations import format_duration
+        from keywatch.durations import format_duration
 
         parts.append(f"for {format_duration((now - v.since).total_seconds())}")
     sig = sorted(v.all_signals & set(c.signals or ()))
@@ -332,17 +272,6 @@ def apply_limits(
 
 
 # -- alerts and pool holds -----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class AlertWish:
-    identity: str
-    severity: Severity
-    key: str
-    provider: str
-    policy: str
-    title: str
-    reason: str
-
-
 _SEVERITY_RANK = {Severity.INFO: 0, Severity.WARNING: 1, Severity.CRITICAL: 2}
 
 

@@ -213,7 +213,8 @@ class SafetySettings(Strict):
 
 
 # -- cross references (run with the Config's earlier fields in `info.data`) -----------------------------
-def check_policies(policies: list[PolicyConfig], info: ValidationInfo) -> list[PolicyConfig]:
+def policy_problems(policies: list[PolicyConfig], info: ValidationInfo) -> list[str]:
+    """Duplicate names and unknown pools; the settings schema adds the provider capability check."""
     problems = []
     pool_names = {p.name for p in (info.data.get("pools") or [])}
     seen: dict[str, int] = {}
@@ -228,12 +229,4 @@ def check_policies(policies: list[PolicyConfig], info: ValidationInfo) -> list[P
                     problems.append(
                         f"[{i}] ({p.name}) actions[{j}].pools: no pool named {name!r} (known: {known})"
                     )
-    from keywatch.engine.capabilities import errors_for_config
-
-    problems += errors_for_config(policies, info.data)
-    if problems:
-        raise ValueError("; ".join(problems))
-    return policies
-
-
-Policies = Annotated[list[PolicyConfig], AfterValidator(check_policies)]
+    return problems

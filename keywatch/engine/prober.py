@@ -13,8 +13,7 @@ from datetime import UTC, datetime
 
 import structlog
 
-from keywatch.domain import Health, ProbeResult
-from keywatch.providers.base import ManagedKey
+from keywatch.domain import Health, ManagedKey, ProbeResult
 from keywatch.providers.clients import AdapterSet
 from keywatch.redact import redact_text
 

@@ -21,11 +21,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from keywatch.domain import AdminInfo, Alert, Event, KeyState, Severity
 from keywatch.engine import actions
 from keywatch.engine import outage as outage_mod
-from keywatch.engine.actions.base import ActionRequest
-from keywatch.engine.executor import Executor, Outcome
+from keywatch.engine.executor import Executor
+from keywatch.engine.model import ActionRequest, AlertWish, Decision, KeyView, Outcome
 from keywatch.engine.outage import OutageTracker, detect
 from keywatch.engine.plan import CycleInputs, CyclePlan, Tag, key_views, ledger_from_events, plan_cycle, tag_of
-from keywatch.engine.policy import AlertBook, AlertWish, Decision, KeyView, Ledger, effective_policies
+from keywatch.engine.policy import AlertBook, Ledger, effective_policies
 from keywatch.pools import PoolManager
 from keywatch.providers import registry
 from keywatch.runtime import CycleReport, Runtime

@@ -27,10 +27,8 @@ from typing import Any
 
 import structlog
 
-from keywatch.domain import Health, ProbeResult
+from keywatch.domain import Account, Health, ManagedKey, ProbeResult, Secret
 from keywatch.engine.prober import ResultCallback
-from keywatch.providers.base import Account, ManagedKey
-from keywatch.settings.secrets import Secret
 
 log = structlog.get_logger("keywatch.workers")
 

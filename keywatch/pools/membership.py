@@ -6,10 +6,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
-from keywatch.domain import AdminState, Health, KeyState, Signal
+from keywatch.domain import AdminState, Health, KeyState, ManagedKey, Secret, Signal
 from keywatch.pools.config import PoolConfig
-from keywatch.providers.base import ManagedKey
-from keywatch.settings.secrets import Secret
 
 BLOCKING_SIGNALS = frozenset(str(s) for s in Signal)
 

@@ -16,9 +16,9 @@ from typing import Any
 
 import structlog
 
+from keywatch.domain import ManagedKey
 from keywatch.pools.config import FileTarget, PoolConfig, RedisTarget
 from keywatch.pools.membership import PoolHolds, PoolMember, members
-from keywatch.providers.base import ManagedKey
 
 log = structlog.get_logger("keywatch.pools")
 

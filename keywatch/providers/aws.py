@@ -45,13 +45,11 @@ from typing import Any, ClassVar, TypeVar
 
 import httpx2
 
-from keywatch.domain import Health, ProbeResult
+from keywatch.domain import Account, Health, ManagedKey, ProbeResult
 from keywatch.providers import mgmt
 from keywatch.providers.base import (
-    Account,
     Capability,
     KeyMetadata,
-    ManagedKey,
     ProviderActionError,
     ProviderAdapter,
 )

@@ -31,13 +31,11 @@ from typing import Any, ClassVar, TypeVar
 
 import httpx2
 
-from keywatch.domain import Health, ProbeResult
+from keywatch.domain import Account, Health, ManagedKey, ProbeResult, Secret
 from keywatch.providers import mgmt
 from keywatch.providers.base import (
-    Account,
     Capability,
     KeyMetadata,
-    ManagedKey,
     NotSupported,
     ProviderActionError,
     ProviderAdapter,
@@ -45,7 +43,6 @@ from keywatch.providers.base import (
 from keywatch.providers.errors import Refusal, error_fields, openai_ratelimit
 from keywatch.providers.errors import retry_after as retry_after_header
 from keywatch.redact import REGISTRY, redact_text
-from keywatch.settings.secrets import Secret
 
 T = TypeVar("T")
 

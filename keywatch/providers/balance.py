@@ -15,9 +15,9 @@ from typing import Any, ClassVar
 
 import httpx2
 
-from keywatch.domain import Health, ProbeResult
+from keywatch.domain import Health, ManagedKey, ProbeResult
 from keywatch.providers import mgmt
-from keywatch.providers.base import Capability, ManagedKey, ProviderAdapter
+from keywatch.providers.base import Capability, ProviderAdapter
 from keywatch.providers.errors import Refusal, classify_status, error_fields, retry_after
 
 

@@ -15,10 +15,9 @@ from typing import Any, ClassVar
 
 import httpx2
 
-from keywatch.domain import Health, ProbeResult, RateLimit
+from keywatch.domain import Account, Health, ManagedKey, ProbeResult, RateLimit
 from keywatch.providers.errors import Refusal, classify_transport_error, json_or_none
 from keywatch.redact import redact_text
-from keywatch.settings.secrets import Secret
 
 
 class Capability(StrEnum):
@@ -42,49 +41,6 @@ class ProviderActionError(Exception):
         super().__init__(message)
         self.permanent = permanent
         self.status = status
-
-
-@dataclass(frozen=True)
-class Account:
-    """Management credentials for one provider account (admin key, ARM, IAM ...)."""
-
-    name: str
-    provider: str
-    admin_secret: Secret | None = None
-    base_url: str | None = None
-    allow_destructive: bool = False
-    options: dict[str, Any] = field(default_factory=dict)
-
-    def __repr__(self) -> str:
-        return f"Account({self.name!r}, {self.provider!r})"
-
-
-@dataclass(frozen=True)
-class ManagedKey:
-    """One key of the inventory, with its secret resolved."""
-
-    name: str
-    provider: str
-    secret: Secret | None  # None for deferred references, e.g. `azure:key1`
-    secret_ref: str
-    base_url: str | None = None
-    probe: str = "models"
-    model: str | None = None
-    labels: dict[str, str] = field(default_factory=dict)
-    account: str | None = None
-    options: dict[str, Any] = field(default_factory=dict)
-    extra_secrets: dict[str, Secret] = field(default_factory=dict)
-
-    @property
-    def fingerprint(self) -> str:
-        return self.secret.fingerprint if self.secret else f"ref:{self.secret_ref}"
-
-    @property
-    def masked(self) -> str:
-        return self.secret.masked if self.secret else self.secret_ref
-
-    def __repr__(self) -> str:
-        return f"ManagedKey({self.name!r}, {self.provider!r}, {self.masked})"
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,9 @@ from __future__ import annotations
 import httpx2
 import structlog
 
+from keywatch.domain import Account
 from keywatch.providers import registry
-from keywatch.providers.base import Account, ProviderAdapter
+from keywatch.providers.base import ProviderAdapter
 
 log = structlog.get_logger("keywatch.providers")
 

@@ -13,7 +13,7 @@ from typing import Any
 import httpx2
 
 from keywatch.domain import Health, RateLimit
-from keywatch.settings.durations import parse_duration
+from keywatch.durations import parse_duration
 
 
 @dataclass(frozen=True)

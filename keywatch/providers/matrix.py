@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import importlib.util
 import sys
 from collections.abc import Callable
@@ -245,3 +246,17 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+@functools.cache
+def declared_capabilities(name: str) -> frozenset[Capability] | None:
+    """The capabilities `name`'s adapter declares, read from its source (validating a config must not import
+    boto3 or the Azure SDK); None when the source cannot be read, so nothing is refused on a guess."""
+    module_name, _, cls_name = registry.info(name).adapter.partition(":")
+    try:
+        facts = StaticReader().class_facts(module_name, cls_name)
+    except (ValueError, KeyError, SyntaxError):
+        return None
+    if facts is None:
+        return None
+    return frozenset(Capability(c) for c in facts[0])

@@ -14,7 +14,8 @@ from typing import Any, TypeVar
 
 import httpx2
 
-from keywatch.providers.base import Account, ManagedKey, ProviderActionError, ProviderAdapter
+from keywatch.domain import Account, ManagedKey
+from keywatch.providers.base import ProviderActionError, ProviderAdapter
 from keywatch.providers.errors import error_fields, json_or_none
 from keywatch.redact import redact_text
 

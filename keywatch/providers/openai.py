@@ -14,12 +14,10 @@ from typing import Any, ClassVar
 import httpx2
 import openai
 
-from keywatch.domain import Health, ProbeResult
+from keywatch.domain import Account, Health, ManagedKey, ProbeResult
 from keywatch.providers.base import (
-    Account,
     Capability,
     KeyMetadata,
-    ManagedKey,
     NotSupported,
     ProviderAdapter,
 )

@@ -13,8 +13,9 @@ from typing import Any
 import httpx2
 import openai
 
+from keywatch.domain import Account, ManagedKey
 from keywatch.providers import mgmt
-from keywatch.providers.base import Account, KeyMetadata, ManagedKey, NotSupported, ProviderActionError
+from keywatch.providers.base import KeyMetadata, NotSupported, ProviderActionError
 from keywatch.redact import redact_text
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"

@@ -9,18 +9,15 @@ from typing import Any, ClassVar
 
 import httpx2
 
-from keywatch.domain import Health, ProbeResult
+from keywatch.domain import Account, Health, ManagedKey, ProbeResult, Secret
 from keywatch.providers import mgmt
 from keywatch.providers.base import (
-    Account,
     Capability,
     KeyMetadata,
-    ManagedKey,
     ProviderActionError,
     ProviderAdapter,
 )
 from keywatch.providers.errors import Refusal, classify_status, error_fields, openai_ratelimit, retry_after
-from keywatch.settings.secrets import Secret
 
 DEFAULT_BASE_URL = "https://openrouter.ai/api/v1"
 FIGURES = ("usage", "usage_daily", "usage_weekly", "usage_monthly", "limit", "limit_remaining")

@@ -1,13 +1,5 @@
 """Configuration: schema, loading, secret references."""
 
-import importlib
-from typing import Any
+from keywatch.settings.loader import ConfigError, Inventory, load, load_inventory
 
 __all__ = ["ConfigError", "Inventory", "load", "load_inventory"]
-
-
-def __getattr__(name: str) -> Any:
-    # Lazy, so that providers.base can use settings.secrets without importing the loader (which needs it).
-    if name in __all__:
-        return getattr(importlib.import_module("keywatch.settings.loader"), name)
-    raise AttributeError(name)

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from keywatch.providers.base import Account, ManagedKey
+from keywatch.domain import Account, ManagedKey
 from keywatch.settings import secrets
 from keywatch.settings.schema import Config
 

@@ -12,11 +12,12 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     Field,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from keywatch.engine.policy_config import OutageSettings, Policies, SafetySettings
+from keywatch.engine.policy_config import OutageSettings, PolicyConfig, SafetySettings, policy_problems
 from keywatch.notify.config import AlertsConfig
 from keywatch.pools.config import Pools
 from keywatch.providers import registry
@@ -26,6 +27,21 @@ from keywatch.usage.config import Budgets, UsageSettings, check_references
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
 LABEL_NAME_PATTERN = r"^[a-zA-Z_][a-zA-Z0-9_]{0,63}$"
 
+
+
+
+def _check_policies(policies: list[PolicyConfig], info: ValidationInfo) -> list[PolicyConfig]:
+    """Every problem of the policies in one message: names, pools, and actions the selected keys'
+    providers cannot do (the one place the schema reaches into a capability: engine.capabilities)."""
+    from keywatch.engine.capabilities import errors_for_config
+
+    problems = policy_problems(policies, info) + errors_for_config(policies, info.data)
+    if problems:
+        raise ValueError("; ".join(problems))
+    return policies
+
+
+Policies = Annotated[list[PolicyConfig], AfterValidator(_check_policies)]
 
 class DaemonSettings(Strict):
     database: str | None = Field(

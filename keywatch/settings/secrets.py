@@ -1,15 +1,12 @@
-"""Secret references (`env:NAME`, `file:/path`, `credential:NAME`) and the Secret holder.
-
-A secret is resolved once at load time and lives only in memory, wrapped so that printing,
-logging or putting it in an exception shows its masked form.
-"""
+"""Secret references (`env:NAME`, `file:/path`, `credential:NAME`), resolved once at load time into a
+`domain.Secret`, which lives only in memory."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from keywatch.domain import fingerprint, mask
+from keywatch.domain import Secret
 
 SCHEMES = ("env", "file", "credential")
 # References resolved later by the provider itself from its account (e.g. `azure:key1`).
@@ -18,32 +15,6 @@ DEFERRED_SCHEMES = ("azure",)
 
 class SecretError(Exception):
     """A reference that cannot be resolved. The message never contains the secret."""
-
-
-class Secret:
-    __slots__ = ("_value", "fingerprint", "masked")
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-        self.fingerprint = fingerprint(value)
-        self.masked = mask(value)
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return f"Secret({self.masked})"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
-
-    def __reduce__(self):  # refuse to be pickled into a job store or a cache
-        raise TypeError("a Secret cannot be serialised")
 
 
 def scheme_of(ref: str) -> str | None:

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
 
-from keywatch.settings.durations import DURATION_PATTERN, format_duration, parse_duration
+from keywatch.durations import DURATION_PATTERN, format_duration, parse_duration
 
 
 def _duration(value: Any) -> float:

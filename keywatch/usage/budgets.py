@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from keywatch.providers.base import ManagedKey
+from keywatch.domain import ManagedKey
 from keywatch.usage.config import BudgetConfig
 from keywatch.usage.store import Aggregate
 

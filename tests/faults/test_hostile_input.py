@@ -15,12 +15,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from keywatch.domain import Health, ProbeResult
+from keywatch.domain import Health, ManagedKey, ProbeResult, Secret
 from keywatch.providers import registry
-from keywatch.providers.base import ManagedKey
 from keywatch.providers.errors import anthropic_ratelimit, openai_ratelimit, retry_after
 from keywatch.redact import REGISTRY
-from keywatch.settings.secrets import Secret
 from keywatch.web import WebServer
 
 SECRET = "sk-proj-" + "Hostile0123456789abcdefghij" * 2 + "ZZ9q"

@@ -9,9 +9,8 @@ from typing import Literal
 from pydantic import Field
 
 from keywatch.engine.actions import register
-from keywatch.engine.actions.base import Action, ActionConfig, ActionRequest
-from keywatch.engine.executor import Executor, Outcome
-from keywatch.engine.policy import KeyView
+from keywatch.engine.actions.base import Action
+from keywatch.engine.model import ActionConfig, ActionContext, ActionRequest, KeyView, Outcome
 
 
 class MarkAction(ActionConfig):
@@ -32,7 +31,7 @@ class Mark(Action):
         return not (p.exists() and f"{view.key} " in p.read_text())
 
     @classmethod
-    async def execute(cls, ex: Executor, req: ActionRequest) -> Outcome:
+    async def execute(cls, ex: ActionContext, req: ActionRequest) -> Outcome:
         async def body() -> Outcome:
             with open(req.config.path, "a") as f:
                 f.write(f"{req.key.name} {req.config.note}\n")

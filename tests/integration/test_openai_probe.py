@@ -9,10 +9,8 @@ import sys
 import httpx2
 import pytest
 
-from keywatch.domain import Health
-from keywatch.providers.base import ManagedKey
+from keywatch.domain import Health, ManagedKey, Secret
 from keywatch.providers.openai import OpenAIAdapter
-from keywatch.settings.secrets import Secret
 from tests.integration.conftest import free_port, toml_config, unique_secret
 
 CASES = [

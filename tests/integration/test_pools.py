@@ -11,12 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from keywatch.domain import AdminState, Health, KeyState, RateLimit, Signal
+from keywatch.domain import AdminState, Health, KeyState, ManagedKey, RateLimit, Secret, Signal
 from keywatch.pools import members
 from keywatch.pools.config import PoolConfig
 from keywatch.pools.publish import write_atomic
-from keywatch.providers.base import ManagedKey
-from keywatch.settings.secrets import Secret
 from tests.integration.test_policy_harness import cli, start, stop
 
 REDIS_URL = "redis://127.0.0.1:6379/0"

@@ -8,10 +8,9 @@ import socket
 import httpx2
 import pytest
 
-from keywatch.domain import Health
+from keywatch.domain import Account, Health, ManagedKey, Secret
 from keywatch.providers.anthropic import AnthropicAdapter, classify_anthropic_error
-from keywatch.providers.base import Account, ManagedKey, ProviderActionError
-from keywatch.settings.secrets import Secret
+from keywatch.providers.base import ProviderActionError
 from keywatch.sim import Simulator
 
 SECRET = "sk-ant-api03-R2DxQ2LmN7pR3sT8vY1zA6cD0eF5gH2jK4Lq9Wm3Nb5Vc7Xz1Pa8Sd6Fg4Hj2Kl0Zx-igAA"

@@ -19,12 +19,11 @@ import httpx2
 import pytest
 from prometheus_client import CollectorRegistry
 
-from keywatch.domain import Health
+from keywatch.domain import Account, Health, ManagedKey, Secret
 from keywatch.metrics import Metrics
 from keywatch.providers.aws import AwsBedrockAdapter, AwsIamAdapter, bedrock_alias, user_from_arn
-from keywatch.providers.base import Account, ManagedKey, ProviderActionError
+from keywatch.providers.base import ProviderActionError
 from keywatch.redact import REGISTRY
-from keywatch.settings.secrets import Secret
 from keywatch.sim.server import SimulatorThread
 from keywatch.state import StateTracker
 

@@ -12,11 +12,10 @@ from typing import Any
 import httpx2
 import pytest
 
-from keywatch.domain import Health
+from keywatch.domain import Account, Health, ManagedKey, Secret
 from keywatch.providers.azure_openai import AzureOpenAIAdapter, retry_seconds
-from keywatch.providers.base import Account, ManagedKey, NotSupported, ProviderActionError
+from keywatch.providers.base import NotSupported, ProviderActionError
 from keywatch.redact import REGISTRY
-from keywatch.settings.secrets import Secret
 from keywatch.sim.routes import azure as azure_sim
 from keywatch.sim.server import SimulatorThread
 

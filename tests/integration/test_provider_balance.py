@@ -11,10 +11,9 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp import web
 
-from keywatch.domain import Health
+from keywatch.domain import Health, ManagedKey, Secret
 from keywatch.providers.balance import DeepSeekAdapter, MoonshotAdapter
-from keywatch.providers.base import ManagedKey, NotSupported
-from keywatch.settings.secrets import Secret
+from keywatch.providers.base import NotSupported
 
 SECRET = "sk-3f9a2b7c4d1e8f6a5b0c9d2e7f1a4b8c"
 

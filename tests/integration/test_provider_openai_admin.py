@@ -5,10 +5,9 @@ from __future__ import annotations
 import httpx2
 import pytest
 
-from keywatch.domain import Health
-from keywatch.providers.base import Account, ManagedKey, NotSupported, ProviderActionError
+from keywatch.domain import Account, Health, ManagedKey, Secret
+from keywatch.providers.base import NotSupported, ProviderActionError
 from keywatch.providers.openai import OpenAIAdapter, OpenAICompatibleAdapter
-from keywatch.settings.secrets import Secret
 from keywatch.sim import Simulator
 
 SECRET = "sk-proj-4bW9xQ2LmN7pR3sT8vY1zA6cD0eF5gH2jK4Lq9Wm3Nb5Vc7Xz1GDYA"

@@ -8,10 +8,9 @@ import socket
 import httpx2
 import pytest
 
-from keywatch.domain import Health
-from keywatch.providers.base import Account, ManagedKey, ProviderActionError
+from keywatch.domain import Account, Health, ManagedKey, Secret
+from keywatch.providers.base import ProviderActionError
 from keywatch.providers.openrouter import OpenRouterAdapter
-from keywatch.settings.secrets import Secret
 from keywatch.sim import Simulator
 
 SECRET = "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"

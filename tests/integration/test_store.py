@@ -6,9 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import text
 
-from keywatch.domain import AdminState, Event, Health, ProbeResult
-from keywatch.providers.base import ManagedKey
-from keywatch.settings.secrets import Secret
+from keywatch.domain import AdminState, Event, Health, ManagedKey, ProbeResult, Secret
 from keywatch.state import StateTracker
 from keywatch.store.repo import Store
 

@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from keywatch.domain import Health, KeyState, Severity
+from keywatch.engine.model import KeyView
 from keywatch.engine.plan import CycleInputs, plan_cycle
-from keywatch.engine.policy import KeyView
 from keywatch.engine.policy_config import SafetySettings
 
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)

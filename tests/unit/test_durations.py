@@ -1,6 +1,6 @@
 import pytest
 
-from keywatch.settings.durations import format_duration, parse_duration
+from keywatch.durations import format_duration, parse_duration
 
 
 @pytest.mark.parametrize(

@@ -9,12 +9,11 @@ import pytest
 from freezegun import freeze_time
 
 from keywatch.domain import AdminState, Health, KeyState, ProbeResult, Severity
+from keywatch.engine.model import AlertWish, KeyView
 from keywatch.engine.outage import OutageTracker, detect
 from keywatch.engine.plan import CycleInputs, plan_cycle
 from keywatch.engine.policy import (
     AlertBook,
-    AlertWish,
-    KeyView,
     Ledger,
     apply_limits,
     decide,

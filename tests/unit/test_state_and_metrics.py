@@ -4,10 +4,8 @@ from datetime import UTC, datetime, timedelta
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from keywatch.domain import Health, ProbeResult, RateLimit
+from keywatch.domain import Health, ManagedKey, ProbeResult, RateLimit, Secret
 from keywatch.metrics import Metrics
-from keywatch.providers.base import ManagedKey
-from keywatch.settings.secrets import Secret
 from keywatch.state import StateTracker
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)

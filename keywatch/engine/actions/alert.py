@@ -10,8 +10,7 @@ from pydantic import Field, field_validator
 from keywatch.domain import Severity
 from keywatch.engine.actions import register
 from keywatch.engine.actions.base import Action, ActionConfig
-from keywatch.engine.plan import PlanBuilder
-from keywatch.engine.policy import AlertWish, Decision, KeyView
+from keywatch.engine.model import AlertWish, Decision, KeyView, PlanBuilder
 
 
 class AlertAction(ActionConfig):

@@ -10,34 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
-from keywatch.domain import KeyState
-from keywatch.providers.base import Capability, ManagedKey
-from keywatch.settings.types import Strict
+from keywatch.engine.model import ActionConfig, ActionContext, ActionRequest, Decision, KeyView, Outcome, PlanBuilder
+from keywatch.providers.base import Capability
 
-if TYPE_CHECKING:
-    from keywatch.engine.executor import Executor, Outcome
-    from keywatch.engine.plan import PlanBuilder
-    from keywatch.engine.policy import Decision, KeyView
-
-
-class ActionConfig(Strict):
-    """Base of every action's config model; each subclass declares `type: Literal["<name>"]`."""
-
-    type: str
-
-
-@dataclass(frozen=True)
-class ActionRequest:
-    """One action to run now: what, on which key, by whom and why."""
-
-    key: ManagedKey
-    state: KeyState
-    actor: str
-    reason: str
-    config: Any
-    dry_run: bool = False
+__all__ = ["Action", "ActionConfig", "ActionRequest", "CapabilityCheck"]
 
 
 @dataclass(frozen=True)
@@ -75,7 +53,7 @@ class Action:
         builder.act(decision, view)
 
     @classmethod
-    async def execute(cls, ex: Executor, req: ActionRequest) -> Outcome:
+    async def execute(cls, ex: ActionContext, req: ActionRequest) -> Outcome:
         raise NotImplementedError(f"action {cls.type} is not run by the executor")
 
     @classmethod

@@ -12,8 +12,7 @@ from pydantic import Field
 from keywatch.domain import AdminState
 from keywatch.engine.actions import register
 from keywatch.engine.actions.base import Action, ActionConfig, ActionRequest, CapabilityCheck
-from keywatch.engine.executor import Executor, Outcome
-from keywatch.engine.policy import KeyView
+from keywatch.engine.model import ActionContext, KeyView, Outcome
 from keywatch.providers.base import Capability
 
 
@@ -68,7 +67,7 @@ class Disable(Action):
         return "disabled at the provider" if config.at_provider else "disabled in keywatch"
 
     @classmethod
-    async def execute(cls, ex: Executor, req: ActionRequest) -> Outcome:
+    async def execute(cls, ex: ActionContext, req: ActionRequest) -> Outcome:
         async def body() -> Outcome:
             changed, words = await ex.provider_call(req.key, Capability.DISABLE, "disable",
                                                     at_provider=req.config.at_provider)

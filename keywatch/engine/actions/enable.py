@@ -13,8 +13,7 @@ from keywatch.domain import AdminState
 from keywatch.engine.actions import register
 from keywatch.engine.actions.base import Action, ActionConfig, ActionRequest, CapabilityCheck
 from keywatch.engine.actions.disable import no_reversible, provider_side_written
-from keywatch.engine.executor import Executor, Outcome
-from keywatch.engine.policy import KeyView
+from keywatch.engine.model import ActionContext, KeyView, Outcome
 from keywatch.providers.base import Capability
 
 
@@ -48,7 +47,7 @@ class Enable(Action):
         return "re-enabled"
 
     @classmethod
-    async def execute(cls, ex: Executor, req: ActionRequest) -> Outcome:
+    async def execute(cls, ex: ActionContext, req: ActionRequest) -> Outcome:
         async def body() -> Outcome:
             changed, words = await ex.provider_call(req.key, Capability.ENABLE, "enable",
                                                     at_provider=req.config.at_provider)

@@ -10,7 +10,7 @@ from pydantic import Field
 
 from keywatch.engine.actions import register
 from keywatch.engine.actions.base import Action, ActionConfig, ActionRequest
-from keywatch.engine.executor import Executor, Outcome
+from keywatch.engine.model import ActionContext, Outcome
 from keywatch.redact import REGISTRY
 from keywatch.settings.types import Duration
 
@@ -37,7 +37,7 @@ class Hook(Action):
         return f"ran {config.command[0]}"
 
     @classmethod
-    async def execute(cls, ex: Executor, req: ActionRequest) -> Outcome:
+    async def execute(cls, ex: ActionContext, req: ActionRequest) -> Outcome:
         """Run the program with what it needs to know and nothing more: not the daemon's environment, which
         may hold the secrets keywatch read from env: references."""
         command = req.config.command

@@ -9,8 +9,7 @@ from pydantic import Field
 from keywatch.engine.actions import register
 from keywatch.engine.actions.base import Action, ActionConfig
 from keywatch.engine.actions.pool_remove import announce_hold
-from keywatch.engine.plan import PlanBuilder
-from keywatch.engine.policy import Decision, KeyView
+from keywatch.engine.model import Decision, KeyView, PlanBuilder
 
 
 class PoolAddAction(ActionConfig):

@@ -12,9 +12,10 @@ from pydantic import Field, model_validator
 from keywatch.domain import AdminState
 from keywatch.engine.actions import register
 from keywatch.engine.actions.base import Action, ActionConfig, ActionRequest, CapabilityCheck
-from keywatch.engine.executor import Executor, Outcome
-from keywatch.engine.policy import KeyView
+from keywatch.engine.model import ActionContext, KeyView, Outcome
+from keywatch.providers import registry
 from keywatch.providers.base import Capability
+from keywatch.providers.matrix import declared_capabilities
 
 
 class RevokeAction(ActionConfig):
@@ -33,9 +34,7 @@ class RevokeAction(ActionConfig):
 
 
 def _caps(provider: str) -> frozenset[Capability]:
-    from keywatch.engine.capabilities import provider_capabilities
-
-    return provider_capabilities(provider) or frozenset()
+    return declared_capabilities(provider) or frozenset()
 
 
 def _can(provider: str) -> str:
@@ -72,8 +71,6 @@ class Revoke(Action):
     def check_capability(cls, config: RevokeAction, where: str, lacking: Sequence[str]) -> CapabilityCheck:
         """An error: the policy's whole point would silently not happen."""
         can = "; ".join(f"{x} can: {_can(x)}" for x in lacking)
-        from keywatch.providers import registry
-
         able = [x for x in registry.names() if Capability.REVOKE in _caps(x)]
         return CapabilityCheck(errors=[
             f"{where}: {', '.join(lacking)} cannot revoke a key through its API ({can}); instead: "
@@ -86,7 +83,7 @@ class Revoke(Action):
         return "revoked at the provider"
 
     @classmethod
-    async def execute(cls, ex: Executor, req: ActionRequest) -> Outcome:
+    async def execute(cls, ex: ActionContext, req: ActionRequest) -> Outcome:
         """Retired in keywatch only once the provider confirms: a key that may still work there must not be
         marked retired."""
 

@@ -23,10 +23,10 @@ from typing import Any
 
 import httpx2
 
-from keywatch.providers.base import Account, ProviderActionError
+from keywatch.domain import Account, Secret
+from keywatch.providers.base import ProviderActionError
 from keywatch.providers.errors import error_fields
 from keywatch.redact import redact_text
-from keywatch.settings.secrets import Secret
 from keywatch.usage.collectors.base import MAX_PAGES, PullContext, PullError, Source, as_int
 from keywatch.usage.money import amount
 from keywatch.usage.rows import PullResult, Replace, UsageRow, ceil, floor

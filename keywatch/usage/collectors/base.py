@@ -12,7 +12,8 @@ from typing import Any
 import httpx2
 import structlog
 
-from keywatch.providers.base import Account, ManagedKey, NotSupported, ProviderActionError, ProviderAdapter
+from keywatch.domain import Account, ManagedKey
+from keywatch.providers.base import NotSupported, ProviderActionError, ProviderAdapter
 from keywatch.providers.errors import error_fields
 from keywatch.redact import redact_text
 
