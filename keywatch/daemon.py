@@ -33,7 +33,7 @@ from keywatch.runtime import Capability, CycleReport, EventLog, Runtime
 from keywatch.settings import ConfigError, Inventory, load_inventory
 from keywatch.state import StateTracker
 from keywatch.store.repo import Store, default_database_url, describe_url
-from keywatch.web import WebServer
+from keywatch.web import ListenError, WebServer
 
 log = structlog.get_logger("keywatch.daemon")
 
@@ -114,8 +114,8 @@ class Daemon:
         return self._web.bound_port if self._web else None
 
     # -- lifecycle ----------------------------------------------------------------------------------
-    def load(self) -> Inventory:
-        inventory = load_inventory(self.config_path)
+    def load(self, *, alert_sinks: bool = True) -> Inventory:
+        inventory = load_inventory(self.config_path, alert_sinks=alert_sinks)
         for w in inventory.warnings:
             log.warning("config_warning", problem=w)
         return inventory
@@ -169,13 +169,21 @@ class Daemon:
             await http.aclose()
 
     async def start(self) -> None:
-        """Everything up to the first scheduled cycle. Raises ConfigError for a bad config."""
-        inventory = self.load()
+        """Everything up to the first scheduled cycle. Raises ConfigError for a bad config, or for an address
+        it cannot listen on, before any side effect (no database file, no migration, no worker process)."""
+        inventory = self.load()  # every check that can be made without side effects, as `config validate`
+        listen = inventory.config.daemon.listen
+        web = WebServer(listen, self.metrics.exposition_chunks, self.readiness)
+        try:
+            await web.start()  # before the database: /healthz answers while a slow database connects
+        except ListenError as exc:
+            raise ConfigError(inventory.source, [
+                f"daemon.listen: {exc}; stop what uses it or set another host:port in daemon.listen",
+            ]) from None
+        self._web = web
         self._use_inventory(inventory)
         url = inventory.config.daemon.database or default_database_url()
         self.store = Store(url)
-        self._web = WebServer(inventory.config.daemon.listen, self.metrics.exposition_chunks, self.readiness)
-        await self._web.start()  # before the database: /healthz answers while a slow database connects
         await self._ensure_db()
         await self._setup_extensions()
         self._scheduler = AsyncIOScheduler(timezone=UTC)
@@ -286,7 +294,7 @@ class Daemon:
         """SIGHUP: take the new config, or keep the running one and say why."""
         log.info("reloading", file=self.config_path)
         try:
-            inventory = await asyncio.to_thread(self.load)
+            inventory = await asyncio.to_thread(self.load, alert_sinks=False)
         except ConfigError as exc:
             for p in exc.problems:
                 log.error("reload_refused", file=exc.source, problem=p)

@@ -109,6 +109,8 @@ def load(path: str | Path) -> Config:
         raise ConfigError(str(p), ["file not found"]) from None
     except OSError as exc:
         raise ConfigError(str(p), [f"cannot be read: {exc.strerror}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(p), [f"is not UTF-8 text (byte {exc.start}); save it as UTF-8"]) from None
     return parse(text, str(p))
 
 
@@ -182,6 +184,30 @@ def build_inventory(config: Config, source: str) -> Inventory:
     return Inventory(config=settings, source=source, keys=keys, accounts=accounts, warnings=warnings)
 
 
-def load_inventory(path: str | Path) -> Inventory:
+def alert_sink_problems(config: Config) -> list[str]:
+    """Resolve the `[[alerts.sinks]]` secret references as the daemon's alerts capability does at start, so a
+    reference that does not resolve is refused by `config validate`, and by `run` before anything starts
+    (not after the database was migrated). Each problem names the field, never a value."""
+    from keywatch.notify.registry import SinkConfigError, resolve_sinks
+
+    try:
+        resolve_sinks(config.alerts, allow_literal=config.daemon.allow_literal_secrets)
+    except SinkConfigError as exc:
+        return [f"{p}; fix the reference or remove the sink" for p in exc.problems]
+    return []
+
+
+def load_inventory(path: str | Path, *, alert_sinks: bool = True) -> Inventory:
+    """The config at `path`, validated, with every secret reference resolved. `alert_sinks=False` leaves the
+    alert sinks' references to the alerts capability (on a reload, a sink that fails keeps the running
+    [alerts] config while the rest of the new config applies)."""
     config = load(path)
-    return build_inventory(config, str(path))
+    source = str(path)
+    problems = alert_sink_problems(config) if alert_sinks else []
+    try:
+        inventory = build_inventory(config, source)
+    except ConfigError as exc:
+        raise ConfigError(source, exc.problems + problems) from None
+    if problems:
+        raise ConfigError(source, problems)
+    return inventory
