@@ -69,6 +69,10 @@ class Daemon:
         self._db_ready = False
         self._pending_transitions: list[Transition] = []
         self._stop = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+        self._reload_wanted = False
+        self._reloads_open = False  # SIGHUPs during start-up are kept for when it is done
+        self._reloads: asyncio.Future[None] | None = None
         self._current_cycle: asyncio.Task[None] | None = None
         self._retired: list[Any] = []
         self._scheduler: AsyncIOScheduler | None = None
@@ -223,21 +227,27 @@ class Daemon:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        # Handlers first: a SIGTERM during start-up still ends in an orderly stop.
+        # Handlers first: a SIGTERM during start-up still ends in an orderly stop, a SIGHUP reloads once
+        # start-up is done (instead of killing the process).
         loop.add_signal_handler(signal.SIGTERM, self.request_stop)
         loop.add_signal_handler(signal.SIGINT, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         try:
             await self.start()
         except ConfigError as exc:
             for p in exc.problems:
                 log.error("config_error", file=exc.source, problem=p)
             return 2
-        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        self._reloads_open = True
+        if self._reload_wanted:
+            self.request_reload()
         watchdog = asyncio.create_task(self._watchdog())
         sd_notify(f"READY=1\nSTATUS=probing {len(self.inventory.keys) if self.inventory else 0} keys")
         await self._stop.wait()
         sd_notify("STOPPING=1")
         log.info("stopping", reason="signal")
+        if self._reloads is not None and not self._reloads.done():
+            await asyncio.wait({self._reloads}, timeout=30)  # a reload under way finishes, none starts
         await self.shutdown()
         watchdog.cancel()
         log.info("stopped")
@@ -245,6 +255,21 @@ class Daemon:
 
     def request_stop(self) -> None:
         self._stop.set()
+
+    def request_reload(self) -> None:
+        """SIGHUP. Reloads run one at a time; signals arriving during a reload schedule exactly one more,
+        which reads the file when it starts: the last signal wins, however fast they come."""
+        self._reload_wanted = True
+        if self._reloads_open and (self._reloads is None or self._reloads.done()):
+            self._reloads = asyncio.ensure_future(self._reload_until_current())
+
+    async def _reload_until_current(self) -> None:
+        while self._reload_wanted and not self._stop.is_set():
+            self._reload_wanted = False
+            try:
+                await self.reload()
+            except Exception:
+                log.exception("reload_failed")
 
     async def shutdown(self) -> None:
         if self._scheduler is not None:
@@ -291,7 +316,12 @@ class Daemon:
             await asyncio.sleep(period)
 
     async def reload(self) -> bool:
-        """SIGHUP: take the new config, or keep the running one and say why."""
+        """SIGHUP: take the new config, or keep the running one and say why. One reload at a time: the file
+        is read and applied under the lock, so an older read can never be applied after a newer one."""
+        async with self._reload_lock:
+            return await self._reload()
+
+    async def _reload(self) -> bool:
         log.info("reloading", file=self.config_path)
         try:
             inventory = await asyncio.to_thread(self.load, alert_sinks=False)
