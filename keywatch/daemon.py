@@ -34,7 +34,7 @@ from keywatch.settings import ConfigError, Inventory, load_inventory
 from keywatch.state import StateTracker
 from keywatch.store.repo import Store, default_database_url, describe_url
 from keywatch.store.writer import DatabaseWriter, WriteStatus
-from keywatch.web import WebServer
+from keywatch.web import ListenError, WebServer
 
 log = structlog.get_logger("keywatch.daemon")
 
@@ -78,6 +78,10 @@ class Daemon:
         self._db_ready = False
         self._writer: DatabaseWriter | None = None
         self._stop = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+        self._reload_wanted = False
+        self._reloads_open = False  # SIGHUPs during start-up are kept for when it is done
+        self._reloads: asyncio.Future[None] | None = None
         self._current_cycle: asyncio.Task[None] | None = None
         self._retired: list[Any] = []
         self._scheduler: AsyncIOScheduler | None = None
@@ -126,8 +130,8 @@ class Daemon:
         return self._web.bound_port if self._web else None
 
     # -- lifecycle ----------------------------------------------------------------------------------
-    def load(self) -> Inventory:
-        inventory = load_inventory(self.config_path)
+    def load(self, *, alert_sinks: bool = True) -> Inventory:
+        inventory = load_inventory(self.config_path, alert_sinks=alert_sinks)
         for w in inventory.warnings:
             log.warning("config_warning", problem=w)
         return inventory
@@ -181,13 +185,21 @@ class Daemon:
             await http.aclose()
 
     async def start(self) -> None:
-        """Everything up to the first scheduled cycle. Raises ConfigError for a bad config."""
-        inventory = self.load()
+        """Everything up to the first scheduled cycle. Raises ConfigError for a bad config, or for an address
+        it cannot listen on, before any side effect (no database file, no migration, no worker process)."""
+        inventory = self.load()  # every check that can be made without side effects, as `config validate`
+        listen = inventory.config.daemon.listen
+        web = WebServer(listen, self.metrics.exposition_chunks, self.readiness)
+        try:
+            await web.start()  # before the database: /healthz answers while a slow database connects
+        except ListenError as exc:
+            raise ConfigError(inventory.source, [
+                f"daemon.listen: {exc}; stop what uses it or set another host:port in daemon.listen",
+            ]) from None
+        self._web = web
         self._use_inventory(inventory)
         url = inventory.config.daemon.database or default_database_url()
         self.store = Store(url, busy_timeout=BUSY_TIMEOUT)
-        self._web = WebServer(inventory.config.daemon.listen, self.metrics.exposition_chunks, self.readiness)
-        await self._web.start()  # before the database: /healthz answers while a slow database connects
         await self._ensure_db()
         self._writer = DatabaseWriter(self.store, on_status=self._db_status, on_drop=self._db_dropped,
                                       prepare=self._prepare_db)
@@ -230,21 +242,27 @@ class Daemon:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        # Handlers first: a SIGTERM during start-up still ends in an orderly stop.
+        # Handlers first: a SIGTERM during start-up still ends in an orderly stop, a SIGHUP reloads once
+        # start-up is done (instead of killing the process).
         loop.add_signal_handler(signal.SIGTERM, self.request_stop)
         loop.add_signal_handler(signal.SIGINT, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         try:
             await self.start()
         except ConfigError as exc:
             for p in exc.problems:
                 log.error("config_error", file=exc.source, problem=p)
             return 2
-        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload()))
+        self._reloads_open = True
+        if self._reload_wanted:
+            self.request_reload()
         watchdog = asyncio.create_task(self._watchdog())
         sd_notify(f"READY=1\nSTATUS=probing {len(self.inventory.keys) if self.inventory else 0} keys")
         await self._stop.wait()
         sd_notify("STOPPING=1")
         log.info("stopping", reason="signal")
+        if self._reloads is not None and not self._reloads.done():
+            await asyncio.wait({self._reloads}, timeout=30)  # a reload under way finishes, none starts
         await self.shutdown()
         watchdog.cancel()
         log.info("stopped")
@@ -252,6 +270,21 @@ class Daemon:
 
     def request_stop(self) -> None:
         self._stop.set()
+
+    def request_reload(self) -> None:
+        """SIGHUP. Reloads run one at a time; signals arriving during a reload schedule exactly one more,
+        which reads the file when it starts: the last signal wins, however fast they come."""
+        self._reload_wanted = True
+        if self._reloads_open and (self._reloads is None or self._reloads.done()):
+            self._reloads = asyncio.ensure_future(self._reload_until_current())
+
+    async def _reload_until_current(self) -> None:
+        while self._reload_wanted and not self._stop.is_set():
+            self._reload_wanted = False
+            try:
+                await self.reload()
+            except Exception:
+                log.exception("reload_failed")
 
     async def shutdown(self) -> None:
         if self._scheduler is not None:
@@ -299,10 +332,15 @@ class Daemon:
             await asyncio.sleep(period)
 
     async def reload(self) -> bool:
-        """SIGHUP: take the new config, or keep the running one and say why."""
+        """SIGHUP: take the new config, or keep the running one and say why. One reload at a time: the file
+        is read and applied under the lock, so an older read can never be applied after a newer one."""
+        async with self._reload_lock:
+            return await self._reload()
+
+    async def _reload(self) -> bool:
         log.info("reloading", file=self.config_path)
         try:
-            inventory = await asyncio.to_thread(self.load)
+            inventory = await asyncio.to_thread(self.load, alert_sinks=False)
         except ConfigError as exc:
             for p in exc.problems:
                 log.error("reload_refused", file=exc.source, problem=p)

@@ -6,7 +6,9 @@ Other parts (webhook receivers) add routes to the same app before it starts.
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
+import socket
 from collections.abc import Callable, Iterator
 
 from aiohttp import web
@@ -15,6 +17,15 @@ from prometheus_client import CONTENT_TYPE_LATEST
 ReadyFn = Callable[[], tuple[bool, dict[str, bool]]]
 RenderFn = Callable[[], Iterator[bytes]]
 BATCH = 16  # chunks rendered per trip to the worker thread
+
+
+class ListenError(Exception):
+    """The server cannot listen on its address (in use, not this host's, a name that does not resolve)."""
+
+    def __init__(self, address: str, reason: str) -> None:
+        super().__init__(f"cannot listen on {address}: {reason}")
+        self.address = address
+        self.reason = reason
 
 
 class WebServer:
@@ -35,7 +46,11 @@ class WebServer:
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:  # socket.gaierror included
+            await self.stop()
+            raise ListenError(f"{self.host}:{self.port}", _bind_reason(exc)) from None
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         self.bound_port = sockets[0].getsockname()[1] if sockets else self.port
@@ -64,6 +79,18 @@ class WebServer:
     async def _readyz(self, _: web.Request) -> web.Response:
         ok, checks = self.ready()
         return web.json_response({"ready": ok, "checks": checks}, status=200 if ok else 503)
+
+
+def _bind_reason(exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return "the address is already in use (another keywatch, or another program, listens there)"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return "the address is not one of this host's"
+    if exc.errno == errno.EACCES:
+        return "permission denied (ports below 1024 need privileges)"
+    if isinstance(exc, socket.gaierror):
+        return f"the host name does not resolve ({exc.strerror})"
+    return exc.strerror or type(exc).__name__
 
 
 def _take(chunks: Iterator[bytes], n: int) -> list[bytes]:

@@ -6,6 +6,8 @@ what is wrong and what is expected, so one run shows all that needs fixing.
 
 from __future__ import annotations
 
+import functools
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +17,8 @@ from pydantic import ValidationError
 
 from keywatch.domain import Account, ManagedKey
 from keywatch.settings import secrets
-from keywatch.settings.schema import Config
+from keywatch.settings.schema import LABEL_NAME_PATTERN, NAME_PATTERN, Config
+from keywatch.settings.types import NAME_PATTERN as TYPES_NAME_PATTERN
 
 
 class ConfigError(Exception):
@@ -55,11 +58,63 @@ def _loc(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("function-after", "function-before") or str(part).startswith(("function-", "constrained-")):
+        elif part in ("function-after", "function-before", "[key]") or str(part).startswith(
+            ("function-", "constrained-")
+        ):
             continue
         else:
             out += ("." if out else "") + str(part)
     return out
+
+
+_PATTERN_HINTS = {
+    LABEL_NAME_PATTERN: "letters, digits and _, not starting with a digit",
+    NAME_PATTERN: "letters, digits, - _ .",
+    TYPES_NAME_PATTERN: "letters, digits, - _ .",
+}
+# `sinks[1].name: ...`: a section's validator naming a field inside the section.
+_RELATIVE = re.compile(r"^(?P<path>[A-Za-z_]\w*(?:\[\d+\])*(?:\.[A-Za-z_]\w*(?:\[\d+\])*)*): (?P<text>.+)$", re.S)
+
+
+def _relative_problems(where: str, text: str) -> list[str]:
+    """A section's own checks report `sinks[1].name: ...; routes[0].sinks: ...` under the section's path:
+    one problem per field, each with its full path (`alerts.sinks[1].name: ...`)."""
+    parts: list[str] = []
+    for piece in text.split("; "):
+        if parts and not _is_relative(piece):
+            parts[-1] += "; " + piece  # a sentence that goes on, not another problem
+        else:
+            parts.append(piece)
+    out = []
+    for part in parts:
+        m = _RELATIVE.match(part)
+        out.append(f"{where}.{m['path']}: {m['text']}" if m and _is_relative(part) else f"{where}: {part}")
+    return out
+
+
+def _is_relative(piece: str) -> bool:
+    m = _RELATIVE.match(piece)
+    return bool(m) and re.split(r"[.\[]", m["path"], maxsplit=1)[0] in _field_names()
+
+
+@functools.cache
+def _field_names() -> frozenset[str]:
+    """Every field name of the schema, at any depth."""
+    names: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            props = node.get("properties")
+            if isinstance(props, dict):
+                names.update(props)
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(Config.model_json_schema())
+    return frozenset(names)
 
 
 def _friendly(err: dict[str, Any]) -> str:
@@ -69,7 +124,9 @@ def _friendly(err: dict[str, Any]) -> str:
     if kind == "missing":
         return "is required"
     if kind == "string_pattern_mismatch" and "pattern" in err.get("ctx", {}):
-        return f"{err['input']!r} does not match {err['ctx']['pattern']} (letters, digits, - _ .)"
+        pattern = err["ctx"]["pattern"]
+        hint = _PATTERN_HINTS.get(pattern, "")
+        return f"{err['input']!r} does not match {pattern}" + (f" ({hint})" if hint else "")
     if kind == "literal_error":
         return f"{err.get('input')!r} is not allowed: {msg.removeprefix('Input should be ')}".replace(
             "should be", "expected"
@@ -85,8 +142,10 @@ def format_validation_error(exc: ValidationError) -> list[str]:
         text = _friendly(err)
         if not where:  # cross-reference checks carry their own paths, one per line
             problems.extend(text.splitlines())
-        else:
+        elif where == "policies":  # `policies: [0] (name) actions[1] ...`, as the policy checks write them
             problems.append(f"{where}: {text}")
+        else:
+            problems.extend(_relative_problems(where, text))
     return problems
 
 
@@ -109,6 +168,8 @@ def load(path: str | Path) -> Config:
         raise ConfigError(str(p), ["file not found"]) from None
     except OSError as exc:
         raise ConfigError(str(p), [f"cannot be read: {exc.strerror}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(p), [f"is not UTF-8 text (byte {exc.start}); save it as UTF-8"]) from None
     return parse(text, str(p))
 
 
@@ -182,6 +243,30 @@ def build_inventory(config: Config, source: str) -> Inventory:
     return Inventory(config=settings, source=source, keys=keys, accounts=accounts, warnings=warnings)
 
 
-def load_inventory(path: str | Path) -> Inventory:
+def alert_sink_problems(config: Config) -> list[str]:
+    """Resolve the `[[alerts.sinks]]` secret references as the daemon's alerts capability does at start, so a
+    reference that does not resolve is refused by `config validate`, and by `run` before anything starts
+    (not after the database was migrated). Each problem names the field, never a value."""
+    from keywatch.notify.registry import SinkConfigError, resolve_sinks
+
+    try:
+        resolve_sinks(config.alerts, allow_literal=config.daemon.allow_literal_secrets)
+    except SinkConfigError as exc:
+        return [f"{p}; fix the reference or remove the sink" for p in exc.problems]
+    return []
+
+
+def load_inventory(path: str | Path, *, alert_sinks: bool = True) -> Inventory:
+    """The config at `path`, validated, with every secret reference resolved. `alert_sinks=False` leaves the
+    alert sinks' references to the alerts capability (on a reload, a sink that fails keeps the running
+    [alerts] config while the rest of the new config applies)."""
     config = load(path)
-    return build_inventory(config, str(path))
+    source = str(path)
+    problems = alert_sink_problems(config) if alert_sinks else []
+    try:
+        inventory = build_inventory(config, source)
+    except ConfigError as exc:
+        raise ConfigError(source, exc.problems + problems) from None
+    if problems:
+        raise ConfigError(source, problems)
+    return inventory

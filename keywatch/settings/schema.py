@@ -5,6 +5,7 @@ Every model forbids unknown fields, so a typo is an error that names the field, 
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Annotated, Any, Literal
 
@@ -64,7 +65,76 @@ class DaemonSettings(Strict):
         host, sep, port = v.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ValueError("expected host:port, e.g. 127.0.0.1:9464")
+        check_listen_host(host)
         return v
+
+    @field_validator("database")
+    @classmethod
+    def _database(cls, v: str | None) -> str | None:
+        if v is not None:
+            check_database_url(v)
+        return v
+
+
+_HOST_LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+_LISTEN_FIX = "expected an IP address or host name before the port, e.g. 127.0.0.1:9464, 0.0.0.0:9464 or [::1]:9464"
+
+
+def check_listen_host(host: str) -> None:
+    """The host part of `daemon.listen`: an IPv4 or IPv6 address ([::1]) or a host name. Raises ValueError.
+    Whether a name resolves, and whether the port is free, is known only when the daemon binds."""
+    if host.startswith("[") or host.endswith("]"):
+        inner = host.removeprefix("[").removesuffix("]")
+        try:
+            ipaddress.IPv6Address(inner)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IPv6 address in brackets; {_LISTEN_FIX}") from None
+        return
+    try:
+        ipaddress.ip_address(host)
+        return
+    except ValueError:
+        pass
+    labels = host.removesuffix(".").split(".")
+    if len(host) > 253 or not all(_HOST_LABEL.match(label) for label in labels):
+        raise ValueError(f"{host!r} is not an IP address or host name; {_LISTEN_FIX}")
+    if labels[-1].isdigit():  # 999.1.1.1, 10.0.0: looks like an IPv4 address but is none
+        raise ValueError(f"{host!r} is not a valid IPv4 address (four numbers 0-255); {_LISTEN_FIX}")
+
+
+DATABASE_FIX = "expected sqlite:///path/to/keywatch.db or postgresql+psycopg://user@host/keywatch"
+DATABASE_BACKENDS = ("sqlite", "postgresql")
+
+
+def check_database_url(url: str) -> None:
+    """`daemon.database`: a URL keywatch's store can use, with its driver installed. Raises ValueError.
+    The messages never repeat the URL (it may hold a password)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        raise ValueError(f"is not a database URL; {DATABASE_FIX}") from None
+    backend = parsed.get_backend_name()
+    if backend not in DATABASE_BACKENDS:
+        kind = backend if re.fullmatch(r"[A-Za-z0-9_+.-]{1,40}", backend) else "this"
+        raise ValueError(f"{kind} databases are not supported (only SQLite and PostgreSQL); {DATABASE_FIX}")
+    try:
+        dialect = parsed.get_dialect()
+    except NoSuchModuleError:
+        driver = parsed.drivername if re.fullmatch(r"[A-Za-z0-9_+.-]{1,60}", parsed.drivername) else "driver"
+        raise ValueError(f"{driver}: unknown driver; {DATABASE_FIX}") from None
+    if getattr(dialect, "is_async", False):
+        raise ValueError(f"{parsed.drivername}: async drivers are not supported; {DATABASE_FIX}")
+    try:
+        dialect.import_dbapi()
+    except ImportError as exc:
+        hint = "pip install 'keywatch[postgres]'" if backend == "postgresql" else "install it"
+        raise ValueError(
+            f"{parsed.drivername}: the driver module {exc.name or 'for it'} is not installed ({hint}, or use "
+            f"postgresql+psycopg://)"
+        ) from None
 
 
 class ProbeSettings(Strict):
