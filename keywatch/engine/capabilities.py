@@ -4,9 +4,8 @@ cloud-custodian's actions declare the permissions they need and a policy that ca
 before it runs. Here an action declares the provider capability it needs, so `revoke` on DeepSeek keys
 is a config error at `keywatch config validate` instead of a "provider side not changed" at 3 a.m.
 
-Capabilities come from the adapter classes' declarations, read from source by the capability matrix's
-StaticReader: validating a config must not import boto3 or the Azure SDK, and must give the same answer
-on a machine without them.
+Capabilities come from each provider's ProviderInfo (providers/registry.py): validating a config never
+imports boto3 or the Azure SDK, and gives the same answer on a machine without them.
 """
 
 from __future__ import annotations
@@ -30,10 +29,8 @@ class SelectableKey(Protocol):
     labels: dict[str, str]
 
 
-def provider_capabilities(provider: str) -> frozenset[Capability] | None:
-    from keywatch.providers.matrix import declared_capabilities
-
-    return declared_capabilities(provider)
+def provider_capabilities(provider: str) -> frozenset[Capability]:
+    return registry.capabilities(provider)
 
 
 def selectable_providers(when: Conditions, keys: Iterable[SelectableKey]) -> list[str]:

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any, ClassVar
+from typing import Any
 
 import httpx2
 
 from keywatch.domain import Account, Health, ManagedKey, ProbeResult
 from keywatch.providers import mgmt
 from keywatch.providers.base import (
-    Capability,
     KeyMetadata,
     ProviderActionError,
     ProviderAdapter,
@@ -53,32 +52,6 @@ def classify_anthropic_error(status: int, err_type: str | None, message: str | N
 
 class AnthropicAdapter(ProviderAdapter):
     name = "anthropic"
-    capabilities: ClassVar[frozenset[Capability]] = frozenset(
-        {
-            Capability.PROBE,
-            Capability.METADATA,
-            Capability.DISABLE,
-            Capability.ENABLE,
-            Capability.REVOKE,
-            Capability.USAGE,
-        }
-    )
-    notes: ClassVar[dict[str, str]] = {
-        "probe": "GET /v1/models, zero tokens; proves authentication only; exhausted credit shows on "
-        'billable calls (402, or 400 "credit balance is too low")',
-        "metadata": "Admin API: name, status (active/inactive/archived/expired), created_at, workspace; "
-        "no last-used time",
-        "disable": "Admin API: status inactive (reversible)",
-        "enable": "Admin API: status active",
-        "create": "no Admin API endpoint creates API keys: a person creates one in the Console",
-        "revoke": "Admin API: status archived (irreversible; needs allow_destructive on the account)",
-        "usage": "Admin API usage_report/messages per key (tokens); cost_report per workspace only, "
-        "in cents; no API for the prepaid credit balance",
-    }
-    least_privilege: ClassVar[str] = (
-        "Admin API key (sk-ant-admin01-...), which only an organization admin can create; "
-        "Anthropic admin keys have no narrower scope"
-    )
 
     def __init__(
         self, http: httpx2.AsyncClient, accounts: dict[str, Account] | None = None, **kw: Any

@@ -41,14 +41,13 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
 import httpx2
 
 from keywatch.domain import Account, Health, ManagedKey, ProbeResult
 from keywatch.providers import mgmt
 from keywatch.providers.base import (
-    Capability,
     KeyMetadata,
     ProviderActionError,
     ProviderAdapter,
@@ -244,15 +243,6 @@ class _AwsBase(ProviderAdapter):
     """Management credentials and the IAM client both AWS adapters share."""
 
     # Both manage their keys through IAM, with the same reach: read, (de)activate, delete.
-    capabilities: ClassVar[frozenset[Capability]] = frozenset(
-        {
-            Capability.PROBE,
-            Capability.METADATA,
-            Capability.DISABLE,
-            Capability.ENABLE,
-            Capability.REVOKE,
-        }
-    )
 
     def __init__(
         self, http: httpx2.AsyncClient, accounts: dict[str, Account] | None = None, **kw: Any
@@ -346,20 +336,6 @@ class _AwsBase(ProviderAdapter):
 
 class AwsIamAdapter(_AwsBase):
     name = "aws_iam"
-    notes: ClassVar[dict[str, str]] = {
-        "probe": "sts:GetCallerIdentity, free and needs no permission; with management credentials it also "
-        "looks for the AWSCompromisedKeyQuarantine* policy on the key's user (compromise signal)",
-        "metadata": "IAM list_access_keys (status, created), get_access_key_last_used (time, service)",
-        "disable": "IAM update_access_key Status=Inactive (reversible)",
-        "enable": "IAM update_access_key Status=Active",
-        "create": "IAM create_access_key works (at most 2 keys per user); keywatch does not create keys yet",
-        "revoke": "IAM delete_access_key (irreversible; needs allow_destructive on the account)",
-        "usage": "no per-key usage API; Bedrock spend is in CloudWatch/Cost Explorer per account",
-    }
-    least_privilege: ClassVar[str] = (
-        "iam:ListAccessKeys, iam:GetAccessKeyLastUsed, iam:UpdateAccessKey, iam:ListAttachedUserPolicies "
-        "(+ iam:DeleteAccessKey for revoke) on the users whose keys are watched"
-    )
     quarantine_check_interval: float = 600.0
 
     def __init__(
@@ -578,20 +554,6 @@ class AwsIamAdapter(_AwsBase):
 
 class AwsBedrockAdapter(_AwsBase):
     name = "aws_bedrock"
-    notes: ClassVar[dict[str, str]] = {
-        "probe": "GET bedrock /foundation-models as bearer token, zero tokens; 403 'Authentication "
-        "failed'/'Invalid API Key' is invalid, AccessDeniedException is forbidden",
-        "metadata": "IAM list_service_specific_credentials (status, created, expires); needs user_name",
-        "disable": "IAM update_service_specific_credential Status=Inactive (reversible)",
-        "enable": "IAM update_service_specific_credential Status=Active",
-        "create": "IAM create_service_specific_credential works (2 per user); keywatch does not create yet",
-        "revoke": "IAM delete_service_specific_credential (irreversible; needs allow_destructive)",
-        "usage": "CloudWatch AWS/Bedrock is per model and account, not per API key",
-    }
-    least_privilege: ClassVar[str] = (
-        "iam:ListServiceSpecificCredentials, iam:UpdateServiceSpecificCredential "
-        "(+ iam:DeleteServiceSpecificCredential for revoke) on the keys' users"
-    )
 
     def __init__(
         self, http: httpx2.AsyncClient, accounts: dict[str, Account] | None = None, **kw: Any

@@ -27,14 +27,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
 import httpx2
 
 from keywatch.domain import Account, Health, ManagedKey, ProbeResult, Secret
 from keywatch.providers import mgmt
 from keywatch.providers.base import (
-    Capability,
     KeyMetadata,
     NotSupported,
     ProviderActionError,
@@ -109,30 +108,6 @@ def plain_http_bearer_policy(credential: Any, scope: str) -> Any:
 
 class AzureOpenAIAdapter(ProviderAdapter):
     name = "azure_openai"
-    capabilities: ClassVar[frozenset[Capability]] = frozenset(
-        {
-            Capability.PROBE,
-            Capability.METADATA,
-            Capability.REVOKE,
-            Capability.USAGE,
-        }
-    )
-    notes: ClassVar[dict[str, str]] = {
-        "probe": "GET {endpoint}/openai/models, zero tokens; a 429 asking to retry after >= 1 day is "
-        "quota_exhausted",
-        "metadata": "ARM accounts.get (endpoint, local auth, provisioning state) and which slot (key1/key2) "
-        "the key is",
-        "disable": NO_DISABLE,
-        "enable": NO_DISABLE,
-        "create": "an account has exactly two keys; new values come from regenerating one",
-        "revoke": "ARM regenerateKey on the key's slot (irreversible; needs allow_destructive)",
-        "usage": "Azure Monitor token metrics and Cost Management daily cost, per account (not per key); "
-        "ARM list_usages for quota",
-    }
-    least_privilege: ClassVar[str] = (
-        "Microsoft.CognitiveServices/accounts/read, .../listKeys/action, .../usages/read "
-        "(+ .../regenerateKey/action for revoke), e.g. role 'Cognitive Services Contributor' on it"
-    )
 
     def __init__(
         self,

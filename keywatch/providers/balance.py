@@ -17,7 +17,7 @@ import httpx2
 
 from keywatch.domain import Health, ManagedKey, ProbeResult
 from keywatch.providers import mgmt
-from keywatch.providers.base import Capability, ProviderAdapter
+from keywatch.providers.base import ProviderAdapter
 from keywatch.providers.errors import Refusal, classify_status, error_fields, retry_after
 
 
@@ -32,8 +32,6 @@ class BalanceAdapter(ProviderAdapter):
     balance_path: ClassVar[str]
     # error type -> health, for refusals whose status alone does not tell (e.g. a quota 429).
     type_health: ClassVar[dict[str, Health]] = {}
-    capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.PROBE})
-    least_privilege: ClassVar[str] = "none: no management API (the key itself reads the balance)"
 
     async def probe(self, key: ManagedKey) -> ProbeResult:
         started = time.perf_counter()
@@ -100,16 +98,6 @@ class DeepSeekAdapter(BalanceAdapter):
     name = "deepseek"
     default_base_url = "https://api.deepseek.com"
     balance_path = "/user/balance"
-    notes: ClassVar[dict[str, str]] = {
-        "probe": "GET /user/balance, zero tokens; is_available false or a balance <= 0 is quota_exhausted; "
-        "balances (CNY/USD) in the probe details",
-        "metadata": "no API to read key metadata",
-        "disable": "no API: keys are managed only in the platform console",
-        "enable": "no API: keys are managed only in the platform console",
-        "create": "no API: keys are created only in the platform console",
-        "revoke": "no API: keys are deleted only in the platform console",
-        "usage": "no usage API; the balance is in the probe details",
-    }
 
     def read_balance(self, body: Any, base_url: str) -> tuple[bool, dict[str, Any]]:
         if not isinstance(body, dict) or not isinstance(body.get("is_available"), bool):
@@ -147,16 +135,6 @@ class MoonshotAdapter(BalanceAdapter):
         "engine_overloaded_error": Health.PROVIDER_ERROR,
         "invalid_authentication_error": Health.INVALID,
         "permission_denied_error": Health.FORBIDDEN,
-    }
-    notes: ClassVar[dict[str, str]] = {
-        "probe": "GET /users/me/balance, zero tokens; available_balance <= 0 is quota_exhausted; "
-        "balances in the probe details (CNY on .cn, USD on .ai)",
-        "metadata": "no API to read key metadata",
-        "disable": "no API: keys are managed only in the platform console",
-        "enable": "no API: keys are managed only in the platform console",
-        "create": "no API: keys are created only in the platform console",
-        "revoke": "no API: keys are deleted only in the platform console",
-        "usage": "no usage API; the balance is in the probe details",
     }
 
     def read_balance(self, body: Any, base_url: str) -> tuple[bool, dict[str, Any]]:

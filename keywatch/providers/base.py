@@ -10,24 +10,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any, ClassVar
 
 import httpx2
 
 from keywatch.domain import Account, Health, ManagedKey, ProbeResult, RateLimit
+from keywatch.providers import registry
 from keywatch.providers.errors import Refusal, classify_transport_error, json_or_none
+from keywatch.providers.registry import Capability
 from keywatch.redact import redact_text
-
-
-class Capability(StrEnum):
-    PROBE = "probe"
-    METADATA = "metadata"
-    DISABLE = "disable"
-    ENABLE = "enable"
-    CREATE = "create"
-    REVOKE = "revoke"
-    USAGE = "usage"
 
 
 class NotSupported(Exception):
@@ -62,13 +53,20 @@ def utcnow() -> datetime:
 
 
 class ProviderAdapter:
-    """Base class: subclasses set `name`, `capabilities` and implement what they declare."""
+    """Base class: subclasses set `name` and implement the capabilities their provider's `ProviderInfo`
+    declares (registry.py), which every adapter class also carries as `capabilities`, `notes` and
+    `least_privilege`."""
 
     name: ClassVar[str]
     capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.PROBE})
-    # Extra words for the capability matrix, e.g. why a capability is missing.
     notes: ClassVar[dict[str, str]] = {}
     least_privilege: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        info = registry.PROVIDERS.get(cls.__dict__.get("name", ""))
+        if info is not None:
+            cls.capabilities, cls.notes, cls.least_privilege = info.capabilities, info.notes, info.least_privilege
 
     def __init__(
         self,

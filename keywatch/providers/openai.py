@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, ClassVar
+from typing import Any
 
 import httpx2
 import openai
@@ -60,23 +60,6 @@ def classify_openai_error(status: int, code: str | None, err_type: str | None, m
 
 class OpenAIAdapter(ProviderAdapter):
     name = "openai"
-    capabilities: ClassVar[frozenset[Capability]] = frozenset({
-        Capability.PROBE, Capability.METADATA, Capability.REVOKE, Capability.USAGE,
-    })
-    notes: ClassVar[dict[str, str]] = {
-        "probe": "models: GET /models, zero tokens, cannot see exhausted quota; completion: 1 output token, "
-        "also sees quota, billing and model access",
-        "metadata": "Admin API: name, created_at, last_used_at, project, owner (projects and keys are paged)",
-        "disable": NO_DEACTIVATE,
-        "enable": "no API: a deleted key cannot come back",
-        "create": "possible only through a new project service account per key; not implemented by keywatch",
-        "revoke": "Admin API DELETE (irreversible; needs allow_destructive on the account; a service-account "
-        "key is deleted with its service account)",
-        "usage": "Admin API organization/usage/completions per key and organization/costs per project",
-    }
-    least_privilege: ClassVar[str] = (
-        "an Admin API key (sk-admin-...), which only an organization owner can create"
-    )
     default_base_url = "https://api.openai.com/v1"
 
     def __init__(self, http: httpx2.AsyncClient, accounts: dict[str, Account] | None = None, **kw: Any) -> None:
@@ -193,17 +176,6 @@ class OpenAICompatibleAdapter(OpenAIAdapter):
 
     name = "openai_compatible"
     default_base_url = None
-    capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.PROBE})
-    notes: ClassVar[dict[str, str]] = {
-        "probe": "models: GET /models, zero tokens; completion: 1 output token",
-        "metadata": "no standard API: depends on the server",
-        "disable": "no standard API: depends on the server",
-        "enable": "no standard API: depends on the server",
-        "create": "no standard API: depends on the server",
-        "revoke": "no standard API: depends on the server",
-        "usage": "no standard API: depends on the server",
-    }
-    least_privilege: ClassVar[str] = "none: no management API"
 
 
 def _message(exc: openai.APIStatusError) -> str:

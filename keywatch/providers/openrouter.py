@@ -5,14 +5,13 @@ a management key (the account's admin_secret) finds, disables, enables, creates 
 from __future__ import annotations
 
 import time
-from typing import Any, ClassVar
+from typing import Any
 
 import httpx2
 
 from keywatch.domain import Account, Health, ManagedKey, ProbeResult, Secret
 from keywatch.providers import mgmt
 from keywatch.providers.base import (
-    Capability,
     KeyMetadata,
     ProviderActionError,
     ProviderAdapter,
@@ -25,33 +24,6 @@ FIGURES = ("usage", "usage_daily", "usage_weekly", "usage_monthly", "limit", "li
 
 class OpenRouterAdapter(ProviderAdapter):
     name = "openrouter"
-    capabilities: ClassVar[frozenset[Capability]] = frozenset(
-        {
-            Capability.PROBE,
-            Capability.METADATA,
-            Capability.DISABLE,
-            Capability.ENABLE,
-            Capability.CREATE,
-            Capability.REVOKE,
-            Capability.USAGE,
-        }
-    )
-    notes: ClassVar[dict[str, str]] = {
-        "probe": "GET /key, zero tokens; also reports usage, limit and limit_remaining (USD); "
-        "limit_remaining <= 0 is quota_exhausted",
-        "metadata": "management key: GET /keys/{hash}: name, disabled, created_at, usage and limit; "
-        "no last-used time",
-        "disable": 'management key: PATCH /keys/{hash} {"disabled": true} (reversible)',
-        "enable": 'management key: PATCH /keys/{hash} {"disabled": false}',
-        "create": "management key: POST /keys (same limit as the key it replaces)",
-        "revoke": "management key: DELETE /keys/{hash} (irreversible; needs allow_destructive on the "
-        "account)",
-        "usage": "per key from GET /key (usage, daily/weekly/monthly, USD); account credits from "
-        "GET /credits",
-    }
-    least_privilege: ClassVar[str] = (
-        "a management (provisioning) key; it cannot call models, and OpenRouter offers no narrower role"
-    )
 
     def __init__(
         self, http: httpx2.AsyncClient, accounts: dict[str, Account] | None = None, **kw: Any

@@ -1,17 +1,33 @@
-"""The explicit list of providers: what config each needs, and where its adapter lives.
+"""Everything keywatch knows about each provider, in one place: one `ProviderInfo` per provider.
 
-Adapters are imported only when a configured key needs them, so optional SDKs (boto3, azure-*)
-stay optional.
+What config it needs, where its adapter lives, what it can do (`capabilities`, checked at config load and
+shown in the capability matrix), why it cannot do the rest (`notes`), the least privilege its management
+credential needs, the shapes of its keys (for masking and scanning), and how its usage is collected. No
+other package tests a provider's name: they read these fields.
+
+This module is plain data: validating a config or rendering the matrix never imports an adapter, so optional
+SDKs (boto3, azure-*) stay optional and every machine gives the same answers.
 """
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     from keywatch.providers.base import ProviderAdapter
+
+
+class Capability(StrEnum):
+    PROBE = "probe"
+    METADATA = "metadata"
+    DISABLE = "disable"
+    ENABLE = "enable"
+    CREATE = "create"
+    REVOKE = "revoke"
+    USAGE = "usage"
 
 
 @dataclass(frozen=True)
@@ -26,6 +42,24 @@ class ProviderInfo:
     account_fields_optional: tuple[str, ...] = ()
     extra: str | None = None  # pip extra that brings the SDK it needs
     probe_modes: tuple[str, ...] = ("models",)
+    capabilities: frozenset[Capability] = frozenset({Capability.PROBE})
+    notes: dict[str, str] = field(default_factory=dict)  # per capability: how, or why not
+    least_privilege: str = ""
+    # The public beginnings of its keys as providers show them (`sk-proj-...GDYA`), as regular expressions:
+    # masked forms keep them.
+    key_prefixes: tuple[str, ...] = ()
+    # Regular expressions matching its keys in free text: log redaction and leak scanning.
+    key_patterns: tuple[str, ...] = ()
+    # Accounts of another provider of the same family can manage its keys (AWS IAM and Bedrock).
+    account_family: str | None = None
+    # Secret reference schemes resolved by the adapter from the key's account (`azure:key1`).
+    secret_schemes: tuple[str, ...] = ()
+    # Usage pulled per account: the collector module under keywatch.usage.collectors.
+    account_usage: str | None = None
+    # Pulled only for accounts named in usage.accounts (AWS IAM accounts often do not use Bedrock).
+    account_usage_opt_in: bool = False
+    # Usage the key reports about itself: its spend (OpenRouter) or its balance (DeepSeek, Moonshot).
+    key_usage: Literal["spend", "balance"] | None = None
 
 
 PROVIDERS: dict[str, ProviderInfo] = {
@@ -39,6 +73,31 @@ PROVIDERS: dict[str, ProviderInfo] = {
             key_fields_optional=("base_url", "model", "organization", "project", "provider_key_id"),
             account_fields_optional=("admin_secret", "base_url"),
             probe_modes=("models", "completion"),
+            capabilities=frozenset({Capability.PROBE, Capability.METADATA, Capability.REVOKE, Capability.USAGE}),
+            notes={
+                "probe": "models: GET /models, zero tokens, cannot see exhausted quota; completion: 1 output token, "
+                "also"
+                " sees quota, billing and model access",
+                "metadata": "Admin API: name, created_at, last_used_at, project, owner (projects and keys are paged)",
+                "disable": "OpenAI has no reversible deactivate for API keys: the Admin API can only delete a key "
+                "(revoke,"
+                " destructive, needs allow_destructive on the account); narrowing a key's scopes is not a "
+                "disable",
+                "enable": "no API: a deleted key cannot come back",
+                "create": "possible only through a new project service account per key; not implemented by keywatch",
+                "revoke": "Admin API DELETE (irreversible; needs allow_destructive on the account; a service-account "
+                "key "
+                "is deleted with its service account)",
+                "usage": "Admin API organization/usage/completions per key and organization/costs per project",
+            },
+            least_privilege="an Admin API key (sk-admin-...), which only an organization owner can create",
+            key_prefixes=(r"sk-(?:proj|svcacct|admin|service)-", "sk-"),
+            key_patterns=(
+                "sk-(?:proj|svcacct|admin|service)-[A-Za-z0-9_\\-]{16,}",
+                "sk-[A-Za-z0-9]{20,}T3BlbkFJ[A-Za-z0-9]{20,}",
+                "\\bsk-[A-Za-z0-9_\\-]{20,}",
+            ),
+            account_usage="openai",
         ),
         ProviderInfo(
             "openai_compatible",
@@ -48,6 +107,17 @@ PROVIDERS: dict[str, ProviderInfo] = {
             key_fields_required=("base_url",),
             key_fields_optional=("model",),
             probe_modes=("models", "completion"),
+            capabilities=frozenset({Capability.PROBE}),
+            notes={
+                "probe": "models: GET /models, zero tokens; completion: 1 output token",
+                "metadata": "no standard API: depends on the server",
+                "disable": "no standard API: depends on the server",
+                "enable": "no standard API: depends on the server",
+                "create": "no standard API: depends on the server",
+                "revoke": "no standard API: depends on the server",
+                "usage": "no standard API: depends on the server",
+            },
+            least_privilege="none: no management API",
         ),
         ProviderInfo(
             "azure_openai",
@@ -59,6 +129,28 @@ PROVIDERS: dict[str, ProviderInfo] = {
             account_fields_required=("subscription_id", "resource_group", "account_name"),
             account_fields_optional=("credential", "base_url", "tenant_id", "client_id", "client_secret"),
             extra="azure",
+            capabilities=frozenset({Capability.PROBE, Capability.METADATA, Capability.REVOKE, Capability.USAGE}),
+            notes={
+                "probe": "GET {endpoint}/openai/models, zero tokens; a 429 asking to retry after >= 1 day is "
+                "quota_exhausted",
+                "metadata": "ARM accounts.get (endpoint, local auth, provisioning state) and which slot (key1/key2) "
+                "the key"
+                " is",
+                "disable": "Azure OpenAI has no per-key deactivation: an account's two keys stay valid until "
+                "regenerated. "
+                "Regenerating (revoke) stops a key for good and needs allow_destructive on the account",
+                "enable": "Azure OpenAI has no per-key deactivation: an account's two keys stay valid until "
+                "regenerated. "
+                "Regenerating (revoke) stops a key for good and needs allow_destructive on the account",
+                "create": "an account has exactly two keys; new values come from regenerating one",
+                "revoke": "ARM regenerateKey on the key's slot (irreversible; needs allow_destructive)",
+                "usage": "Azure Monitor token metrics and Cost Management daily cost, per account (not per key); ARM "
+                "list_usages for quota",
+            },
+            least_privilege="Microsoft.CognitiveServices/accounts/read, .../listKeys/action, .../usages/read (+ "
+            ".../regenerateKey/action for revoke), e.g. role 'Cognitive Services Contributor' on it",
+            secret_schemes=("azure",),
+            account_usage="azure",
         ),
         ProviderInfo(
             "anthropic",
@@ -67,6 +159,34 @@ PROVIDERS: dict[str, ProviderInfo] = {
             "https://api.anthropic.com",
             key_fields_optional=("base_url", "provider_key_id"),
             account_fields_optional=("admin_secret", "base_url"),
+            capabilities=frozenset(
+                {
+                    Capability.PROBE,
+                    Capability.METADATA,
+                    Capability.DISABLE,
+                    Capability.ENABLE,
+                    Capability.REVOKE,
+                    Capability.USAGE,
+                }
+            ),
+            notes={
+                "probe": "GET /v1/models, zero tokens; proves authentication only; exhausted credit shows on billable "
+                'calls (402, or 400 "credit balance is too low")',
+                "metadata": "Admin API: name, status (active/inactive/archived/expired), created_at, workspace; no "
+                "last-used time",
+                "disable": "Admin API: status inactive (reversible)",
+                "enable": "Admin API: status active",
+                "create": "no Admin API endpoint creates API keys: a person creates one in the Console",
+                "revoke": "Admin API: status archived (irreversible; needs allow_destructive on the account)",
+                "usage": "Admin API usage_report/messages per key (tokens); cost_report per workspace only, in cents; "
+                "no"
+                " API for the prepaid credit balance",
+            },
+            least_privilege="Admin API key (sk-ant-admin01-...), which only an organization admin can create; "
+            "Anthropic admin keys have no narrower scope",
+            key_prefixes=(r"sk-ant-(?:api|admin)\d\d-",),
+            key_patterns=("sk-ant-(?:api|admin)\\d\\d-[A-Za-z0-9_\\-]{20,}",),
+            account_usage="anthropic",
         ),
         ProviderInfo(
             "aws_iam",
@@ -76,9 +196,34 @@ PROVIDERS: dict[str, ProviderInfo] = {
             key_fields_required=("access_key_id",),
             key_fields_optional=("region", "endpoint_url", "user_name"),
             account_fields_optional=(
-                "region", "endpoint_url", "access_key_id", "admin_secret",
+                "region",
+                "endpoint_url",
+                "access_key_id",
+                "admin_secret",
             ),
             extra="aws",
+            capabilities=frozenset(
+                {Capability.PROBE, Capability.METADATA, Capability.DISABLE, Capability.ENABLE, Capability.REVOKE}
+            ),
+            notes={
+                "probe": "sts:GetCallerIdentity, free and needs no permission; with management credentials it also "
+                "looks"
+                " for the AWSCompromisedKeyQuarantine* policy on the key's user (compromise signal)",
+                "metadata": "IAM list_access_keys (status, created), get_access_key_last_used (time, service)",
+                "disable": "IAM update_access_key Status=Inactive (reversible)",
+                "enable": "IAM update_access_key Status=Active",
+                "create": "IAM create_access_key works (at most 2 keys per user); keywatch does not create keys yet",
+                "revoke": "IAM delete_access_key (irreversible; needs allow_destructive on the account)",
+                "usage": "no per-key usage API; Bedrock spend is in CloudWatch/Cost Explorer per account",
+            },
+            least_privilege="iam:ListAccessKeys, iam:GetAccessKeyLastUsed, iam:UpdateAccessKey, "
+            "iam:ListAttachedUserPolicies (+ iam:DeleteAccessKey for revoke) on the users whose "
+            "keys are watched",
+            key_prefixes=("AKIA", "ASIA", "ABIA", "ACCA"),
+            key_patterns=("\\b(?:A3T[A-Z0-9]|AKIA|ASIA|ABIA|ACCA)[A-Z2-7]{16}\\b",),
+            account_family="aws",
+            account_usage="aws",
+            account_usage_opt_in=True,
         ),
         ProviderInfo(
             "aws_bedrock",
@@ -87,9 +232,30 @@ PROVIDERS: dict[str, ProviderInfo] = {
             None,
             key_fields_optional=("region", "endpoint_url", "user_name", "provider_key_id", "base_url"),
             account_fields_optional=(
-                "region", "endpoint_url", "access_key_id", "admin_secret",
+                "region",
+                "endpoint_url",
+                "access_key_id",
+                "admin_secret",
             ),
             extra="aws",
+            capabilities=frozenset(
+                {Capability.PROBE, Capability.METADATA, Capability.DISABLE, Capability.ENABLE, Capability.REVOKE}
+            ),
+            notes={
+                "probe": "GET bedrock /foundation-models as bearer token, zero tokens; 403 'Authentication "
+                "failed'/'Invalid API Key' is invalid, AccessDeniedException is forbidden",
+                "metadata": "IAM list_service_specific_credentials (status, created, expires); needs user_name",
+                "disable": "IAM update_service_specific_credential Status=Inactive (reversible)",
+                "enable": "IAM update_service_specific_credential Status=Active",
+                "create": "IAM create_service_specific_credential works (2 per user); keywatch does not create yet",
+                "revoke": "IAM delete_service_specific_credential (irreversible; needs allow_destructive)",
+                "usage": "CloudWatch AWS/Bedrock is per model and account, not per API key",
+            },
+            least_privilege="iam:ListServiceSpecificCredentials, iam:UpdateServiceSpecificCredential (+ "
+            "iam:DeleteServiceSpecificCredential for revoke) on the keys' users",
+            key_patterns=("\\bABSK[A-Za-z0-9+/=]{40,}",),
+            account_family="aws",
+            account_usage="aws",
         ),
         ProviderInfo(
             "openrouter",
@@ -98,6 +264,34 @@ PROVIDERS: dict[str, ProviderInfo] = {
             "https://openrouter.ai/api/v1",
             key_fields_optional=("base_url", "provider_key_id"),
             account_fields_optional=("admin_secret", "base_url"),
+            capabilities=frozenset(
+                {
+                    Capability.PROBE,
+                    Capability.METADATA,
+                    Capability.DISABLE,
+                    Capability.ENABLE,
+                    Capability.CREATE,
+                    Capability.REVOKE,
+                    Capability.USAGE,
+                }
+            ),
+            notes={
+                "probe": "GET /key, zero tokens; also reports usage, limit and limit_remaining (USD); limit_remaining "
+                "<="
+                " 0 is quota_exhausted",
+                "metadata": "management key: GET /keys/{hash}: name, disabled, created_at, usage and limit; no "
+                "last-used time",
+                "disable": 'management key: PATCH /keys/{hash} {"disabled": true} (reversible)',
+                "enable": 'management key: PATCH /keys/{hash} {"disabled": false}',
+                "create": "management key: POST /keys (same limit as the key it replaces)",
+                "revoke": "management key: DELETE /keys/{hash} (irreversible; needs allow_destructive on the account)",
+                "usage": "per key from GET /key (usage, daily/weekly/monthly, USD); account credits from GET /credits",
+            },
+            least_privilege="a management (provisioning) key; it cannot call models, and OpenRouter offers no "
+            "narrower role",
+            key_prefixes=("sk-or-v1-",),
+            key_patterns=("sk-or-v1-[a-f0-9]{32,}",),
+            key_usage="spend",
         ),
         ProviderInfo(
             "deepseek",
@@ -105,6 +299,20 @@ PROVIDERS: dict[str, ProviderInfo] = {
             "DeepSeek",
             "https://api.deepseek.com",
             key_fields_optional=("base_url",),
+            capabilities=frozenset({Capability.PROBE}),
+            notes={
+                "probe": "GET /user/balance, zero tokens; is_available false or a balance <= 0 is quota_exhausted; "
+                "balances (CNY/USD) in the probe details",
+                "metadata": "no API to read key metadata",
+                "disable": "no API: keys are managed only in the platform console",
+                "enable": "no API: keys are managed only in the platform console",
+                "create": "no API: keys are created only in the platform console",
+                "revoke": "no API: keys are deleted only in the platform console",
+                "usage": "no usage API; the balance is in the probe details",
+            },
+            least_privilege="none: no management API (the key itself reads the balance)",
+            key_prefixes=("sk-",),
+            key_usage="balance",
         ),
         ProviderInfo(
             "moonshot",
@@ -112,6 +320,21 @@ PROVIDERS: dict[str, ProviderInfo] = {
             "Moonshot (Kimi)",
             "https://api.moonshot.ai/v1",
             key_fields_optional=("base_url",),
+            capabilities=frozenset({Capability.PROBE}),
+            notes={
+                "probe": "GET /users/me/balance, zero tokens; available_balance <= 0 is quota_exhausted; balances in "
+                "the"
+                " probe details (CNY on .cn, USD on .ai)",
+                "metadata": "no API to read key metadata",
+                "disable": "no API: keys are managed only in the platform console",
+                "enable": "no API: keys are managed only in the platform console",
+                "create": "no API: keys are created only in the platform console",
+                "revoke": "no API: keys are deleted only in the platform console",
+                "usage": "no usage API; the balance is in the probe details",
+            },
+            least_privilege="none: no management API (the key itself reads the balance)",
+            key_prefixes=("sk-",),
+            key_usage="balance",
         ),
     )
 }
@@ -137,3 +360,17 @@ def adapter_class(name: str) -> type[ProviderAdapter]:
         hint = f" (install keywatch[{extra}])" if extra else ""
         raise ImportError(f"provider {name} needs {exc.name}{hint}") from exc
     return getattr(module, cls_name)
+
+
+def capabilities(name: str) -> frozenset[Capability]:
+    return info(name).capabilities
+
+
+def key_prefixes() -> tuple[str, ...]:
+    """Every provider's public key prefixes, the most specific first (the masking rule takes the first match:
+    `sk-proj-` before `sk-`)."""
+    return tuple(sorted({p for i in PROVIDERS.values() for p in i.key_prefixes}, key=len, reverse=True))
+
+
+def key_patterns() -> tuple[str, ...]:
+    return tuple(dict.fromkeys(p for i in PROVIDERS.values() for p in i.key_patterns))

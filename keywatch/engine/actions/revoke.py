@@ -15,7 +15,6 @@ from keywatch.engine.actions.base import Action, ActionConfig, ActionRequest, Ca
 from keywatch.engine.model import ActionContext, KeyView, Outcome
 from keywatch.providers import registry
 from keywatch.providers.base import Capability
-from keywatch.providers.matrix import declared_capabilities
 
 
 class RevokeAction(ActionConfig):
@@ -34,7 +33,7 @@ class RevokeAction(ActionConfig):
 
 
 def _caps(provider: str) -> frozenset[Capability]:
-    return declared_capabilities(provider) or frozenset()
+    return registry.capabilities(provider)
 
 
 def _can(provider: str) -> str:
