@@ -6,3 +6,6 @@ try:
     __version__ = version("keywatch")
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.0.0+src"
+
+# Every provider's key shapes reach masking and redaction before anything masks a secret.
+from keywatch.providers import registry as _providers  # noqa: F401

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -51,16 +52,22 @@ def fingerprint(secret: str) -> str:
     return "sha256:" + hashlib.sha256(secret.encode()).hexdigest()[:12]
 
 
-_PUBLIC_PREFIX = re.compile(
-    r"^(sk-(?:proj|svcacct|admin|service)-|sk-ant-(?:api|admin)\d\d-|sk-or-v1-|sk-|AKIA|ASIA|ABIA|ACCA)"
-)
+_PUBLIC_PREFIX: re.Pattern[str] | None = None
+
+
+def use_key_prefixes(prefixes: Iterable[str]) -> None:
+    """The providers' public key prefixes (regular expressions, the most specific first), which masked forms
+    keep. providers/registry.py sets them from each ProviderInfo when keywatch is imported."""
+    global _PUBLIC_PREFIX
+    alternatives = "|".join(f"(?:{p})" for p in prefixes)
+    _PUBLIC_PREFIX = re.compile(f"^({alternatives})") if alternatives else None
 
 
 def mask(secret: str) -> str:
     """`sk-proj-...GDYA`: the provider's public prefix and the last four characters, as providers show them."""
     if len(secret) <= 12:
         return "****"
-    m = _PUBLIC_PREFIX.match(secret)
+    m = _PUBLIC_PREFIX.match(secret) if _PUBLIC_PREFIX is not None else None
     prefix = m.group(1) if m else secret[:2]
     return f"{prefix}...{secret[-4:]}"
 

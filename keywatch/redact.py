@@ -12,18 +12,15 @@ from collections.abc import Iterable
 
 from keywatch.domain import mask
 
-# Shapes from gitleaks/trufflehog rules (see README, "Leak signals"); deliberately a little loose.
-KEY_PATTERNS: tuple[re.Pattern[str], ...] = (
-    re.compile(r"sk-ant-(?:api|admin)\d\d-[A-Za-z0-9_\-]{20,}"),
-    re.compile(r"sk-or-v1-[a-f0-9]{32,}"),
-    re.compile(r"sk-(?:proj|svcacct|admin|service)-[A-Za-z0-9_\-]{16,}"),
-    re.compile(r"sk-[A-Za-z0-9]{20,}T3BlbkFJ[A-Za-z0-9]{20,}"),
-    re.compile(r"\bsk-[A-Za-z0-9_\-]{20,}"),
-    re.compile(r"\b(?:A3T[A-Z0-9]|AKIA|ASIA|ABIA|ACCA)[A-Z2-7]{16}\b"),
-    re.compile(r"(?i)(?<=aws_secret_access_key)[\"'=:\s]+[A-Za-z0-9/+]{40}"),
-    re.compile(r"\b[A-Za-z0-9]{52}JQQJ99[A-Za-z0-9][A-L][A-Za-z0-9]{12}AAA[A-Z]ACOG[A-Za-z0-9]{4}\b"),
-    re.compile(r"(?i)bearer\s+[A-Za-z0-9._\-+/=]{16,}"),
-)
+# Shapes of secrets in free text: each provider's key patterns (ProviderInfo.key_patterns, set by
+# providers/registry.py when keywatch is imported) and a bearer token of any kind.
+GENERIC_PATTERNS: tuple[re.Pattern[str], ...] = (re.compile(r"(?i)bearer\s+[A-Za-z0-9._\-+/=]{16,}"),)
+KEY_PATTERNS: tuple[re.Pattern[str], ...] = GENERIC_PATTERNS
+
+
+def use_key_patterns(patterns: Iterable[str]) -> None:
+    global KEY_PATTERNS
+    KEY_PATTERNS = tuple(re.compile(p) for p in patterns) + GENERIC_PATTERNS
 
 
 class SecretRegistry:

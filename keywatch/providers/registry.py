@@ -150,6 +150,7 @@ PROVIDERS: dict[str, ProviderInfo] = {
             least_privilege="Microsoft.CognitiveServices/accounts/read, .../listKeys/action, .../usages/read (+ "
             ".../regenerateKey/action for revoke), e.g. role 'Cognitive Services Contributor' on it",
             secret_schemes=("azure",),
+            key_patterns=(r"\b[A-Za-z0-9]{52}JQQJ99[A-Za-z0-9][A-L][A-Za-z0-9]{12}AAA[A-Z]ACOG[A-Za-z0-9]{4}\b",),
             account_usage="azure",
         ),
         ProviderInfo(
@@ -220,7 +221,10 @@ PROVIDERS: dict[str, ProviderInfo] = {
             "iam:ListAttachedUserPolicies (+ iam:DeleteAccessKey for revoke) on the users whose "
             "keys are watched",
             key_prefixes=("AKIA", "ASIA", "ABIA", "ACCA"),
-            key_patterns=("\\b(?:A3T[A-Z0-9]|AKIA|ASIA|ABIA|ACCA)[A-Z2-7]{16}\\b",),
+            key_patterns=(
+                r"\b(?:A3T[A-Z0-9]|AKIA|ASIA|ABIA|ACCA)[A-Z2-7]{16}\b",
+                r"(?i)(?<=aws_secret_access_key)[\"'=:\s]+[A-Za-z0-9/+]{40}",
+            ),
             account_family="aws",
             account_usage="aws",
             account_usage_opt_in=True,
@@ -374,3 +378,14 @@ def key_prefixes() -> tuple[str, ...]:
 
 def key_patterns() -> tuple[str, ...]:
     return tuple(dict.fromkeys(p for i in PROVIDERS.values() for p in i.key_patterns))
+
+
+def _publish_key_shapes() -> None:
+    """Masking and redaction, on the ground floor, learn the key shapes from here (the one place that knows)."""
+    from keywatch import domain, redact
+
+    domain.use_key_prefixes(key_prefixes())
+    redact.use_key_patterns(key_patterns())
+
+
+_publish_key_shapes()

@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from keywatch.domain import Account, ManagedKey
+from keywatch.providers import registry
 from keywatch.settings import secrets
 from keywatch.settings.schema import LABEL_NAME_PATTERN, NAME_PATTERN, Config
 from keywatch.settings.types import NAME_PATTERN as TYPES_NAME_PATTERN
@@ -214,12 +215,16 @@ def build_inventory(config: Config, source: str) -> Inventory:
     for i, k in enumerate(config.keys):
         if not k.enabled:
             continue  # a disabled key's secret may be gone already; it is not needed
-        if secrets.scheme_of(k.secret) == "azure" and k.provider != "azure_openai":
-            problems.append(f"keys[{i}].secret: key {k.name!r}: azure: references work only for azure_openai keys")
-            continue
-        if secrets.scheme_of(k.secret) == "azure" and not k.account:
-            problems.append(f"keys[{i}].secret: key {k.name!r}: azure: references need `account` on the key")
-            continue
+        scheme = secrets.scheme_of(k.secret)
+        if scheme in secrets.DEFERRED_SCHEMES:
+            able = [p for p in registry.names() if scheme in registry.info(p).secret_schemes]
+            if scheme not in registry.info(k.provider).secret_schemes:
+                problems.append(f"keys[{i}].secret: key {k.name!r}: {scheme}: references work only for "
+                                f"{', '.join(able)} keys")
+                continue
+            if not k.account:
+                problems.append(f"keys[{i}].secret: key {k.name!r}: {scheme}: references need `account` on the key")
+                continue
         secret = _resolve(k.secret, f"keys[{i}].secret", f"key {k.name!r}", allow, problems, warnings)
         options = k.model_dump(
             exclude={"name", "provider", "secret", "base_url", "probe", "model", "labels", "account", "enabled"},

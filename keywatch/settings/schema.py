@@ -31,6 +31,12 @@ LABEL_NAME_PATTERN = r"^[a-zA-Z_][a-zA-Z0-9_]{0,63}$"
 
 
 
+def _same_family(a: str, b: str) -> bool:
+    """Accounts of one family manage each other's keys (an AWS IAM account manages Bedrock API keys)."""
+    family = registry.info(a).account_family
+    return family is not None and family == registry.info(b).account_family
+
+
 def _check_policies(policies: list[PolicyConfig], info: ValidationInfo) -> list[PolicyConfig]:
     """Every problem of the policies in one message: names, pools, and actions the selected keys'
     providers cannot do (the one place the schema reaches into a capability: engine.capabilities)."""
@@ -319,7 +325,7 @@ class Config(Strict):
             if acct is None:
                 known = ", ".join(accounts) or "none"
                 problems.append(f"keys[{i}].account: no account named {k.account!r} (known: {known})")
-            elif acct.provider != k.provider and not {acct.provider, k.provider} <= {"aws_iam", "aws_bedrock"}:
+            elif acct.provider != k.provider and not _same_family(acct.provider, k.provider):
                 problems.append(
                     f"keys[{i}].account: account {k.account!r} is for provider {acct.provider}, not {k.provider}"
                 )

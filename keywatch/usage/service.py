@@ -9,6 +9,8 @@ before its period ends. A source that fails keeps its last figures and is marked
 from __future__ import annotations
 
 import asyncio
+import importlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -17,13 +19,10 @@ from typing import Any
 import structlog
 
 from keywatch.domain import Alert, Event, Severity, Signal
+from keywatch.providers import registry
 from keywatch.runtime import Runtime
 from keywatch.usage import budgets as bmod
-from keywatch.usage.collectors import anthropic as c_anthropic
-from keywatch.usage.collectors import aws as c_aws
-from keywatch.usage.collectors import azure as c_azure
 from keywatch.usage.collectors import keyreport
-from keywatch.usage.collectors import openai as c_openai
 from keywatch.usage.collectors.base import PullContext, Source
 from keywatch.usage.config import BudgetConfig, UsageSettings
 from keywatch.usage.forecast import burn_rate, exhaustion, human
@@ -34,13 +33,13 @@ from keywatch.usage.store import UsageStore
 
 log = structlog.get_logger("keywatch.usage")
 JOB_ID = "usage"
-ACCOUNT_COLLECTORS = {
-    "openai": c_openai.pull,
-    "anthropic": c_anthropic.pull,
-    "aws_bedrock": c_aws.pull,
-    "aws_iam": c_aws.pull,  # only when listed in usage.accounts: IAM accounts often do not use Bedrock
-    "azure_openai": c_azure.pull,  # per account (Monitor + Cost Management): Azure cannot tell its keys apart
-}
+
+
+def account_collector(provider: str) -> Callable[[PullContext, Source], Awaitable[PullResult]] | None:
+    """The collector of a provider whose usage is pulled per account (its ProviderInfo.account_usage)."""
+    module = registry.info(provider).account_usage
+    return importlib.import_module(f"keywatch.usage.collectors.{module}").pull if module else None
+
 SIGNAL = "budget_exhausted"
 
 
@@ -63,16 +62,17 @@ def sources(inventory: Any, settings: UsageSettings) -> list[Source]:
     out: list[Source] = []
     wanted = set(settings.accounts) if settings.accounts is not None else None
     for name, account in inventory.accounts.items():
-        if account.provider not in ACCOUNT_COLLECTORS:
+        info = registry.info(account.provider)
+        if info.account_usage is None:
             continue
         if wanted is not None and name not in wanted:
             continue
-        if wanted is None and account.provider == "aws_iam":
+        if wanted is None and info.account_usage_opt_in:
             continue
         out.append(Source(name, account.provider, account=account))
     groups: dict[tuple[str, str], Source] = {}
     for k in inventory.keys:
-        if k.provider != "openrouter" and k.provider not in keyreport.BALANCE_PROVIDERS:
+        if registry.info(k.provider).key_usage is None:
             continue
         group = k.account or k.name
         if wanted is not None and group not in wanted:
@@ -202,9 +202,11 @@ class UsageService:
 
     async def _pull(self, ctx: PullContext, src: Source) -> PullResult:
         if src.account is not None:
-            return await ACCOUNT_COLLECTORS[src.provider](ctx, src)
-        if src.provider == "openrouter":
-            return await keyreport.pull_openrouter(ctx, src)
+            collector = account_collector(src.provider)
+            assert collector is not None  # sources() lists accounts of such providers only
+            return await collector(ctx, src)
+        if registry.info(src.provider).key_usage == "spend":
+            return await keyreport.pull_spend(ctx, src)
         start = ctx.start.replace(hour=0, minute=0, second=0, microsecond=0)
 
         def history() -> list[Any]:

@@ -35,7 +35,7 @@ def _rfc3339(at: datetime) -> str:
 async def pull(ctx: PullContext, source: Source) -> PullResult:
     account = source.account
     assert account is not None
-    result = PullResult(source.name, "anthropic")
+    result = PullResult(source.name, source.provider)
     try:
         secret = mgmt.admin_secret(account, "Anthropic usage")
     except Exception as exc:
@@ -43,7 +43,7 @@ async def pull(ctx: PullContext, source: Source) -> PullResult:
         return result
     base = (account.base_url or DEFAULT_BASE_URL).rstrip("/")
     headers = {"x-api-key": secret, "anthropic-version": API_VERSION}
-    ids = await key_ids(ctx, "anthropic", account.name)
+    ids = await key_ids(ctx, source.provider, account.name)
 
     async def pages(path: str, params: list[tuple[str, str]], what: str) -> list[dict[str, Any]]:
         return await get_pages(ctx, base + path, params, headers=headers, what=what, secrets=[secret])
@@ -68,7 +68,7 @@ async def pull(ctx: PullContext, source: Source) -> PullResult:
                 cached = as_int(r.get("cache_read_input_tokens"), f"{where}.cache_read_input_tokens")
                 ws = r.get("workspace_id") or "default"
                 rows.append(UsageRow(
-                    account.name, "anthropic", "usage", scope_for(ids, r.get("api_key_id"), f"workspace:{ws}"),
+                    account.name, source.provider, "usage", scope_for(ids, r.get("api_key_id"), f"workspace:{ws}"),
                     "1h", bucket, model=str(r.get("model") or ""),
                     input_tokens=uncached + cached + creation, cached_tokens=cached,
                     output_tokens=as_int(r.get("output_tokens"), f"{where}.output_tokens"),
@@ -95,7 +95,7 @@ async def pull(ctx: PullContext, source: Source) -> PullResult:
                     cents = cents.get("value")
                 ws = r.get("workspace_id") or "default"
                 rows.append(UsageRow(
-                    account.name, "anthropic", "cost", f"workspace:{ws}", "1d", bucket,
+                    account.name, source.provider, "cost", f"workspace:{ws}", "1d", bucket,
                     line_item=str(r.get("description") or ""), currency=str(r.get("currency") or "USD").upper(),
                     cost=amount(cents, f"{where}.amount") / Decimal(100),
                 ))

@@ -31,7 +31,6 @@ from keywatch.usage.collectors.base import MAX_PAGES, PullContext, PullError, So
 from keywatch.usage.money import amount
 from keywatch.usage.rows import PullResult, Replace, UsageRow, ceil, floor
 
-PROVIDER = "azure_openai"
 ARM_URL = "https://management.azure.com"
 ARM_SCOPE = "https://management.azure.com/.default"
 MONITOR_API_VERSION = "2024-02-01"
@@ -56,7 +55,7 @@ def _secrets(account: Account) -> list[str]:
 
 async def _token(ctx: PullContext, account: Account) -> str:
     """A bearer token for ARM from the adapter's credential (DefaultAzureCredential or a service principal)."""
-    adapter: Any = ctx.adapter(PROVIDER)
+    adapter: Any = ctx.adapter(account.provider)
     try:
         credential = adapter.credential(account)
         token = await asyncio.wait_for(asyncio.to_thread(credential.get_token, ARM_SCOPE), ctx.timeout)
@@ -199,7 +198,7 @@ async def _costs(ctx: PullContext, base: str, rid: str, token: str, start: datet
 async def pull(ctx: PullContext, source: Source) -> PullResult:
     account = source.account
     assert account is not None
-    result = PullResult(source.name, PROVIDER)
+    result = PullResult(source.name, source.provider)
     scope = f"account:{account.name}"
     secrets = _secrets(account)
     try:
@@ -213,7 +212,7 @@ async def pull(ctx: PullContext, source: Source) -> PullResult:
     start_h, end_h = floor(ctx.start, "1h"), ceil(ctx.now, "1h")
     try:
         tokens = await _tokens(ctx, base, rid, token, start_h, end_h, secrets)
-        rows = [UsageRow(account.name, PROVIDER, "usage", scope, "1h", hour, model=deployment, line_item=model,
+        rows = [UsageRow(account.name, account.provider, "usage", scope, "1h", hour, model=deployment, line_item=model,
                          input_tokens=v["input"], output_tokens=v["output"], requests=v["requests"])
                 for (deployment, model, hour), v in tokens.items()]
         result.add(rows, Replace(account.name, "usage", "1h", start_h, end_h))
@@ -223,7 +222,7 @@ async def pull(ctx: PullContext, source: Source) -> PullResult:
     start_d, end_d = floor(ctx.start, "1d"), floor(ctx.now, "1d") + timedelta(days=1)
     try:
         costs = await _costs(ctx, base, rid, token, start_d, end_d, secrets)
-        rows = [UsageRow(account.name, PROVIDER, "cost", scope, "1d", day, line_item=meter, currency=currency,
+        rows = [UsageRow(account.name, account.provider, "cost", scope, "1d", day, line_item=meter, currency=currency,
                          cost=cost) for day, meter, currency, cost in costs]
         result.add(rows, Replace(account.name, "cost", "1d", start_d, end_d))
     except (PullError, ValueError) as exc:

@@ -17,12 +17,11 @@ from keywatch.usage.collectors.base import PullContext, Source
 from keywatch.usage.money import amount
 from keywatch.usage.rows import Balance, PullResult, Replace, UsageRow, floor
 
-BALANCE_PROVIDERS = ("deepseek", "moonshot")
 
-
-async def pull_openrouter(ctx: PullContext, source: Source) -> PullResult:
-    result = PullResult(source.name, "openrouter")
-    adapter = ctx.adapter("openrouter")
+async def pull_spend(ctx: PullContext, source: Source) -> PullResult:
+    """Keys that report their own spend with their probe (OpenRouter's GET /key)."""
+    result = PullResult(source.name, source.provider)
+    adapter = ctx.adapter(source.provider)
     day = floor(ctx.now, "1d")
     for key in source.keys:
         probe = await adapter.probe(key)
@@ -43,7 +42,7 @@ async def pull_openrouter(ctx: PullContext, source: Source) -> PullResult:
             result.errors.append(str(exc))
             continue
         result.add(
-            [UsageRow(source.name, "openrouter", "key_usage", scope, "1d", day, cost=daily)],
+            [UsageRow(source.name, source.provider, "key_usage", scope, "1d", day, cost=daily)],
             Replace(source.name, "key_usage", "1d", day, day + timedelta(days=1), scope=scope),
         )
     return result

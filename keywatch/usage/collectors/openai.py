@@ -27,7 +27,7 @@ DEFAULT_BASE_URL = "https://api.openai.com/v1"
 async def pull(ctx: PullContext, source: Source) -> PullResult:
     account = source.account
     assert account is not None
-    result = PullResult(source.name, "openai")
+    result = PullResult(source.name, source.provider)
     try:
         secret = mgmt.admin_secret(account, "OpenAI usage")
     except Exception as exc:
@@ -35,7 +35,7 @@ async def pull(ctx: PullContext, source: Source) -> PullResult:
         return result
     base = (account.base_url or DEFAULT_BASE_URL).rstrip("/")
     headers = {"Authorization": f"Bearer {secret}"}
-    ids = await key_ids(ctx, "openai", account.name)
+    ids = await key_ids(ctx, source.provider, account.name)
     fallback = f"account:{account.name}"
 
     async def pages(path: str, params: list[tuple[str, str]], what: str) -> list[dict[str, Any]]:
@@ -59,7 +59,7 @@ async def pull(ctx: PullContext, source: Source) -> PullResult:
                 where = f"usage bucket {bucket:%Y-%m-%dT%H} result {i}"
                 project = r.get("project_id")
                 rows.append(UsageRow(
-                    account.name, "openai", "usage",
+                    account.name, source.provider, "usage",
                     scope_for(ids, r.get("api_key_id"), f"project:{project}" if project else fallback),
                     "1h", bucket, model=str(r.get("model") or ""),
                     input_tokens=as_int(r.get("input_tokens"), f"{where}.input_tokens"),
@@ -90,7 +90,7 @@ async def pull(ctx: PullContext, source: Source) -> PullResult:
                     raise PullError(f"{where}: no amount")
                 project = r.get("project_id")
                 rows.append(UsageRow(
-                    account.name, "openai", "cost",
+                    account.name, source.provider, "cost",
                     scope_for(ids, r.get("api_key_id"), f"project:{project}" if project else fallback),
                     "1d", bucket, line_item=str(r.get("line_item") or ""),
                     currency=str(amt.get("currency") or "usd").upper(),
