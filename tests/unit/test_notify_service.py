@@ -5,10 +5,7 @@ sink's queue, its broken mark and its active alerts, whatever the sink's type.""
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Any
-
-import pytest
 
 from keywatch.domain import Severity
 from keywatch.notify.base import Delivery, Message, SinkBase, SinkContext
@@ -16,15 +13,9 @@ from keywatch.notify.config import AlertsConfig
 from keywatch.notify.console import ConsoleSink, ConsoleSinkConfig
 from keywatch.notify.outbox import AlertDB
 from keywatch.notify.service import AlertService
-from keywatch.store.repo import Store
+from tests.unit import test_notify_pipeline
 
-
-@pytest.fixture
-def db(tmp_path: Path):
-    store = Store(f"sqlite:///{tmp_path / 'a.db'}")
-    store.upgrade()
-    yield AlertDB(store.session)
-    store.dispose()
+db = test_notify_pipeline.db  # the fixture: an alert database on a fresh SQLite file
 
 
 class Worker(SinkBase):
