@@ -86,10 +86,6 @@ class AlertmanagerSink(HttpSink):
         return super().from_config(config, secrets, http, resend_interval=config.resend_interval, **extra)
 
     @property
-    def base_url(self) -> str:
-        return self.url
-
-    @property
     def endpoint(self) -> str:
         return f"{self.url}/api/v2/alerts"
 

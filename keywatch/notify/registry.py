@@ -43,6 +43,7 @@ SinkConfig = Annotated[
     functools.reduce(operator.or_, [cls.config for cls in SINK_CLASSES.values()]),
     Field(discriminator="type"),
 ]
+_SECRET_FIELDS = {f for cls in SINK_CLASSES.values() for f in cls.config.secret_fields}
 
 
 def _types_with(field_name: str) -> list[str]:
@@ -63,6 +64,8 @@ def sink_errors(exc: ValidationError) -> ValidationError:
         if len(loc) >= 2 and isinstance(loc[0], int) and loc[1] in SINK_CLASSES:
             sink_type, loc = loc[1], (loc[0], *loc[2:])
             name = str(loc[1]) if len(loc) == 2 else ""
+            if name in _SECRET_FIELDS:
+                value = "****"  # a URL that grants posting, or a signing key, must not reach an error's text
             if kind == "missing" and name:
                 error = PydanticCustomError("sink_field", f"{name} is required for a {sink_type} sink")
             elif kind == "extra_forbidden" and _types_with(name):
@@ -73,6 +76,8 @@ def sink_errors(exc: ValidationError) -> ValidationError:
             error, ctx = "literal_error", {"expected": _one_of([repr(t) for t in SINK_CLASSES])}
         elif kind == "union_tag_not_found" and len(loc) == 1:
             loc, error = (*loc, "type"), "missing"
+        if isinstance(value, dict):  # a whole entry, e.g. the input of a missing field
+            value = {k: "****" if k in _SECRET_FIELDS else v for k, v in value.items()}
         out.append(InitErrorDetails(type=error, loc=loc, input=value, ctx=ctx))
     return ValidationError.from_exception_data(exc.title, out)
 

@@ -288,3 +288,23 @@ async def test_http_sink_transport_errors_are_transient_and_never_carry_the_url(
             assert "VERYSECRETTOKEN" not in sink.describe()
     finally:
         await client.aclose()
+
+
+@pytest.mark.parametrize(
+    "sink",
+    [
+        {"type": "slack", "url": "https://hooks.slack.com/services/T0/B0/LEAKYTOKEN"},
+        {"type": "console", "secret": "LEAKYTOKEN-hmac"},
+        {"type": "webhook", "url": "env:X", "secret": ["LEAKYTOKEN"]},
+        {"type": "webhook", "secret": "LEAKYTOKEN-hmac"},
+        {"type": "pagerduty", "url": "https://events.example/LEAKYTOKEN"},
+    ],
+)
+def test_sink_config_errors_never_show_a_secret_value(sink: dict) -> None:
+    from pydantic import ValidationError
+
+    from keywatch.notify.config import AlertsConfig
+
+    with pytest.raises(ValidationError) as info:
+        AlertsConfig.model_validate({"sinks": [{"name": "s", **sink}]})
+    assert "LEAKYTOKEN" not in str(info.value) and "LEAKYTOKEN" not in repr(info.value.errors())
