@@ -35,7 +35,11 @@ class HttpSinkConfig(SinkConfigBase):
     secret_fields = ("url",)
     destination_fields = ("url",)
 
-    url: str = Field(min_length=1, description="A secret reference to the URL (env:NAME, file:/path, credential:NAME)")
+    url: str = Field(
+        min_length=1,
+        description="A secret reference to the URL (env:NAME, file:/path, credential:NAME), since the URL "
+        "itself grants posting",
+    )
     timeout: Duration = Field("10s", description="Time one delivery attempt may take")
 
     @field_validator("url")

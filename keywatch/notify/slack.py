@@ -151,11 +151,6 @@ def render(message: Message) -> dict[str, Any]:
 
 class SlackSinkConfig(HttpSinkConfig):
     type: Literal["slack"] = Field(description="slack: a Slack incoming webhook (Block Kit)")
-    url: str = Field(
-        min_length=1,
-        description="A secret reference to the webhook URL (env:NAME, file:/path, credential:NAME), "
-        "since the URL itself grants posting",
-    )
     min_interval: Duration = Field(
         "1s", description="Least time between two messages to this sink (Slack allows about one a second)"
     )

@@ -70,11 +70,6 @@ class WebhookSinkConfig(HttpSinkConfig):
     destination_fields = ("url", "secret")
 
     type: Literal["webhook"] = Field(description="webhook: a signed JSON POST")
-    url: str = Field(
-        min_length=1,
-        description="A secret reference to the URL (env:NAME, file:/path, credential:NAME), since the URL "
-        "itself grants posting",
-    )
     secret: str | None = Field(
         None, description="A secret reference to the HMAC-SHA256 signing key (X-Keywatch-Signature)"
     )
