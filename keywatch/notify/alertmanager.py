@@ -1,19 +1,27 @@
 """Prometheus Alertmanager (API v2): keywatch is one more alert source, and Alertmanager does the rest.
 
 Alertmanager forgets a firing alert after its resolve_timeout unless the source re-sends it, so the
-service re-sends active alerts every `resend_interval`; a resolve carries `endsAt`.
+sink's background work re-sends active alerts every `resend_interval`; a resolve carries `endsAt`.
 """
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Coroutine, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import httpx2
+import structlog
+from pydantic import Field
 
-from keywatch.domain import Alert, Severity
-from keywatch.notify.base import Delivery, Message, alert_labels, classify_http, transport_error
+from keywatch.domain import Alert
+from keywatch.notify.base import Message, Sink, SinkContext, SinkError, alert_labels
+from keywatch.notify.http_sink import HttpSink, HttpSinkConfig
+from keywatch.settings.types import Duration
+
+log = structlog.get_logger("keywatch.alerts")
 
 _LABEL_RE = re.compile(r"[^a-zA-Z0-9_]")
 
@@ -41,46 +49,70 @@ def to_alertmanager(alert: Alert, since: datetime | None, generator_url: str | N
     return out
 
 
-class AlertmanagerSink:
+def encode(alerts: list[dict[str, Any]]) -> bytes:
+    return json.dumps(alerts, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
+class AlertmanagerSinkConfig(HttpSinkConfig):
+    secret_fields = ()
+
+    type: Literal["alertmanager"] = Field(description="alertmanager: Prometheus Alertmanager API v2")
+    url: str = Field(
+        min_length=1, description="The Alertmanager base URL (not a secret), e.g. http://127.0.0.1:9093"
+    )
+    resend_interval: Duration = Field(
+        "1m", description="How often firing alerts are re-sent so Alertmanager keeps them active"
+    )
+
+    @classmethod
+    def check_url(cls, v: str) -> str:
+        if not re.match(r"^https?://[^\s/]+", v):
+            raise ValueError("expected the Alertmanager base URL, e.g. http://127.0.0.1:9093")
+        return v
+
+
+class AlertmanagerSink(HttpSink):
     type = "alertmanager"
+    config = AlertmanagerSinkConfig
 
     def __init__(
-        self,
-        name: str,
-        url: str,
-        http: httpx2.AsyncClient,
-        *,
-        timeout: float = 10.0,
-        min_interval: float = 0.0,
-        min_severity: Severity = Severity.INFO,
-        resend_interval: float = 60.0,
+        self, name: str, url: str, http: httpx2.AsyncClient, *, resend_interval: float = 60.0, **kw: Any
     ) -> None:
-        self.name = name
-        self.base_url = url.rstrip("/")
-        self.http = http
-        self.timeout = timeout
-        self.min_interval = min_interval
-        self.min_severity = min_severity
+        super().__init__(name, url.rstrip("/"), http, **kw)
         self.resend_interval = resend_interval
 
+    @classmethod
+    def from_config(cls, config: Any, secrets: Mapping[str, str], http: Any, **extra: Any) -> Sink:
+        return super().from_config(config, secrets, http, resend_interval=config.resend_interval, **extra)
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.url}/api/v2/alerts"
+
     def describe(self) -> str:
-        return self.base_url.rpartition("@")[2] if "@" in self.base_url else self.base_url
+        return self.url.rpartition("@")[2] if "@" in self.url else self.url
 
-    async def send(self, message: Message) -> Delivery:
-        body = [
-            to_alertmanager(a, message.since.get(a.identity), message.dashboard_url) for a in message.alerts
-        ]
-        return await self.post(body)
+    def body(self, message: Message) -> bytes:
+        return encode(
+            [to_alertmanager(a, message.since.get(a.identity), message.dashboard_url) for a in message.alerts]
+        )
 
-    async def post(self, body: list[dict[str, Any]]) -> Delivery:
-        try:
-            r = await self.http.post(f"{self.base_url}/api/v2/alerts", json=body, timeout=self.timeout)
-        except httpx2.HTTPError as exc:
-            raise transport_error(exc) from None
-        err = classify_http(r.status_code, r.text, r.headers)
-        if err is not None:
-            raise err
-        return Delivery(r.status_code)
+    def background(self, context: SinkContext) -> Coroutine[Any, Any, None]:
+        return self._resend(context)
 
-    async def aclose(self) -> None:
-        return None
+    async def _resend(self, context: SinkContext) -> None:
+        """Keep firing alerts alive in Alertmanager; only when the queue is empty, so a queued resolve is
+        never overtaken by a stale firing."""
+        while await context.wait(self.resend_interval):
+            if context.broken:
+                continue
+            try:
+                if await context.pending():
+                    continue
+                active = context.active_alerts()
+                if active:
+                    await self.post(encode([to_alertmanager(a, s, context.dashboard_url) for a, s in active]))
+            except SinkError as exc:
+                log.warning("alertmanager_resend_failed", sink=self.name, error=str(exc))
+            except Exception as exc:
+                log.warning("alertmanager_resend_failed", sink=self.name, error=type(exc).__name__)

@@ -1,17 +1,26 @@
-"""What every sink shares: the message it is handed, the one error it raises, and how HTTP answers are read.
+"""What every sink shares: the message it is handed, the one error it raises, its config's common fields,
+the context its background work runs in, and how HTTP answers are read.
 
-A sink turns one Message (one alert, or a group of alerts that belong together) into one request.
+A sink turns one Message (one alert, or a group of alerts that belong together) into one delivery.
 It never retries: the sender does, from the outbox, so a retry survives a restart.
+
+A sink type is one module: its config model (a subclass of SinkConfigBase whose `type` is a Literal) and
+its sink class (a subclass of SinkBase, or of keywatch.notify.http.HttpSink when it POSTs), listed once in
+keywatch.notify.registry.
 """
 
 from __future__ import annotations
 
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, ClassVar, Literal, Protocol, get_args
+
+from pydantic import Field
 
 from keywatch.domain import Alert, Severity
 from keywatch.redact import redact_text
+from keywatch.settings.types import Duration, Strict
 
 SEVERITY_ORDER = {Severity.INFO: 0, Severity.WARNING: 1, Severity.CRITICAL: 2}
 PERMANENT_STATUS = frozenset({400, 401, 403, 404, 405, 410, 413, 422})
@@ -63,6 +72,33 @@ class Message:
         return max((a.severity for a in self.alerts), key=lambda s: SEVERITY_ORDER[s])
 
 
+class SinkContext(Protocol):
+    """What the alert service lends a sink's background work (see Sink.background). One context per sink
+    object: it ends when the service stops or a reload removes or replaces that object."""
+
+    @property
+    def dashboard_url(self) -> str | None:
+        """The `alerts.dashboard_url` in force now."""
+        ...
+
+    @property
+    def broken(self) -> bool:
+        """The sink refused a message for good and is not sent to until a reload fixes it."""
+        ...
+
+    async def wait(self, seconds: float) -> bool:
+        """Sleep up to `seconds`; False (at once) when the work must end."""
+        ...
+
+    async def pending(self) -> int:
+        """Messages still queued in the outbox for this sink."""
+        ...
+
+    def active_alerts(self) -> list[tuple[Alert, datetime | None]]:
+        """Firing alerts people were told about that route to this sink, with when each started firing."""
+        ...
+
+
 class Sink(Protocol):
     name: str
     type: str
@@ -77,7 +113,57 @@ class Sink(Protocol):
         """Deliver one message or raise SinkError."""
         ...
 
+    def background(self, context: SinkContext) -> Coroutine[Any, Any, None] | None:
+        """Work this sink needs besides deliveries (Alertmanager re-sends firing alerts), or None. The service
+        runs the coroutine as one task for as long as this object is the running sink of its name; it should
+        loop on `await context.wait(...)` and catch its own errors."""
+        ...
+
     async def aclose(self) -> None: ...
+
+
+SeverityName = Literal["info", "warning", "critical"]
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
+
+
+class SinkConfigBase(Strict):
+    """The fields every `[[alerts.sinks]]` entry has. A sink type's model adds `type: Literal["<type>"]`
+    and its own fields; the registry puts the models into one union discriminated by `type`."""
+
+    secret_fields: ClassVar[tuple[str, ...]] = ()  # secret references, resolved when the sink is built
+    destination_fields: ClassVar[tuple[str, ...]] = ()  # a change in these gives a broken sink a fresh start
+
+    name: str = Field(
+        pattern=NAME_PATTERN, description="Unique; used by routes, metrics and `alert test --sink`"
+    )
+    min_severity: SeverityName = Field("info", description="Alerts below this severity never reach this sink")
+    min_interval: Duration = Field("0s", description="Least time between two messages to this sink")
+
+    @classmethod
+    def type_name(cls) -> str:
+        return str(get_args(cls.model_fields["type"].annotation)[0])
+
+
+class SinkBase:
+    """What a sink that needs no more does by default: no background work, nothing to close.
+    Subclasses set `type` and `config`, and build themselves from their config in `from_config`."""
+
+    type: ClassVar[str]
+    config: ClassVar[type[SinkConfigBase]]
+    name: str
+    min_interval: float
+    min_severity: Severity
+
+    @classmethod
+    def from_config(cls, config: Any, secrets: Mapping[str, str], http: Any) -> Sink:
+        """The sink for one validated config; `secrets` holds the resolved values of its secret_fields."""
+        raise NotImplementedError
+
+    def background(self, context: SinkContext) -> Coroutine[Any, Any, None] | None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
 
 
 def alert_to_dict(alert: Alert) -> dict[str, Any]:

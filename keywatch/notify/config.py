@@ -1,80 +1,26 @@
 """The `[alerts]` section: sinks, routes, and the knobs that keep alerting quiet.
 
-It uses keywatch.settings.types only: the settings schema imports this module.
+Each sink type's model lives in its sink module; `sinks` validates against their union (by `type`, see
+keywatch.notify.registry). It uses keywatch.settings.types only: the settings schema imports this module.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any
 
 from pydantic import (
     ConfigDict,
     Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
     model_validator,
 )
 
+from keywatch.notify.base import SeverityName
+from keywatch.notify.registry import SinkConfig, sink_errors
 from keywatch.settings.types import Duration, Strict
-
-_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
-SINK_TYPES = ("slack", "webhook", "alertmanager", "console")
-SeverityName = Literal["info", "warning", "critical"]
-SECRET_URL_TYPES = ("slack", "webhook")
-
-
-class SinkConfig(Strict):
-    name: str = Field(
-        pattern=_NAME_PATTERN, description="Unique; used by routes, metrics and `alert test --sink`"
-    )
-    type: Literal["slack", "webhook", "alertmanager", "console"] = Field(
-        description="slack: incoming webhook; webhook: signed JSON POST; alertmanager: Prometheus "
-        "Alertmanager "
-        "API v2; console: the daemon's log"
-    )
-    url: str | None = Field(
-        None,
-        description="slack/webhook: a secret reference to the URL (env:NAME, file:/path, credential:NAME), "
-        "since "
-        "the URL itself grants posting; alertmanager: the base URL, e.g. http://127.0.0.1:9093",
-    )
-    secret: str | None = Field(
-        None, description="webhook: secret reference to the HMAC-SHA256 signing key (X-Keywatch-Signature)"
-    )
-    min_severity: SeverityName = Field("info", description="Alerts below this severity never reach this sink")
-    timeout: Duration = Field("10s", description="Time one delivery attempt may take")
-    min_interval: Duration | None = Field(
-        None, description="Least time between two messages to this sink (default: 1s for slack, 0 otherwise)"
-    )
-    resend_interval: Duration = Field(
-        "1m",
-        description="alertmanager: how often firing alerts are re-sent so Alertmanager keeps them active",
-    )
-
-    @model_validator(mode="after")
-    def _fields_for_type(self) -> SinkConfig:
-        problems = []
-        if self.type in ("slack", "webhook", "alertmanager") and not self.url:
-            problems.append(f"url is required for a {self.type} sink")
-        if self.type == "console" and self.url:
-            problems.append("url is not used by a console sink")
-        if self.secret and self.type != "webhook":
-            problems.append(f"secret is only used by webhook sinks, not {self.type}")
-        if self.type == "alertmanager" and self.url and not re.match(r"^https?://[^\s/]+", self.url):
-            problems.append("url: expected the Alertmanager base URL, e.g. http://127.0.0.1:9093")
-        if self.type in SECRET_URL_TYPES and self.url and self.url.startswith(("http://", "https://")):
-            problems.append(
-                f"url: a {self.type} URL is a secret; put it in the environment or a file and write "
-                "env:NAME, file:/path or credential:NAME here"
-            )
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
-
-    @property
-    def effective_min_interval(self) -> float:
-        if self.min_interval is not None:
-            return float(self.min_interval)
-        return 1.0 if self.type == "slack" else 0.0
 
 
 class RouteConfig(Strict):
@@ -106,7 +52,9 @@ class AlertsConfig(Strict):
         None, description="Link added to every message, e.g. a Grafana dashboard"
     )
     default_key_alerts: bool = Field(
-        True, description="Turn key health changes into alerts (key_health:<key>) when no policy emits them"
+        True,
+        description="No effect: key alerts are decided by policies, the built-in ones included "
+        "(safety.default_policies); accepted so existing configs still load, with a warning",
     )
     flap_limit: int = Field(
         6,
@@ -123,6 +71,14 @@ class AlertsConfig(Strict):
     retention: Duration = Field("7d", description="Delivered messages are deleted from the outbox after this")
     sinks: list[SinkConfig] = Field(default_factory=list)
     routes: list[RouteConfig] = Field(default_factory=list)
+
+    @field_validator("sinks", mode="wrap")
+    @classmethod
+    def _sink_paths(cls, v: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        try:
+            return handler(v)
+        except ValidationError as exc:
+            raise sink_errors(exc) from None
 
     @model_validator(mode="after")
     def _references(self) -> AlertsConfig:

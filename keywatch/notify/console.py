@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any, Literal
+
 import structlog
+from pydantic import Field
 
 from keywatch.domain import Severity
-from keywatch.notify.base import Delivery, Message
+from keywatch.notify.base import Delivery, Message, Sink, SinkBase, SinkConfigBase
 
 log = structlog.get_logger("keywatch.alerts")
 
 
-class ConsoleSink:
+class ConsoleSinkConfig(SinkConfigBase):
+    type: Literal["console"] = Field(description="console: the daemon's log")
+
+
+class ConsoleSink(SinkBase):
     type = "console"
+    config = ConsoleSinkConfig
 
     def __init__(
         self, name: str, *, min_severity: Severity = Severity.INFO, min_interval: float = 0.0
@@ -19,6 +28,10 @@ class ConsoleSink:
         self.name = name
         self.min_severity = min_severity
         self.min_interval = min_interval
+
+    @classmethod
+    def from_config(cls, config: Any, secrets: Mapping[str, str], http: Any) -> Sink:
+        return cls(config.name, min_severity=Severity(config.min_severity), min_interval=config.min_interval)
 
     def describe(self) -> str:
         return "the daemon's log"
@@ -41,6 +54,3 @@ class ConsoleSink:
                 fields=dict(a.fields),
             )
         return Delivery(None, "logged")
-
-    async def aclose(self) -> None:
-        return None

@@ -1,19 +1,85 @@
-"""From `[[alerts.sinks]]` to sink objects: one place that knows every sink type and resolves its secrets."""
+"""The explicit list of sink types, and from `[[alerts.sinks]]` to sink objects.
+
+Each entry names a sink class ("module:Class"); the class carries its config model (`config`), and the
+models make the `type`-discriminated union that `[[alerts.sinks]]` validates against. Adding a sink type
+is adding its module and one line to SINKS.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+import importlib
+import operator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Annotated, Any
 
 import httpx2
+from pydantic import Field, ValidationError
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from keywatch.domain import Severity
-from keywatch.notify.alertmanager import AlertmanagerSink
-from keywatch.notify.base import Sink
-from keywatch.notify.config import SECRET_URL_TYPES, AlertsConfig, SinkConfig
-from keywatch.notify.console import ConsoleSink
-from keywatch.notify.slack import SlackSink
-from keywatch.notify.webhook import WebhookSink
+from keywatch.notify.base import Sink, SinkBase, SinkConfigBase
+
+if TYPE_CHECKING:
+    from keywatch.notify.config import AlertsConfig
+
+SINKS: list[str] = [
+    "keywatch.notify.slack:SlackSink",
+    "keywatch.notify.webhook:WebhookSink",
+    "keywatch.notify.alertmanager:AlertmanagerSink",
+    "keywatch.notify.console:ConsoleSink",
+]
+
+
+def _load(path: str) -> type[SinkBase]:
+    module, _, name = path.partition(":")
+    cls: type[SinkBase] = getattr(importlib.import_module(module), name)
+    if cls.type != cls.config.type_name():
+        raise TypeError(f"{path}: type {cls.type!r} but its config's type is {cls.config.type_name()!r}")
+    return cls
+
+
+SINK_CLASSES: dict[str, type[SinkBase]] = {cls.type: cls for cls in map(_load, SINKS)}
+SinkConfig = Annotated[
+    functools.reduce(operator.or_, [cls.config for cls in SINK_CLASSES.values()]),
+    Field(discriminator="type"),
+]
+_SECRET_FIELDS = {f for cls in SINK_CLASSES.values() for f in cls.config.secret_fields}
+
+
+def _types_with(field_name: str) -> list[str]:
+    return [t for t, cls in SINK_CLASSES.items() if field_name in cls.config.model_fields]
+
+
+def _one_of(names: list[str], word: str = "or") -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} {word} {names[-1]}"
+
+
+def sink_errors(exc: ValidationError) -> ValidationError:
+    """The union's errors with the paths and words of a plain field: `sinks[1].url`, not
+    `sinks[1].webhook.url`; an unknown type is an error of `type`; a field another sink type uses says so."""
+    out: list[InitErrorDetails] = []
+    for err in exc.errors(include_url=False):
+        loc, kind, ctx, value = err["loc"], err["type"], err.get("ctx") or {}, err["input"]
+        error: Any = kind
+        if len(loc) >= 2 and isinstance(loc[0], int) and loc[1] in SINK_CLASSES:
+            sink_type, loc = loc[1], (loc[0], *loc[2:])
+            name = str(loc[1]) if len(loc) == 2 else ""
+            if name in _SECRET_FIELDS:
+                value = "****"  # a URL that grants posting, or a signing key, must not reach an error's text
+            if kind == "missing" and name:
+                error = PydanticCustomError("sink_field", f"{name} is required for a {sink_type} sink")
+            elif kind == "extra_forbidden" and _types_with(name):
+                users = _one_of(_types_with(name), "and")
+                error = PydanticCustomError("sink_field", f"{name} is only used by {users} sinks, not {sink_type}")
+        elif kind == "union_tag_invalid" and len(loc) == 1:
+            loc, value = (*loc, "type"), ctx.get("tag")
+            error, ctx = "literal_error", {"expected": _one_of([repr(t) for t in SINK_CLASSES])}
+        elif kind == "union_tag_not_found" and len(loc) == 1:
+            loc, error = (*loc, "type"), "missing"
+        if isinstance(value, dict):  # a whole entry, e.g. the input of a missing field
+            value = {k: "****" if k in _SECRET_FIELDS else v for k, v in value.items()}
+        out.append(InitErrorDetails(type=error, loc=loc, input=value, ctx=ctx))
+    return ValidationError.from_exception_data(exc.title, out)
 
 
 class SinkConfigError(Exception):
@@ -22,46 +88,6 @@ class SinkConfigError(Exception):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
-
-
-def _http_sink(
-    cls: Callable[..., Sink], c: SinkConfig, url: str | None, http: httpx2.AsyncClient, **extra: object
-) -> Sink:
-    """The HTTP sinks take the same delivery settings from their config; only their own extras differ."""
-    assert url is not None
-    return cls(
-        c.name,
-        url,
-        http,
-        timeout=c.timeout,
-        min_interval=c.effective_min_interval,
-        min_severity=Severity(c.min_severity),
-        **extra,
-    )
-
-
-def _slack(c: SinkConfig, url: str | None, secret: str | None, http: httpx2.AsyncClient) -> Sink:
-    return _http_sink(SlackSink, c, url, http)
-
-
-def _webhook(c: SinkConfig, url: str | None, secret: str | None, http: httpx2.AsyncClient) -> Sink:
-    return _http_sink(WebhookSink, c, url, http, secret=secret)
-
-
-def _alertmanager(c: SinkConfig, url: str | None, secret: str | None, http: httpx2.AsyncClient) -> Sink:
-    return _http_sink(AlertmanagerSink, c, url, http, resend_interval=c.resend_interval)
-
-
-def _console(c: SinkConfig, url: str | None, secret: str | None, http: httpx2.AsyncClient) -> Sink:
-    return ConsoleSink(c.name, min_severity=Severity(c.min_severity), min_interval=c.effective_min_interval)
-
-
-BUILDERS: dict[str, Callable[[SinkConfig, str | None, str | None, httpx2.AsyncClient], Sink]] = {
-    "slack": _slack,
-    "webhook": _webhook,
-    "alertmanager": _alertmanager,
-    "console": _console,
-}
 
 
 def make_http_client() -> httpx2.AsyncClient:
@@ -78,49 +104,56 @@ class SinkSpec:
     """One sink's config with its secrets resolved: two equal specs make the same sink, so a reload can
     tell a sink that changed (new webhook URL in the same file, say) from one that did not."""
 
-    config: SinkConfig
-    url: str | None = field(default=None, repr=False)
-    secret: str | None = field(default=None, repr=False)
+    config: Any  # one of the SinkConfig models
+    resolved: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
     @property
     def name(self) -> str:
-        return self.config.name
+        return str(self.config.name)
+
+    def value(self, field_name: str) -> Any:
+        """A field as the sink uses it: the secret's value for a secret reference."""
+        return dict(self.resolved).get(field_name, getattr(self.config, field_name, None))
 
     @property
-    def destination(self) -> tuple[str, str | None, str | None]:
+    def destination(self) -> tuple[Any, ...]:
         """What decides where messages go and how they are signed: a change here gives a broken sink
         a fresh start."""
-        return (self.config.type, self.url, self.secret)
+        return (self.config.type, *(self.value(f) for f in self.config.destination_fields))
 
     def secrets(self) -> list[str]:
-        return [
-            v
-            for v, is_secret in ((self.url, self.config.type in SECRET_URL_TYPES), (self.secret, True))
-            if v and is_secret
-        ]
+        return [v for _, v in self.resolved if v]
 
     def build(self, http: httpx2.AsyncClient) -> Sink:
-        return BUILDERS[self.config.type](self.config, self.url, self.secret, http)
+        return SINK_CLASSES[self.config.type].from_config(self.config, dict(self.resolved), http)
+
+
+def resolve_secrets(config: SinkConfigBase, where: str, allow_literal: bool) -> tuple[dict[str, str], list[str]]:
+    """The values of one sink's secret references, and a problem for each that failed (never its value)."""
+    from keywatch.settings import secrets
+
+    values: dict[str, str] = {}
+    problems: list[str] = []
+    for field_name in config.secret_fields:
+        ref = getattr(config, field_name)
+        if ref is None:
+            continue
+        try:
+            values[field_name] = secrets.resolve(ref, allow_literal=allow_literal).reveal()
+        except secrets.SecretError as exc:
+            problems.append(f"{where}.{field_name}: sink {config.name!r}: {exc}")
+    return values, problems
 
 
 def resolve_sinks(config: AlertsConfig, *, allow_literal: bool = False) -> list[SinkSpec]:
     """Every sink's secrets, or SinkConfigError listing each reference that failed (by field, never by
     value)."""
-    from keywatch.settings import secrets
-
     problems: list[str] = []
     specs: list[SinkSpec] = []
     for i, c in enumerate(config.sinks):
-        resolved: dict[str, str | None] = {"url": c.url, "secret": None}
-        for field_name in ("url", "secret"):
-            ref = getattr(c, field_name)
-            if ref is None or (field_name == "url" and c.type not in SECRET_URL_TYPES):
-                continue
-            try:
-                resolved[field_name] = secrets.resolve(ref, allow_literal=allow_literal).reveal()
-            except secrets.SecretError as exc:
-                problems.append(f"alerts.sinks[{i}].{field_name}: sink {c.name!r}: {exc}")
-        specs.append(SinkSpec(c, resolved["url"], resolved["secret"]))
+        values, failed = resolve_secrets(c, f"alerts.sinks[{i}]", allow_literal)
+        problems += failed
+        specs.append(SinkSpec(c, tuple(values.items())))
     if problems:
         raise SinkConfigError(problems)
     return specs

@@ -16,7 +16,6 @@ from typing import Any
 import structlog
 
 from keywatch.domain import Alert, Severity
-from keywatch.notify.alertmanager import AlertmanagerSink, to_alertmanager
 from keywatch.notify.base import Sink, SinkError, alert_from_dict
 from keywatch.notify.config import AlertsConfig
 from keywatch.notify.console import ConsoleSink
@@ -37,9 +36,47 @@ def alerts_config(config: Any) -> AlertsConfig:
 DRAIN_GRACE = 15.0  # seconds a removed sink may keep sending what was queued for it
 
 
+class SinkHost:
+    """The SinkContext of one sink object's background work; `retire` ends it (a reload removed or
+    replaced the sink, or the service stops)."""
+
+    def __init__(self, service: AlertService, sink: Sink) -> None:
+        self.service = service
+        self.sink = sink
+        self.task: asyncio.Task[Any] | None = None
+        self._retired = asyncio.Event()
+
+    @property
+    def dashboard_url(self) -> str | None:
+        return self.service.config.dashboard_url
+
+    @property
+    def broken(self) -> bool:
+        sender = self.service.senders.get(self.sink.name)
+        return sender is None or sender.broken
+
+    async def wait(self, seconds: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._retired.wait(), timeout=seconds)
+        return not self._retired.is_set()
+
+    async def pending(self) -> int:
+        return await asyncio.to_thread(self.service.db.pending_count, self.sink.name)
+
+    def active_alerts(self) -> list[tuple[Alert, datetime | None]]:
+        return self.service.pipeline.active_alerts(self.sink.name)
+
+    def retire(self) -> None:
+        self._retired.set()
+
+    @property
+    def running(self) -> bool:
+        return self.task is not None and not self.task.done()
+
+
 class AlertService:
-    """The pipeline, its senders and the periodic work (groups, held changes, repeats,
-    Alertmanager re-sends). `reconfigure` applies a reloaded `[alerts]` without a restart."""
+    """The pipeline, its senders and the periodic work (groups, held changes, repeats, the sinks'
+    background work). `reconfigure` applies a reloaded `[alerts]` without a restart."""
 
     def __init__(
         self,
@@ -64,7 +101,7 @@ class AlertService:
         self.on_tick: Callable[[], Awaitable[None]] | None = None
         self.tasks: list[asyncio.Task[Any]] = []
         self._sender_tasks: dict[str, asyncio.Task[Any]] = {}
-        self._resend_tasks: dict[str, asyncio.Task[Any]] = {}
+        self._hosts: dict[str, SinkHost] = {}  # sink name -> its background work
         self._retiring: dict[str, asyncio.Task[Any]] = {}
         self._started = False
         self._stopping = asyncio.Event()
@@ -109,10 +146,23 @@ class AlertService:
 
         self._sender_tasks[name] = self._task(run(), f"alerts-sender-{name}")
 
-    def _run_resend(self, name: str) -> None:
-        task = self._resend_tasks.get(name)
-        if task is None or task.done():
-            self._resend_tasks[name] = self._task(self._resend(name), f"alerts-resend-{name}")
+    def _run_background(self, sink: Sink) -> None:
+        """Start the sink's background work unless this very object already runs it; end the work of the
+        sink it replaces."""
+        host = self._hosts.get(sink.name)
+        if host is not None and host.sink is sink and host.running:
+            return
+        self._retire_background(sink.name)
+        host = SinkHost(self, sink)
+        work = sink.background(host)
+        if work is not None:
+            host.task = self._task(work, f"alerts-background-{sink.name}")
+            self._hosts[sink.name] = host
+
+    def _retire_background(self, name: str) -> None:
+        host = self._hosts.pop(name, None)
+        if host is not None:
+            host.retire()
 
     async def start(self) -> list[asyncio.Task[Any]]:
         try:
@@ -123,8 +173,7 @@ class AlertService:
             self._run_sender(name)
         self._task(self._ticker(), "alerts-ticker")
         for s in self.sinks:
-            if isinstance(s, AlertmanagerSink):
-                self._run_resend(s.name)
+            self._run_background(s)
         started = list(self.tasks)
         self._started = True
         return started
@@ -151,34 +200,6 @@ class AlertService:
                     log.exception("alert_reload_check_failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), timeout=self.tick_interval)
-
-    async def _resend(self, name: str) -> None:
-        """Keep firing alerts alive in Alertmanager; only when the sink's queue is empty, so a queued resolve
-        is never overtaken by a stale firing. Ends when a reload removes the sink or changes its type."""
-        while not self._stopping.is_set():
-            sender = self.senders.get(name)
-            if sender is None or not isinstance(sender.sink, AlertmanagerSink):
-                return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), timeout=sender.sink.resend_interval)
-            sender = self.senders.get(name)
-            if sender is None or not isinstance(sender.sink, AlertmanagerSink):
-                return
-            sink = sender.sink
-            if self._stopping.is_set() or sender.broken:
-                continue
-            try:
-                if await asyncio.to_thread(self.db.pending_count, name):
-                    continue
-                active = self.pipeline.active_alerts(name)
-                if active:
-                    await sink.post(
-                        [to_alertmanager(a, since, self.config.dashboard_url) for a, since in active]
-                    )
-            except SinkError as exc:
-                log.warning("alertmanager_resend_failed", sink=name, error=str(exc))
-            except Exception as exc:
-                log.warning("alertmanager_resend_failed", sink=name, error=type(exc).__name__)
 
     async def _sink_broken(self, sink: Sink, exc: SinkError) -> None:
         self.pipeline.mark_broken(sink.name)
@@ -233,9 +254,10 @@ class AlertService:
                 if sink is not old[name]:
                     log.info("alert_sink_changed", sink=name, target=f"{sink.type}: {sink.describe()}")
                     self._close_later(old[name])
-            if self._started and isinstance(sink, AlertmanagerSink):
-                self._run_resend(name)
+            if self._started:
+                self._run_background(sink)
         for name in removed:
+            self._retire_background(name)
             sender = self.senders.pop(name)
             sender.drain()
             self._retiring[name] = self._task(
@@ -316,6 +338,8 @@ class AlertService:
         except Exception:
             log.exception("alert_flush_failed")
         self._stopping.set()
+        for name in list(self._hosts):
+            self._retire_background(name)
         for sender in self.senders.values():
             sender.stop()
         if self.tasks:

@@ -7,12 +7,15 @@ its limit here rather than trusting the size of a provider's error message.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal
 
 import httpx2
+from pydantic import Field
 
 from keywatch.domain import Alert, Severity
-from keywatch.notify.base import Delivery, Message, classify_http, mask_url, transport_error
+from keywatch.notify.base import Delivery, Message
+from keywatch.notify.http_sink import HttpSink, HttpSinkConfig
+from keywatch.settings.types import Duration
 
 HEADER_MAX = 150
 SECTION_TEXT_MAX = 3000
@@ -146,41 +149,20 @@ def render(message: Message) -> dict[str, Any]:
     return {"text": fallback, "blocks": blocks[:BLOCKS_MAX]}
 
 
-class SlackSink:
+class SlackSinkConfig(HttpSinkConfig):
+    type: Literal["slack"] = Field(description="slack: a Slack incoming webhook (Block Kit)")
+    min_interval: Duration = Field(
+        "1s", description="Least time between two messages to this sink (Slack allows about one a second)"
+    )
+
+
+class SlackSink(HttpSink):
     type = "slack"
+    config = SlackSinkConfig
+    default_min_interval = 1.0
 
-    def __init__(
-        self,
-        name: str,
-        url: str,
-        http: httpx2.AsyncClient,
-        *,
-        timeout: float = 10.0,
-        min_interval: float = 1.0,
-        min_severity: Severity = Severity.INFO,
-    ) -> None:
-        self.name = name
-        self._url = url
-        self.http = http
-        self.timeout = timeout
-        self.min_interval = min_interval
-        self.min_severity = min_severity
+    def body(self, message: Message) -> bytes:
+        return json.dumps(render(message)).encode()
 
-    def describe(self) -> str:
-        return mask_url(self._url)
-
-    async def send(self, message: Message) -> Delivery:
-        body = json.dumps(render(message))
-        try:
-            r = await self.http.post(
-                self._url, content=body, headers={"Content-Type": "application/json"}, timeout=self.timeout
-            )
-        except httpx2.HTTPError as exc:
-            raise transport_error(exc, (self._url,)) from None
-        err = classify_http(r.status_code, r.text, r.headers, (self._url,))
-        if err is not None:
-            raise err
-        return Delivery(r.status_code, r.text.strip()[:100])
-
-    async def aclose(self) -> None:
-        return None
+    def delivered(self, response: httpx2.Response) -> Delivery:
+        return Delivery(response.status_code, response.text.strip()[:100])

@@ -10,12 +10,14 @@ import hashlib
 import hmac
 import json
 import time
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import httpx2
+from pydantic import Field
 
-from keywatch.domain import Severity
-from keywatch.notify.base import Delivery, Message, alert_to_dict, classify_http, mask_url, transport_error
+from keywatch.notify.base import Message, Sink, alert_to_dict
+from keywatch.notify.http_sink import HttpSink, HttpSinkConfig
 
 SIGNATURE_HEADER = "X-Keywatch-Signature"
 DELIVERY_HEADER = "X-Keywatch-Delivery"
@@ -63,49 +65,39 @@ def payload(message: Message) -> dict[str, Any]:
     }
 
 
-class WebhookSink:
-    type = "webhook"
+class WebhookSinkConfig(HttpSinkConfig):
+    secret_fields = ("url", "secret")
+    destination_fields = ("url", "secret")
 
-    def __init__(
-        self,
-        name: str,
-        url: str,
-        http: httpx2.AsyncClient,
-        *,
-        secret: str | None = None,
-        timeout: float = 10.0,
-        min_interval: float = 0.0,
-        min_severity: Severity = Severity.INFO,
-    ) -> None:
-        self.name = name
-        self._url = url
+    type: Literal["webhook"] = Field(description="webhook: a signed JSON POST")
+    secret: str | None = Field(
+        None, description="A secret reference to the HMAC-SHA256 signing key (X-Keywatch-Signature)"
+    )
+
+
+class WebhookSink(HttpSink):
+    type = "webhook"
+    config = WebhookSinkConfig
+
+    def __init__(self, name: str, url: str, http: httpx2.AsyncClient, *, secret: str | None = None, **kw: Any):
+        super().__init__(name, url, http, **kw)
         self._secret = secret
-        self.http = http
-        self.timeout = timeout
-        self.min_interval = min_interval
-        self.min_severity = min_severity
+
+    @classmethod
+    def from_config(cls, config: Any, secrets: Mapping[str, str], http: Any, **extra: Any) -> Sink:
+        return super().from_config(config, secrets, http, secret=secrets.get("secret"), **extra)
 
     def describe(self) -> str:
-        return mask_url(self._url) + (" (signed)" if self._secret else " (unsigned)")
+        return super().describe() + (" (signed)" if self._secret else " (unsigned)")
 
-    async def send(self, message: Message) -> Delivery:
-        body = json.dumps(payload(message), separators=(",", ":")).encode()
-        headers = {
-            "Content-Type": "application/json",
-            "User-Agent": "keywatch",
-            DELIVERY_HEADER: str(message.id),
-        }
+    def secrets(self) -> tuple[str, ...]:
+        return tuple(s for s in (self.url, self._secret) if s)
+
+    def body(self, message: Message) -> bytes:
+        return json.dumps(payload(message), separators=(",", ":")).encode()
+
+    def headers(self, message: Message, body: bytes) -> dict[str, str]:
+        headers = {"User-Agent": "keywatch", DELIVERY_HEADER: str(message.id)}
         if self._secret:
             headers[SIGNATURE_HEADER] = sign(self._secret, body)
-        secrets = tuple(s for s in (self._url, self._secret) if s)
-        try:
-            r = await self.http.post(self._url, content=body, headers=headers, timeout=self.timeout)
-        except httpx2.HTTPError as exc:
-            raise transport_error(exc, secrets) from None
-        err = classify_http(r.status_code, r.text, r.headers, secrets)
-        if err is not None:
-            raise err
-        return Delivery(r.status_code)
-
-    async def aclose(self) -> None:
-        return None
+        return headers

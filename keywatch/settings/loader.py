@@ -242,6 +242,9 @@ def build_inventory(config: Config, source: str) -> Inventory:
     from keywatch.engine import capabilities
 
     warnings += capabilities.warnings(config.policies, keys, config.safety)
+    if config.alerts is not None and "default_key_alerts" in config.alerts.model_fields_set:
+        warnings.append("alerts.default_key_alerts has no effect: key alerts are decided by policies, the built-in "
+                        "ones included (safety.default_policies); remove the setting")
     # The key list lives once, resolved, in Inventory.keys: at thousands of keys the validated models
     # would double the daemon's memory for nothing.
     settings = config.model_copy(update={"keys": []})

@@ -6,14 +6,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import time
 from datetime import UTC, datetime
 
+import httpx2
 import pytest
 
 from keywatch.domain import Alert, Severity
 from keywatch.notify import slack
-from keywatch.notify.base import Message, mask_url, parse_retry_after
+from keywatch.notify.base import Message, SinkError, mask_url, parse_retry_after
 from keywatch.notify.webhook import payload, sign, verify
 from keywatch.settings import ConfigError
 from keywatch.settings.loader import parse
@@ -142,8 +144,167 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize(("text", "where", "reason"), BAD, ids=[b[2] for b in BAD])
-def test_bad_alert_config_names_field_and_reason(text: str, where: str, reason: str) -> None:
+def problems(text: str) -> list[str]:
     with pytest.raises(ConfigError) as info:
         parse(text, "bad.toml")
-    assert any(p.startswith(where) and reason in p for p in info.value.problems), info.value.problems
+    return info.value.problems
+
+
+@pytest.mark.parametrize(("text", "where", "reason"), BAD, ids=[b[2] for b in BAD])
+def test_bad_alert_config_names_field_and_reason(text: str, where: str, reason: str) -> None:
+    found = problems(text)
+    assert any(p.startswith(where) and reason in p for p in found), found
+
+
+MORE_BAD = [
+    (SINK + 'type = "console"\nurl = "env:X"\n', "alerts.sinks[0].url", "only used by slack, webhook and"),
+    (
+        SINK + 'type = "slack"\nurl = "env:X"\nresend_interval = "1s"\n',
+        "alerts.sinks[0].resend_interval",
+        "only used by alertmanager sinks, not slack",
+    ),
+    (SINK, "alerts.sinks[0].type", "is required"),
+    (SINK + 'type = "webhook"\n', "alerts.sinks[0].url", "url is required for a webhook sink"),
+    (
+        SINK + 'type = "alertmanager"\nurl = "127.0.0.1:9093"\n',
+        "alerts.sinks[0].url",
+        "expected the Alertmanager base URL",
+    ),
+    (
+        SINK + 'type = "console"\n[[alerts.sinks]]\nname = "t"\ntype = "slack"\nurl = "env:X"\ntimeout = "x"\n',
+        "alerts.sinks[1].timeout",
+        "not a duration",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "where", "reason"), MORE_BAD, ids=[b[2] for b in MORE_BAD])
+def test_sink_config_errors_name_the_field_of_the_sink_type(text: str, where: str, reason: str) -> None:
+    found = problems(text)
+    assert any(p.startswith(f"{where}: ") and reason in p for p in found), found
+
+
+def test_sink_types_take_their_own_defaults() -> None:
+    sinks = parse(
+        SINK + 'type = "slack"\nurl = "env:X"\n' + '[[alerts.sinks]]\nname = "am"\ntype = "alertmanager"\n'
+        'url = "http://127.0.0.1:9093"\n'
+    ).alerts.sinks
+    assert (sinks[0].min_interval, sinks[0].timeout) == (1.0, 10.0)
+    assert (sinks[1].min_interval, sinks[1].resend_interval) == (0.0, 60.0)
+
+
+def test_example_documents_every_field_of_every_sink_type() -> None:
+    """The example mentions each sink type and each of their fields (the config test's walk of the schema
+    does not look inside the union of sink types)."""
+    from pathlib import Path
+
+    from keywatch.notify.registry import SINK_CLASSES
+
+    text = (Path(__file__).parents[2] / "config" / "keywatch.example.toml").read_text()
+    missing = [
+        f"{t}.{name}"
+        for t, cls in SINK_CLASSES.items()
+        for name in cls.config.model_fields
+        if not re.search(rf"^#?\s*{name}\s*=", text, re.M)
+    ]
+    missing += [t for t in SINK_CLASSES if t not in text]
+    assert not missing, f"config/keywatch.example.toml does not mention: {missing}"
+
+
+# -- the HTTP sinks read answers alike ---------------------------------------------------------------
+SECRET_URL = "https://hooks.example.com/services/T0/B0/VERYSECRETTOKEN"
+HMAC = "whsec-0123456789-secret"
+
+
+def http_sinks(handler):
+    from keywatch.notify.alertmanager import AlertmanagerSink
+    from keywatch.notify.slack import SlackSink
+    from keywatch.notify.webhook import WebhookSink
+
+    client = httpx2.AsyncClient(transport=httpx2.MockTransport(handler))
+    return client, [
+        SlackSink("slack", SECRET_URL, client),
+        WebhookSink("hook", SECRET_URL, client, secret=HMAC),
+        AlertmanagerSink("am", "http://127.0.0.1:9093/", client),
+    ]
+
+
+ANSWERS = [
+    (200, {}, None, None),
+    (202, {}, None, None),
+    (429, {"Retry-After": "7"}, False, 7.0),
+    (503, {"Retry-After": "2"}, False, 2.0),
+    (500, {}, False, None),
+    (408, {}, False, None),
+    (400, {}, True, None),
+    (403, {}, True, None),
+    (404, {}, True, None),
+    (410, {}, True, None),
+]
+
+
+@pytest.mark.parametrize(("status", "headers", "permanent", "retry_after"), ANSWERS, ids=[str(a[0]) for a in ANSWERS])
+async def test_http_sinks_classify_answers_alike(status, headers, permanent, retry_after) -> None:
+    seen = []
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        seen.append(request)
+        signed = "x-keywatch-signature" in request.headers
+        return httpx2.Response(status, headers=headers, text=f"no_service {request.url} {HMAC if signed else ''}")
+
+    client, sinks = http_sinks(handler)
+    try:
+        for sink in sinks:
+            if permanent is None:
+                assert (await sink.send(Message(3, [alert()]))).status == status
+                continue
+            with pytest.raises(SinkError) as info:
+                await sink.send(Message(3, [alert()]))
+            err = info.value
+            assert (err.permanent, err.retry_after, err.status) == (permanent, retry_after, status), sink.type
+            assert "VERYSECRETTOKEN" not in str(err) and HMAC not in str(err)
+    finally:
+        await client.aclose()
+    assert [str(r.url) for r in seen] == [SECRET_URL, SECRET_URL, "http://127.0.0.1:9093/api/v2/alerts"]
+    assert all(r.headers["content-type"] == "application/json" for r in seen)
+    slack_body, hook_body, am_body = (json.loads(r.content) for r in seen)
+    assert slack_body["blocks"][0]["type"] == "header"
+    assert verify(HMAC, seen[1].content, seen[1].headers["x-keywatch-signature"])
+    assert hook_body["id"] == 3 and seen[1].headers["x-keywatch-delivery"] == "3"
+    assert am_body[0]["labels"]["alertname"] == "key_health" and "endsAt" not in am_body[0]
+
+
+async def test_http_sink_transport_errors_are_transient_and_never_carry_the_url() -> None:
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        raise httpx2.ConnectError(f"cannot connect to {request.url}", request=request)
+
+    client, sinks = http_sinks(handler)
+    try:
+        for sink in sinks:
+            with pytest.raises(SinkError) as info:
+                await sink.send(Message(1, [alert()]))
+            assert not info.value.permanent and info.value.status is None
+            assert "VERYSECRETTOKEN" not in str(info.value) and "://" not in str(info.value)
+            assert "VERYSECRETTOKEN" not in sink.describe()
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize(
+    "sink",
+    [
+        {"type": "slack", "url": "https://hooks.slack.com/services/T0/B0/LEAKYTOKEN"},
+        {"type": "console", "secret": "LEAKYTOKEN-hmac"},
+        {"type": "webhook", "url": "env:X", "secret": ["LEAKYTOKEN"]},
+        {"type": "webhook", "secret": "LEAKYTOKEN-hmac"},
+        {"type": "pagerduty", "url": "https://events.example/LEAKYTOKEN"},
+    ],
+)
+def test_sink_config_errors_never_show_a_secret_value(sink: dict) -> None:
+    from pydantic import ValidationError
+
+    from keywatch.notify.config import AlertsConfig
+
+    with pytest.raises(ValidationError) as info:
+        AlertsConfig.model_validate({"sinks": [{"name": "s", **sink}]})
+    assert "LEAKYTOKEN" not in str(info.value) and "LEAKYTOKEN" not in repr(info.value.errors())
