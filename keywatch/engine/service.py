@@ -288,9 +288,9 @@ class PolicyEngine:
         now_states = self.rt.tracker.snapshot()  # after this cycle's actions
         self.book.clear_after = self.rt.inventory.config.safety.alert_clear_probes
         changes = self.book.update(plan.alerts)
-        # Many keys of one policy firing together are one message per sink (the pipeline groups by provider
-        # and `group` within alerts.group_wait), not a page per key beside the blast-radius alert.
-        together = [(c.wish.policy, c.firing) for c in changes]
+        # Many keys of one provider and policy firing together are one message per sink (the pipeline groups
+        # by provider and `group` within alerts.group_wait), not a page per key beside the blast-radius alert.
+        together = [(c.wish.policy, c.wish.provider, c.firing) for c in changes]
         mass = {t for t in together if together.count(t) >= MASS_ALERTS}
         for change in changes:
             w = change.wish
@@ -298,7 +298,7 @@ class PolicyEngine:
             v = views.get(w.key)
             done = did.get((w.policy, w.key)) or ["alerted only"]
             fields = {"policy": w.policy, "reason": w.reason, "action": "; ".join(done)}
-            if (w.policy, change.firing) in mass:
+            if (w.policy, w.provider, change.firing) in mass:
                 fields["group"] = w.policy
             st = now_states.get(w.key) or (v.state if v is not None else None)
             if st is not None:
