@@ -30,7 +30,7 @@ from keywatch.providers.base import ProviderAdapter
 from keywatch.providers.clients import AdapterSet, make_http_client
 from keywatch.redact import REGISTRY
 from keywatch.runtime import Capability, CycleReport, EventLog, Runtime
-from keywatch.settings import ConfigError, Inventory, load_inventory
+from keywatch.settings.loader import ConfigError, Inventory, load_inventory
 from keywatch.state import StateTracker
 from keywatch.store.repo import Store, default_database_url, describe_url
 from keywatch.store.writer import DatabaseWriter, WriteStatus

@@ -108,7 +108,7 @@ def cmd_alert_test(args: argparse.Namespace) -> int:
     from keywatch.notify.registry import SinkConfigError, build_sinks, make_http_client
     from keywatch.notify.service import alerts_config
     from keywatch.redact import REGISTRY
-    from keywatch.settings import load
+    from keywatch.settings.loader import load
 
     config = load(args.config)
     alerts = alerts_config(config)
@@ -147,7 +147,7 @@ def _db(config_path: str) -> Any:
     from sqlalchemy.orm import sessionmaker
 
     from keywatch.notify.outbox import AlertDB
-    from keywatch.settings import load
+    from keywatch.settings.loader import load
 
     store = new_store(load(config_path))
     store.upgrade()

@@ -46,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
-    from keywatch.settings import ConfigError
+    from keywatch.settings.loader import ConfigError
 
     try:
         return _dispatch(args)

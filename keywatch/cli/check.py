@@ -68,7 +68,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     """Probe the configured keys once, now, and print their health; the daemon's state is neither read
     nor changed."""
     from keywatch import aio
-    from keywatch.settings import load_inventory
+    from keywatch.settings.loader import load_inventory
 
     inventory = load_inventory(args.config)
     for w in inventory.warnings:

@@ -28,7 +28,7 @@ def cmd_config_schema(args: argparse.Namespace) -> int:
 
 def cmd_config_validate(args: argparse.Namespace) -> int:
     """Check the config file and resolve every secret reference; no secret is printed."""
-    from keywatch.settings import load_inventory
+    from keywatch.settings.loader import load_inventory
 
     inventory = load_inventory(args.config)
     for w in inventory.warnings:

@@ -17,7 +17,7 @@ def add_commands(sub: Any) -> None:
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     """Apply the pending database migrations (the daemon also does this when it starts)."""
-    from keywatch.settings import load
+    from keywatch.settings.loader import load
     from keywatch.store.repo import describe_url
 
     store = new_store(load(args.config))

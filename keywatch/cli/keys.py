@@ -69,7 +69,7 @@ def cmd_enable(args: argparse.Namespace) -> int:
 
 def _admin(args: argparse.Namespace, what: str) -> int:
     from keywatch.redact import REGISTRY
-    from keywatch.settings import load_inventory
+    from keywatch.settings.loader import load_inventory
 
     inventory = load_inventory(args.config)
     REGISTRY.replace(inventory.secrets())
@@ -137,7 +137,7 @@ def cmd_events(args: argparse.Namespace) -> int:
     from datetime import timedelta
 
     from keywatch.durations import parse_duration
-    from keywatch.settings import load
+    from keywatch.settings.loader import load
 
     try:
         since = datetime.now(UTC) - timedelta(seconds=parse_duration(args.since))

@@ -24,7 +24,7 @@ def add_commands(sub: Any) -> None:
 def cmd_policy_test(args: argparse.Namespace) -> int:
     """Show what each policy would do now with the key states in the database, outages and safety limits
     included; nothing is changed."""
-    from keywatch.settings import load
+    from keywatch.settings.loader import load
 
     config = load(args.config)
     store = open_store(config, migrate=False)

@@ -18,7 +18,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from keywatch import aio
     from keywatch import logging as kwlog
     from keywatch.daemon import Daemon
-    from keywatch.settings import load
+    from keywatch.settings.loader import load
 
     config = load(args.config)
     kwlog.setup(config.daemon.log_format, config.daemon.log_level)

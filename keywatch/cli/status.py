@@ -30,7 +30,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     nothing is probed."""
     from sqlalchemy.exc import OperationalError, ProgrammingError
 
-    from keywatch.settings import load
+    from keywatch.settings.loader import load
     from keywatch.store.repo import describe_url
 
     config = load(args.config)

@@ -82,7 +82,7 @@ def parse_since(text: str, now: datetime) -> datetime:
 def cmd_usage(args: argparse.Namespace) -> int:
     """Tokens, requests and spend per key, label, provider, model, account or scope, from the usage the
     daemon collected into the database; spend reported above keys stays under its scope."""
-    from keywatch.settings import load
+    from keywatch.settings.loader import load
     from keywatch.store.repo import describe_url
     from keywatch.usage.store import UsageStore
 

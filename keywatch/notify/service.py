@@ -492,7 +492,7 @@ class AlertsCapability:
 
 async def setup(rt: Runtime) -> AlertsCapability:
     from keywatch.redact import REGISTRY
-    from keywatch.settings import ConfigError
+    from keywatch.settings.loader import ConfigError
 
     inventory = rt.inventory
     config = alerts_config(inventory.config)

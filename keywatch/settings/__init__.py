@@ -1,5 +1,2 @@
-"""Configuration: schema, loading, secret references."""
-
-from keywatch.settings.loader import ConfigError, Inventory, load, load_inventory
-
-__all__ = ["ConfigError", "Inventory", "load", "load_inventory"]
+"""Configuration: the schema (schema.py), loading and the inventory (loader.py), secret references
+(secrets.py) and the field types sections share (types.py)."""

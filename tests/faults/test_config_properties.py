@@ -14,8 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from keywatch.providers import registry
-from keywatch.settings import ConfigError
-from keywatch.settings.loader import alert_sink_problems, build_inventory, parse
+from keywatch.settings.loader import ConfigError, alert_sink_problems, build_inventory, parse
 
 # KW_PROPERTY_EXAMPLES=5000 for a longer search than the suite's bounded one.
 BOUNDED = settings(max_examples=int(os.environ.get("KW_PROPERTY_EXAMPLES", "200")), deadline=None,

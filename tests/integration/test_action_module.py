@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from keywatch.engine import actions
-from keywatch.settings import ConfigError
-from keywatch.settings.loader import parse
+from keywatch.settings.loader import ConfigError, parse
 from keywatch.settings.schema import json_schema
 from tests.integration.test_policy_harness import cli, start, stop
 

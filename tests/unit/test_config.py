@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from keywatch.cli import main
-from keywatch.settings import ConfigError, load_inventory
-from keywatch.settings.loader import parse
+from keywatch.settings.loader import ConfigError, load_inventory, parse
 from keywatch.settings.schema import json_schema
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -17,8 +17,7 @@ from keywatch.domain import Alert, Severity
 from keywatch.notify import slack
 from keywatch.notify.base import Message, SinkError, mask_url, parse_retry_after
 from keywatch.notify.webhook import payload, sign, verify
-from keywatch.settings import ConfigError
-from keywatch.settings.loader import parse
+from keywatch.settings.loader import ConfigError, parse
 
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 

@@ -23,8 +23,7 @@ from keywatch.engine.policy import (
     needed,
 )
 from keywatch.engine.policy_config import OutageSettings, PolicyConfig, SafetySettings
-from keywatch.settings import ConfigError
-from keywatch.settings.loader import parse
+from keywatch.settings.loader import ConfigError, parse
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 

@@ -14,8 +14,7 @@ from keywatch.engine.policy import default_policies
 from keywatch.engine.policy_config import SafetySettings
 from keywatch.providers import registry
 from keywatch.providers.base import Capability
-from keywatch.settings import ConfigError, load_inventory
-from keywatch.settings.loader import parse
+from keywatch.settings.loader import ConfigError, load_inventory, parse
 
 KEYS = """
 [[keys]]
@@ -169,7 +168,7 @@ def test_checking_aws_and_azure_policies_imports_no_cloud_sdk(tmp_path: Path) ->
     )
     code = (
         "import sys\n"
-        "from keywatch.settings import load_inventory\n"
+        "from keywatch.settings.loader import load_inventory\n"
         f"inv = load_inventory({str(cfg)!r})\n"
         "print([w for w in inv.warnings if 'policies' in w])\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('boto3', 'botocore', 'azure')))\n"

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from keywatch.settings import ConfigError
-from keywatch.settings.loader import parse
+from keywatch.settings.loader import ConfigError, parse
 
 
 @pytest.mark.parametrize(
