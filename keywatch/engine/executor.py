@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from keywatch.domain import Alert, Event, KeyState, ManagedKey, Severity
+from keywatch.engine.model import ActionRequest, Outcome
 from keywatch.providers.base import Capability, NotSupported, ProviderActionError, ProviderAdapter
+from keywatch.redact import REGISTRY, redact_text
 
 if TYPE_CHECKING:
-    from keywatch.engine.model import ActionRequest, Outcome
     from keywatch.store.repo import Store
-from keywatch.redact import REGISTRY, redact_text
 
 log = structlog.get_logger("keywatch.executor")
 
