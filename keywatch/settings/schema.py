@@ -127,14 +127,14 @@ def check_database_url(url: str) -> None:
         kind = backend if re.fullmatch(r"[A-Za-z0-9_+.-]{1,40}", backend) else "this"
         raise ValueError(f"{kind} databases are not supported (only SQLite and PostgreSQL); {DATABASE_FIX}")
     try:
-        dialect = parsed.get_dialect()
+        sql_dialect = parsed.get_dialect()
     except NoSuchModuleError:
         driver = parsed.drivername if re.fullmatch(r"[A-Za-z0-9_+.-]{1,60}", parsed.drivername) else "driver"
         raise ValueError(f"{driver}: unknown driver; {DATABASE_FIX}") from None
-    if getattr(dialect, "is_async", False):
+    if getattr(sql_dialect, "is_async", False):
         raise ValueError(f"{parsed.drivername}: async drivers are not supported; {DATABASE_FIX}")
     try:
-        dialect.import_dbapi()
+        sql_dialect.import_dbapi()
     except ImportError as exc:
         hint = "pip install 'keywatch[postgres]'" if backend == "postgresql" else "install it"
         raise ValueError(
