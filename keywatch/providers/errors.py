@@ -84,7 +84,7 @@ def _int(value: str | None) -> int | None:
         return None
     try:
         return int(float(value))
-    except ValueError:
+    except (ValueError, OverflowError):  # "inf", "nan", 1e999: no count a header can mean
         return None
 
 
