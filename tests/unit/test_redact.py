@@ -127,3 +127,18 @@ def test_redacting_the_log_path_stays_cheap_with_many_secrets() -> None:
     took = time.perf_counter() - t0
     assert not any(s[:20] in line for s, line in zip(secrets * 2, out, strict=False))
     assert took < 1.0, f"{took:.2f}s for 2,000 lines"  # about 0.03 s; tests/bench/bench_redact.py measures it
+
+
+def test_every_text_of_a_probe_result_is_masked_the_error_code_too() -> None:
+    from datetime import UTC, datetime
+
+    from keywatch.domain import Health, ManagedKey, ProbeResult, Secret
+    from keywatch.engine.prober import scrubbed
+
+    odd = "gw-Qm81Zx44Lp09Rt77Vb"
+    key = ManagedKey(name="k", provider="openai_compatible", secret=Secret(odd), secret_ref="env:X")
+    result = ProbeResult("k", "openai_compatible", Health.FORBIDDEN, datetime.now(UTC), 1.0,
+                         error_code=f"key_{odd}_denied", error_message=f"first 12: {odd[:12]}")
+    clean = scrubbed(result, key)
+    assert odd[:8] not in f"{clean.error_code} {clean.error_message}", clean
+    assert clean.health == Health.FORBIDDEN and scrubbed(clean, key) is clean
