@@ -63,6 +63,11 @@ def use_key_prefixes(prefixes: Iterable[str]) -> None:
     _PUBLIC_PREFIX = re.compile(f"^({alternatives})") if alternatives else None
 
 
+def is_public_prefix(text: str) -> bool:
+    """True when `text` is all a provider's public key prefix (`sk-proj-`): masked forms show it."""
+    return _PUBLIC_PREFIX is not None and bool(_PUBLIC_PREFIX.fullmatch(text))
+
+
 def mask(secret: str) -> str:
     """`sk-proj-...GDYA`: the provider's public prefix and the last four characters, as providers show them."""
     if len(secret) <= 12:

@@ -1,21 +1,40 @@
 """Masking of secrets in any text that leaves the process (logs, errors, alerts, CLI output).
 
-Two nets: the exact secrets keywatch loaded (known precisely, whatever their format), and anything
-shaped like a provider key (for secrets keywatch never loaded, e.g. echoed back in an error body).
+Two nets: the secrets keywatch loaded (known precisely, whatever their format), and anything shaped like a
+provider key (for secrets keywatch never loaded, e.g. echoed back in an error body).
+
+A loaded secret is masked whole (`mask`: public prefix and last four) and in part: any run of MIN_PART or
+more of its characters becomes `****`, so an error that quotes the first 20 characters of a key, or a
+webhook's answer that quotes the path of its URL, shows nothing of it. The index behind that holds every
+MIN_PART-gram of every loaded secret; one pass over a text looks up the grams of each run of characters
+that secrets are made of (words shorter than MIN_PART, spaces and punctuation are skipped by a regular
+expression), so the cost grows with the text, not with the number of secrets.
+
+A URL (a sink's, say) is masked whole, and in part by its token-like pieces only (`url_secrets`: user info,
+path segments and query values that look like tokens): `https://`, a host name or `/api` are not secret.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 from collections.abc import Iterable
+from urllib.parse import parse_qsl, unquote, urlsplit
 
-from keywatch.domain import mask
+from keywatch.domain import is_public_prefix, mask
 
 # Shapes of secrets in free text: each provider's key patterns (ProviderInfo.key_patterns, set by
 # providers/registry.py when keywatch is imported) and a bearer token of any kind.
 GENERIC_PATTERNS: tuple[re.Pattern[str], ...] = (re.compile(r"(?i)bearer\s+[A-Za-z0-9._\-+/=]{16,}"),)
 KEY_PATTERNS: tuple[re.Pattern[str], ...] = GENERIC_PATTERNS
+
+MIN_SECRET = 6  # shorter values are not secrets worth masking (and would mask ordinary words)
+MIN_PART = 8  # this many characters of a secret, anywhere in a text, are masked
+PART_MASK = "****"
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
+_WORD = re.compile(r"[a-z]+(?:[\-_.][a-z]+)*")
 
 
 def use_key_patterns(patterns: Iterable[str]) -> None:
@@ -23,30 +42,141 @@ def use_key_patterns(patterns: Iterable[str]) -> None:
     KEY_PATTERNS = tuple(re.compile(p) for p in patterns) + GENERIC_PATTERNS
 
 
+def looks_like_token(value: str) -> bool:
+    """A URL piece worth masking: MIN_PART characters or more and not a plain lower-case word
+    (`services`, `alertmanager`, `incoming-webhooks`), unless it is long enough to be random anyway."""
+    return len(value) >= MIN_PART and (len(value) >= 20 or not _WORD.fullmatch(value))
+
+
+def is_url(value: str) -> bool:
+    return bool(_URL.match(value))
+
+
+def url_secrets(url: str) -> list[str]:
+    """The secret pieces of a URL: the password, and the user name, path segments, query values and fragment
+    that look like tokens (`looks_like_token`), as written and percent-decoded."""
+    try:
+        parts = urlsplit(url)
+        password, username = parts.password, parts.username
+    except ValueError:
+        return []
+    out: list[str] = []
+    if password:
+        out.append(password)
+    if username and looks_like_token(username):
+        out.append(username)
+    pieces = [s for s in parts.path.split("/") if s]
+    pieces += [v for _, v in parse_qsl(parts.query, keep_blank_values=True)]
+    pieces += [v for v in re.split(r"[/?&=]", parts.fragment) if v]
+    out += [p for p in pieces if looks_like_token(p)]
+    out += [unquote(p) for p in out if "%" in p]
+    return list(dict.fromkeys(out))
+
+
+class _Index:
+    """The loaded secrets arranged for one fast pass over a text; immutable once built (redact reads it
+    without a lock while a reload builds the next one)."""
+
+    __slots__ = ("grams", "runs", "secrets", "short")
+
+    def __init__(self, secrets: frozenset[str], grams: dict[str, tuple[bool, tuple[str, ...]]]) -> None:
+        self.secrets = secrets
+        # gram -> (whether it masks as a part, the secrets that end with it: masked whole when all of one shows)
+        self.grams = grams
+        chars = sorted({c for g in grams for c in g})
+        self.runs = re.compile(f"[{''.join(map(re.escape, chars))}]{{{MIN_PART},}}") if chars else None
+        shorts = sorted((s for s in secrets if len(s) < MIN_PART), key=len, reverse=True)
+        self.short = re.compile("|".join(map(re.escape, shorts))) if shorts else None
+
+    @classmethod
+    def build(cls, secrets: Iterable[str], base: _Index | None = None) -> _Index:
+        values = frozenset(s for s in secrets if s and len(s) >= MIN_SECRET)
+        old = base.secrets if base is not None else frozenset()
+        grams = dict(base.grams) if base is not None else {}
+        for s in values - old:
+            if len(s) < MIN_PART:
+                continue
+            for part in url_secrets(s) if is_url(s) else [s]:
+                for i in range(len(part) - MIN_PART + 1):
+                    g = part[i : i + MIN_PART]
+                    covers, tails = grams.get(g, (False, ()))
+                    if not covers:
+                        grams[g] = (True, tails)
+            tail = s[-MIN_PART:]
+            covers, tails = grams.get(tail, (False, ()))
+            grams[tail] = (covers, (*tails, s))
+        return cls(old | values, grams)
+
+    def redact(self, text: str) -> str:
+        if self.short is not None:
+            text = self.short.sub(PART_MASK, text)
+        if self.runs is None or len(text) < MIN_PART:
+            return text
+        grams = self.grams
+        hits: list[tuple[int, int, str | None]] = []  # (start, end, the whole secret there or None)
+        for m in self.runs.finditer(text):
+            start, end = m.span()
+            for i in range(start, end - MIN_PART + 1):
+                hit = grams.get(text[i : i + MIN_PART])
+                if hit is None:
+                    continue
+                covers, tails = hit
+                for s in tails:
+                    first = i + MIN_PART - len(s)
+                    if first >= 0 and text.startswith(s, first):
+                        hits.append((first, i + MIN_PART, s))
+                if covers:
+                    hits.append((i, i + MIN_PART, None))
+        if not hits:
+            return text
+        hits.sort(key=lambda h: (h[0], -h[1]))
+        out: list[str] = []
+        done = j = 0
+        while j < len(hits):
+            start, end, _ = hits[j]
+            group = j
+            while j < len(hits) and hits[j][0] <= end:  # overlapping or touching hits are one masked span
+                end = max(end, hits[j][1])
+                j += 1
+            span = text[start:end]
+            out.append(text[done:start])
+            if any(w == span for _, _, w in hits[group:j]):
+                out.append(mask(span))
+            elif is_public_prefix(span):  # `sk-proj-`, as every masked form shows it
+                out.append(span)
+            else:
+                out.append(PART_MASK)
+            done = end
+        out.append(text[done:])
+        return "".join(out)
+
+
+_EMPTY = _Index(frozenset(), {})
+
+
 class SecretRegistry:
-    """The set of secrets currently loaded; the log processor masks each of them."""
+    """The set of secrets currently loaded; the log processor masks each of them, whole or in part."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._secrets: frozenset[str] = frozenset()
-        self._pattern: re.Pattern[str] | None = None
+        self._index = _EMPTY
 
     def replace(self, secrets: Iterable[str]) -> None:
-        values = frozenset(s for s in secrets if s and len(s) >= 6)
-        pattern = (
-            re.compile("|".join(re.escape(s) for s in sorted(values, key=len, reverse=True))) if values else None
-        )
+        index = _Index.build(secrets)
         with self._lock:
-            self._secrets, self._pattern = values, pattern
+            self._index = index
 
     def add(self, secrets: Iterable[str]) -> None:
-        self.replace(set(self._secrets) | set(secrets))
+        with self._lock:
+            new = {s for s in secrets if s and len(s) >= MIN_SECRET} - self._index.secrets
+            if new:
+                self._index = _Index.build(new, self._index)
+
+    def __contains__(self, secret: str) -> bool:
+        return secret in self._index.secrets
 
     def redact(self, text: str) -> str:
-        pattern = self._pattern
-        if pattern is not None:
-            text = pattern.sub(lambda m: mask(m.group(0)), text)
-        return redact_shapes(text)
+        return redact_shapes(self._index.redact(text))
 
 
 REGISTRY = SecretRegistry()
@@ -67,8 +197,14 @@ def _mask_match(m: re.Match[str]) -> str:
     return mask(value)
 
 
+@functools.lru_cache(maxsize=256)
+def _index_of(secrets: frozenset[str]) -> _Index:
+    return _Index.build(secrets)
+
+
 def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
-    for s in secrets:
-        if s and len(s) >= 6 and s in text:
-            text = text.replace(s, mask(s))
+    """`text` with `secrets` (besides every loaded one) masked, whole or in part."""
+    extra = frozenset(s for s in secrets if s and len(s) >= MIN_SECRET and s not in REGISTRY)
+    if extra:
+        text = _index_of(extra).redact(text)
     return REGISTRY.redact(text)

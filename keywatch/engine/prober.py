@@ -7,6 +7,7 @@ adapter or provider never stops a cycle and never blames a key.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
@@ -33,13 +34,13 @@ class Prober:
         try:
             adapter = self.adapters.get(key.provider)
             async with asyncio.timeout(self.timeout + 1.0):
-                return await adapter.probe(key)
+                return scrubbed(await adapter.probe(key), key)
         except TimeoutError:
             return _failed(key, Health.UNREACHABLE, started, "timeout", f"no answer within {self.timeout:g}s")
         except ImportError as exc:
             return _failed(key, Health.PROVIDER_ERROR, started, "missing_dependency", str(exc))
         except Exception as exc:  # an adapter bug must not end the cycle or blame the key
-            secrets = [key.secret.reveal()] if key.secret else []
+            secrets = _secrets(key)
             log.warning("probe_crashed", key=key.name, provider=key.provider, error=type(exc).__name__)
             return _failed(key, Health.PROVIDER_ERROR, started, "probe_error",
                            redact_text(f"{type(exc).__name__}: {exc}"[:300], secrets))
@@ -67,6 +68,20 @@ class Prober:
         workers = min(self.concurrency, queue.qsize())
         await asyncio.gather(*(worker() for _ in range(workers)))
         return results
+
+
+def _secrets(key: ManagedKey) -> list[str]:
+    return [s.reveal() for s in (key.secret, *key.extra_secrets.values()) if s is not None]
+
+
+def scrubbed(result: ProbeResult, key: ManagedKey) -> ProbeResult:
+    """The result with every text a provider chose masked, the error code too: a hostile or careless
+    provider may put the key, or part of it, anywhere in its answer (`"code": "key_<secret>_denied"`)."""
+    secrets = _secrets(key)
+    texts = {f: getattr(result, f) for f in ("error_code", "error_message", "compromise_reason")}
+    clean = {f: redact_text(v, secrets) for f, v in texts.items() if v}
+    changed = {f: v for f, v in clean.items() if v != texts[f]}
+    return dataclasses.replace(result, **changed) if changed else result
 
 
 def _failed(key: ManagedKey, health: Health, started: float, code: str, message: str) -> ProbeResult:

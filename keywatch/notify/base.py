@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Literal, Protocol, get_args
 from pydantic import Field
 
 from keywatch.domain import Alert, Severity
-from keywatch.redact import redact_text
+from keywatch.redact import looks_like_token, redact_text
 from keywatch.settings.types import Duration, Strict
 
 SEVERITY_ORDER = {Severity.INFO: 0, Severity.WARNING: 1, Severity.CRITICAL: 2}
@@ -219,7 +219,8 @@ def at_least(severity: Severity, minimum: Severity) -> bool:
 
 
 def mask_url(url: str) -> str:
-    """`https://hooks.slack.com/services/T0/B0/****`: enough to tell two sinks apart, not enough to post."""
+    """`https://hooks.slack.com/services/T0/B0/****`: enough to tell two sinks apart, not enough to post.
+    The last path segment and every one that looks like a token (`looks_like_token`) are masked."""
     scheme, sep, rest = url.partition("://")
     if not sep:
         return "****"
@@ -227,12 +228,9 @@ def mask_url(url: str) -> str:
     host = host.rpartition("@")[2]
     if not path:
         return f"{scheme}://{host}"
-    parts = path.split("?")[0].split("/")
-    return (
-        f"{scheme}://{host}/" + "/".join([*parts[:-1], "****"])
-        if len(parts) > 1
-        else f"{scheme}://{host}/****"
-    )
+    parts = path.split("?")[0].split("#")[0].split("/")
+    shown = ["****" if looks_like_token(p) else p for p in parts[:-1]]
+    return f"{scheme}://{host}/" + "/".join([*shown, "****"])
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:

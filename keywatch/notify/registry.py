@@ -18,6 +18,7 @@ from pydantic import Field, ValidationError
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from keywatch.notify.base import Sink, SinkBase, SinkConfigBase
+from keywatch.redact import is_url, url_secrets
 
 if TYPE_CHECKING:
     from keywatch.notify.config import AlertsConfig
@@ -122,7 +123,13 @@ class SinkSpec:
         return (self.config.type, *(self.value(f) for f in self.config.destination_fields))
 
     def secrets(self) -> list[str]:
-        return [v for _, v in self.resolved if v]
+        """What the redactor must mask: each resolved secret, and the token-like pieces (user info, path
+        segments, query values) of every URL the sink is configured with, a secret or not, since a receiver
+        that quotes its own path (`Cannot POST /hook/<token>`) must not put the token in an alert."""
+        out = [v for _, v in self.resolved if v]
+        values = [*out, *(v for v in vars(self.config).values() if isinstance(v, str))]
+        out += [p for v in values if is_url(v) for p in url_secrets(v)]
+        return list(dict.fromkeys(out))
 
     def build(self, http: httpx2.AsyncClient) -> Sink:
         return SINK_CLASSES[self.config.type].from_config(self.config, dict(self.resolved), http)

@@ -57,7 +57,10 @@ def make_engine(url: str, busy_timeout: float = 30.0, may_create: Callable[[], b
         @event.listens_for(engine, "do_connect")
         def _open_existing(_dialect: Any, _rec: Any, cargs: list[Any], cparams: dict[str, Any]) -> None:
             path = engine.url.database
-            if may_create is None or may_create() or not path or path == ":memory:" or cparams.get("uri"):
+            if not path or path == ":memory:" or cparams.get("uri"):
+                return
+            if may_create is None or may_create():
+                create_private(path)
                 return
             target = cargs[0] if cargs else cparams.pop("database", path)
             cargs[:] = [f"file:{quote(str(target))}?mode=rw"]
@@ -80,6 +83,17 @@ def make_engine(url: str, busy_timeout: float = 30.0, may_create: Callable[[], b
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+def create_private(path: str | Path) -> None:
+    """Create a missing SQLite file readable and writable by its owner only (0600), whatever the umask:
+    the database holds key names, fingerprints and audit events. SQLite gives the -wal and -shm files it
+    creates next to it the same mode. An existing file is left as it is."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError:  # exists already, or cannot be created: SQLite opens it or reports why not
+        return
+    os.close(fd)
 
 
 def describe_url(url: str) -> str:

@@ -89,3 +89,24 @@ def test_events_are_kept_in_order(store: Store) -> None:
     evs = store.events("k0")
     assert [e.kind for e in evs] == ["enabled", "disabled"] and evs[1].data == {"n": 3}
     assert store.events(since=at + timedelta(seconds=1))[0].actor == "operator:bob"
+
+
+def test_a_new_sqlite_database_and_its_wal_and_shm_are_readable_by_the_owner_only(tmp_path) -> None:
+    import os
+    import stat
+
+    old = os.umask(0o022)  # the usual umask outside systemd, which would make files 0644
+    try:
+        path = tmp_path / "keywatch.db"
+        store = Store(f"sqlite:///{path}")
+        store.upgrade()
+        with store.engine.connect() as c:  # an open connection keeps the -wal and -shm files
+            c.execute(text("CREATE TABLE t (x)"))
+            c.execute(text("INSERT INTO t VALUES (1)"))
+            c.commit()
+            files = [path, tmp_path / "keywatch.db-wal", tmp_path / "keywatch.db-shm"]
+            modes = {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in files}
+        store.dispose()
+    finally:
+        os.umask(old)
+    assert modes == dict.fromkeys(modes, "0o600"), modes

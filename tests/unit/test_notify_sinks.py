@@ -307,3 +307,41 @@ def test_sink_config_errors_never_show_a_secret_value(sink: dict) -> None:
     with pytest.raises(ValidationError) as info:
         AlertsConfig.model_validate({"sinks": [{"name": "s", **sink}]})
     assert "LEAKYTOKEN" not in str(info.value) and "LEAKYTOKEN" not in repr(info.value.errors())
+
+
+async def test_an_answer_quoting_the_path_of_the_url_never_carries_its_token() -> None:
+    token = "q8ZbT2wX9kLm4NpR"
+    url = f"https://hooks.example.com/hook/{token}?sig=Sg7hJ2kL9mNq"
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(404, text=f"Cannot POST {request.url.raw_path.decode()}")
+
+    from keywatch.notify.webhook import WebhookSink
+
+    client = httpx2.AsyncClient(transport=httpx2.MockTransport(handler))
+    try:
+        with pytest.raises(SinkError) as info:
+            await WebhookSink("hook", url, client, secret=HMAC).send(Message(1, [alert()]))
+    finally:
+        await client.aclose()
+    text = str(info.value)
+    assert info.value.permanent and text.startswith("HTTP 404: Cannot POST /hook/****"), text
+    assert token[:8] not in text and "Sg7hJ2kL" not in text
+
+
+def test_resolved_sinks_register_every_token_like_piece_of_their_urls(monkeypatch) -> None:
+    from keywatch.notify.config import AlertsConfig
+    from keywatch.notify.registry import resolve_sinks
+
+    monkeypatch.setenv("KW_T_HOOK", "https://hooks.example.com/hook/q8ZbT2wX9kLm4NpR?sig=Sg7hJ2kL9mNq")
+    monkeypatch.setenv("KW_T_SLACK", "https://hooks.slack.com/services/T0AB12CD3/B0XY98/abcdEFGHijklMNOPqrstUVWX")
+    config = AlertsConfig.model_validate({"sinks": [
+        {"name": "hook", "type": "webhook", "url": "env:KW_T_HOOK"},
+        {"name": "slack", "type": "slack", "url": "env:KW_T_SLACK"},
+        {"name": "am", "type": "alertmanager", "url": "https://keywatch:Am-pass-9921@am.example.com:9093/api"},
+    ]})
+    hook, slack_spec, am = (s.secrets() for s in resolve_sinks(config))
+    assert hook == ["https://hooks.example.com/hook/q8ZbT2wX9kLm4NpR?sig=Sg7hJ2kL9mNq", "q8ZbT2wX9kLm4NpR",
+                    "Sg7hJ2kL9mNq"]
+    assert slack_spec[1:] == ["T0AB12CD3", "abcdEFGHijklMNOPqrstUVWX"]  # not `services`, nor the host
+    assert am == ["Am-pass-9921"]  # the URL is not a secret, its password is

@@ -8,7 +8,7 @@ import structlog
 
 from keywatch import logging as kwlog
 from keywatch.domain import fingerprint, mask
-from keywatch.redact import REGISTRY, redact_text
+from keywatch.redact import REGISTRY, SecretRegistry, redact_text, url_secrets
 
 OPENAI = "sk-proj-" + "A1b2C3d4" * 8 + "T3BlbkFJ" + "x" * 20
 ANTHROPIC = "sk-ant-api03-" + "Zz9_" * 23 + "Q" + "AA"
@@ -66,3 +66,79 @@ def test_log_lines_are_redacted_in_json_and_console() -> None:
     finally:
         REGISTRY.replace([])
         kwlog.setup("console", "warning")
+
+
+def test_any_eight_characters_of_a_loaded_secret_are_masked() -> None:
+    odd = "gw-7f3a9c2e11bbq0ZZ-token-4417x"  # no known shape: only the loaded-secret net can catch it
+    REGISTRY.replace([odd])
+    try:
+        for quoted in (odd[:20], odd[:8], odd[5:13], odd[-8:], odd[3:-3]):
+            out = redact_text(f'{{"error": "Invalid key {quoted}, check it"}}')
+            assert "****" in out and quoted not in out, (quoted, out)
+        assert redact_text(f"key {odd} failed") == f"key {mask(odd)} failed"
+        assert redact_text(odd[:7] + " and " + odd[-7:]) == odd[:7] + " and " + odd[-7:]  # under 8: not a leak
+    finally:
+        REGISTRY.replace([])
+
+
+def test_parts_of_secrets_passed_explicitly_are_masked_too() -> None:
+    odd = "tenant-Zx81-Kq02-Lm55-token"
+    assert odd[:20] not in redact_text(f"upstream quoted {odd[:20]}...", [odd])
+
+
+def test_ordinary_words_and_masked_forms_are_left_alone() -> None:
+    REGISTRY.replace([OPENAI, ANTHROPIC, "https://hooks.slack.com/services/T0AB12CD3/B0XY98/abcdEFGHijklMNOPqrstUVWX"])
+    try:
+        text = (f"probe_result key=openai-production masked={mask(OPENAI)} other={mask(ANTHROPIC)} "
+                f"fingerprint={fingerprint(OPENAI)} posting to https://hooks.slack.com/services (incoming-webhooks)")
+        assert redact_text(text) == text
+    finally:
+        REGISTRY.replace([])
+
+
+def test_a_url_is_masked_whole_and_by_its_token_like_pieces() -> None:
+    url = "https://bot:pa55-w0rd-xyz@hooks.example.com/api/hook/Tk9aB3xYz0QwErTy?sig=Zq81xx00aa&v=2&kind=alerts"
+    assert url_secrets(url) == ["pa55-w0rd-xyz", "Tk9aB3xYz0QwErTy", "Zq81xx00aa"]
+    assert url_secrets("http://127.0.0.1:9093/api/v2/alerts") == []
+    assert url_secrets("https://hooks.slack.com/services/T0AB12CD3/B0XY98/abcdEFGHijklMNOPqrstUVWX") == [
+        "T0AB12CD3", "abcdEFGHijklMNOPqrstUVWX"]
+    REGISTRY.replace([url])
+    try:
+        out = redact_text(f"sent to {url}; answer: Cannot POST /api/hook/Tk9aB3xYz0QwErTy?sig=Zq81xx00aa")
+        assert out == f"sent to {mask(url)}; answer: Cannot POST /api/hook/****?sig=****", out
+    finally:
+        REGISTRY.replace([])
+
+
+def test_redacting_the_log_path_stays_cheap_with_many_secrets() -> None:
+    import random
+    import string
+    import time
+
+    rng = random.Random(1)
+    secrets = ["gw-" + "".join(rng.choices(string.ascii_letters + string.digits, k=40)) for _ in range(1000)]
+    registry = SecretRegistry()
+    registry.replace(secrets)
+    lines = [json.dumps({"event": "probe_result", "key": f"key-{i:05d}", "masked": mask(secrets[i % 1000]),
+                         "fingerprint": fingerprint(secrets[i % 1000]), "error": f"401 bad key {secrets[i % 1000][:20]}"
+                         if i % 10 == 0 else "ok", "timestamp": "2025-01-01T00:00:00.000000Z"}) for i in range(2000)]
+    t0 = time.perf_counter()
+    out = [registry.redact(line) for line in lines]
+    took = time.perf_counter() - t0
+    assert not any(s[:20] in line for s, line in zip(secrets * 2, out, strict=False))
+    assert took < 1.0, f"{took:.2f}s for 2,000 lines"  # about 0.03 s; tests/bench/bench_redact.py measures it
+
+
+def test_every_text_of_a_probe_result_is_masked_the_error_code_too() -> None:
+    from datetime import UTC, datetime
+
+    from keywatch.domain import Health, ManagedKey, ProbeResult, Secret
+    from keywatch.engine.prober import scrubbed
+
+    odd = "gw-Qm81Zx44Lp09Rt77Vb"
+    key = ManagedKey(name="k", provider="openai_compatible", secret=Secret(odd), secret_ref="env:X")
+    result = ProbeResult("k", "openai_compatible", Health.FORBIDDEN, datetime.now(UTC), 1.0,
+                         error_code=f"key_{odd}_denied", error_message=f"first 12: {odd[:12]}")
+    clean = scrubbed(result, key)
+    assert odd[:8] not in f"{clean.error_code} {clean.error_message}", clean
+    assert clean.health == Health.FORBIDDEN and scrubbed(clean, key) is clean

@@ -1,0 +1,178 @@
+"""Secret hygiene across every output channel: a daemon at debug level whose providers quote the keys they
+are given back (whole, their first 20 characters, in the error code, in a plain-text 500) and whose sinks
+quote their own URLs (a webhook answering `404 Cannot POST /hook/<token>`), then every place text leaves
+keywatch is read for the secrets and for any 8 characters in a row of one: stdout, the debug log on stderr,
+the SQLite file and its WAL (bytes), /metrics, every payload the sinks received, `keywatch status --json`,
+`keywatch check` (table and JSON), `keywatch events` and `keywatch alert test`."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sqlite3
+import string
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from keywatch.domain import is_public_prefix
+from keywatch.settings.loader import parse
+from tests.integration.conftest import free_port, toml_config
+from tests.integration.test_notify_delivery import Received, ThreadedReceiver
+
+pytestmark = pytest.mark.slow
+
+PART = 8  # the promise: not even 8 characters in a row of a secret
+_rng = random.Random(20250101)
+
+
+def token(prefix: str = "", n: int = 32) -> str:
+    return prefix + "".join(_rng.choices(string.ascii_letters + string.digits, k=n))
+
+
+# How the hostile provider answers each key (chosen by the key's first characters).
+QUOTES = {
+    "qw": lambda s: (401, {"error": {"message": f"Incorrect API key provided: {s}", "code": "invalid_api_key"}}),
+    "qf": lambda s: (401, {"error": {"message": f"Unknown key {s[:20]} (check the first 20 characters)",
+                                     "type": "invalid_request_error"}}),
+    "qc": lambda s: (403, {"error": {"message": "denied", "code": f"key_{s}_denied", "type": s[:24]}}),
+    "qt": lambda s: (500, f"upstream exploded while checking {s} / {s[:12]}"),
+}
+
+
+def hostile_provider(r: Received) -> tuple[int, dict[str, str], str]:
+    key = r.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    status, body = QUOTES.get(key[:2], QUOTES["qw"])(key)
+    if isinstance(body, str):
+        return status, {"Content-Type": "text/plain"}, body
+    return status, {"Content-Type": "application/json"}, json.dumps(body)
+
+
+def leaks(text: str, secrets: dict[str, str]) -> list[str]:
+    """Each secret of which 8 characters in a row show in `text` (a public key prefix such as `sk-proj-`,
+    which every masked form shows, is not a secret)."""
+    found = []
+    for name, s in secrets.items():
+        for i in range(len(s) - PART + 1):
+            part = s[i : i + PART]
+            if part in text and not is_public_prefix(part):
+                found.append(f"{name}: {part!r}")
+                break
+    return found
+
+
+def wait_for(predicate, what: str, timeout: float = 40.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def keywatch(*argv: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "keywatch", *argv], env=env, capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_no_secret_nor_any_part_of_one_leaves_keywatch(sim, tmp_path: Path, figure) -> None:
+    keys = {f"KW_KEY_{p.upper()}": token(p, 38) for p in QUOTES}
+    sim_key = token("sk-proj-", 40)  # the simulator's OpenAI route quotes a masked form of it
+    sim.set_key(sim_key, provider="openai", behaviour="invalid")
+    hook_token, slack_token, hmac, am_password = token(n=24), token("xox", 24), token("whsec-"), token("Am-", 16)
+    secrets = {**keys, "KW_KEY_SIM": sim_key, "hook token": hook_token, "slack token": slack_token,
+               "slack team": "T0" + token(n=9), "hmac": hmac, "alertmanager password": am_password}
+
+    def sinks(r: Received) -> tuple[int, dict[str, str], str]:
+        if r.path.startswith("/hook/"):
+            return 404, {"Content-Type": "text/plain"}, f"Cannot POST {r.path}"
+        return 200, {}, "ok"
+
+    with ThreadedReceiver(hostile_provider) as provider, ThreadedReceiver(sinks) as rx:
+        listen = f"127.0.0.1:{free_port()}"
+        key_entries = [{"name": f"hostile-{p}", "provider": "openai_compatible", "secret": f"env:{env}",
+                        "base_url": provider.url("/v1")} for p, env in zip(QUOTES, keys, strict=True)]
+        key_entries.append({"name": "sim-openai", "provider": "openai", "secret": "env:KW_KEY_SIM",
+                            "base_url": f"{sim.url}/openai/v1"})
+        am_url = rx.url("").replace("http://", f"http://keywatch:{am_password}@")
+        extra = (
+            '\n[safety]\ndisable_after_probes = 1\n\n[alerts]\ngroup_wait = "1s"\n'
+            '\n[[alerts.sinks]]\nname = "hook"\ntype = "webhook"\nurl = "env:KW_HOOK"\nsecret = "env:KW_HMAC"\n'
+            '\n[[alerts.sinks]]\nname = "slack"\ntype = "slack"\nurl = "env:KW_SLACK"\n'
+            f'\n[[alerts.sinks]]\nname = "am"\ntype = "alertmanager"\nurl = "{am_url}"\nresend_interval = "2s"\n'
+        )
+        cfg = tmp_path / "keywatch.toml"
+        db = tmp_path / "k.db"
+        cfg.write_text(toml_config(key_entries, db=db, listen=listen, interval="1s", extra=extra)
+                       .replace("[daemon]\n", '[daemon]\nlog_level = "debug"\n', 1))
+        assert parse(cfg.read_text()).daemon.log_level == "debug"
+        env = {k: os.environ[k] for k in ("PATH", "HOME", "PYTHONPATH") if k in os.environ}
+        env.update({k: v for k, v in secrets.items() if k.startswith("KW_")})
+        env.update(KW_HOOK=rx.url(f"/hook/{hook_token}"), KW_HMAC=hmac,
+                   KW_SLACK=rx.url(f"/services/{secrets['slack team']}/B01/{slack_token}"))
+        stdout, stderr = tmp_path / "daemon.out", tmp_path / "daemon.err"
+        daemon = subprocess.Popen([sys.executable, "-m", "keywatch", "run", "-c", str(cfg)], env=env,
+                                  stdout=stdout.open("w"), stderr=stderr.open("w"))
+        channels: dict[str, str | bytes] = {}
+        reader = None
+        try:
+            # A second connection held open keeps the WAL file with what the daemon wrote (SQLite folds
+            # it into the database and removes it when the last connection closes).
+            wait_for(lambda: db.exists() and db.stat().st_size > 0, "the database")
+            reader = sqlite3.connect(db)
+            wait_for(lambda: reader.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] > 0, "the tables")
+            wait_for(lambda: any("sink_broken" in json.dumps(r.json()) for r in rx.accepted()),
+                     "the sink_broken alert about the webhook at the other sinks")
+            wait_for(lambda: sum("hostile-" in json.dumps(r.json()) for r in rx.accepted()) >= 2,
+                     "the key alerts at the other sinks")
+            with urllib.request.urlopen(f"http://{listen}/metrics", timeout=10) as resp:
+                channels["/metrics"] = resp.read().decode()
+            channels["sqlite file (daemon running)"] = db.read_bytes()
+            wal = Path(f"{db}-wal")
+            channels["sqlite WAL (daemon running)"] = wal.read_bytes() if wal.exists() else b""
+            status = keywatch("status", "-c", str(cfg), "--json", env=env)
+            channels["keywatch status --json"] = status.stdout + status.stderr
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            assert daemon.wait(30) == 0, stderr.read_text()[-3000:]
+            if reader is not None:
+                reader.close()
+        channels["daemon stdout"] = stdout.read_text()
+        channels["daemon stderr (debug log)"] = stderr.read_text()
+        channels["sqlite file"] = db.read_bytes()
+        # What keywatch sent, not where: the webhook's own path holds its token by design.
+        channels["sink payloads (webhook, Slack, Alertmanager)"] = "\n".join(
+            f"{json.dumps({k: v for k, v in r.headers.items() if k.lower() != 'authorization'})} "
+            f"{r.body.decode(errors='replace')}" for r in rx.requests)
+        for name, argv in {"keywatch check": ("check",), "keywatch check --json": ("check", "--json"),
+                           "keywatch events": ("events", "--since", "1h"),
+                           "keywatch alert test": ("alert", "test")}.items():
+            out = keywatch(*argv, "-c", str(cfg), env=env)
+            assert "Traceback" not in out.stdout + out.stderr, f"{name}:\n{out.stderr}"
+            channels[name] = out.stdout + out.stderr
+            if name == "keywatch check --json":
+                check = json.loads(out.stdout)
+    # The scenario did what it says: the providers quoted the keys, the webhook quoted its path.
+    assert len(provider.requests) >= 2 * len(QUOTES)
+    assert {r["key"]: r["health"] for r in check}["hostile-qw"] == "invalid"
+    assert "Cannot POST /hook/" in channels["daemon stderr (debug log)"]  # the answer is logged, masked
+    assert any(r.path == f"/hook/{hook_token}" and r.status == 404 for r in rx.requests)
+    assert '"level": "debug"' in channels["daemon stderr (debug log)"]
+
+    empty = [name for name, text in channels.items() if not text]
+    assert set(empty) <= {"daemon stdout"}, empty  # every other channel had something to read
+    found = {name: leaks(text.decode(errors="replace") if isinstance(text, bytes) else text, secrets)
+             for name, text in channels.items()}
+    found = {k: v for k, v in found.items() if v}
+    assert not found, found
+    figure("secret hygiene", f"{len(channels)} channels checked (daemon stdout and debug log, SQLite file and WAL, "
+           f"/metrics, sink payloads, status, check, events, alert test), {len(secrets)} secrets planted "
+           f"({len(QUOTES)} quoted back by a hostile provider, 1 by the simulator, sink URL tokens, HMAC key, "
+           "Alertmanager password), leaks found = 0")
