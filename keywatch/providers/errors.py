@@ -104,7 +104,7 @@ def _int(value: str | None) -> int | None:
         return None
     try:
         return int(float(value))
-    except ValueError:
+    except (ValueError, OverflowError):  # "INF" parses as a float that no int holds
         return None
 
 

@@ -17,7 +17,7 @@ from keywatch.providers import registry
 from keywatch.providers.clients import make_http_client
 from keywatch.sim.server import SimulatorThread
 
-TIMEOUT = 1.0
+TIMEOUT = 1.5  # longer than the slowloris byte interval: a per-read timeout alone never trips
 EXPECTED: dict[str, tuple[Health, str]] = {
     "huge": (Health.PROVIDER_ERROR, "body_too_large"),
     "gzip_bomb": (Health.PROVIDER_ERROR, "body_too_large"),
