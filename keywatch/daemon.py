@@ -141,7 +141,7 @@ class Daemon:
         REGISTRY.add(inventory.secrets())
         probe = inventory.config.probe
         old = (self._adapters, self._adapters.http if self._adapters else None)
-        http = make_http_client(probe.concurrency, probe.timeout)
+        http = make_http_client(probe.concurrency, probe.timeout, probe.max_body)
         self._adapters = AdapterSet(http, inventory.accounts, timeout=probe.timeout,
                                     completion_model=probe.completion_model)
         if old[0] is not None:
@@ -162,13 +162,13 @@ class Daemon:
             if isinstance(self._prober, WorkerProber):
                 self._retired.append(self._prober)
             return Prober(self._adapters, concurrency=probe.concurrency, timeout=probe.timeout)
-        shape = (probe.workers, probe.concurrency, probe.timeout, probe.completion_model)
+        shape = (probe.workers, probe.concurrency, probe.timeout, probe.completion_model, probe.max_body)
         current = self._prober
         if not (isinstance(current, WorkerProber) and current.shape == shape):
             if isinstance(current, WorkerProber):
                 self._retired.append(current)
             current = WorkerProber(probe.workers, concurrency=probe.concurrency, timeout=probe.timeout,
-                                   completion_model=probe.completion_model,
+                                   completion_model=probe.completion_model, max_body=probe.max_body,
                                    log_format="json" if daemon.log_format == "auto" else daemon.log_format,
                                    log_level=daemon.log_level)
         current.set_inventory(inventory.keys, inventory.accounts)

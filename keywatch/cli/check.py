@@ -42,7 +42,7 @@ async def probe_inventory(inventory: Any, names: list[str] | None, progress: boo
     REGISTRY.replace(inventory.secrets())
     keys = [inventory.key(n) for n in names] if names else inventory.keys
     probe = inventory.config.probe
-    http = make_http_client(probe.concurrency, probe.timeout)
+    http = make_http_client(probe.concurrency, probe.timeout, probe.max_body)
     adapters = AdapterSet(http, inventory.accounts, timeout=probe.timeout, completion_model=probe.completion_model)
     prober = Prober(adapters, concurrency=probe.concurrency, timeout=probe.timeout)
     done = 0

@@ -113,7 +113,7 @@ async def _admin_async(
     ):
         return Outcome("noop", f"already {what}d by {actor}")
     probe = inventory.config.probe
-    http = make_http_client(4, probe.timeout)
+    http = make_http_client(4, probe.timeout, probe.max_body)
     adapters = AdapterSet(
         http, inventory.accounts, timeout=probe.timeout, completion_model=probe.completion_model
     )

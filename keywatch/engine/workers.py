@@ -29,6 +29,7 @@ import structlog
 
 from keywatch.domain import Account, Health, ManagedKey, ProbeResult, Secret
 from keywatch.engine.prober import ResultCallback
+from keywatch.providers.transport import MAX_BODY
 
 log = structlog.get_logger("keywatch.workers")
 
@@ -105,7 +106,7 @@ async def _worker_loop(conn: Connection, settings: dict[str, Any]) -> None:
 
     loop = asyncio.get_running_loop()
     receiver = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keywatch-worker-recv")
-    http = make_http_client(settings["concurrency"], settings["timeout"])
+    http = make_http_client(settings["concurrency"], settings["timeout"], settings["max_body"])
     adapters: AdapterSet | None = None
     prober: Prober | None = None
     keys: dict[str, ManagedKey] = {}
@@ -160,12 +161,12 @@ class WorkerProber:
     """Same interface as Prober (`run`), spread over worker processes."""
 
     def __init__(self, workers: int, *, concurrency: int, timeout: float, completion_model: str,
-                 log_format: str = "json", log_level: str = "info") -> None:
+                 max_body: int = MAX_BODY, log_format: str = "json", log_level: str = "info") -> None:
         self.count = workers
         self.timeout = timeout
-        self.shape = (workers, concurrency, timeout, completion_model)
+        self.shape = (workers, concurrency, timeout, completion_model, max_body)
         self.settings = {
-            "concurrency": max(1, concurrency // workers), "timeout": timeout,
+            "concurrency": max(1, concurrency // workers), "timeout": timeout, "max_body": max_body,
             "completion_model": completion_model, "log_format": log_format, "log_level": log_level,
         }
         self._ctx = multiprocessing.get_context("spawn")

@@ -150,6 +150,17 @@ class ProviderAdapter:
             error_message=message,
         )
 
+    def redirected(self, key: ManagedKey, started: float, http_status: int) -> ProbeResult:
+        """A 3xx: never followed (the key would go wherever Location says), never the key's fault."""
+        return self.result(
+            key,
+            Health.PROVIDER_ERROR,
+            started,
+            http_status=http_status,
+            error_code="redirect",
+            error_message=f"the provider answered {http_status}, a redirect; redirects are not followed",
+        )
+
     def listed(
         self,
         key: ManagedKey,
@@ -205,6 +216,8 @@ class ProviderAdapter:
             else:
                 message = f"{type(exc).__name__}: {exc}" if transport_detail else type(exc).__name__
             return self.result(key, health, started, error_code=code, error_message=message)
+        if response.is_redirect:
+            return self.redirected(key, started, response.status_code)
         body = decode(response)
         if response.status_code >= 300:
             refused = refusal(response, body)

@@ -6,26 +6,40 @@ each build an `AdapterSet` over a client from `make_http_client`.
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx2
 import structlog
 
 from keywatch.domain import Account
 from keywatch.providers import registry
 from keywatch.providers.base import ProviderAdapter
+from keywatch.providers.transport import MAX_BODY, BoundedTransport
 
 log = structlog.get_logger("keywatch.providers")
 
 
-def make_http_client(concurrency: int, timeout: float) -> httpx2.AsyncClient:
+def make_http_client(concurrency: int, timeout: float, max_body: int = MAX_BODY) -> httpx2.AsyncClient:
     """One connection pool for every probe (the SDKs receive it; they never build their own).
 
     The client speaks the httpx2 API every adapter and the openai SDK expect, over the openai SDK's own
     aiohttp transport: at thousands of probes a cycle it needs about half the CPU of the default one.
+    Every transport it builds (the direct one and any proxy's) is a `BoundedTransport`: no answer is read
+    past `max_body` decoded bytes or `timeout` seconds, whichever adapter or SDK asked. Redirects are never
+    followed: a provider that answers 3xx is answered as a provider error, its Location never visited.
     """
     import openai
 
+    class BoundedClient(openai.DefaultAioHttpClient):  # type: ignore[misc,valid-type]
+        def _init_transport(self, *args: Any, **kwargs: Any) -> httpx2.AsyncBaseTransport:
+            return BoundedTransport(super()._init_transport(*args, **kwargs), max_body=max_body, deadline=timeout)
+
+        def _init_proxy_transport(self, *args: Any, **kwargs: Any) -> httpx2.AsyncBaseTransport:
+            inner = super()._init_proxy_transport(*args, **kwargs)
+            return BoundedTransport(inner, max_body=max_body, deadline=timeout)
+
     limits = httpx2.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    return openai.DefaultAioHttpClient(limits=limits, timeout=httpx2.Timeout(timeout), follow_redirects=False)
+    return BoundedClient(limits=limits, timeout=httpx2.Timeout(timeout), follow_redirects=False)
 
 
 class AdapterSet:

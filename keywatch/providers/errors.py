@@ -30,8 +30,28 @@ class Refusal:
     retry_after_seconds: float | None = None
 
 
+class UnreadableBody(httpx2.TransportError):
+    """An answer keywatch stopped reading (providers.transport): the provider's fault, never the key's."""
+
+    code = "unreadable_body"
+
+
+class BodyTooLarge(UnreadableBody):
+    """The answer is (or decodes to) more than the cap: a bomb, an endless stream, or not a provider."""
+
+    code = "body_too_large"
+
+
+class UndecodableBody(UnreadableBody):
+    """The answer is in an encoding keywatch did not ask for, or its compressed stream is corrupt."""
+
+    code = "bad_encoding"
+
+
 def classify_transport_error(exc: BaseException) -> tuple[Health, str]:
-    """A request that got no HTTP answer: the network or the provider, never the key."""
+    """A request that got no usable HTTP answer: the network or the provider, never the key."""
+    if isinstance(exc, UnreadableBody):
+        return Health.PROVIDER_ERROR, exc.code
     if isinstance(exc, httpx2.TimeoutException | TimeoutError):
         return Health.UNREACHABLE, "timeout"
     if isinstance(exc, httpx2.ConnectError | ConnectionError | OSError):

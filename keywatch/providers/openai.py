@@ -21,7 +21,7 @@ from keywatch.providers.base import (
     NotSupported,
     ProviderAdapter,
 )
-from keywatch.providers.errors import classify_status, openai_ratelimit, retry_after
+from keywatch.providers.errors import UnreadableBody, classify_status, openai_ratelimit, retry_after
 from keywatch.providers.openai_admin import NO_DEACTIVATE, OpenAIAdmin
 
 # error code (or type) -> health, from the documented error table (README, "OpenAI errors").
@@ -128,6 +128,8 @@ class OpenAIAdapter(ProviderAdapter):
                 # of pydantic models: at thousands of keys a cycle that is most of the probe's CPU.
                 raw = await client.get("/models", cast_to=httpx2.Response, options={"headers": auth})
         except openai.APIStatusError as exc:
+            if exc.response.is_redirect:
+                return self.redirected(key, started, exc.status_code)
             headers = exc.response.headers
             message = _message(exc)
             # A hostile or broken server can put anything where the code and type belong.
@@ -146,6 +148,9 @@ class OpenAIAdapter(ProviderAdapter):
             return self.result(key, Health.UNREACHABLE, started, error_code="timeout",
                                error_message=f"no answer within {self.timeout:g}s")
         except openai.APIConnectionError as exc:
+            if isinstance(exc.__cause__, UnreadableBody):  # an answer came, and was not read to its end
+                return self.result(key, Health.PROVIDER_ERROR, started, error_code=exc.__cause__.code,
+                                   error_message=str(exc.__cause__))
             return self.result(key, Health.UNREACHABLE, started, error_code="connect_error",
                                error_message=str(exc.__cause__ or exc))
         except openai.APIResponseValidationError as exc:

@@ -158,6 +158,11 @@ class ProbeSettings(Strict):
     completion_model: str = Field(
         "gpt-4o-mini", description="Model for probe = \"completion\" when the key sets none"
     )
+    max_body: int = Field(
+        1 << 20, ge=64 * 1024, le=1 << 30,
+        description="Bytes of one provider answer, counted after decompression, read at most (1 MiB): a larger "
+        "one (a decompression bomb, an endless stream) is a provider_error body_too_large",
+    )
 
     @field_validator("interval")
     @classmethod

@@ -11,15 +11,17 @@ A handler typically does:
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
 import time
-from collections.abc import Callable, Iterable, Mapping
+import zlib
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from aiohttp import web
 
-from keywatch.sim.state import SimKey, SimState
+from keywatch.sim.state import HOSTILE, SimKey, SimState
 
 STATE_KEY: web.AppKey[SimState] = web.AppKey("keywatch_sim_state", SimState)
 DEFAULT_SLOW_DELAY_S = 30.0
@@ -51,7 +53,8 @@ async def admit(request: web.Request, provider: str, secret: str | None) -> SimK
     Returns the key (None for a missing or unknown secret, which the caller answers as the provider
     answers a wrong key). Latency applies to unknown secrets too: the real API is not faster for them.
     `hang` never returns (the handler is cancelled when the client disconnects), `slow` sleeps
-    extra["delay_s"], `disconnect` drops the connection and never returns either.
+    extra["delay_s"], `disconnect` drops the connection and never returns either. A hostile behaviour
+    (`HOSTILE`) raises `HostileAnswer`, which `hostile_answers` turns into that answer, on every route.
     """
     state = request.app[STATE_KEY]
     key = state.keys.get(secret) if secret is not None else None
@@ -68,7 +71,116 @@ async def admit(request: web.Request, provider: str, secret: str | None) -> SimK
             await asyncio.sleep(float(key.extra.get("delay_s", DEFAULT_SLOW_DELAY_S)))
         elif behaviour == "disconnect":
             drop(request)
+        elif behaviour in HOSTILE:
+            raise HostileAnswer(behaviour)
     return key
+
+
+# -- hostile answers: what something posing as a provider can send -------------------------------------------
+
+HUGE_BYTES = 200 * 2**20  # `huge`: a 200 MiB model list
+BOMB_BYTES = 2**30  # `gzip_bomb`: decodes to 1 GiB; about 1 MB on the wire
+DEEP_NESTING = 100_000  # `deep_json`: lists nested this deep (200 kB)
+SLOWLORIS_EVERY_S = 1.0  # `slowloris`: one byte this often, forever
+REDIRECT_HOST = "https://elsewhere.keywatch-sim.invalid"  # `redirect_away`: never resolves, never answers
+_LIST_HEAD = b'{"object":"list","data":['
+_ENTRY = b'{"id":"model-0000","object":"model","owned_by":"sim"},'
+_CHUNK = _ENTRY * (64 * 1024 // len(_ENTRY))  # about 64 kB of list entries
+_SPACES = b" " * 2**20
+
+
+class HostileAnswer(Exception):
+    """Raised by `admit` for a hostile key; the middleware answers it, whatever route it came from."""
+
+    def __init__(self, behaviour: str) -> None:
+        super().__init__(behaviour)
+        self.behaviour = behaviour
+
+
+@functools.cache
+def gzip_bomb() -> bytes:
+    """A gzip stream (valid, CRC and length included) of a JSON model list padded with 1 GiB of spaces.
+
+    Built from one full-flushed deflate block of 1 MiB of spaces repeated: a full flush resets the
+    compressor, so every repetition compresses to the same bytes and the 1 GiB need never be compressed.
+    """
+    head, tail = _LIST_HEAD, b"]}"
+    c = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    first = c.compress(head) + c.flush(zlib.Z_FULL_FLUSH)
+    block = c.compress(_SPACES) + c.flush(zlib.Z_FULL_FLUSH)
+    last = c.compress(tail) + c.flush(zlib.Z_FINISH)
+    repeats = BOMB_BYTES // len(_SPACES)
+    crc = zlib.crc32(head)
+    for _ in range(repeats):
+        crc = zlib.crc32(_SPACES, crc)
+    crc = zlib.crc32(tail, crc)
+    size = len(head) + repeats * len(_SPACES) + len(tail)
+    header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff"
+    trailer = crc.to_bytes(4, "little") + (size & 0xFFFFFFFF).to_bytes(4, "little")
+    return b"".join([header, first, block * repeats, last, trailer])
+
+
+async def _stream(
+    request: web.Request, write: Callable[[web.StreamResponse], Awaitable[None]], *,
+    headers: Mapping[str, str] | None = None, length: int | None = None,
+) -> web.StreamResponse:
+    """A 200 whose body `write` produces, as slowly or as long as it likes; ends when the client leaves."""
+    response = web.StreamResponse(status=200, headers=headers)
+    response.content_type = "application/json"
+    if length is not None:
+        response.content_length = length
+    try:
+        await response.prepare(request)
+        await write(response)
+        await response.write_eof()
+    except ConnectionError:  # the client stopped reading, as it should
+        pass
+    return response
+
+
+async def hostile_answer(request: web.Request, behaviour: str) -> web.StreamResponse:
+    if behaviour == "redirect_away":
+        raise web.HTTPFound(location=REDIRECT_HOST + request.path)
+    if behaviour == "deep_json":
+        depth = DEEP_NESTING
+        return json_response(b'{"object":"list","data":' + b"[" * depth + b"]" * depth + b"}")
+
+    async def huge(r: web.StreamResponse) -> None:
+        await r.write(_LIST_HEAD)
+        for _ in range(HUGE_BYTES // len(_CHUNK)):
+            await r.write(_CHUNK)
+        await r.write(b'{"id":"last","object":"model"}]}')
+
+    async def endless(r: web.StreamResponse) -> None:
+        await r.write(_LIST_HEAD)
+        while True:
+            await r.write(_CHUNK)
+
+    async def slowloris(r: web.StreamResponse) -> None:
+        for byte in itertools.chain(_LIST_HEAD, itertools.repeat(ord(" "))):
+            await r.write(bytes([byte]))
+            await asyncio.sleep(SLOWLORIS_EVERY_S)
+
+    async def bomb(r: web.StreamResponse) -> None:
+        data = gzip_bomb()
+        for at in range(0, len(data), 16 * 1024):
+            await r.write(data[at : at + 16 * 1024])
+
+    if behaviour == "gzip_bomb":
+        data = await asyncio.to_thread(gzip_bomb)  # built once; a fraction of a second
+        return await _stream(request, bomb, headers={"Content-Encoding": "gzip"}, length=len(data))
+    writers = {"huge": huge, "endless": endless, "slowloris": slowloris}
+    return await _stream(request, writers[behaviour])
+
+
+@web.middleware
+async def hostile_answers(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except HostileAnswer as answer:
+        return await hostile_answer(request, answer.behaviour)
 
 
 def drop(request: web.Request) -> None:

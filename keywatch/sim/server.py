@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from keywatch.sim import control
-from keywatch.sim.common import STATE_KEY
+from keywatch.sim.common import STATE_KEY, hostile_answers
 from keywatch.sim.routes import route_modules
 from keywatch.sim.state import SimKey, SimState
 
@@ -24,7 +24,7 @@ SHUTDOWN_TIMEOUT_S = 0.5
 
 def build_app(state: SimState) -> web.Application:
     """The control API plus every provider module under keywatch/sim/routes/."""
-    app = web.Application(client_max_size=16 * 1024 * 1024)
+    app = web.Application(client_max_size=16 * 1024 * 1024, middlewares=[hostile_answers])
     app[STATE_KEY] = state
     control.register(app, state)
     prefixes: dict[str, str] = {}

@@ -30,8 +30,16 @@ BEHAVIOURS: frozenset[str] = frozenset(
         "bad_body",  # 200 with a body that is not the documented shape
         "disconnect",  # the connection is closed without an answer
         "admin",  # an organization admin key: may call management endpoints
+        # hostile answers (sim.common.hostile_answer), on every route, whatever the provider:
+        "huge",  # a 200 MiB JSON model list, streamed
+        "gzip_bomb",  # a 1 MB gzip stream (Content-Encoding: gzip) that decodes to 1 GiB
+        "endless",  # a JSON model list that never ends
+        "slowloris",  # headers, then one byte a second, forever
+        "deep_json",  # a 200 kB model list nested 100 000 deep
+        "redirect_away",  # 302 to another host
     }
 )
+HOSTILE: frozenset[str] = frozenset({"huge", "gzip_bomb", "endless", "slowloris", "deep_json", "redirect_away"})
 
 
 @dataclass(slots=True)

@@ -49,6 +49,9 @@ class Outcome:
     statuses: list[bmod.BudgetStatus]
 
 
+USAGE_MAX_BODY = 16 << 20  # bytes of one usage or cost page read at most (a probe answer: probe.max_body)
+
+
 def settings_of(config: Any) -> UsageSettings:
     return getattr(config, "usage", None) or UsageSettings()
 
@@ -106,7 +109,8 @@ class UsageService:
         settings = settings_of(inventory.config)
         if self._for_inventory is not inventory:
             old = (self._adapters, self._http)
-            self._http = make_http_client(8, settings.timeout)
+            # A usage page lists many buckets: more room than one probe answer, still a bound.
+            self._http = make_http_client(8, settings.timeout, max(USAGE_MAX_BODY, inventory.config.probe.max_body))
             self._adapters = AdapterSet(self._http, inventory.accounts, timeout=settings.timeout,
                                         completion_model=inventory.config.probe.completion_model)
             self._for_inventory = inventory
