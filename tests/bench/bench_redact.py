@@ -1,6 +1,6 @@
 """Benchmark: the redactor on the log path. Not part of the test suite; it prints its figures. Run:
 
-    /work/main/.venv/bin/python tests/bench/bench_redact.py [--secrets 1000] [--lines 10000]
+    .venv/bin/python tests/bench/bench_redact.py [--secrets 1000] [--lines 10000]
 
 Loads `--secrets` keys (OpenAI-shaped, Anthropic-shaped and gateway tokens of no known shape) and a few
 sink URLs, then redacts `--lines` JSON log lines like the daemon's (key names, masked forms, fingerprints,

@@ -1,6 +1,6 @@
 """Benchmark: 90 days of hourly usage for 1,000 keys. Not part of the test suite; it prints its figures. Run:
 
-    /work/venv/bin/python tests/bench/bench_usage.py [--keys 1000] [--days 90] [--database sqlite|postgres]
+    .venv/bin/python tests/bench/bench_usage.py [--keys 1000] [--days 90] [--database sqlite|postgres]
 
 1. history: 90 daily pulls' worth of rows (hourly tokens + daily costs per key) written through the same
    replace-window path a pull uses, one day per transaction;

@@ -1,6 +1,6 @@
 """Anthropic under /anthropic: the zero-token probe (`GET /v1/models`) and the Admin API key subset.
 
-Bodies, error envelopes and headers follow /work/shared/providers/anthropic.md. Per-key knobs in SimKey.extra:
+Bodies, error envelopes and headers follow the provider's documented API. Per-key knobs in SimKey.extra:
   quota_status (400 default: the observed "credit balance is too low"; 402: the documented billing_error;
   429: a spend-limit refusal), retry_after (s, rate_limited, default 1), admin (True: an admin key whatever
   its behaviour), key_id/name/key_status/workspace_id/created_at (the key's Admin API record; key_status is

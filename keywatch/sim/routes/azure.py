@@ -2,7 +2,7 @@
 
 Data plane: `GET /azure/<resource>/openai/models?api-version=...` with the `api-key` header, so a key's
 endpoint is `<sim>/azure/<resource>`. Keys are SimKeys with provider "azure_openai". Bodies follow
-/work/shared/providers/azure.md: a wrong or unknown key gets 401 "Access denied due to invalid subscription
+the provider's documented API: a wrong or unknown key gets 401 "Access denied due to invalid subscription
 key or wrong API endpoint ..." (extra code_word="Unauthorized" gives the variant code); rate_limited a 429
 "Please retry after N seconds" with retry-after N (extra retry_after, default 2; extra short_form=True
 gives "Rate limit is exceeded. Try again in N seconds."); quota_exhausted the same 429 with 86400 seconds;

@@ -1,6 +1,6 @@
 """DeepSeek under /deepseek: `GET /user/balance`, the only key-level API, which keywatch uses as its probe.
 
-Bodies follow /work/shared/providers/openrouter-deepseek-moonshot.md. Per-key knobs in SimKey.extra:
+Bodies follow the provider's documented API. Per-key knobs in SimKey.extra:
   currency (CNY default), total_balance/granted_balance/topped_up_balance (decimal strings),
   quota_status (None default: quota_exhausted shows as is_available false with a zero balance on a 200;
   402: "Insufficient Balance"), retry_after (s, rate_limited).

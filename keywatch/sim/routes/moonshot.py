@@ -1,6 +1,6 @@
 """Moonshot (Kimi) under /moonshot/v1: `GET /users/me/balance`, which keywatch uses as its probe.
 
-Bodies follow /work/shared/providers/openrouter-deepseek-moonshot.md. Per-key knobs in SimKey.extra:
+Bodies follow the provider's documented API. Per-key knobs in SimKey.extra:
   available_balance/voucher_balance/cash_balance (numbers), quota_status (None default: quota_exhausted
   shows as available_balance 0 on a 200; 429: exceeded_current_quota_error), retry_after (s, rate_limited).
 `bad_body` answers 200 with an OpenAI-style list, as a local OpenAI-compatible server would.

@@ -1,6 +1,6 @@
 """OpenAI under /openai/v1: the zero-token and 1-token probes and the Admin API project-key subset.
 
-Bodies, codes and headers follow /work/shared/providers/openai.md. Per-key knobs in SimKey.extra:
+Bodies, codes and headers follow the provider's documented API. Per-key knobs in SimKey.extra:
   retry_after (s, rate_limited, default 1), limit_requests/remaining_requests/reset_requests and
   limit_tokens/remaining_tokens/reset_tokens (x-ratelimit-* values; resets in seconds or Go strings),
   status (override the HTTP status of an error behaviour, e.g. 502 for server_error, 404 for model_not_found),

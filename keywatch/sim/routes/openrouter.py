@@ -1,6 +1,6 @@
 """OpenRouter under /openrouter/api/v1: `GET /key` (probe plus per-key spend) and the management-key API.
 
-Bodies and errors follow /work/shared/providers/openrouter-deepseek-moonshot.md.
+Bodies and errors follow the provider's documented API.
 Per-key knobs in SimKey.extra: limit (USD or None), usage (USD, default 0.25), limit_reset,
 quota_status (None default: quota_exhausted shows as limit_remaining 0 on a 200; 402: "Insufficient
 credits"), retry_after (s, rate_limited), admin (True: a management key whatever its behaviour),
