@@ -146,28 +146,33 @@ class AwsBedrockAdapter(AwsBase):
     async def revoke(self, key: ManagedKey) -> None:
         account, record = await self._find(key)
         mgmt.require_destructive(account, key, "deleting a Bedrock API key")
-        cred_id, user = record["ServiceSpecificCredentialId"], self._user(key)
-        await self._mgmt_call(
-            key,
-            account,
-            f"delete Bedrock API key {key.name}",
-            lambda iam: iam.delete_service_specific_credential(
-                UserName=user, ServiceSpecificCredentialId=cred_id
-            ),
+        await self._on_credential(
+            key, account, record, f"delete Bedrock API key {key.name}", "delete_service_specific_credential"
         )
 
     async def _set_status(self, key: ManagedKey, status: str) -> None:
         account, record = await self._find(key)
         if record.get("Status") == status:
             return
+        await self._on_credential(
+            key,
+            account,
+            record,
+            f"set Bedrock API key {key.name} {status}",
+            "update_service_specific_credential",
+            Status=status,
+        )
+
+    async def _on_credential(
+        self, key: ManagedKey, account: Account, record: dict[str, Any], what: str, operation: str, **args: Any
+    ) -> None:
+        """IAM's `operation` on the key's service-specific credential, with `args` besides its user and id."""
         cred_id, user = record["ServiceSpecificCredentialId"], self._user(key)
         await self._mgmt_call(
             key,
             account,
-            f"set Bedrock API key {key.name} {status}",
-            lambda iam: iam.update_service_specific_credential(
-                UserName=user, ServiceSpecificCredentialId=cred_id, Status=status
-            ),
+            what,
+            lambda iam: getattr(iam, operation)(UserName=user, ServiceSpecificCredentialId=cred_id, **args),
         )
 
 
