@@ -71,8 +71,8 @@ ADMIN_API = mgmt.AdminApi(
     headers=_headers,
     metadata=_metadata,
     records=mgmt.Records("/v1/organizations/api_keys", id_field="id", hint_field="partial_key_hint"),
-    pages=mgmt.cursor_pages(records_field="data", limit=1000, more_field="has_more", last_field="last_id",
-                            after_param="after_id"),
+    pages=mgmt.cursor_pages(records_field="data", limit_param="limit", limit=1000, more_field="has_more",
+                            last_field="last_id", after_param="after_id"),
     statuses=mgmt.status_word("status", method="POST", disabled="inactive", active="active",
                               final=("archived", "expired"), retired="archived"),
 )

@@ -231,16 +231,18 @@ class Pages:
     next: Callable[[dict[str, Any], list[Any], dict[str, Any]], dict[str, Any] | None]
 
 
-def cursor_pages(*, records_field: str, limit: int, more_field: str, last_field: str, after_param: str) -> Pages:
-    """Pages that say whether more follow (`more_field`) and their last id (`last_field`); the next one
-    starts `after_param` it."""
+def cursor_pages(
+    *, records_field: str, limit_param: str, limit: int, more_field: str, last_field: str, after_param: str
+) -> Pages:
+    """Pages of `limit` records (`limit_param`) that say whether more follow (`more_field`) and their last
+    id (`last_field`); the next one starts `after_param` it."""
 
     def after(page: dict[str, Any], records: list[Any], params: dict[str, Any]) -> dict[str, Any] | None:
         if not page.get(more_field) or not page.get(last_field):
             return None
-        return {"limit": limit, after_param: page[last_field]}
+        return {limit_param: limit, after_param: page[last_field]}
 
-    return Pages(records_field, {"limit": limit}, after)
+    return Pages(records_field, {limit_param: limit}, after)
 
 
 def offset_pages(*, records_field: str, offset_param: str, params: Mapping[str, Any]) -> Pages:
