@@ -13,13 +13,9 @@ from typing import Any
 
 import httpx2
 
-from keywatch.domain import Account, Health, ManagedKey, ProbeResult
+from keywatch.domain import Health, ManagedKey, ProbeResult
 from keywatch.providers import mgmt
-from keywatch.providers.base import (
-    KeyMetadata,
-    ProviderActionError,
-    ProviderAdapter,
-)
+from keywatch.providers.base import KeyMetadata
 from keywatch.providers.errors import Refusal, anthropic_ratelimit, error_fields
 from keywatch.providers.errors import retry_after as retry_after_header
 
@@ -50,110 +46,8 @@ def classify_anthropic_error(status: int, err_type: str | None, message: str | N
     return Health.PROVIDER_ERROR  # 404 wrong base URL, 413 ...: the probe's or the config's fault
 
 
-class AnthropicAdapter(ProviderAdapter):
-    name = "anthropic"
-
-    def __init__(
-        self, http: httpx2.AsyncClient, accounts: dict[str, Account] | None = None, **kw: Any
-    ) -> None:
-        super().__init__(http, accounts, **kw)
-        self._ids: dict[tuple[str, str], str] = {}
-
-    # -- probe ------------------------------------------------------------------------------------
-    async def probe(self, key: ManagedKey) -> ProbeResult:
-        started = time.perf_counter()
-        base = (key.base_url or DEFAULT_BASE_URL).rstrip("/")
-        answer = await self.http_probe(
-            key,
-            f"{base}/v1/models",
-            started=started,
-            params={"limit": 1},
-            headers=lambda secret: {"x-api-key": secret, "anthropic-version": API_VERSION},
-            refusal=_refusal,
-        )
-        if isinstance(answer, ProbeResult):
-            return answer
-        response, body = answer
-        return self.listed(key, started, response, body, ratelimit=anthropic_ratelimit(response.headers))
-
-    # -- admin API --------------------------------------------------------------------------------
-    async def metadata(self, key: ManagedKey) -> KeyMetadata:
-        return _metadata(await self._find(key))
-
-    async def disable(self, key: ManagedKey) -> None:
-        await self._set_status(key, "inactive")
-
-    async def enable(self, key: ManagedKey) -> None:
-        await self._set_status(key, "active")
-
-    async def revoke(self, key: ManagedKey) -> None:
-        """Archive the key: Anthropic offers no way back, hence the account's explicit opt-in."""
-        mgmt.require_destructive(self.account_for(key), key, "archiving an Anthropic key")
-        await self._set_status(key, "archived")
-
-    async def _set_status(self, key: ManagedKey, status: str) -> None:
-        record = await self._find(key)
-        if record.get("status") == status:
-            return
-        if record.get("status") in ("archived", "expired") and status != "archived":
-            raise ProviderActionError(
-                f"key {key.name}: the Anthropic key is {record.get('status')} and cannot be made {status}",
-                permanent=True,
-            )
-        await self._admin(
-            key,
-            "POST",
-            f"/v1/organizations/api_keys/{record['id']}",
-            what=f"set Anthropic key {key.name} {status}",
-            json={"status": status},
-        )
-
-    async def _find(self, key: ManagedKey) -> dict[str, Any]:
-        return await mgmt.find_record(
-            key,
-            self._ids,
-            provider="Anthropic",
-            id_field="id",
-            hint_field="partial_key_hint",
-            read=lambda key_id: self._read(key, key_id),
-            list_all=lambda: self._list(key),
-        )
-
-    async def _read(self, key: ManagedKey, key_id: str) -> dict[str, Any]:
-        record = await self._admin(
-            key, "GET", f"/v1/organizations/api_keys/{key_id}", what=f"read Anthropic key {key.name}"
-        )
-        if not isinstance(record, dict) or not record.get("id"):
-            raise ProviderActionError(f"read Anthropic key {key.name}: the answer is not a key object")
-        return record
-
-    async def _list(self, key: ManagedKey) -> list[Any]:
-        records: list[Any] = []
-        params: dict[str, Any] = {"limit": 1000}
-        for _ in range(1000):
-            page = await self._admin(
-                key, "GET", "/v1/organizations/api_keys", what="list Anthropic keys", params=params
-            )
-            data = page.get("data") if isinstance(page, dict) else None
-            if not isinstance(data, list):
-                raise ProviderActionError("list Anthropic keys: the answer is not the documented list shape")
-            records += data
-            if not page.get("has_more") or not page.get("last_id"):
-                break
-            params = {"limit": 1000, "after_id": page["last_id"]}
-        return records
-
-    async def _admin(self, key: ManagedKey, method: str, path: str, *, what: str, **kw: Any) -> Any:
-        return await mgmt.account_call(
-            self,
-            key,
-            method,
-            path,
-            what=what,
-            default_base_url=DEFAULT_BASE_URL,
-            headers=lambda secret: {"x-api-key": secret, "anthropic-version": API_VERSION},
-            **kw,
-        )
+def _headers(secret: str) -> dict[str, str]:
+    return {"x-api-key": secret, "anthropic-version": API_VERSION}
 
 
 def _metadata(record: dict[str, Any]) -> KeyMetadata:
@@ -169,6 +63,50 @@ def _metadata(record: dict[str, Any]) -> KeyMetadata:
         last_used_at=None,
         details=details,
     )
+
+
+# The Admin API's key records: `POST .../api_keys/{id}` with a status, `inactive` reversible and `archived`
+# (irreversible) the way to retire one; an archived or expired key can only be archived.
+ADMIN_API = mgmt.AdminApi(
+    headers=_headers,
+    metadata=_metadata,
+    records=mgmt.Records("/v1/organizations/api_keys", id_field="id", hint_field="partial_key_hint"),
+    pages=mgmt.cursor_pages(records_field="data", limit_param="limit", limit=1000, more_field="has_more",
+                            last_field="last_id", after_param="after_id"),
+    statuses=mgmt.status_word("status", method="POST", disabled="inactive", active="active",
+                              final=("archived", "expired"), retired="archived"),
+)
+
+
+class AnthropicAdapter(mgmt.AdminApiAdapter):
+    """Probed on the models list with the key itself; managed with the account's Admin API key."""
+
+    name = "anthropic"
+
+    # -- probe ------------------------------------------------------------------------------------
+    async def probe(self, key: ManagedKey) -> ProbeResult:
+        started = time.perf_counter()
+        base = (key.base_url or DEFAULT_BASE_URL).rstrip("/")
+        answer = await self.http_probe(
+            key,
+            f"{base}/v1/models",
+            started=started,
+            params={"limit": 1},
+            headers=_headers,
+            refusal=_refusal,
+        )
+        if isinstance(answer, ProbeResult):
+            return answer
+        response, body = answer
+        return self.listed(key, started, response, body, ratelimit=anthropic_ratelimit(response.headers))
+
+    # -- admin API: metadata, disable and enable as AdminApiAdapter does them -----------------------
+    admin_api = ADMIN_API
+
+    async def revoke(self, key: ManagedKey) -> None:
+        """Archive the key: Anthropic offers no way back, hence the account's explicit opt-in."""
+        mgmt.require_destructive(self.account_for(key), key, "archiving an Anthropic key")
+        await self.set_status(key, "archived")
 
 
 def _refusal(response: httpx2.Response, body: Any) -> Refusal:

@@ -1,5 +1,7 @@
 """Pieces the management side of the HTTP adapters share: finding the provider's record of a key,
-calling a management endpoint, and reading the provider's timestamps.
+calling a management endpoint, reading the provider's timestamps, and `AdminApiAdapter`, the record
+handling of an HTTP admin API for keys (find, read, list, change status, delete) with each provider's
+paths, field names and status words given as data (`AdminApi`).
 
 A management call is an action on a key, so its failures are ProviderActionError with an honest
 `permanent` flag (a refused credential stays refused; an outage passes), and their text is masked.
@@ -7,15 +9,17 @@ A management call is an action on a key, so its failures are ProviderActionError
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import httpx2
 
 from keywatch.domain import Account, ManagedKey
-from keywatch.providers.base import ProviderActionError, ProviderAdapter
+from keywatch.providers import registry
+from keywatch.providers.base import KeyMetadata, ProviderActionError, ProviderAdapter
 from keywatch.providers.errors import error_fields, json_or_none
 from keywatch.redact import redact_text
 
@@ -215,6 +219,224 @@ async def call(
             f"{what}: the answer is not JSON", permanent=False, status=response.status_code
         )
     return body
+
+
+@dataclass(frozen=True)
+class Pages:
+    """How a provider's key list comes in pages: the records' field on a page, the first page's params,
+    and from a page (its records, the params that asked for it) the next page's params, None after the last."""
+
+    records_field: str
+    first: dict[str, Any]
+    next: Callable[[dict[str, Any], list[Any], dict[str, Any]], dict[str, Any] | None]
+
+
+def cursor_pages(
+    *, records_field: str, limit_param: str, limit: int, more_field: str, last_field: str, after_param: str
+) -> Pages:
+    """Pages of `limit` records (`limit_param`) that say whether more follow (`more_field`) and their last
+    id (`last_field`); the next one starts `after_param` it."""
+
+    def after(page: dict[str, Any], records: list[Any], params: dict[str, Any]) -> dict[str, Any] | None:
+        if not page.get(more_field) or not page.get(last_field):
+            return None
+        return {limit_param: limit, after_param: page[last_field]}
+
+    return Pages(records_field, {limit_param: limit}, after)
+
+
+def offset_pages(*, records_field: str, offset_param: str, params: Mapping[str, Any]) -> Pages:
+    """Pages asked for by `offset_param`, the number of records seen, until one comes back empty."""
+
+    def after(page: dict[str, Any], records: list[Any], asked: dict[str, Any]) -> dict[str, Any] | None:
+        return {**asked, offset_param: asked[offset_param] + len(records)} if records else None
+
+    return Pages(records_field, {**params, offset_param: 0}, after)
+
+
+@dataclass(frozen=True)
+class Records:
+    """Where a provider keeps its key records: the collection (one record at f"{path}/{id}"), the record's
+    id and redacted-secret fields, and how a read answer holds the record: itself, or in `read_field`;
+    with `read_fills_id`, an answer may leave the id out (it is the id asked for)."""
+
+    path: str
+    id_field: str
+    hint_field: str
+    read_field: str | None = None
+    read_fills_id: bool = False
+
+
+@dataclass(frozen=True)
+class Statuses:
+    """A key record's status in the provider's words, and how to ask for one (`method` on the record).
+
+    `final` statuses nothing brings back: from them only `retired` can still be set. `verbs` name a
+    change in messages (`disable OpenRouter key k`); without one it is `set Anthropic key k inactive`."""
+
+    of: Callable[[dict[str, Any]], str | None]
+    body: Callable[[str], dict[str, Any]]
+    method: str
+    disabled: str  # the status `disable` sets
+    active: str  # the status `enable` sets
+    final: frozenset[str] = frozenset()
+    retired: str | None = None
+    verbs: Mapping[str, str] = field(default_factory=dict)
+
+
+def status_word(
+    field_name: str,
+    *,
+    method: str,
+    disabled: str,
+    active: str,
+    final: Iterable[str] = (),
+    retired: str | None = None,
+) -> Statuses:
+    """A status field that holds a word (`"status": "inactive"`), set by sending the word."""
+    return Statuses(
+        of=lambda record: record.get(field_name),
+        body=lambda status: {field_name: status},
+        method=method,
+        disabled=disabled,
+        active=active,
+        final=frozenset(final),
+        retired=retired,
+    )
+
+
+def status_flag(field_name: str, *, method: str, on: str, off: str) -> Statuses:
+    """A flag (`"disabled": true`) that is the status `on` when set and `off` when not; changes are named
+    `disable` and `enable`."""
+    return Statuses(
+        of=lambda record: on if record.get(field_name) else off,
+        body=lambda status: {field_name: status == on},
+        method=method,
+        disabled=on,
+        active=off,
+        verbs={on: "disable", off: "enable"},
+    )
+
+
+@dataclass(frozen=True)
+class AdminApi:
+    """What one provider's HTTP admin API for keys is made of; `AdminApiAdapter` does the rest with it.
+
+    The provider's title (in messages) and its default base URL come from its ProviderInfo."""
+
+    records: Records
+    pages: Pages
+    statuses: Statuses
+    headers: Callable[[str], dict[str, str]]  # the admin secret -> the request's auth headers
+    metadata: Callable[[dict[str, Any]], KeyMetadata]
+
+
+class AdminApiAdapter(ProviderAdapter):
+    """An adapter whose keys are records of an HTTP admin API (`admin_api`), managed with the account's
+    admin secret: metadata, disable and enable here; revoke (and create) in the adapter, as its provider
+    offers them."""
+
+    admin_api: ClassVar[AdminApi]
+
+    def __init__(
+        self, http: httpx2.AsyncClient, accounts: dict[str, Account] | None = None, **kw: Any
+    ) -> None:
+        super().__init__(http, accounts, **kw)
+        self._record_ids: dict[tuple[str, str], str] = {}  # (key name, fingerprint) -> the record's id
+        self._title = registry.info(self.name).title
+
+    async def metadata(self, key: ManagedKey) -> KeyMetadata:
+        return self.admin_api.metadata(await self.find_record(key))
+
+    async def disable(self, key: ManagedKey) -> None:
+        await self.set_status(key, self.admin_api.statuses.disabled)
+
+    async def enable(self, key: ManagedKey) -> None:
+        await self.set_status(key, self.admin_api.statuses.active)
+
+    async def set_status(self, key: ManagedKey, status: str) -> None:
+        """Ask for `status` unless the record has it; a final status refuses all but the retired one."""
+        statuses = self.admin_api.statuses
+        record = await self.find_record(key)
+        current = statuses.of(record)
+        if current == status:
+            return
+        if current in statuses.final and status != statuses.retired:
+            raise ProviderActionError(
+                f"key {key.name}: the {self._title} key is {current} and cannot be made {status}",
+                permanent=True,
+            )
+        verb = statuses.verbs.get(status)
+        await self.admin_call(
+            key,
+            statuses.method,
+            self._record_path(record),
+            what=f"{verb} {self._title} key {key.name}" if verb else f"set {self._title} key {key.name} {status}",
+            json=statuses.body(status),
+        )
+
+    async def delete_record(self, key: ManagedKey) -> None:
+        record = await self.find_record(key)
+        await self.admin_call(key, "DELETE", self._record_path(record), what=f"delete {self._title} key {key.name}")
+        self._record_ids.pop((key.name, key.fingerprint), None)
+
+    async def find_record(self, key: ManagedKey) -> dict[str, Any]:
+        records = self.admin_api.records
+        return await find_record(
+            key,
+            self._record_ids,
+            provider=self._title,
+            id_field=records.id_field,
+            hint_field=records.hint_field,
+            read=lambda record_id: self._read_record(key, record_id),
+            list_all=lambda: self._list_records(key),
+        )
+
+    def _record_path(self, record: dict[str, Any]) -> str:
+        records = self.admin_api.records
+        return f"{records.path}/{record[records.id_field]}"
+
+    async def _read_record(self, key: ManagedKey, record_id: str) -> dict[str, Any]:
+        records = self.admin_api.records
+        what = f"read {self._title} key {key.name}"
+        body = await self.admin_call(key, "GET", f"{records.path}/{record_id}", what=what)
+        if records.read_field is not None:
+            body = body.get(records.read_field) if isinstance(body, dict) else None
+        if not isinstance(body, dict) or not (records.read_fills_id or body.get(records.id_field)):
+            raise ProviderActionError(f"read {self._title} key {key.name}: the answer is not a key object")
+        if records.read_fills_id:
+            body.setdefault(records.id_field, record_id)
+        return body
+
+    async def _list_records(self, key: ManagedKey) -> list[Any]:
+        pages = self.admin_api.pages
+        records: list[Any] = []
+        params: dict[str, Any] | None = pages.first
+        for _ in range(1000):
+            if params is None:
+                break
+            page = await self.admin_call(
+                key, "GET", self.admin_api.records.path, what=f"list {self._title} keys", params=params
+            )
+            data = page.get(pages.records_field) if isinstance(page, dict) else None
+            if not isinstance(data, list):
+                raise ProviderActionError(f"list {self._title} keys: the answer is not the documented list shape")
+            records += data
+            params = pages.next(page, data, params)
+        return records
+
+    async def admin_call(self, key: ManagedKey, method: str, path: str, *, what: str, **kw: Any) -> Any:
+        """`account_call` with the provider's default base URL and its admin headers."""
+        return await account_call(
+            self,
+            key,
+            method,
+            path,
+            what=what,
+            default_base_url=registry.info(self.name).default_base_url or "",
+            headers=self.admin_api.headers,
+            **kw,
+        )
 
 
 def parse_time(value: Any) -> datetime | None:

@@ -9,27 +9,54 @@ from typing import Any
 
 import httpx2
 
-from keywatch.domain import Account, Health, ManagedKey, ProbeResult, Secret
+from keywatch.domain import Health, ManagedKey, ProbeResult, Secret
 from keywatch.providers import mgmt
-from keywatch.providers.base import (
-    KeyMetadata,
-    ProviderActionError,
-    ProviderAdapter,
-)
+from keywatch.providers.base import KeyMetadata, ProviderActionError
 from keywatch.providers.errors import Refusal, classify_status, error_fields, openai_ratelimit, retry_after
 
 DEFAULT_BASE_URL = "https://openrouter.ai/api/v1"
 FIGURES = ("usage", "usage_daily", "usage_weekly", "usage_monthly", "limit", "limit_remaining")
 
 
-class OpenRouterAdapter(ProviderAdapter):
-    name = "openrouter"
+def _headers(secret: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {secret}"}
 
-    def __init__(
-        self, http: httpx2.AsyncClient, accounts: dict[str, Account] | None = None, **kw: Any
-    ) -> None:
-        super().__init__(http, accounts, **kw)
-        self._hashes: dict[tuple[str, str], str] = {}
+
+# `disabled` is a flag; keywatch shows it as the status disabled or active.
+STATUSES = mgmt.status_flag("disabled", method="PATCH", on="disabled", off="active")
+
+
+def _metadata(record: dict[str, Any]) -> KeyMetadata:
+    details: dict[str, Any] = {f: mgmt.amount_str(record.get(f)) for f in FIGURES if f in record}
+    for f in ("label", "limit_reset"):
+        if record.get(f) is not None:
+            details[f] = record[f]
+    if record.get("updated_at"):
+        details["updated_at"] = record["updated_at"]
+    return KeyMetadata(
+        provider_key_id=record.get("hash"),
+        name=record.get("name"),
+        status=STATUSES.of(record),
+        created_at=mgmt.parse_time(record.get("created_at")),
+        details=details,
+    )
+
+
+# Management-key records, by hash: `PATCH /keys/{hash}` with `disabled` (reversible), `DELETE` for good;
+# a read answer holds the record in `data`.
+ADMIN_API = mgmt.AdminApi(
+    headers=_headers,
+    metadata=_metadata,
+    records=mgmt.Records("/keys", id_field="hash", hint_field="label", read_field="data", read_fills_id=True),
+    pages=mgmt.offset_pages(records_field="data", offset_param="offset", params={"include_disabled": "true"}),
+    statuses=STATUSES,
+)
+
+
+class OpenRouterAdapter(mgmt.AdminApiAdapter):
+    """Probed on the key's own info (spend and limit); managed, and created, with a management key."""
+
+    name = "openrouter"
 
     # -- probe ------------------------------------------------------------------------------------
     async def probe(self, key: ManagedKey) -> ProbeResult:
@@ -39,7 +66,7 @@ class OpenRouterAdapter(ProviderAdapter):
             key,
             f"{base}/key",
             started=started,
-            headers=lambda secret: {"Authorization": f"Bearer {secret}"},
+            headers=_headers,
             refusal=_refusal,
         )
         if isinstance(answer, ProbeResult):
@@ -72,100 +99,29 @@ class OpenRouterAdapter(ProviderAdapter):
             key, Health.HEALTHY, started, http_status=response.status_code, ratelimit=ratelimit, **details
         )
 
-    # -- management key ---------------------------------------------------------------------------
-    async def metadata(self, key: ManagedKey) -> KeyMetadata:
-        return _metadata(await self._find(key))
-
-    async def disable(self, key: ManagedKey) -> None:
-        await self._set_disabled(key, True)
-
-    async def enable(self, key: ManagedKey) -> None:
-        await self._set_disabled(key, False)
+    # -- management key: metadata, disable and enable as AdminApiAdapter does them -------------------
+    admin_api = ADMIN_API
 
     async def revoke(self, key: ManagedKey) -> None:
         """Delete the key: there is no undelete, hence the account's explicit opt-in."""
         mgmt.require_destructive(self.account_for(key), key, "deleting an OpenRouter key")
-        record = await self._find(key)
-        await self._manage(key, "DELETE", f"/keys/{record['hash']}", what=f"delete OpenRouter key {key.name}")
-        self._hashes.pop((key.name, key.fingerprint), None)
+        await self.delete_record(key)
 
     async def create(self, key: ManagedKey, *, name: str) -> tuple[KeyMetadata, Secret]:
         """A new key on `key`'s account with the same limit, for rotation; the secret is returned once."""
-        current = await self._find(key)
+        current = await self.find_record(key)
         payload: dict[str, Any] = {"name": name}
         if current.get("limit") is not None:
             payload["limit"] = current["limit"]
         if current.get("limit_reset"):
             payload["limit_reset"] = current["limit_reset"]
-        body = await self._manage(key, "POST", "/keys", what=f"create OpenRouter key {name}", json=payload)
+        what = f"create OpenRouter key {name}"
+        body = await self.admin_call(key, "POST", ADMIN_API.records.path, what=what, json=payload)
         data = body.get("data") if isinstance(body, dict) else None
         value = body.get("key") if isinstance(body, dict) else None
         if not isinstance(data, dict) or not isinstance(value, str) or not value:
             raise ProviderActionError(f"create OpenRouter key {name}: the answer carries no key")
         return _metadata(data), Secret(value)
-
-    async def _set_disabled(self, key: ManagedKey, disabled: bool) -> None:
-        record = await self._find(key)
-        if bool(record.get("disabled")) is disabled:
-            return
-        await self._manage(
-            key,
-            "PATCH",
-            f"/keys/{record['hash']}",
-            what=f"{'disable' if disabled else 'enable'} OpenRouter key {key.name}",
-            json={"disabled": disabled},
-        )
-
-    async def _find(self, key: ManagedKey) -> dict[str, Any]:
-        return await mgmt.find_record(
-            key,
-            self._hashes,
-            provider="OpenRouter",
-            id_field="hash",
-            hint_field="label",
-            read=lambda key_hash: self._read(key, key_hash),
-            list_all=lambda: self._list(key),
-        )
-
-    async def _read(self, key: ManagedKey, key_hash: str) -> dict[str, Any]:
-        body = await self._manage(key, "GET", f"/keys/{key_hash}", what=f"read OpenRouter key {key.name}")
-        data = body.get("data") if isinstance(body, dict) else None
-        if not isinstance(data, dict):
-            raise ProviderActionError(f"read OpenRouter key {key.name}: the answer is not a key object")
-        data.setdefault("hash", key_hash)
-        return data
-
-    async def _list(self, key: ManagedKey) -> list[Any]:
-        records: list[Any] = []
-        offset = 0
-        for _ in range(1000):
-            body = await self._manage(
-                key,
-                "GET",
-                "/keys",
-                what="list OpenRouter keys",
-                params={"include_disabled": "true", "offset": offset},
-            )
-            data = body.get("data") if isinstance(body, dict) else None
-            if not isinstance(data, list):
-                raise ProviderActionError("list OpenRouter keys: the answer is not the documented list shape")
-            records += data
-            if not data:
-                break
-            offset += len(data)
-        return records
-
-    async def _manage(self, key: ManagedKey, method: str, path: str, *, what: str, **kw: Any) -> Any:
-        return await mgmt.account_call(
-            self,
-            key,
-            method,
-            path,
-            what=what,
-            default_base_url=DEFAULT_BASE_URL,
-            headers=lambda secret: {"Authorization": f"Bearer {secret}"},
-            **kw,
-        )
 
 
 def _refusal(response: httpx2.Response, body: Any) -> Refusal:
@@ -176,20 +132,4 @@ def _refusal(response: httpx2.Response, body: Any) -> Refusal:
         message=message,
         ratelimit=openai_ratelimit(response.headers),
         retry_after_seconds=retry_after(response.headers),
-    )
-
-
-def _metadata(record: dict[str, Any]) -> KeyMetadata:
-    details: dict[str, Any] = {f: mgmt.amount_str(record.get(f)) for f in FIGURES if f in record}
-    for f in ("label", "limit_reset"):
-        if record.get(f) is not None:
-            details[f] = record[f]
-    if record.get("updated_at"):
-        details["updated_at"] = record["updated_at"]
-    return KeyMetadata(
-        provider_key_id=record.get("hash"),
-        name=record.get("name"),
-        status="disabled" if record.get("disabled") else "active",
-        created_at=mgmt.parse_time(record.get("created_at")),
-        details=details,
     )

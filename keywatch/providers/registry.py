@@ -191,7 +191,7 @@ PROVIDERS: dict[str, ProviderInfo] = {
         ),
         ProviderInfo(
             "aws_iam",
-            "keywatch.providers.aws:AwsIamAdapter",
+            "keywatch.providers.aws.iam:AwsIamAdapter",
             "AWS IAM access key",
             None,
             key_fields_required=("access_key_id",),
@@ -231,7 +231,7 @@ PROVIDERS: dict[str, ProviderInfo] = {
         ),
         ProviderInfo(
             "aws_bedrock",
-            "keywatch.providers.aws:AwsBedrockAdapter",
+            "keywatch.providers.aws.bedrock:AwsBedrockAdapter",
             "Amazon Bedrock API key",
             None,
             key_fields_optional=("region", "endpoint_url", "user_name", "provider_key_id", "base_url"),

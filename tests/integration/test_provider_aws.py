@@ -21,7 +21,8 @@ from prometheus_client import CollectorRegistry
 
 from keywatch.domain import Account, Health, ManagedKey, Secret
 from keywatch.metrics import Metrics
-from keywatch.providers.aws import AwsBedrockAdapter, AwsIamAdapter, bedrock_alias, user_from_arn
+from keywatch.providers.aws.bedrock import AwsBedrockAdapter, bedrock_alias
+from keywatch.providers.aws.iam import AwsIamAdapter, user_from_arn
 from keywatch.providers.base import ProviderActionError
 from keywatch.redact import REGISTRY
 from keywatch.sim.server import SimulatorThread
