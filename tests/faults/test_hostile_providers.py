@@ -19,6 +19,7 @@ import pytest
 
 from keywatch.sim.server import SimulatorThread
 from keywatch.sim.state import HOSTILE
+from tests.faults.support import wait_for
 from tests.integration.conftest import free_port, toml_config, unique_secret
 
 pytestmark = pytest.mark.slow
@@ -44,14 +45,6 @@ def run(cfg: Path, env: dict[str, str], log: Path) -> subprocess.Popen:
                             stdout=log.open("a"), stderr=subprocess.STDOUT)
 
 
-def wait_for(predicate, what: str, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def secret_for(provider: str) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.faults.support import wait_for
 from tests.integration.conftest import free_port, toml_config, unique_secret
 from tests.integration.test_notify_delivery import ThreadedReceiver
 
@@ -24,14 +25,6 @@ KEYS = 300
 KILLS = 6
 
 
-def wait_for(predicate, what: str, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def cycles(port: int) -> float:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.faults.support import wait_for
 from tests.integration.conftest import free_port, toml_config, unique_secret
 from tests.integration.test_notify_delivery import ThreadedReceiver
 from tests.integration.test_policy_harness import start as start_harness
@@ -21,14 +22,6 @@ from tests.integration.test_policy_harness import stop as stop_harness
 pytestmark = pytest.mark.slow
 
 
-def wait_for(predicate, what: str, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def run(cfg: Path, env: dict[str, str], log: Path) -> subprocess.Popen:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.faults.support import wait_for
 from tests.integration.conftest import PG_ADMIN, _pg_unavailable, free_port, toml_config, unique_secret
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
@@ -102,14 +103,6 @@ def ready(port: int) -> bool:
         return False
 
 
-def wait_for(predicate, what: str, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_killed_backends_and_a_refusing_server_degrade_and_lose_nothing(sim, tmp_path: Path, figure) -> None:

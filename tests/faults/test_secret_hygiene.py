@@ -15,7 +15,6 @@ import sqlite3
 import string
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import pytest
 
 from keywatch.domain import is_public_prefix
 from keywatch.settings.loader import parse
+from tests.faults.support import wait_for
 from tests.integration.conftest import free_port, toml_config
 from tests.integration.test_notify_delivery import Received, ThreadedReceiver
 
@@ -67,14 +67,6 @@ def leaks(text: str, secrets: dict[str, str]) -> list[str]:
     return found
 
 
-def wait_for(predicate, what: str, timeout: float = 40.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def keywatch(*argv: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -12,20 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.faults.support import wait_for
 from tests.integration.conftest import free_port, toml_config, unique_secret
 from tests.integration.test_notify_delivery import Received, ThreadedReceiver
 
 pytestmark = pytest.mark.slow
 
 
-def wait_for(predicate, what: str, timeout: float = 40.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_a_sink_down_for_many_retry_intervals_gets_everything_once_in_order(sim, tmp_path: Path, figure) -> None:
