@@ -62,6 +62,17 @@ class ProviderInfo:
     key_usage: Literal["spend", "balance"] | None = None
 
 
+# Providers whose keys exist only in their web console and report only a balance (DeepSeek, Moonshot).
+_CONSOLE_ONLY = {
+    "metadata": "no API to read key metadata",
+    "disable": "no API: keys are managed only in the platform console",
+    "enable": "no API: keys are managed only in the platform console",
+    "create": "no API: keys are created only in the platform console",
+    "revoke": "no API: keys are deleted only in the platform console",
+    "usage": "no usage API; the balance is in the probe details",
+}
+_BALANCE_LEAST_PRIVILEGE = "none: no management API (the key itself reads the balance)"
+
 PROVIDERS: dict[str, ProviderInfo] = {
     p.name: p
     for p in (
@@ -307,14 +318,9 @@ PROVIDERS: dict[str, ProviderInfo] = {
             notes={
                 "probe": "GET /user/balance, zero tokens; is_available false or a balance <= 0 is quota_exhausted; "
                 "balances (CNY/USD) in the probe details",
-                "metadata": "no API to read key metadata",
-                "disable": "no API: keys are managed only in the platform console",
-                "enable": "no API: keys are managed only in the platform console",
-                "create": "no API: keys are created only in the platform console",
-                "revoke": "no API: keys are deleted only in the platform console",
-                "usage": "no usage API; the balance is in the probe details",
+                **_CONSOLE_ONLY,
             },
-            least_privilege="none: no management API (the key itself reads the balance)",
+            least_privilege=_BALANCE_LEAST_PRIVILEGE,
             key_prefixes=("sk-",),
             key_usage="balance",
         ),
@@ -327,16 +333,10 @@ PROVIDERS: dict[str, ProviderInfo] = {
             capabilities=frozenset({Capability.PROBE}),
             notes={
                 "probe": "GET /users/me/balance, zero tokens; available_balance <= 0 is quota_exhausted; balances in "
-                "the"
-                " probe details (CNY on .cn, USD on .ai)",
-                "metadata": "no API to read key metadata",
-                "disable": "no API: keys are managed only in the platform console",
-                "enable": "no API: keys are managed only in the platform console",
-                "create": "no API: keys are created only in the platform console",
-                "revoke": "no API: keys are deleted only in the platform console",
-                "usage": "no usage API; the balance is in the probe details",
+                "the probe details (CNY on .cn, USD on .ai)",
+                **_CONSOLE_ONLY,
             },
-            least_privilege="none: no management API (the key itself reads the balance)",
+            least_privilege=_BALANCE_LEAST_PRIVILEGE,
             key_prefixes=("sk-",),
             key_usage="balance",
         ),
