@@ -28,9 +28,19 @@ CREDIT_WORDS = re.compile(
 )
 
 
-def classify_anthropic_error(status: int, err_type: str | None, message: str | None) -> Health:
-    """The documented table plus the observed out-of-credit 400; 5xx and 529 never blame the key."""
-    money = bool(message and CREDIT_WORDS.search(message))
+# `error.details.error_code` values that mean money, not speed (the monthly spend cap comes as a 429).
+CREDIT_CODES = frozenset({"enforced_spend_limit_reached"})
+
+
+def classify_anthropic_error(
+    status: int, err_type: str | None, message: str | None, detail_code: str | None = None
+) -> Health:
+    """The documented table plus the observed out-of-credit 400; 5xx and 529 never blame the key.
+
+    `detail_code` is `error.details.error_code`, which the SDKs read: `enforced_spend_limit_reached` on a
+    429 is the spend cap (quota_exhausted), not a rate limit, whatever the message says.
+    """
+    money = bool(message and CREDIT_WORDS.search(message)) or detail_code in CREDIT_CODES
     if status >= 500:
         return Health.PROVIDER_ERROR
     if status == 401:
@@ -50,8 +60,26 @@ def _headers(secret: str) -> dict[str, str]:
     return {"x-api-key": secret, "anthropic-version": API_VERSION}
 
 
+def workspace_of(record: dict[str, Any]) -> str | None:
+    """Older answers carry a top-level `workspace_id`; current ones `scope: {type: workspace, workspace_id}`."""
+    workspace = record.get("workspace_id")
+    scope = record.get("scope")
+    if workspace is None and isinstance(scope, dict):
+        workspace = scope.get("workspace_id")
+    return workspace if isinstance(workspace, str) and workspace else None
+
+
+def detail_code(body: Any) -> str | None:
+    """`error.details.error_code` of an error answer, when there is one."""
+    err = body.get("error") if isinstance(body, dict) else None
+    details = err.get("details") if isinstance(err, dict) else None
+    code = details.get("error_code") if isinstance(details, dict) else None
+    return code if isinstance(code, str) else None
+
+
 def _metadata(record: dict[str, Any]) -> KeyMetadata:
-    details = {k: record.get(k) for k in ("workspace_id", "partial_key_hint") if record.get(k) is not None}
+    details: dict[str, Any] = {"workspace_id": workspace_of(record), "partial_key_hint": record.get("partial_key_hint")}
+    details = {k: v for k, v in details.items() if v is not None}
     expires = mgmt.parse_time(record.get("expires_at"))
     if expires is not None:
         details["expires_at"] = expires.isoformat()
@@ -111,9 +139,10 @@ class AnthropicAdapter(mgmt.AdminApiAdapter):
 
 def _refusal(response: httpx2.Response, body: Any) -> Refusal:
     err_type, _, message = error_fields(body)
+    detail = detail_code(body)
     return Refusal(
-        classify_anthropic_error(response.status_code, err_type, message),
-        code=err_type,
+        classify_anthropic_error(response.status_code, err_type, message, detail),
+        code=detail or err_type,
         message=message,
         ratelimit=anthropic_ratelimit(response.headers),
         retry_after_seconds=retry_after_header(response.headers),

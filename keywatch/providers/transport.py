@@ -9,6 +9,10 @@
 - at `deadline` seconds after the request started, whatever arrives meanwhile: a server that sends a byte a
   second never trips a per-read timeout, this one it does (`httpx2.ReadTimeout`, hence unreachable/timeout).
 
+A connection that is refused, reset or whose host does not resolve is an `httpx2.ConnectError`, never a
+timeout: the openai SDK's aiohttp transport reports every failed connect as `ConnectTimeout`, which would
+tell an operator to look at a slow network when nothing listens there (`not_a_timeout`).
+
 Decoding happens here (the answer handed up carries no Content-Encoding), so the bytes that are counted are
 the bytes the adapter gets. Only the encodings asked for (`gzip`, `deflate`) are accepted; anything else, or
 a corrupt stream, is `UndecodableBody` (provider_error `bad_encoding`).
@@ -127,6 +131,23 @@ class _BoundedBody(httpx2.AsyncByteStream):
         await self.inner.aclose()
 
 
+def not_a_timeout(exc: BaseException) -> OSError | None:
+    """The socket error under a "connect timeout" that was not one (refused, reset, unresolvable), else None.
+
+    Follows the causes down from `exc`: the first OSError met decides (a TimeoutError is one too, and means
+    the connect really timed out)."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, TimeoutError):
+            return None
+        if isinstance(cur, OSError):
+            return cur
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
 class BoundedTransport(httpx2.AsyncBaseTransport):
     """`inner` with every answer capped at `max_body` decoded bytes and `deadline` seconds end to end."""
 
@@ -143,6 +164,10 @@ class BoundedTransport(httpx2.AsyncBaseTransport):
                 response = await self.inner.handle_async_request(request)
         except TimeoutError:
             raise httpx2.ReadTimeout(f"no answer within {self.deadline:g}s", request=request) from None
+        except httpx2.ConnectTimeout as exc:
+            if not_a_timeout(exc) is None:
+                raise
+            raise httpx2.ConnectError(str(exc), request=request) from exc
         try:
             declared = int(response.headers.get("content-length", "0"))
         except ValueError:

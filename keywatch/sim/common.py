@@ -14,6 +14,7 @@ import asyncio
 import functools
 import itertools
 import json
+import math
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -201,6 +202,11 @@ def json_response(
     """`body` may be pre-encoded bytes, which keeps the hot path free of json.dumps for fixed answers."""
     data = body if isinstance(body, bytes) else json.dumps(body, separators=(",", ":")).encode()
     return web.Response(body=data, status=status, headers=headers, content_type="application/json")
+
+
+def retry_after(seconds: float) -> str:
+    """A `Retry-After` value: whole seconds, rounded up, never 0 (a 0 tells a client to retry at once, in a loop)."""
+    return str(max(1, math.ceil(seconds)))
 
 
 def go_duration(seconds: float) -> str:

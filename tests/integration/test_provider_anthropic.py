@@ -48,7 +48,7 @@ CASES = [
     ("invalid", {}, Health.INVALID, 401, "authentication_error"),
     ("quota_exhausted", {}, Health.QUOTA_EXHAUSTED, 400, "invalid_request_error"),
     ("quota_exhausted", {"quota_status": 402}, Health.QUOTA_EXHAUSTED, 402, "billing_error"),
-    ("quota_exhausted", {"quota_status": 429}, Health.QUOTA_EXHAUSTED, 429, "rate_limit_error"),
+    ("quota_exhausted", {"quota_status": 429}, Health.QUOTA_EXHAUSTED, 429, "enforced_spend_limit_reached"),
     ("rate_limited", {"retry_after": 7}, Health.RATE_LIMITED, 429, "rate_limit_error"),
     ("forbidden", {}, Health.FORBIDDEN, 403, "permission_error"),
     ("server_error", {}, Health.PROVIDER_ERROR, 500, "api_error"),

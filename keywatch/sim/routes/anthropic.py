@@ -1,9 +1,14 @@
-"""Anthropic under /anthropic: the zero-token probe (`GET /v1/models`) and the Admin API key subset.
+"""Anthropic under /anthropic: the zero-token probe (`GET /v1/models`), `POST /v1/messages` and the Admin API key
+subset.
+
+The key is read from `x-api-key` (SDK 1.x) or `Authorization: Bearer` (SDK 2.x); the API accepts both.
 
 Bodies, error envelopes and headers follow the provider's documented API. Per-key knobs in SimKey.extra:
   quota_status (400 default: the observed "credit balance is too low"; 402: the documented billing_error;
-  429: a spend-limit refusal), retry_after (s, rate_limited, default 1), admin (True: an admin key whatever
-  its behaviour), key_id/name/key_status/workspace_id/created_at (the key's Admin API record; key_status is
+  429: the monthly spend cap, with error.details.error_code "enforced_spend_limit_reached" and no
+  retry-after), retry_after (s, rate_limited, default 1), admin (True: an admin key whatever
+  its behaviour), key_id/name/key_status/workspace_id/created_at (the key's Admin API record, with the
+  workspace in `scope` as current answers give it; legacy_record: a top-level workspace_id instead; key_status is
   active, inactive, archived or expired and is changed by POST /v1/organizations/api_keys/{id}).
 A key whose key_status is not active answers 401 like a wrong key (UNCONFIRMED wording; the status code
 is what an inactive key gets from any API that checks keys).
@@ -18,7 +23,16 @@ from typing import Any
 
 from aiohttp import web
 
-from keywatch.sim.common import admit, header_secret, json_response, paged_list, request_id, state_of
+from keywatch.sim.common import (
+    admit,
+    bearer,
+    header_secret,
+    json_response,
+    paged_list,
+    request_id,
+    retry_after,
+    state_of,
+)
 from keywatch.sim.state import SimKey, SimState
 
 PREFIX = "/anthropic"
@@ -45,12 +59,23 @@ def partial_key_hint(secret: str) -> str:
     return f"{secret[:16]}...{secret[-4:]}"
 
 
-def error(status: int, err_type: str, message: str, headers: dict[str, str] | None = None) -> web.Response:
+def secret_of(request: web.Request) -> str | None:
+    """`x-api-key` (SDK 1.x, curl examples) or `Authorization: Bearer` (SDK 2.x)."""
+    return header_secret(request, "x-api-key") or bearer(request)
+
+
+def error(
+    status: int, err_type: str, message: str, headers: dict[str, str] | None = None,
+    details: dict[str, Any] | None = None,
+) -> web.Response:
     rid = request_id()
     all_headers = {"request-id": rid}
     if headers:
         all_headers.update(headers)
-    body = {"type": "error", "error": {"type": err_type, "message": message}, "request_id": rid}
+    err: dict[str, Any] = {"type": err_type, "message": message}
+    if details is not None:
+        err["details"] = details
+    body = {"type": "error", "error": err, "request_id": rid}
     return json_response(body, status, all_headers)
 
 
@@ -92,13 +117,14 @@ def behaviour_error(key: SimKey) -> web.Response | None:
             return error(
                 402, "billing_error", "Your credit balance is too low to continue. Add credits to proceed."
             )
-        if status == 429:
-            return error(429, "rate_limit_error", SPEND_LIMIT_MESSAGE)
+        if status == 429:  # no retry-after: waiting until the next month is not a retry
+            return error(429, "rate_limit_error", SPEND_LIMIT_MESSAGE,
+                         details={"error_code": "enforced_spend_limit_reached"})
         return error(400, "invalid_request_error", CREDIT_MESSAGE)
     if b == "rate_limited":
         wait = float(key.extra.get("retry_after", 1))
         headers = ratelimit_headers(key, limited=True)
-        headers["retry-after"] = str(max(0, round(wait)))
+        headers["retry-after"] = retry_after(wait)
         return error(
             429,
             "rate_limit_error",
@@ -120,7 +146,7 @@ def missing_version(request: web.Request) -> web.Response | None:
 
 
 async def list_models(request: web.Request) -> web.Response:
-    key = await admit(request, PROVIDER, header_secret(request, "x-api-key"))
+    key = await admit(request, PROVIDER, secret_of(request))
     if missing_version(request) is not None:
         return missing_version(request)
     if key is None or key.behaviour == "admin" or key.extra.get("admin"):
@@ -131,16 +157,58 @@ async def list_models(request: web.Request) -> web.Response:
     headers = {"request-id": request_id(), **ratelimit_headers(key)}
     if key.behaviour == "bad_body":
         return json_response({"status": "ok", "result": None}, 200, headers)
-    data = [{"type": "model", "id": i, "display_name": n, "created_at": c} for i, n, c in MODELS]
+    data = [model_object(i, n, c) for i, n, c in MODELS]
     page = {"data": data, "has_more": False, "first_id": data[0]["id"], "last_id": data[-1]["id"]}
     return json_response(page, 200, headers)
+
+
+def model_object(model_id: str, name: str, created_at: str) -> dict[str, Any]:
+    """A model as the current API lists it (`lifecycle` is required by SDK 2.x's ModelInfo)."""
+    return {"type": "model", "id": model_id, "display_name": name, "created_at": created_at,
+            "lifecycle": "active", "deprecated_at": None, "retires_at": None}
+
+
+async def create_message(request: web.Request) -> web.Response:
+    """A billable call: the one place out-of-credit shows (the models list still answers 200 for it)."""
+    key = await admit(request, PROVIDER, secret_of(request))
+    if missing_version(request) is not None:
+        return missing_version(request)
+    if key is None or key.behaviour == "admin" or key.extra.get("admin"):
+        return wrong_key()
+    refused = behaviour_error(key)
+    if refused is not None:
+        return refused
+    try:
+        payload = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        payload = None
+    if not isinstance(payload, dict):
+        return error(400, "invalid_request_error", "The request body is not valid JSON.")
+    for field in ("model", "max_tokens", "messages"):
+        if field not in payload:
+            return error(400, "invalid_request_error", f"{field}: Field required")
+    if not isinstance(payload["max_tokens"], int) or payload["max_tokens"] < 1:
+        return error(400, "invalid_request_error", "max_tokens: Input should be greater than or equal to 1")
+    headers = {"request-id": request_id(), **ratelimit_headers(key)}
+    body = {
+        "id": f"msg_{headers['request-id'][4:28]}",
+        "type": "message",
+        "role": "assistant",
+        "model": str(payload["model"]),
+        "content": [{"type": "text", "text": "pong"}],
+        "stop_reason": "max_tokens",
+        "stop_sequence": None,
+        "usage": {"input_tokens": 8, "output_tokens": 1, "cache_creation_input_tokens": 0,
+                  "cache_read_input_tokens": 0, "service_tier": "standard"},
+    }
+    return json_response(body, 200, headers)
 
 
 # --- Admin API ---------------------------------------------------------------------------------------------
 
 
 async def _admin(request: web.Request) -> web.Response | None:
-    key = await admit(request, PROVIDER, header_secret(request, "x-api-key"))
+    key = await admit(request, PROVIDER, secret_of(request))
     if missing_version(request) is not None:
         return missing_version(request)
     if key is None:
@@ -160,8 +228,9 @@ def managed(state: SimState) -> list[SimKey]:
 
 
 def key_object(key: SimKey) -> dict[str, Any]:
+    """The current record (`scope`, no top-level `workspace_id`); extra["legacy_record"] gives the older one."""
     extra = key.extra
-    return {
+    record = {
         "type": "api_key",
         "id": extra["key_id"],
         "created_at": extra.get("created_at", CREATED_AT),
@@ -170,8 +239,19 @@ def key_object(key: SimKey) -> dict[str, Any]:
         "name": extra.get("name", extra["key_id"]),
         "partial_key_hint": partial_key_hint(key.secret),
         "status": extra.get("key_status", "active"),
-        "workspace_id": extra.get("workspace_id"),
+        "scope": scope_of(extra.get("workspace_id")),
     }
+    if extra.get("legacy_record"):
+        del record["scope"]
+        record["workspace_id"] = extra.get("workspace_id")
+    return record
+
+
+def scope_of(workspace_id: str | None) -> dict[str, Any]:
+    """Where the key belongs, as current answers say it (SDK 2.x requires `scope`)."""
+    if workspace_id is None:
+        return {"type": "organization"}
+    return {"type": "workspace", "workspace_id": workspace_id}
 
 
 def _find(state: SimState, key_id: str) -> SimKey | None:
@@ -198,7 +278,7 @@ async def list_api_keys(request: web.Request) -> web.Response:
         items = [i for i in items if i["status"] == wanted]
     workspace = request.query.get("workspace_id")
     if workspace:
-        items = [i for i in items if i["workspace_id"] == workspace]
+        items = [i for i in items if i.get("scope", {}).get("workspace_id", i.get("workspace_id")) == workspace]
     page = paged_list(items, request.query.get("after_id"), limit)
     page.pop("object", None)
     return json_response(page, 200, {"request-id": request_id()})
@@ -248,6 +328,7 @@ async def update_api_key(request: web.Request) -> web.Response:
 def register(app: web.Application, state: SimState) -> None:
     v1 = f"{PREFIX}/v1"
     app.router.add_get(f"{v1}/models", list_models)
+    app.router.add_post(f"{v1}/messages", create_message)
     app.router.add_get(f"{v1}/organizations/api_keys", list_api_keys)
     app.router.add_get(f"{v1}/organizations/api_keys/{{key_id}}", get_api_key)
     app.router.add_post(f"{v1}/organizations/api_keys/{{key_id}}", update_api_key)

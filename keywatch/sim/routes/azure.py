@@ -19,12 +19,13 @@ Regenerating a key removes the old value at once, as Azure does.
 
 from __future__ import annotations
 
+import math
 import secrets as pysecrets
 from typing import Any
 
 from aiohttp import web
 
-from keywatch.sim.common import admit, bearer, header_secret, json_response, request_id, state_of
+from keywatch.sim.common import admit, bearer, header_secret, json_response, request_id, retry_after, state_of
 from keywatch.sim.state import SimKey, SimState
 
 PREFIX = "/azure"
@@ -114,7 +115,7 @@ def _too_many(key: SimKey, seconds: int) -> web.Response:
             f"{seconds} seconds. Please go here: https://aka.ms/oai/quotaincrease if you would like to "
             "further increase the default rate limit."
         )
-    return _error(429, "429", message, {"retry-after": str(seconds), **_ratelimit(True)})
+    return _error(429, "429", message, {"retry-after": retry_after(seconds), **_ratelimit(True)})
 
 
 async def models(request: web.Request) -> web.Response:
@@ -130,7 +131,7 @@ async def models(request: web.Request) -> web.Response:
     if b in ("invalid", "deactivated", "account_deactivated"):
         return _error(401, str(key.extra.get("code_word", "401")), INVALID_MESSAGE)
     if b == "rate_limited":
-        return _too_many(key, int(key.extra.get("retry_after", 2)))
+        return _too_many(key, max(1, math.ceil(float(key.extra.get("retry_after", 2)))))
     if b in ("quota_exhausted", "billing_not_active"):
         return _too_many(key, 86400)
     if b in ("forbidden", "missing_scope"):

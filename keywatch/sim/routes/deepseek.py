@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from keywatch.sim.common import admit, bearer, json_response
+from keywatch.sim.common import admit, bearer, json_response, retry_after
 from keywatch.sim.state import SimKey, SimState
 
 PREFIX = "/deepseek"
@@ -52,7 +52,7 @@ def behaviour_error(key: SimKey) -> web.Response | None:
             "Rate Limit Reached",
             "rate_limit_error",
             "rate_limit_exceeded",
-            {"retry-after": str(max(0, round(wait)))},
+            {"retry-after": retry_after(wait)},
         )
     if b == "server_error":
         return error(500, "Server Error", "server_error", "internal_error")

@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from keywatch.sim.common import admit, bearer, json_response
+from keywatch.sim.common import admit, bearer, json_response, retry_after
 from keywatch.sim.state import SimKey, SimState
 
 PREFIX = "/moonshot"
@@ -45,7 +45,7 @@ def behaviour_error(key: SimKey) -> web.Response | None:
             429,
             "Your account reached max request: 3, please try again after 1 seconds",
             "rate_limit_reached_error",
-            {"retry-after": str(max(0, round(wait)))},
+            {"retry-after": retry_after(wait)},
         )
     if b == "server_error":
         return error(500, "Unexpected server error", "server_error")

@@ -25,6 +25,7 @@ from keywatch.sim.common import (
     json_response,
     paged_list,
     request_id,
+    retry_after,
     state_of,
 )
 from keywatch.sim.state import SimKey, SimState
@@ -201,7 +202,7 @@ def behaviour_error(key: SimKey, model: str, scope: str) -> web.Response | None:
     if behaviour == "rate_limited":
         wait = float(key.extra.get("retry_after", 1))
         headers = _ratelimit_headers(key, limited=True)
-        headers["retry-after"] = str(max(0, round(wait)))
+        headers["retry-after"] = retry_after(wait)
         return error_response(
             429,
             f"Rate limit reached for {model} in organization {key.extra.get('organization', ORGANIZATION)} "
@@ -328,7 +329,7 @@ async def chat_completions(request: web.Request) -> web.Response:
         ],
         "usage": {"prompt_tokens": 8, "completion_tokens": 1, "total_tokens": 9},
         "service_tier": "default",
-        "system_fingerprint": None,
+        "system_fingerprint": "fp_5a3fb1c2d9",
     }
     return json_response(body, 200, headers)
 
@@ -424,7 +425,7 @@ def _key_item(state: SimState, key: SimKey) -> dict[str, Any]:
                 "name": extra.get("owner_name", "Sim User"),
                 "email": extra.get("owner_email", "sim@example.com"),
                 "role": "owner",
-                "added_at": CREATED_AT,
+                "created_at": CREATED_AT,
             },
         }
     return {
@@ -434,6 +435,7 @@ def _key_item(state: SimState, key: SimKey) -> dict[str, Any]:
         "created_at": created,
         "last_used_at": int(last_used) if last_used is not None else None,
         "id": extra["key_id"],
+        "owner_project_access": extra.get("owner_project_access", "active"),
         "owner": owner,
     }
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from keywatch.sim.common import admit, bearer, json_response, state_of
+from keywatch.sim.common import admit, bearer, json_response, retry_after, state_of
 from keywatch.sim.state import SimKey, SimState
 
 PREFIX = "/openrouter"
@@ -76,7 +76,7 @@ def behaviour_error(key: SimKey) -> web.Response | None:
         return error(402, "Insufficient credits. Add more using https://openrouter.ai/settings/credits")
     if b == "rate_limited":
         wait = float(key.extra.get("retry_after", 1))
-        return error(429, "Rate limit exceeded", {"retry-after": str(max(0, round(wait)))})
+        return error(429, "Rate limit exceeded", {"retry-after": retry_after(wait)})
     if b == "server_error":
         return error(500, "Internal Server Error")
     if b == "overloaded":

@@ -6,6 +6,7 @@ Cost amounts are DECIMAL STRINGS IN CENTS, as the real API gives them: "123.45" 
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 from typing import Any
 
@@ -13,10 +14,27 @@ from aiohttp import web
 
 from keywatch.sim.common import json_response, state_of
 from keywatch.sim.routes import anthropic as sim_anthropic
-from keywatch.sim.routes.usage_openai import WIDTHS, buckets, group_params, page_of, window
+from keywatch.sim.routes.usage_openai import (
+    DEFAULT_LIMITS,
+    MAX_LIMITS,
+    WIDTHS,
+    BadParameter,
+    Rules,
+    buckets,
+    group_params,
+    page_of,
+    window,
+)
 from keywatch.sim.state import SimState
 
 PREFIX = "/anthropic/v1/organizations/usage_report+cost_report"  # a label for the mount check
+
+
+USAGE = Rules("starting_at", "ending_at", ("1m", "1h", "1d"),
+              ("api_key_id", "workspace_id", "model", "service_tier", "context_window", "inference_geo"),
+              MAX_LIMITS, DEFAULT_LIMITS, unix_times=False)
+COSTS = Rules("starting_at", "ending_at", ("1d",), ("workspace_id", "description"), {"1d": 31}, {"1d": 7},
+              unix_times=False)
 
 
 def _rfc3339(at: Any) -> str:
@@ -53,6 +71,12 @@ def _cost_summary(rs: list[dict[str, Any]], group: dict[str, Any]) -> dict[str, 
     }
 
 
+def _bad(bad: BadParameter) -> web.Response:
+    """Anthropic's envelope for a refused parameter (`invalid_request_error`, the parameter named first)."""
+    message = json.loads(bad.text or "{}")["error"]["message"]
+    return sim_anthropic.error(400, "invalid_request_error", f"{bad.param}: {message}")
+
+
 async def _checks(request: web.Request) -> web.Response | None:
     refused = await sim_anthropic._admin(request)
     if refused is not None:
@@ -76,7 +100,10 @@ async def usage_messages(request: web.Request) -> web.Response:
     if refused is not None:
         return refused
     data = state_of(request).provider_data("anthropic")
-    start, end, width, limit = window(request, "starting_at", "ending_at", "1d")
+    try:
+        start, end, width, limit = window(request, USAGE)
+    except BadParameter as bad:
+        return _bad(bad)
     found = buckets(data.get("usage", []), start, end, WIDTHS[width], group_params(request), _usage_summary)
     return _page(request, found, limit, data.get("page_size"))
 
@@ -86,9 +113,12 @@ async def cost_report(request: web.Request) -> web.Response:
     if refused is not None:
         return refused
     data = state_of(request).provider_data("anthropic")
-    start, end, _, limit = window(request, "starting_at", "ending_at", "1d")
+    try:
+        start, end, _, limit = window(request, COSTS)
+    except BadParameter as bad:
+        return _bad(bad)
     found = buckets(data.get("costs", []), start, end, WIDTHS["1d"], group_params(request), _cost_summary)
-    return _page(request, found, min(limit, 31), data.get("page_size"))
+    return _page(request, found, limit, data.get("page_size"))
 
 
 def register(app: web.Application, state: SimState) -> None:

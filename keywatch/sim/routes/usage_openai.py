@@ -88,24 +88,72 @@ def page_of(request: web.Request, items: list[Any], limit: int, cap: int | None)
     return chunk, nxt
 
 
-def window(request: web.Request, start_name: str, end_name: str, default_width: str) -> tuple[
-    datetime, datetime, str, int
-]:
+class Rules:
+    """What a usage or cost route accepts, as the provider's reference says; anything else is refused with 400
+    naming the parameter (the real APIs refuse a bad enum value, a limit out of range, a missing start)."""
+
+    def __init__(self, start: str, end: str, widths: tuple[str, ...], group_by: tuple[str, ...],
+                 max_limits: dict[str, int], default_limits: dict[str, int], unix_times: bool) -> None:
+        self.start, self.end, self.widths, self.group_by = start, end, widths, group_by
+        self.max_limits, self.default_limits, self.unix_times = max_limits, default_limits, unix_times
+
+
+OPENAI_USAGE = Rules("start_time", "end_time", ("1m", "1h", "1d"),
+                     ("project_id", "user_id", "api_key_id", "model", "batch", "service_tier"),
+                     MAX_LIMITS, DEFAULT_LIMITS, unix_times=True)
+OPENAI_COSTS = Rules("start_time", "end_time", ("1d",), ("project_id", "line_item", "api_key_id"),
+                     {"1d": 180}, {"1d": 7}, unix_times=True)
+
+
+class BadParameter(web.HTTPBadRequest):
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(text=json.dumps({"error": {"message": message, "type": "invalid_request_error",
+                                                    "param": param, "code": None}}),
+                         content_type="application/json")
+        self.param = param
+
+
+def _time(request: web.Request, name: str, unix: bool) -> datetime:
+    raw = request.query[name]
     try:
-        start = parse_at(request.query[start_name])
-    except (KeyError, ValueError):
-        raise web.HTTPBadRequest(text=json.dumps({"error": {"message": f"{start_name} is required"}}),
-                                 content_type="application/json") from None
-    end = parse_at(request.query[end_name]) if end_name in request.query else datetime.now(UTC)
-    width = request.query.get("bucket_width", default_width)
-    if width not in WIDTHS:
-        raise web.HTTPBadRequest(text=json.dumps({"error": {"message": f"bucket_width {width!r} is not valid"}}),
-                                 content_type="application/json")
-    try:
-        limit = int(request.query.get("limit", DEFAULT_LIMITS[width]))
-    except ValueError:
-        limit = DEFAULT_LIMITS[width]
-    return start, end, width, max(1, min(limit, MAX_LIMITS[width] if width != "1d" else 180))
+        if unix:
+            if not raw.lstrip("-").isdigit():
+                raise ValueError(raw)
+            return datetime.fromtimestamp(int(raw), UTC)
+        if raw.isdigit():
+            raise ValueError(raw)
+        return parse_at(raw)
+    except (ValueError, OverflowError, OSError):
+        what = "an integer (unix seconds)" if unix else "an RFC 3339 date-time"
+        raise BadParameter(name, f"Invalid value for '{name}': expected {what}.") from None
+
+
+def window(request: web.Request, rules: Rules) -> tuple[datetime, datetime, str, int]:
+    """(start, end, bucket width, limit) of a usage or cost request, refused as the provider refuses it."""
+    if rules.start not in request.query:
+        raise BadParameter(rules.start, f"Missing required parameter: '{rules.start}'.")
+    start = _time(request, rules.start, rules.unix_times)
+    end = _time(request, rules.end, rules.unix_times) if rules.end in request.query else datetime.now(UTC)
+    width = request.query.get("bucket_width", "1d")
+    if width not in rules.widths:
+        raise BadParameter("bucket_width", f"Invalid value for 'bucket_width': {width!r}; expected one of "
+                                           f"{', '.join(rules.widths)}.")
+    for field in group_params(request):
+        if field not in rules.group_by:
+            raise BadParameter("group_by", f"Invalid value for 'group_by': {field!r}; expected any of "
+                                           f"{', '.join(rules.group_by)}.")
+    raw = request.query.get("limit")
+    high = rules.max_limits[width]
+    if raw is None:
+        limit = rules.default_limits[width]
+    elif not raw.isdigit() or not 1 <= int(raw) <= high:
+        raise BadParameter("limit", f"Invalid value for 'limit': {raw!r}; with bucket_width {width} it is an "
+                                    f"integer from 1 to {high}.")
+    else:
+        limit = int(raw)
+    if end <= start:
+        raise BadParameter(rules.end, f"'{rules.end}' must be after '{rules.start}'.")
+    return start, end, width, limit
 
 
 def dec_number(d: Decimal) -> float:
@@ -154,7 +202,7 @@ async def openai_usage(request: web.Request) -> web.Response:
     if failed is not None:
         return failed
     data = state_of(request).provider_data("openai")
-    start, end, width, limit = window(request, "start_time", "end_time", "1d")
+    start, end, width, limit = window(request, OPENAI_USAGE)
     all_buckets = buckets(data.get("usage", []), start, end, WIDTHS[width], group_params(request), _usage_summary)
     return _openai_page(request, all_buckets, limit, data.get("page_size"), "organization.usage.completions")
 
@@ -167,7 +215,7 @@ async def openai_costs(request: web.Request) -> web.Response:
     if failed is not None:
         return failed
     data = state_of(request).provider_data("openai")
-    start, end, _, limit = window(request, "start_time", "end_time", "1d")
+    start, end, _, limit = window(request, OPENAI_COSTS)
     all_buckets = buckets(data.get("costs", []), start, end, WIDTHS["1d"], group_params(request), _cost_summary)
     return _openai_page(request, all_buckets, limit, data.get("page_size"), "organization.costs")
 
