@@ -21,7 +21,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from keywatch import __version__
-from keywatch.domain import Alert, Event, Health, ProbeResult, Transition
+from keywatch.domain import Alert, Event, Health, ProbeResult, Secret, Transition
 from keywatch.engine.prober import Prober
 from keywatch.engine.workers import WorkerProber
 from keywatch.extensions import DAEMON_CAPABILITIES
@@ -31,7 +31,10 @@ from keywatch.providers.clients import AdapterSet, make_http_client
 from keywatch.redact import REGISTRY
 from keywatch.runtime import Capability, CycleReport, EventLog, Runtime
 from keywatch.settings.loader import ConfigError, Inventory, load_inventory
+from keywatch.settings.secrets import SecretError
+from keywatch.settings.secrets import resolve as resolve_secret
 from keywatch.state import StateTracker
+from keywatch.statuspage import PageSource, StatusPage
 from keywatch.store.repo import Store, default_database_url, describe_url
 from keywatch.store.writer import DatabaseWriter, WriteStatus
 from keywatch.web import ListenError, WebServer
@@ -98,6 +101,22 @@ class Daemon:
             current_scheduler=lambda: self._scheduler,
             events=EventLog(lambda: self.store, write_through=self._write_events),
         )
+
+    def _page_source(self) -> PageSource:
+        def events(limit: int) -> list[Event]:
+            return self.store.events(limit=limit) if self.store is not None and self._db_ready else []
+
+        return PageSource(keys=self.tracker.snapshot, events=events, outages=lambda: self.runtime.board.outages)
+
+    @staticmethod
+    def _status_token(inventory: Inventory) -> Secret | None:
+        ref = inventory.config.daemon.status_token
+        if ref is None:
+            return None
+        try:
+            return resolve_secret(ref, allow_literal=inventory.config.daemon.allow_literal_secrets)
+        except SecretError as exc:
+            raise ConfigError(inventory.source, [f"daemon.status_token: {exc}"]) from None
 
     def _the_store(self) -> Store:
         assert self.store is not None, "the store exists once the daemon started"
@@ -190,6 +209,7 @@ class Daemon:
         inventory = self.load()  # every check that can be made without side effects, as `config validate`
         listen = inventory.config.daemon.listen
         web = WebServer(listen, self.metrics.exposition_chunks, self.readiness)
+        web.add_status_page(StatusPage(self._page_source()), self._status_token(inventory))
         try:
             await web.start()  # before the database: /healthz answers while a slow database connects
         except ListenError as exc:

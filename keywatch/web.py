@@ -1,4 +1,5 @@
-"""The one HTTP server: /metrics, /healthz (alive), /readyz (config loaded, database reachable, first cycle done).
+"""The one HTTP server: /metrics, /healthz (alive), /readyz (config loaded, database reachable, first cycle done),
+and the read-only status page at / (keywatch/statuspage.py renders it).
 
 Other parts (webhook receivers) add routes to the same app before it starts.
 """
@@ -6,13 +7,19 @@ Other parts (webhook receivers) add routes to the same app before it starts.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import errno
+import hmac
 import itertools
 import socket
 from collections.abc import Callable, Iterator
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
+
+from keywatch.domain import Secret
+from keywatch.statuspage import EVENTS, BadQuery, Query, StatusPage, is_loopback
 
 ReadyFn = Callable[[], tuple[bool, dict[str, bool]]]
 RenderFn = Callable[[], Iterator[bytes]]
@@ -41,6 +48,44 @@ class WebServer:
         self.app.router.add_get("/readyz", self._readyz)
         self._runner: web.AppRunner | None = None
         self.bound_port: int | None = None
+        self._page: StatusPage
+        self._token: Secret | None = None
+
+    def add_status_page(self, page: StatusPage, token: Secret | None) -> None:
+        """Serve `page` at `/`. Off loopback it answers only with `token` (Bearer, or as a Basic password)."""
+        self._page = page
+        self._token = token
+        self.app.router.add_get("/", self._status)
+
+    async def _status(self, request: web.Request) -> web.Response:
+        refused = self._refuse(request)
+        if refused is not None:
+            return refused
+        try:
+            query = Query.parse(request.query)
+        except BadQuery as exc:
+            return web.Response(status=400, text=f"{exc}\n", headers=PAGE_HEADERS)
+        loop = asyncio.get_running_loop()
+        try:
+            events = await loop.run_in_executor(None, self._page.source.events, EVENTS)
+        except Exception:  # the database is down or locked: the page still shows the keys
+            events = None
+        body = await loop.run_in_executor(None, self._page.render, query, events)
+        return web.Response(text=body, content_type="text/html", charset="utf-8", headers=PAGE_HEADERS)
+
+    def _refuse(self, request: web.Request) -> web.Response | None:
+        token = self._token
+        if token is None:
+            if is_loopback(self.host):
+                return None
+            return web.Response(status=403, headers=PAGE_HEADERS, text=(
+                f"The status page is off: daemon.listen ({self.host}:{self.port}) is not a loopback address, "
+                "so it needs daemon.status_token (e.g. status_token = \"env:KEYWATCH_STATUS_TOKEN\").\n"))
+        presented = _presented(request)
+        if presented is not None and hmac.compare_digest(presented, token.reveal().encode()):
+            return None
+        return web.Response(status=401, text="The status page needs daemon.status_token.\n",
+                            headers={**PAGE_HEADERS, "WWW-Authenticate": 'Basic realm="keywatch", charset="UTF-8"'})
 
     async def start(self) -> None:
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
@@ -79,6 +124,31 @@ class WebServer:
     async def _readyz(self, _: web.Request) -> web.Response:
         ok, checks = self.ready()
         return web.json_response({"ready": ok, "checks": checks}, status=200 if ok else 503)
+
+
+# No script may run on the page (it has none), nothing is cached, nothing frames it.
+PAGE_HEADERS = {
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+def _presented(request: web.Request) -> bytes | None:
+    """The token of `Authorization: Bearer T` or the password of `Authorization: Basic` (any user name)."""
+    auth = request.headers.get("Authorization", "")
+    scheme, _, value = auth.partition(" ")
+    if scheme.lower() == "bearer":
+        return value.strip().encode()
+    if scheme.lower() == "basic":
+        try:
+            decoded = base64.b64decode(value.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            return None
+        return decoded.partition(b":")[2]
+    return None
 
 
 def _bind_reason(exc: OSError) -> str:

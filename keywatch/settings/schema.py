@@ -56,7 +56,12 @@ class DaemonSettings(Strict):
         description="SQLAlchemy URL. Absent: $STATE_DIRECTORY/keywatch.db under systemd, else ./keywatch.db",
         json_schema_extra={"examples": ["sqlite:///keywatch.db", "postgresql+psycopg://user@host/keywatch"]},
     )
-    listen: str = Field("127.0.0.1:9464", description="host:port of /metrics, /healthz and /readyz")
+    listen: str = Field("127.0.0.1:9464", description="host:port of /metrics, /healthz, /readyz and the status page /")
+    status_token: SecretRef | None = Field(
+        None,
+        description="Token the status page at / asks for (Bearer, or as the password of Basic auth); without "
+        "it the page is served only when daemon.listen is a loopback address",
+    )
     log_format: Literal["auto", "json", "console"] = Field(
         "auto", description="auto: JSON lines when stderr is not a terminal (journald), console otherwise"
     )
