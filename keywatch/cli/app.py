@@ -19,6 +19,7 @@ COMMAND_MODULES: list[str] = [
     "keywatch.cli.config",
     "keywatch.cli.db",
     "keywatch.cli.demo",
+    "keywatch.cli.sim",
     "keywatch.cli.alerts",
     "keywatch.cli.keys",
     "keywatch.cli.policy",

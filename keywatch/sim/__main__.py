@@ -6,8 +6,11 @@ import argparse
 import asyncio
 import signal
 import sys
+from collections.abc import Callable
 
-from keywatch.sim.server import Simulator
+from aiohttp import web
+
+from keywatch.sim.server import Simulator, build_app
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -18,15 +21,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-async def serve(host: str, port: int, latency_ms: float) -> None:
+def one_line(url: str, _: web.Application) -> None:
+    # The one line scripts wait for: anything else printed here would break them.
+    print(f"keywatch-sim listening on {url}", flush=True)
+
+
+async def serve(
+    host: str, port: int, latency_ms: float, announce: Callable[[str, web.Application], None] = one_line
+) -> None:
+    """Serve until SIGTERM or SIGINT; `announce(url, app)` says where, once listening (`keywatch sim` prints
+    the base URLs and the control API; `python -m keywatch.sim` one line)."""
     sim = Simulator(latency_ms=latency_ms)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     url = await sim.start(host, port)
-    # The one line scripts wait for: anything else printed here would break them.
-    print(f"keywatch-sim listening on {url}", flush=True)
+    announce(url, build_app(sim.state))  # the same routes the running app serves, for the guide to list
     try:
         await stop.wait()
     finally:

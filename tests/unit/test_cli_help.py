@@ -16,6 +16,7 @@ WITH_ATTENTION = ALWAYS | {EXIT_ATTENTION}
 HELP_EXIT_CODES = [
     # (argv before --help, the exit codes its help must list)
     (("run",), ALWAYS),
+    (("sim",), ALWAYS),
     (("demo",), ALWAYS),
     (("check",), WITH_ATTENTION),
     (("status",), WITH_ATTENTION),
