@@ -34,7 +34,7 @@ from keywatch.settings.loader import ConfigError, Inventory, load_inventory
 from keywatch.settings.secrets import SecretError
 from keywatch.settings.secrets import resolve as resolve_secret
 from keywatch.state import StateTracker
-from keywatch.statuspage import PageSource, StatusPage
+from keywatch.statuspage import PageSource, StatusPage, spend_by_key
 from keywatch.store.repo import Store, default_database_url, describe_url
 from keywatch.store.writer import DatabaseWriter, WriteStatus
 from keywatch.web import ListenError, WebServer
@@ -106,7 +106,12 @@ class Daemon:
         def events(limit: int) -> list[Event]:
             return self.store.events(limit=limit) if self.store is not None and self._db_ready else []
 
-        return PageSource(keys=self.tracker.snapshot, events=events, outages=lambda: self.runtime.board.outages)
+        def spend() -> dict[str, tuple[str, str]]:
+            snapshot = getattr(self.capabilities.get("usage"), "snapshot", None)
+            return spend_by_key(getattr(snapshot, "budgets", None) or [])
+
+        return PageSource(keys=self.tracker.snapshot, events=events, outages=lambda: self.runtime.board.outages,
+                          spend=spend)
 
     @staticmethod
     def _status_token(inventory: Inventory) -> Secret | None:

@@ -12,9 +12,10 @@ from __future__ import annotations
 import html
 import ipaddress
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import urlencode
 
 from keywatch.domain import Event, Health, KeyState
@@ -37,6 +38,24 @@ class PageSource:
     outages: Callable[[], Mapping[str, datetime]]
     spend: SpendFn | None = None
     rotation_due: Callable[[], Mapping[str, datetime]] | None = None
+
+
+def spend_by_key(statuses: Iterable[Any]) -> dict[str, tuple[str, str]]:
+    """key -> (spent, budget) from the usage capability's budget statuses (`name`, `period`, `limit_usd`,
+    `limit_tokens`, `used.usd`, `used.tokens`, `ratio`, `keys`); a key under several budgets shows the one
+    nearest its limit."""
+    nearest: dict[str, Any] = {}
+    for st in statuses:
+        for key in st.keys:
+            if key not in nearest or st.ratio > nearest[key].ratio:
+                nearest[key] = st
+    out = {}
+    for key, st in nearest.items():
+        if st.limit_usd is not None:
+            out[key] = (f"${st.used.usd:.2f}", f"${st.limit_usd:.2f} {st.period} ({st.name})")
+        else:
+            out[key] = (f"{st.used.tokens} tokens", f"{st.limit_tokens} {st.period} ({st.name})")
+    return out
 
 
 class BadQuery(ValueError):

@@ -235,3 +235,33 @@ def test_no_secret_in_logs_metrics_database_or_cli(sim, tmp_path: Path) -> None:
             assert s not in text, f"secret found in {where}"
             assert s[6:30] not in text, f"part of a secret found in {where}"
         assert s.encode() not in db_bytes and s[6:30].encode() not in db_bytes
+
+
+def test_status_page_shows_the_daemons_keys_events_and_budgets(sim, tmp_path: Path) -> None:
+    """`/` on a running daemon: the keys it probed, its audit trail, a budget's spend; and `?health=` filters."""
+    good, bad = unique_secret(), unique_secret()
+    sim.set_key(good, provider="openai", behaviour="healthy")
+    sim.set_key(bad, provider="openai", behaviour="invalid")
+    port = free_port()
+    keys = [{"name": "alpha", "provider": "openai", "secret": "env:KW_A", "base_url": f"{sim.url}/openai/v1"},
+            {"name": "beta", "provider": "openai", "secret": "env:KW_B", "base_url": f"{sim.url}/openai/v1"}]
+    cfg = tmp_path / "keywatch.toml"
+    budget = '\n[[budgets]]\nname = "alpha-daily"\nkey = "alpha"\nperiod = "daily"\nusd = "25"\n'
+    cfg.write_text(toml_config(keys, db=tmp_path / "k.db", listen=f"127.0.0.1:{port}", interval="1h", extra=budget))
+    d = DaemonProc(cfg, base_env(KW_A=good, KW_B=bad), port)
+    try:
+        wait_for(d.ready, what="/readyz 200")
+        status, body = http_get(d.url("/"))
+        assert status == 200, body
+        assert "2 matching keys" in body
+        assert '<td>alpha</td><td>openai</td><td class="h-healthy">healthy</td>' in body
+        assert '<td>beta</td><td>openai</td><td class="h-invalid">invalid</td>' in body
+        assert "daemon_started" in body  # the audit trail, from the database
+        # The budgets are evaluated by the usage job, which starts with the scheduler.
+        wait_for(lambda: "$0.00 / $25.00 daily (alpha-daily)" in http_get(d.url("/"))[1], timeout=15,
+                 what="the budget's spend on the page")
+        _, only_invalid = http_get(d.url("/?health=invalid"))
+        assert "1 matching keys" in only_invalid and "<td>alpha</td>" not in only_invalid
+        assert good not in body and bad not in body
+    finally:
+        d.stop()
