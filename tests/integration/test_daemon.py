@@ -265,3 +265,35 @@ def test_status_page_shows_the_daemons_keys_events_and_budgets(sim, tmp_path: Pa
         assert good not in body and bad not in body
     finally:
         d.stop()
+
+
+def test_a_status_token_that_does_not_resolve_stops_the_start_naming_it(tmp_path: Path) -> None:
+    cfg = tmp_path / "keywatch.toml"
+    cfg.write_text(toml_config([], db=tmp_path / "k.db", listen=f"0.0.0.0:{free_port()}").replace(
+        "[probe]", 'status_token = "env:KW_STATUS_TOKEN_UNSET"\n[probe]', 1))
+    proc = subprocess.run([sys.executable, "-m", "keywatch", "run", "-c", str(cfg)], capture_output=True, text=True,
+                          env=base_env(), timeout=30)
+    assert proc.returncode == 2, proc.stderr
+    assert "daemon.status_token" in proc.stderr and "KW_STATUS_TOKEN_UNSET is not set" in proc.stderr
+    assert not (tmp_path / "k.db").exists()  # refused before any side effect
+
+
+def test_off_loopback_the_daemons_page_asks_for_the_token(sim, tmp_path: Path) -> None:
+    port = free_port()
+    cfg = tmp_path / "keywatch.toml"
+    cfg.write_text(toml_config([], db=tmp_path / "k.db", listen=f"0.0.0.0:{port}", interval="1h").replace(
+        "[probe]", 'status_token = "env:KW_STATUS"\n[probe]', 1))
+    token = "tok-" + unique_secret("")
+    d = DaemonProc(cfg, base_env(KW_STATUS=token), port)
+    try:
+        wait_for(d.ready, what="/readyz 200")
+        req = urllib.request.Request(d.url("/"))
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(req, timeout=5)
+        assert refused.value.code == 401
+        req.add_header("Authorization", f"Bearer {token}")
+        with urllib.request.urlopen(req, timeout=5) as ok:
+            assert ok.status == 200 and b"keywatch status" in ok.read()
+        assert token not in d.logs()
+    finally:
+        d.stop()
