@@ -5,7 +5,7 @@ Bodies, codes and headers follow the provider's documented API. Per-key knobs in
   limit_tokens/remaining_tokens/reset_tokens (x-ratelimit-* values; resets in seconds or Go strings),
   status (override the HTTP status of an error behaviour, e.g. 502 for server_error, 404 for model_not_found),
   error_type/error_code/error_message (override the error body), scope (missing_scope), organization,
-  project_id/key_id/name/created_at/owner_type (Admin API project keys), admin (True: an admin key
+  project_id/key_id/name/created_at/owner_type/owner_project_access (Admin API project keys), admin (True: an admin key
   whatever its behaviour), models (ids listed by GET /models), bad_body ("html": an HTML page, else JSON).
 """
 
