@@ -144,8 +144,8 @@ class StatusPage:
         self.source = source
         self.clock = clock
 
-    def select(self, q: Query) -> tuple[list[KeyState], int, list[str]]:
-        """(the keys of the page, how many keys match, every provider known) from one snapshot."""
+    def select(self, q: Query) -> tuple[list[KeyState], int, list[str], int]:
+        """(the keys of the page, how many match, every provider known, how many keys) from one snapshot."""
         states = self.source.keys()
         providers = sorted({s.provider for s in states.values()})
         needle = q.name.lower()
@@ -157,12 +157,12 @@ class StatusPage:
         ]
         matched.sort(key=lambda s: s.key)
         start = (q.page - 1) * q.per_page
-        return matched[start : start + q.per_page], len(matched), providers
+        return matched[start : start + q.per_page], len(matched), providers, len(states)
 
     def render(self, q: Query, events: list[Event] | None) -> str:
         """The whole page. `events` None: the database did not answer (said so on the page)."""
         now = self.clock()
-        rows, total, providers = self.select(q)
+        rows, total, providers, fleet = self.select(q)
         pages = max(1, math.ceil(total / q.per_page))
         spend = self.source.spend() if self.source.spend else {}
         rotation = self.source.rotation_due() if self.source.rotation_due else {}
@@ -174,7 +174,7 @@ class StatusPage:
             "<title>keywatch status</title>",
             f"<style>{STYLE}</style></head><body>",
             f"<h1>keywatch status</h1><p>As of {e(now.strftime('%Y-%m-%d %H:%M:%S UTC'))}: "
-            f"{len(self.source.keys())} keys; read-only.</p>",
+            f"{fleet} keys; read-only.</p>",
         ]
         out += self._outages(outages, now)
         out += self._form(q, providers)
