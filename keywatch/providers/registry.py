@@ -30,6 +30,12 @@ class Capability(StrEnum):
     USAGE = "usage"
 
 
+# How a provider's keys rotate: a second credential by API, Azure's two regenerable slots, a person
+# making the new key (keywatch verifies, promotes and retires the old), or not at all.
+RotationMode = Literal["create", "slots", "assisted", "none"]
+ROTATION_MODES: tuple[str, ...] = ("create", "slots", "assisted", "none")
+
+
 @dataclass(frozen=True)
 class ProviderInfo:
     name: str
@@ -60,6 +66,9 @@ class ProviderInfo:
     account_usage_opt_in: bool = False
     # Usage the key reports about itself: its spend (OpenRouter) or its balance (DeepSeek, Moonshot).
     key_usage: Literal["spend", "balance"] | None = None
+    # Rotation: the mode, and one line for the operator (the calls, or why a person is in the loop).
+    rotation: RotationMode = "none"
+    rotation_note: str = ""
 
 
 # Providers whose keys exist only in their web console and report only a balance (DeepSeek, Moonshot).
@@ -109,6 +118,11 @@ PROVIDERS: dict[str, ProviderInfo] = {
                 "\\bsk-[A-Za-z0-9_\\-]{20,}",
             ),
             account_usage="openai",
+            rotation="create",
+            rotation_note=(
+                "service-account keys: Admin API POST .../service_accounts/{id}/api_keys, old key DELETE by id "
+                "(the service account stays); user-owned keys cannot be created by API: assisted"
+            ),
         ),
         ProviderInfo(
             "openai_compatible",
@@ -129,6 +143,8 @@ PROVIDERS: dict[str, ProviderInfo] = {
                 "usage": "no standard API: depends on the server",
             },
             least_privilege="none: no management API",
+            rotation="none",
+            rotation_note="no standard API to create or retire keys",
         ),
         ProviderInfo(
             "azure_openai",
@@ -163,6 +179,11 @@ PROVIDERS: dict[str, ProviderInfo] = {
             secret_schemes=("azure",),
             key_patterns=(r"\b[A-Za-z0-9]{52}JQQJ99[A-Za-z0-9][A-L][A-Za-z0-9]{12}AAA[A-Z]ACOG[A-Za-z0-9]{4}\b",),
             account_usage="azure",
+            rotation="slots",
+            rotation_note=(
+                "two keys per account: consumers move to the slot not in use, which ARM regenerateKey renews; the"
+                " old slot is regenerated to retire it"
+            ),
         ),
         ProviderInfo(
             "anthropic",
@@ -199,6 +220,11 @@ PROVIDERS: dict[str, ProviderInfo] = {
             key_prefixes=(r"sk-ant-(?:api|admin)\d\d-",),
             key_patterns=("sk-ant-(?:api|admin)\\d\\d-[A-Za-z0-9_\\-]{20,}",),
             account_usage="anthropic",
+            rotation="assisted",
+            rotation_note=(
+                "no API creates keys: a person creates one in the Console and puts it in the secret source; the "
+                "old key goes inactive, then archived (allow_destructive), via the Admin API"
+            ),
         ),
         ProviderInfo(
             "aws_iam",
@@ -239,6 +265,11 @@ PROVIDERS: dict[str, ProviderInfo] = {
             account_family="aws",
             account_usage="aws",
             account_usage_opt_in=True,
+            rotation="create",
+            rotation_note=(
+                "IAM create_access_key (at most 2 per user), old key update_access_key Inactive, then "
+                "delete_access_key"
+            ),
         ),
         ProviderInfo(
             "aws_bedrock",
@@ -271,6 +302,11 @@ PROVIDERS: dict[str, ProviderInfo] = {
             key_patterns=("\\bABSK[A-Za-z0-9+/=]{40,}",),
             account_family="aws",
             account_usage="aws",
+            rotation="create",
+            rotation_note=(
+                "IAM create_service_specific_credential for bedrock.amazonaws.com (at most 2 per user), old one "
+                "Inactive, then deleted"
+            ),
         ),
         ProviderInfo(
             "openrouter",
@@ -307,6 +343,11 @@ PROVIDERS: dict[str, ProviderInfo] = {
             key_prefixes=("sk-or-v1-",),
             key_patterns=("sk-or-v1-[a-f0-9]{32,}",),
             key_usage="spend",
+            rotation="create",
+            rotation_note=(
+                "management key: POST /keys with the old key's name and limit, PATCH disabled on the old, DELETE "
+                "after grace"
+            ),
         ),
         ProviderInfo(
             "deepseek",
@@ -323,6 +364,11 @@ PROVIDERS: dict[str, ProviderInfo] = {
             least_privilege=_BALANCE_LEAST_PRIVILEGE,
             key_prefixes=("sk-",),
             key_usage="balance",
+            rotation="assisted",
+            rotation_note=(
+                "no API at all: a person creates and deletes keys in the console; keywatch verifies and promotes "
+                "the new value"
+            ),
         ),
         ProviderInfo(
             "moonshot",
@@ -339,6 +385,11 @@ PROVIDERS: dict[str, ProviderInfo] = {
             least_privilege=_BALANCE_LEAST_PRIVILEGE,
             key_prefixes=("sk-",),
             key_usage="balance",
+            rotation="assisted",
+            rotation_note=(
+                "no API at all: a person creates and deletes keys in the console; keywatch verifies and promotes "
+                "the new value"
+            ),
         ),
     )
 }
