@@ -6,6 +6,7 @@ simulator change the base URL or the transport, nothing is monkeypatched.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,10 +15,10 @@ from typing import Any, ClassVar
 
 import httpx2
 
-from keywatch.domain import Account, Health, ManagedKey, ProbeResult, RateLimit
+from keywatch.domain import Account, Health, ManagedKey, ProbeResult, RateLimit, Secret
 from keywatch.providers import registry
 from keywatch.providers.errors import Refusal, classify_transport_error, json_or_none
-from keywatch.providers.registry import Capability
+from keywatch.providers.registry import Capability, RotationMode
 from keywatch.redact import redact_text
 
 
@@ -48,6 +49,41 @@ class KeyMetadata:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Credential:
+    """A credential at the provider, as its management API lists it; never carries a secret.
+
+    `id` is the provider's own: OpenAI `key_...`, OpenRouter hash, IAM AccessKeyId, Bedrock
+    ServiceSpecificCredentialId, Azure `key1`/`key2`, Anthropic `apikey_...`."""
+
+    id: str
+    name: str | None
+    status: str  # "active" | "inactive" | "archived" ... (the provider's word, lower case)
+    created_at: datetime | None = None
+    last_used_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class NewCredential:
+    """A credential just created (or regenerated), with its secret: the only moment a provider shows it."""
+
+    id: str
+    secret: Secret
+    fields: dict[str, str] = field(default_factory=dict)  # non-secret companions, e.g. {"access_key_id": ...}
+
+    def __repr__(self) -> str:
+        return f"NewCredential({self.id!r}, {self.secret.masked}, {self.fields!r})"
+
+
+@dataclass(frozen=True)
+class RotationSupport:
+    """How a key rotates: `create` (a second credential by API), `slots` (Azure's two keys, regenerate the
+    one not in use), `assisted` (a person makes the new key; keywatch verifies, promotes, retires), `none`."""
+
+    mode: RotationMode
+    reason: str  # one line for the operator: why this mode, what keywatch will do
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -61,12 +97,14 @@ class ProviderAdapter:
     capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.PROBE})
     notes: ClassVar[dict[str, str]] = {}
     least_privilege: ClassVar[str] = ""
+    rotation: ClassVar[RotationMode] = "none"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         info = registry.PROVIDERS.get(cls.__dict__.get("name", ""))
         if info is not None:
             cls.capabilities, cls.notes, cls.least_privilege = info.capabilities, info.notes, info.least_privilege
+            cls.rotation = info.rotation
 
     def __init__(
         self,
@@ -96,6 +134,44 @@ class ProviderAdapter:
 
     async def aclose(self) -> None:
         return None
+
+    # -- rotation: the credential lifecycle (NotSupported where the provider has no such call) -----
+    async def rotation_support(self, key: ManagedKey) -> RotationSupport:
+        """The provider's declared mode; adapters whose mode depends on the key (OpenAI owners) override."""
+        info = registry.PROVIDERS.get(getattr(self, "name", ""))
+        if info is None:
+            return RotationSupport("none", f"{getattr(self, 'name', type(self).__name__)} declares no rotation")
+        return RotationSupport(info.rotation, " ".join(info.rotation_note.split()))
+
+    async def current_credential(self, key: ManagedKey) -> Credential:
+        """The provider's credential that `key` is."""
+        raise NotSupported(f"{self.name} has no API to read a key's credential")
+
+    async def list_credentials(self, key: ManagedKey) -> list[Credential]:
+        """The credentials in the same scope as `key` (service account, IAM user, account, slots, workspace)."""
+        raise NotSupported(f"{self.name} has no API to list credentials")
+
+    async def create_credential(self, key: ManagedKey, *, name: str) -> NewCredential:
+        """A new credential beside `key`'s; slots: regenerates the slot NOT in use and returns it."""
+        raise NotSupported(f"{self.name} has no API to create a credential")
+
+    async def deactivate_credential(self, key: ManagedKey, credential_id: str) -> None:
+        """Stop a credential, reversibly."""
+        raise NotSupported(f"{self.name} has no API to deactivate a credential (reversibly)")
+
+    async def delete_credential(self, key: ManagedKey, credential_id: str) -> None:
+        """Destroy a credential (Azure: regenerate that slot)."""
+        raise NotSupported(f"{self.name} has no API to delete a credential")
+
+    async def reactivate_credential(self, key: ManagedKey, credential_id: str) -> None:
+        """Undo deactivate_credential (rollback)."""
+        raise NotSupported(f"{self.name} has no API to reactivate a credential")
+
+    def with_credential(self, key: ManagedKey, new: NewCredential) -> ManagedKey:
+        """The ManagedKey of `new`: same name and settings, the new secret, the new id (and its companion
+        fields) as options. Adapters whose keys name their credential otherwise override."""
+        options = {**key.options, **new.fields, "provider_key_id": new.id}
+        return dataclasses.replace(key, secret=new.secret, options=options)
 
     # -- helpers ----------------------------------------------------------------------------------
     def account_for(self, key: ManagedKey) -> Account:

@@ -30,6 +30,8 @@ class MatrixRow:
     capabilities: frozenset[str]
     notes: dict[str, str] = field(default_factory=dict)
     least_privilege: str = ""
+    rotation: str = "none"
+    rotation_note: str = ""
 
 
 def rows() -> list[MatrixRow]:
@@ -40,7 +42,7 @@ def rows() -> list[MatrixRow]:
 def row(name: str) -> MatrixRow:
     info = registry.info(name)
     return MatrixRow(name, info.title, frozenset(str(c) for c in info.capabilities), dict(info.notes),
-                     info.least_privilege)
+                     info.least_privilege, info.rotation, info.rotation_note)
 
 
 def _cell(text: str) -> str:
@@ -49,21 +51,24 @@ def _cell(text: str) -> str:
 
 def render(matrix: list[MatrixRow]) -> str:
     """The Markdown between the markers: the table, then each provider's notes."""
-    head = ["Provider", *[c.value for c in ORDER], "Management credential (least privilege)"]
+    head = ["Provider", *[c.value for c in ORDER], "rotation", "Management credential (least privilege)"]
     lines = ["| " + " | ".join(head) + " |", "| " + " | ".join("---" for _ in head) + " |"]
     for r in matrix:
         marks = ["yes" if c.value in r.capabilities else "no" for c in ORDER]
         lines.append(
             "| "
-            + " | ".join([f"{_cell(r.title)} (`{r.provider}`)", *marks, _cell(r.least_privilege or "-")])
+            + " | ".join([f"{_cell(r.title)} (`{r.provider}`)", *marks, r.rotation,
+                          _cell(r.least_privilege or "-")])
             + " |"
         )
     for r in matrix:
         noted = [c for c in ORDER if r.notes.get(c.value)]
-        if not noted:
+        if not noted and not r.rotation_note:
             continue
         lines += ["", f"**{r.title}** (`{r.provider}`)"]
         lines += [f"- {c.value}: {' '.join(r.notes[c.value].split())}" for c in noted]
+        if r.rotation_note:
+            lines.append(f"- rotation ({r.rotation}): {' '.join(r.rotation_note.split())}")
     return "\n".join(lines) + "\n"
 
 

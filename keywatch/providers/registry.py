@@ -30,6 +30,12 @@ class Capability(StrEnum):
     USAGE = "usage"
 
 
+# How a provider's keys rotate: a second credential by API, Azure's two regenerable slots, a person
+# making the new key (keywatch verifies, promotes and retires the old), or not at all.
+RotationMode = Literal["create", "slots", "assisted", "none"]
+ROTATION_MODES: tuple[str, ...] = ("create", "slots", "assisted", "none")
+
+
 @dataclass(frozen=True)
 class ProviderInfo:
     name: str
@@ -60,6 +66,9 @@ class ProviderInfo:
     account_usage_opt_in: bool = False
     # Usage the key reports about itself: its spend (OpenRouter) or its balance (DeepSeek, Moonshot).
     key_usage: Literal["spend", "balance"] | None = None
+    # Rotation: the mode, and one line for the operator (the calls, or why a person is in the loop).
+    rotation: RotationMode = "none"
+    rotation_note: str = ""
 
 
 # Providers whose keys exist only in their web console and report only a balance (DeepSeek, Moonshot).
@@ -95,7 +104,8 @@ PROVIDERS: dict[str, ProviderInfo] = {
                 " destructive, needs allow_destructive on the account); narrowing a key's scopes is not a "
                 "disable",
                 "enable": "no API: a deleted key cannot come back",
-                "create": "possible only through a new project service account per key; not implemented by keywatch",
+                "create": "rotation creates a second key for the key's service account (Admin API); user-owned keys "
+                "cannot be created by API",
                 "revoke": "Admin API DELETE (irreversible; needs allow_destructive on the account; a service-account "
                 "key "
                 "is deleted with its service account)",
@@ -109,6 +119,11 @@ PROVIDERS: dict[str, ProviderInfo] = {
                 "\\bsk-[A-Za-z0-9_\\-]{20,}",
             ),
             account_usage="openai",
+            rotation="create",
+            rotation_note=(
+                "service-account keys: Admin API POST .../service_accounts/{id}/api_keys, old key DELETE by id "
+                "(the service account stays); user-owned keys cannot be created by API: assisted"
+            ),
         ),
         ProviderInfo(
             "openai_compatible",
@@ -129,6 +144,8 @@ PROVIDERS: dict[str, ProviderInfo] = {
                 "usage": "no standard API: depends on the server",
             },
             least_privilege="none: no management API",
+            rotation="none",
+            rotation_note="no standard API to create or retire keys",
         ),
         ProviderInfo(
             "azure_openai",
@@ -163,6 +180,11 @@ PROVIDERS: dict[str, ProviderInfo] = {
             secret_schemes=("azure",),
             key_patterns=(r"\b[A-Za-z0-9]{52}JQQJ99[A-Za-z0-9][A-L][A-Za-z0-9]{12}AAA[A-Z]ACOG[A-Za-z0-9]{4}\b",),
             account_usage="azure",
+            rotation="slots",
+            rotation_note=(
+                "two keys per account: consumers move to the slot not in use, which ARM regenerateKey renews; the"
+                " old slot is regenerated to retire it"
+            ),
         ),
         ProviderInfo(
             "anthropic",
@@ -199,6 +221,11 @@ PROVIDERS: dict[str, ProviderInfo] = {
             key_prefixes=(r"sk-ant-(?:api|admin)\d\d-",),
             key_patterns=("sk-ant-(?:api|admin)\\d\\d-[A-Za-z0-9_\\-]{20,}",),
             account_usage="anthropic",
+            rotation="assisted",
+            rotation_note=(
+                "no API creates keys: a person creates one in the Console and puts it in the secret source; the "
+                "old key goes inactive, then archived (allow_destructive), via the Admin API"
+            ),
         ),
         ProviderInfo(
             "aws_iam",
@@ -224,13 +251,13 @@ PROVIDERS: dict[str, ProviderInfo] = {
                 "metadata": "IAM list_access_keys (status, created), get_access_key_last_used (time, service)",
                 "disable": "IAM update_access_key Status=Inactive (reversible)",
                 "enable": "IAM update_access_key Status=Active",
-                "create": "IAM create_access_key works (at most 2 keys per user); keywatch does not create keys yet",
+                "create": "rotation creates the user's second access key (create_access_key; at most 2 per user)",
                 "revoke": "IAM delete_access_key (irreversible; needs allow_destructive on the account)",
                 "usage": "no per-key usage API; Bedrock spend is in CloudWatch/Cost Explorer per account",
             },
             least_privilege="iam:ListAccessKeys, iam:GetAccessKeyLastUsed, iam:UpdateAccessKey, "
-            "iam:ListAttachedUserPolicies (+ iam:DeleteAccessKey for revoke) on the users whose "
-            "keys are watched",
+            "iam:ListAttachedUserPolicies (+ iam:DeleteAccessKey for revoke, + iam:CreateAccessKey and "
+            "iam:DeleteAccessKey for rotation) on the users whose keys are watched",
             key_prefixes=("AKIA", "ASIA", "ABIA", "ACCA"),
             key_patterns=(
                 r"\b(?:A3T[A-Z0-9]|AKIA|ASIA|ABIA|ACCA)[A-Z2-7]{16}\b",
@@ -239,6 +266,11 @@ PROVIDERS: dict[str, ProviderInfo] = {
             account_family="aws",
             account_usage="aws",
             account_usage_opt_in=True,
+            rotation="create",
+            rotation_note=(
+                "IAM create_access_key (at most 2 per user), old key update_access_key Inactive, then "
+                "delete_access_key"
+            ),
         ),
         ProviderInfo(
             "aws_bedrock",
@@ -262,15 +294,22 @@ PROVIDERS: dict[str, ProviderInfo] = {
                 "metadata": "IAM list_service_specific_credentials (status, created, expires); needs user_name",
                 "disable": "IAM update_service_specific_credential Status=Inactive (reversible)",
                 "enable": "IAM update_service_specific_credential Status=Active",
-                "create": "IAM create_service_specific_credential works (2 per user); keywatch does not create yet",
+                "create": "rotation creates the user's second Bedrock key (create_service_specific_credential; "
+                "2 per user)",
                 "revoke": "IAM delete_service_specific_credential (irreversible; needs allow_destructive)",
                 "usage": "CloudWatch AWS/Bedrock is per model and account, not per API key",
             },
             least_privilege="iam:ListServiceSpecificCredentials, iam:UpdateServiceSpecificCredential (+ "
-            "iam:DeleteServiceSpecificCredential for revoke) on the keys' users",
+            "iam:DeleteServiceSpecificCredential for revoke, + iam:CreateServiceSpecificCredential and "
+            "iam:DeleteServiceSpecificCredential for rotation) on the keys' users",
             key_patterns=("\\bABSK[A-Za-z0-9+/=]{40,}",),
             account_family="aws",
             account_usage="aws",
+            rotation="create",
+            rotation_note=(
+                "IAM create_service_specific_credential for bedrock.amazonaws.com (at most 2 per user), old one "
+                "Inactive, then deleted"
+            ),
         ),
         ProviderInfo(
             "openrouter",
@@ -307,6 +346,11 @@ PROVIDERS: dict[str, ProviderInfo] = {
             key_prefixes=("sk-or-v1-",),
             key_patterns=("sk-or-v1-[a-f0-9]{32,}",),
             key_usage="spend",
+            rotation="create",
+            rotation_note=(
+                "management key: POST /keys with the old key's name and limit, PATCH disabled on the old, DELETE "
+                "after grace"
+            ),
         ),
         ProviderInfo(
             "deepseek",
@@ -323,6 +367,11 @@ PROVIDERS: dict[str, ProviderInfo] = {
             least_privilege=_BALANCE_LEAST_PRIVILEGE,
             key_prefixes=("sk-",),
             key_usage="balance",
+            rotation="assisted",
+            rotation_note=(
+                "no API at all: a person creates and deletes keys in the console; keywatch verifies and promotes "
+                "the new value"
+            ),
         ),
         ProviderInfo(
             "moonshot",
@@ -339,6 +388,11 @@ PROVIDERS: dict[str, ProviderInfo] = {
             least_privilege=_BALANCE_LEAST_PRIVILEGE,
             key_prefixes=("sk-",),
             key_usage="balance",
+            rotation="assisted",
+            rotation_note=(
+                "no API at all: a person creates and deletes keys in the console; keywatch verifies and promotes "
+                "the new value"
+            ),
         ),
     )
 }
