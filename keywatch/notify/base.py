@@ -19,6 +19,7 @@ from typing import Any, ClassVar, Literal, Protocol, get_args
 from pydantic import Field
 
 from keywatch.domain import Alert, Severity
+from keywatch.notify.ids import new_delivery_id
 from keywatch.redact import looks_like_token, redact_text
 from keywatch.settings.types import Duration, Strict
 
@@ -54,14 +55,16 @@ class Delivery:
 
 @dataclass(frozen=True)
 class Message:
-    """One outbox row as a sink sees it. `id` stays the same across retries and restarts: receivers
-    may dedupe on it."""
+    """One outbox row as a sink sees it. `id` is the row's number in this database (logs only);
+    `delivery_id` is globally unique, stays the same across retries and restarts, and is never reused
+    (keywatch.notify.ids): receivers dedupe on it."""
 
     id: int
     alerts: list[Alert]
     since: dict[str, datetime] = field(default_factory=dict)  # identity -> when it started firing
     dashboard_url: str | None = None
     test: bool = False
+    delivery_id: str = field(default_factory=new_delivery_id)
 
     @property
     def firing(self) -> bool:
@@ -138,6 +141,11 @@ class SinkConfigBase(Strict):
     )
     min_severity: SeverityName = Field("info", description="Alerts below this severity never reach this sink")
     min_interval: Duration = Field("0s", description="Least time between two messages to this sink")
+
+    @classmethod
+    def check_secret(cls, field_name: str, value: str) -> str | None:
+        """Why a resolved secret of `field_name` cannot be used (never quoting it), or None."""
+        return None
 
     @classmethod
     def type_name(cls) -> str:
