@@ -11,6 +11,7 @@ keywatch.notify.registry.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -214,12 +215,51 @@ def alert_labels(alert: Alert) -> dict[str, str]:
     out = dict(alert.labels)
     out["severity"] = str(alert.severity)
     out["identity"] = alert.identity
-    out["alertname"] = alert.identity.partition(":")[0]
+    out["alertname"] = alert.labels.get("alertname") or alertname(alert)
+    health = alert.labels.get("health") or alert.fields.get("health")
+    if health and alert.key:
+        out.setdefault("health", health)
     if alert.key:
         out["key"] = alert.key
     if alert.provider:
         out["provider"] = alert.provider
     return out
+
+
+# One alertname per kind of alert, the same names as the shipped Prometheus rules where both exist
+# (docs/alerts-and-metrics.md has the table with the severities; a test compares it with the code and rules).
+KEY_ALERTNAMES = {
+    "invalid": "KeywatchKeyInvalid",
+    "quota_exhausted": "KeywatchKeyQuotaExhausted",
+    "forbidden": "KeywatchKeyForbidden",
+    "compromised": "KeywatchKeyCompromised",
+    "rate_limited": "KeywatchKeyRateLimited",
+    "budget_exhausted": "KeywatchKeyBudgetExhausted",
+}
+IDENTITY_ALERTNAMES = {
+    "provider_outage": "KeywatchProviderOutage",
+    "sink_broken": "KeywatchSinkBroken",
+    "blast_radius": "KeywatchBlastRadius",
+    "action_failed": "KeywatchActionFailed",
+    "alerts_config_refused": "KeywatchAlertsConfigRefused",
+    "budget_forecast": "KeywatchBudgetForecastExhaustion",
+    "keywatch_test": "KeywatchTest",
+}
+
+
+def alertname(alert: Alert) -> str:
+    """The alert's kind as Alertmanager's `alertname`: a key alert by the health (or signal) it fired
+    for, a budget by the threshold it crossed, anything else by its identity's prefix."""
+    prefix = alert.identity.partition(":")[0]
+    if prefix == "budget" and "threshold" in alert.fields:
+        spent = alert.fields["threshold"].rstrip("%").isdigit() and int(alert.fields["threshold"].rstrip("%")) >= 100
+        return "KeywatchBudgetExceeded" if spent else "KeywatchBudgetNearlyUsed"
+    if prefix in IDENTITY_ALERTNAMES:
+        return IDENTITY_ALERTNAMES[prefix]
+    kind = alert.fields.get("kind") or alert.fields.get("health")
+    if alert.key and kind in KEY_ALERTNAMES:
+        return KEY_ALERTNAMES[kind]
+    return "Keywatch" + "".join(p.capitalize() for p in re.split(r"[^A-Za-z0-9]+", prefix) if p)
 
 
 def at_least(severity: Severity, minimum: Severity) -> bool:
