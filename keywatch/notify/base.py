@@ -247,6 +247,27 @@ IDENTITY_ALERTNAMES = {
 }
 
 
+# The severity of each kind as keywatch sends it (built-in policies and its own alerts) and as the shipped
+# Prometheus rules label it: the table in docs/alerts-and-metrics.md, compared with both by a test.
+SEVERITIES = {
+    "KeywatchKeyInvalid": Severity.CRITICAL,
+    "KeywatchKeyCompromised": Severity.CRITICAL,
+    "KeywatchKeyQuotaExhausted": Severity.WARNING,
+    "KeywatchKeyForbidden": Severity.WARNING,
+    "KeywatchKeyRateLimited": Severity.WARNING,
+    "KeywatchKeyBudgetExhausted": Severity.WARNING,
+    "KeywatchProviderOutage": Severity.CRITICAL,
+    "KeywatchBudgetNearlyUsed": Severity.WARNING,
+    "KeywatchBudgetExceeded": Severity.CRITICAL,
+    "KeywatchBudgetForecastExhaustion": Severity.WARNING,
+    "KeywatchSinkBroken": Severity.CRITICAL,
+    "KeywatchBlastRadius": Severity.CRITICAL,
+    "KeywatchActionFailed": Severity.CRITICAL,
+    "KeywatchAlertsConfigRefused": Severity.WARNING,
+    "KeywatchTest": Severity.INFO,
+}
+
+
 def alertname(alert: Alert) -> str:
     """The alert's kind as Alertmanager's `alertname`: a key alert by the health (or signal) it fired
     for, a budget by the threshold it crossed, anything else by its identity's prefix."""
