@@ -100,7 +100,8 @@ def test_each_kind_has_its_own_alertname_and_key_alerts_carry_health() -> None:
     assert names["invalid, disabled"] == names["invalid, blocked"] == "KeywatchKeyInvalid"
     assert names["quota"] == "KeywatchKeyQuotaExhausted" and names["forbidden"] == "KeywatchKeyForbidden"
     assert names["compromised"] == "KeywatchKeyCompromised" and names["outage"] == "KeywatchProviderOutage"
-    assert names["budget threshold"] == "KeywatchBudgetNearlyUsed" and names["budget spent"] == "KeywatchBudgetExceeded"
+    assert names["budget threshold"] == "KeywatchBudgetNearlyUsed"
+    assert names["budget spent"] == "KeywatchBudgetExceeded"
     assert names["budget forecast"] == "KeywatchBudgetForecastExhaustion"
     assert alert_labels(KINDS["quota"])["health"] == "quota_exhausted"
     assert "health" not in alert_labels(KINDS["outage"])
