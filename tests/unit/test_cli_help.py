@@ -36,6 +36,7 @@ HELP_EXIT_CODES = [
     (("policy",), ALWAYS),
     (("policy", "test"), ALWAYS),
     (("usage",), ALWAYS),
+    (("doctor",), WITH_ATTENTION),
 ]
 
 
