@@ -59,46 +59,63 @@ def add_commands(sub: Any) -> None:
 
 
 # -- alert test ------------------------------------------------------------------------------------
-def test_message() -> Any:
+TEST_IDENTITY = "keywatch_test"
+
+
+def test_message(firing: bool = True, since: datetime | None = None) -> Any:
+    """The test alert, or (firing=False) its resolve: the same identity and labels, so Alertmanager ends
+    the very alert it was sent, and a new delivery id for each message."""
     from keywatch.domain import Alert, Severity
     from keywatch.notify.base import Message
 
     now = datetime.now(UTC)
     alert = Alert(
-        "keywatch_test",
+        TEST_IDENTITY,
         Severity.INFO,
-        True,
-        "keywatch test alert",
-        "This is a test from `keywatch alert test`; nothing is wrong.",
+        firing,
+        "keywatch test alert" if firing else "keywatch test alert resolved",
+        "This is a test from `keywatch alert test`; nothing is wrong."
+        if firing
+        else "`keywatch alert test` resolves its own test alert right after sending it.",
         now,
+        labels={"alertname": "KeywatchTest"},
         fields={"action": "nothing (test)"},
     )
-    return Message(0, [alert], {alert.identity: now}, test=True)
+    return Message(0, [alert], {alert.identity: since or now}, test=True)
+
+
+async def _send(sink: Any, message: Any) -> tuple[bool, str]:
+    from keywatch.notify.base import SinkError
+
+    try:
+        d = await sink.send(message)
+    except SinkError as exc:
+        kind = "permanent: fix the sink's config" if exc.permanent else "transient: may work on a retry"
+        return False, f"{exc} ({kind})"
+    except Exception as exc:
+        return False, type(exc).__name__
+    return True, (f"HTTP {d.status}" if d.status else "ok") + (f" {d.detail}" if d.detail else "")
 
 
 async def _test_sinks(sinks: list[Any], dashboard_url: str | None) -> list[tuple[Any, bool, str]]:
+    """Send the test alert to each sink, then its resolve to each sink that took it (after the sink's
+    min_interval, as Slack asks), so no test alert is left firing in Alertmanager."""
     from dataclasses import replace
 
-    from keywatch.notify.base import SinkError
-
-    message = replace(test_message(), dashboard_url=dashboard_url)
+    fired = replace(test_message(), dashboard_url=dashboard_url)
+    since = fired.alerts[0].at
     out = []
     for sink in sinks:
-        try:
-            d = await sink.send(message)
-        except SinkError as exc:
-            kind = "permanent: fix the sink's config" if exc.permanent else "transient: may work on a retry"
-            out.append((sink, False, f"{exc} ({kind})"))
-        except Exception as exc:
-            out.append((sink, False, type(exc).__name__))
-        else:
-            out.append(
-                (
-                    sink,
-                    True,
-                    (f"HTTP {d.status}" if d.status else "ok") + (f" {d.detail}" if d.detail else ""),
-                )
-            )
+        ok, detail = await _send(sink, fired)
+        if ok:
+            await asyncio.sleep(min(float(getattr(sink, "min_interval", 0.0) or 0.0), 2.0))
+            resolve = replace(test_message(firing=False, since=since), dashboard_url=dashboard_url)
+            rok, rdetail = await _send(sink, resolve)
+            if rok:
+                detail += "; resolved"
+            else:
+                ok, detail = False, f"{detail}; its resolve FAILED: {rdetail}"
+        out.append((sink, ok, detail))
     return out
 
 

@@ -85,6 +85,7 @@ class PolicyEngine:
         self.executor = Executor(rt.adapter, rt.store, rt.events.write, emit_alert=rt.emit_alert,
                                  on_state=self._on_state)
         self.last_plan: CyclePlan | None = None
+        self.outcomes: dict[tuple[str, str], list[str]] = {}  # this cycle's actions, in title words
 
     # -- plumbing ----------------------------------------------------------------------------------------
     def _on_state(self, state: KeyState, actor: str, reason: str) -> None:
@@ -229,10 +230,12 @@ class PolicyEngine:
     ) -> dict[tuple[str, str], list[str]]:
         """Run the plan's actions; returns what was done, per (policy, key), in words for the alerts."""
         did: dict[tuple[str, str], list[str]] = {}
+        self.outcomes = {}
         for d in plan.run:
             tag = tag_of(d)
             out = await self._execute(d, keys[d.key], views[d.key].state)
             did.setdefault((d.policy, d.key), []).append(self._words(d, out))
+            self.outcomes.setdefault((d.policy, d.key), []).append(self._outcome(d, out))
             if d.dry_run:
                 continue
             self.ledger.add(d.policy, now)
@@ -241,18 +244,42 @@ class PolicyEngine:
             else:
                 self.retry_after.pop(tag, None)
         for b in plan.blocked:
+            limit = b.why.partition(":")[0].replace(" ", "-")
             did.setdefault((b.decision.policy, b.decision.key), []).append(
-                f"{b.decision.kind} blocked by the {b.why.partition(':')[0]} limit")
+                f"{b.decision.kind} blocked by the {limit} limit ({b.why.partition(': ')[2]})")
+            self.outcomes.setdefault((b.decision.policy, b.decision.key), []).append(
+                f"{b.decision.kind} blocked by {limit} limit")
         for s in plan.skipped:
             if s.why == "already done":
-                did.setdefault((s.decision.policy, s.decision.key), []).append(
-                    "already " + actions.get(s.decision.kind).describe(s.decision.action))
+                words = "already " + actions.get(s.decision.kind).describe(s.decision.action)
+                did.setdefault((s.decision.policy, s.decision.key), []).append(words)
+                self.outcomes.setdefault((s.decision.policy, s.decision.key), []).append(words)
         for d in plan.decisions:
             action = actions.get(d.kind)
             words = action.describe(d.action)
             if not action.counted and not d.dry_run and words:
                 did.setdefault((d.policy, d.key), []).append(words)
+                self.outcomes.setdefault((d.policy, d.key), []).append(words)
         return did
+
+    @staticmethod
+    def _outcome(d: Decision, out: Outcome) -> str:
+        """What one action came to, in the few words of an alert title."""
+        if out.result == "dry_run":
+            return f"dry run: would {d.kind}"
+        if out.result == "failed":
+            return f"{d.kind} FAILED"
+        if d.kind == "disable":
+            if out.provider_changed:
+                return "disabled at provider"
+            if out.result == "partial":
+                return "disabled in keywatch only (provider disable failed)"
+            return "disabled in keywatch"
+        if d.kind == "enable":
+            return "re-enabled" + (" at provider" if out.provider_changed else " in keywatch")
+        if d.kind == "revoke":
+            return "revoked at provider"
+        return f"{d.kind} {out.result}"
 
     @staticmethod
     def _words(d: Decision, out: Outcome) -> str:
@@ -292,22 +319,37 @@ class PolicyEngine:
         # by provider and `group` within alerts.group_wait), not a page per key beside the blast-radius alert.
         together = [(c.wish.policy, c.wish.provider, c.firing) for c in changes]
         mass = {t for t in together if together.count(t) >= MASS_ALERTS}
+        outcomes = self.outcomes
         for change in changes:
             w = change.wish
             key = keys.get(w.key)
             v = views.get(w.key)
-            done = did.get((w.policy, w.key)) or ["alerted only"]
+            st = now_states.get(w.key) or (v.state if v is not None else None)
+            if change.firing:
+                done = did.get((w.policy, w.key)) or ["alerted only: no action of this policy changed the key"]
+                short = outcomes.get((w.policy, w.key)) or ["alert only"]
+            else:  # what this cycle did to the key, whichever policy did it
+                done = [x for (_, k), words in did.items() if k == w.key for x in words] or [
+                    f"nothing: {w.policy} no longer matches the key"]
+                short = ["resolved"]
             fields = {"policy": w.policy, "reason": w.reason, "action": "; ".join(done)}
             if (w.policy, w.provider, change.firing) in mass:
                 fields["group"] = w.policy
-            st = now_states.get(w.key) or (v.state if v is not None else None)
             if st is not None:
                 fields.update(health=str(st.health), admin_state=str(st.admin_state), masked=st.masked,
                               fingerprint=st.fingerprint)
+            kind = ("budget_exhausted" if w.identity.startswith("budget:")
+                    else "compromised" if st is not None and st.compromised else str(st.health) if st else "")
+            if change.firing and kind:
+                fields["kind"] = kind
+            what = kind.replace("_", " ") if kind else w.policy
+            default_title = w.title == f"{w.key}: {w.policy}"
+            title = (f"{w.key} {what}: {'; '.join(short)}" if default_title else w.title) if change.firing else (
+                f"{w.key} resolved: {w.policy} no longer matches ({st.health if st else 'unknown'} now)")
             await self.rt.emit_alert(
                 Alert(
                     identity=w.identity, severity=w.severity, firing=change.firing,
-                    title=w.title if change.firing else f"{w.key}: resolved ({w.policy})",
+                    title=title,
                     summary=w.reason if change.firing else f"{w.policy} no longer matches {w.key}",
                     at=now, key=w.key, provider=w.provider, labels=dict(key.labels) if key else {}, fields=fields,
                 )

@@ -11,6 +11,7 @@ keywatch.notify.registry.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -19,6 +20,7 @@ from typing import Any, ClassVar, Literal, Protocol, get_args
 from pydantic import Field
 
 from keywatch.domain import Alert, Severity
+from keywatch.notify.ids import new_delivery_id
 from keywatch.redact import looks_like_token, redact_text
 from keywatch.settings.types import Duration, Strict
 
@@ -54,14 +56,16 @@ class Delivery:
 
 @dataclass(frozen=True)
 class Message:
-    """One outbox row as a sink sees it. `id` stays the same across retries and restarts: receivers
-    may dedupe on it."""
+    """One outbox row as a sink sees it. `id` is the row's number in this database (logs only);
+    `delivery_id` is globally unique, stays the same across retries and restarts, and is never reused
+    (keywatch.notify.ids): receivers dedupe on it."""
 
     id: int
     alerts: list[Alert]
     since: dict[str, datetime] = field(default_factory=dict)  # identity -> when it started firing
     dashboard_url: str | None = None
     test: bool = False
+    delivery_id: str = field(default_factory=new_delivery_id)
 
     @property
     def firing(self) -> bool:
@@ -140,6 +144,11 @@ class SinkConfigBase(Strict):
     min_interval: Duration = Field("0s", description="Least time between two messages to this sink")
 
     @classmethod
+    def check_secret(cls, field_name: str, value: str) -> str | None:
+        """Why a resolved secret of `field_name` cannot be used (never quoting it), or None."""
+        return None
+
+    @classmethod
     def type_name(cls) -> str:
         return str(get_args(cls.model_fields["type"].annotation)[0])
 
@@ -206,12 +215,72 @@ def alert_labels(alert: Alert) -> dict[str, str]:
     out = dict(alert.labels)
     out["severity"] = str(alert.severity)
     out["identity"] = alert.identity
-    out["alertname"] = alert.identity.partition(":")[0]
+    out["alertname"] = alert.labels.get("alertname") or alertname(alert)
+    health = alert.labels.get("health") or alert.fields.get("health")
+    if health and alert.key:
+        out.setdefault("health", health)
     if alert.key:
         out["key"] = alert.key
     if alert.provider:
         out["provider"] = alert.provider
     return out
+
+
+# One alertname per kind of alert, the same names as the shipped Prometheus rules where both exist
+# (docs/alerts-and-metrics.md has the table with the severities; a test compares it with the code and rules).
+KEY_ALERTNAMES = {
+    "invalid": "KeywatchKeyInvalid",
+    "quota_exhausted": "KeywatchKeyQuotaExhausted",
+    "forbidden": "KeywatchKeyForbidden",
+    "compromised": "KeywatchKeyCompromised",
+    "rate_limited": "KeywatchKeyRateLimited",
+    "budget_exhausted": "KeywatchKeyBudgetExhausted",
+}
+IDENTITY_ALERTNAMES = {
+    "provider_outage": "KeywatchProviderOutage",
+    "sink_broken": "KeywatchSinkBroken",
+    "blast_radius": "KeywatchBlastRadius",
+    "action_failed": "KeywatchActionFailed",
+    "alerts_config_refused": "KeywatchAlertsConfigRefused",
+    "budget_forecast": "KeywatchBudgetForecastExhaustion",
+    "keywatch_test": "KeywatchTest",
+}
+
+
+# The severity of each kind as keywatch sends it (built-in policies and its own alerts) and as the shipped
+# Prometheus rules label it: the table in docs/alerts-and-metrics.md, compared with both by a test.
+SEVERITIES = {
+    "KeywatchKeyInvalid": Severity.CRITICAL,
+    "KeywatchKeyCompromised": Severity.CRITICAL,
+    "KeywatchKeyQuotaExhausted": Severity.WARNING,
+    "KeywatchKeyForbidden": Severity.WARNING,
+    "KeywatchKeyRateLimited": Severity.WARNING,
+    "KeywatchKeyBudgetExhausted": Severity.WARNING,
+    "KeywatchProviderOutage": Severity.CRITICAL,
+    "KeywatchBudgetNearlyUsed": Severity.WARNING,
+    "KeywatchBudgetExceeded": Severity.CRITICAL,
+    "KeywatchBudgetForecastExhaustion": Severity.WARNING,
+    "KeywatchSinkBroken": Severity.CRITICAL,
+    "KeywatchBlastRadius": Severity.CRITICAL,
+    "KeywatchActionFailed": Severity.CRITICAL,
+    "KeywatchAlertsConfigRefused": Severity.WARNING,
+    "KeywatchTest": Severity.INFO,
+}
+
+
+def alertname(alert: Alert) -> str:
+    """The alert's kind as Alertmanager's `alertname`: a key alert by the health (or signal) it fired
+    for, a budget by the threshold it crossed, anything else by its identity's prefix."""
+    prefix = alert.identity.partition(":")[0]
+    if prefix == "budget" and "threshold" in alert.fields:
+        spent = alert.fields["threshold"].rstrip("%").isdigit() and int(alert.fields["threshold"].rstrip("%")) >= 100
+        return "KeywatchBudgetExceeded" if spent else "KeywatchBudgetNearlyUsed"
+    if prefix in IDENTITY_ALERTNAMES:
+        return IDENTITY_ALERTNAMES[prefix]
+    kind = alert.fields.get("kind") or alert.fields.get("health")
+    if alert.key and kind in KEY_ALERTNAMES:
+        return KEY_ALERTNAMES[kind]
+    return "Keywatch" + "".join(p.capitalize() for p in re.split(r"[^A-Za-z0-9]+", prefix) if p)
 
 
 def at_least(severity: Severity, minimum: Severity) -> bool:

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from keywatch.notify.ids import new_delivery_id
 from keywatch.notify.models import DELIVERED, DROPPED, PENDING, AlertStateRow, OutboxRow, SilenceRow
 
 
@@ -89,7 +90,13 @@ class AlertDB:
                     )
                 )
             added = [
-                OutboxRow(sink=sink, created_at=now, status=PENDING, payload=payload, attempts=0)
+                OutboxRow(
+                    sink=sink,
+                    created_at=now,
+                    status=PENDING,
+                    payload={**payload, "delivery_id": payload.get("delivery_id") or new_delivery_id()},
+                    attempts=0,
+                )
                 for sink, payload in rows
             ]
             s.add_all(added)
@@ -109,6 +116,23 @@ class AlertDB:
             if r is None:
                 return None
             return OutboxItem(r.id, r.sink, r.created_at, r.payload, r.attempts, r.next_attempt_at)
+
+    def delivery_id(self, item: OutboxItem) -> str:
+        """The row's delivery id; a row written before delivery ids existed gets one now, stored before it
+        is first sent, so its retries carry the same id."""
+        known = item.payload.get("delivery_id")
+        if known:
+            return str(known)
+        new = new_delivery_id()
+        with self.session.begin() as s:
+            row = s.get(OutboxRow, item.id)
+            if row is not None:
+                current = (row.payload or {}).get("delivery_id")
+                if current:
+                    return str(current)
+                row.payload = {**(row.payload or {}), "delivery_id": new}
+        item.payload["delivery_id"] = new
+        return new
 
     def pending_count(self, sink: str) -> int:
         with self.session() as s:

@@ -238,7 +238,19 @@ class AlertPipeline:
         else:
             st = replace(st, recent=list(st.recent))
         if not alert.firing:
-            alert = replace(alert, severity=Severity(st.severity))  # a resolve goes where the firing went
+            # A resolve goes where the firing went, with the labels it fired with (alertname, health):
+            # Alertmanager ends the alert whose labels match, and routes and silences see the same alert.
+            fired = st.alert.get("labels") or {}
+            fired_fields = st.alert.get("fields") or {}
+            kept = {k: fired_fields[k] for k in ("kind",) if k in fired_fields}
+            fired_labels = dict(fired)
+            if "alertname" not in fired_labels and st.firing:
+                fired_labels["alertname"] = alert_labels(alert_from_dict(st.alert))["alertname"]
+            health = fired_fields.get("health")
+            if health and st.firing and "health" not in fired_labels:
+                fired_labels["health"] = health
+            alert = replace(alert, severity=Severity(st.severity), labels={**alert.labels, **fired_labels},
+                            fields={**alert.fields, **kept})
         if alert.firing and not st.firing:
             st.since = alert.at
         st.firing = alert.firing

@@ -64,7 +64,9 @@ def sink_errors(exc: ValidationError) -> ValidationError:
         error: Any = kind
         if len(loc) >= 2 and isinstance(loc[0], int) and loc[1] in SINK_CLASSES:
             sink_type, loc = loc[1], (loc[0], *loc[2:])
-            name = str(loc[1]) if len(loc) == 2 else ""
+            name = str(loc[1]) if len(loc) >= 2 else ""
+            if name in _SECRET_FIELDS and len(loc) > 2:  # inside a list of references: `secret[1]`
+                loc = (*loc[:2], *(x for x in loc[2:] if isinstance(x, int)))
             if name in _SECRET_FIELDS:
                 value = "****"  # a URL that grants posting, or a signing key, must not reach an error's text
             if kind == "missing" and name:
@@ -120,7 +122,12 @@ class SinkSpec:
     def destination(self) -> tuple[Any, ...]:
         """What decides where messages go and how they are signed: a change here gives a broken sink
         a fresh start."""
-        return (self.config.type, *(self.value(f) for f in self.config.destination_fields))
+        resolved = dict(self.resolved)
+        out: list[Any] = [self.config.type]
+        for f in self.config.destination_fields:
+            many = tuple(v for k, v in self.resolved if k.startswith(f + "["))
+            out.append((resolved.get(f, getattr(self.config, f, None)), *many) if many else self.value(f))
+        return tuple(out)
 
     def secrets(self) -> list[str]:
         """What the redactor must mask: each resolved secret, and the token-like pieces (user info, path
@@ -145,10 +152,21 @@ def resolve_secrets(config: SinkConfigBase, where: str, allow_literal: bool) -> 
         ref = getattr(config, field_name)
         if ref is None:
             continue
-        try:
-            values[field_name] = secrets.resolve(ref, allow_literal=allow_literal).reveal()
-        except secrets.SecretError as exc:
-            problems.append(f"{where}.{field_name}: sink {config.name!r}: {exc}")
+        refs = [ref] if isinstance(ref, str) else list(ref)
+        for i, one in enumerate(refs):
+            # A list (secrets while one rotates) is kept as `secret`, `secret[1]`, ... in list order.
+            name = field_name if i == 0 else f"{field_name}[{i}]"
+            at = f"{where}.{field_name}" + (f"[{i}]" if not isinstance(ref, str) else "")
+            try:
+                value = secrets.resolve(one, allow_literal=allow_literal).reveal()
+            except secrets.SecretError as exc:
+                problems.append(f"{at}: sink {config.name!r}: {exc}")
+                continue
+            problem = config.check_secret(field_name, value)
+            if problem:
+                problems.append(f"{at}: sink {config.name!r}: the secret from {one}: {problem}")
+                continue
+            values[name] = value
     return values, problems
 
 

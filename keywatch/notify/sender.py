@@ -33,9 +33,12 @@ def backoff(attempts: int, base: float, cap: float) -> float:
     return d / 2 + random.uniform(0, d / 2)
 
 
-def message_of(item: OutboxItem, dashboard_url: str | None) -> Message:
+def message_of(item: OutboxItem, dashboard_url: str | None, delivery_id: str | None = None) -> Message:
     alerts = [alert_from_dict(a) for a in item.payload.get("alerts", [])]
     since = {k: parse_time(v) for k, v in (item.payload.get("since") or {}).items()}
+    delivery_id = delivery_id or item.payload.get("delivery_id")
+    if delivery_id:
+        return Message(item.id, alerts, since, dashboard_url, delivery_id=str(delivery_id))
     return Message(item.id, alerts, since, dashboard_url)
 
 
@@ -142,9 +145,17 @@ class SinkSender:
     async def _deliver(self, item: OutboxItem) -> None:
         sink = self.sink
         name = sink.name
+        delivery_id = item.payload.get("delivery_id")
+        if not delivery_id:  # a row queued before delivery ids existed: give it one that its retries keep
+            try:
+                delivery_id = await asyncio.to_thread(self.db.delivery_id, item)
+            except Exception as exc:
+                log.warning("alert_outbox_write_failed", sink=name, error=type(exc).__name__)
+                await self._sleep(self.retry_base)
+                return
         self.sending = True
         try:
-            await sink.send(message_of(item, self.dashboard_url))
+            await sink.send(message_of(item, self.dashboard_url, str(delivery_id)))
         except SinkError as exc:
             self._last_sent = asyncio.get_running_loop().time()
             await self._failed(item, exc, sink)
@@ -161,7 +172,7 @@ class SinkSender:
         if self.metrics is not None:
             self.metrics.alerts.labels(name, "sent").inc()
             self.metrics.sink_up.labels(name).set(1)
-        log.info("alert_delivered", sink=name, message=item.id, attempts=item.attempts + 1)
+        log.info("alert_delivered", sink=name, message=item.id, delivery=delivery_id, attempts=item.attempts + 1)
 
     async def _failed(self, item: OutboxItem, exc: SinkError, sink: Sink) -> None:
         name = sink.name

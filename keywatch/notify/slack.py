@@ -145,7 +145,9 @@ def render(message: Message) -> dict[str, Any]:
         context.append({"type": "mrkdwn", "text": cut(f"<{message.dashboard_url}|Open the dashboard>", 2000)})
     blocks.append({"type": "context", "elements": context[:CONTEXT_ELEMENTS_MAX]})
     summary = message.alerts[0].summary if len(message.alerts) == 1 else ""
-    fallback = cut(headline + (f": {summary}" if summary else ""), FALLBACK_MAX)
+    # The fallback (notifications, screen readers) is mrkdwn too: escaped like the blocks, so `<!channel>`
+    # or `<https://evil|x>` in a provider's error text is neither a ping nor a link there either.
+    fallback = _mrkdwn(headline + (f": {summary}" if summary else ""), FALLBACK_MAX)
     return {"text": fallback, "blocks": blocks[:BLOCKS_MAX]}
 
 

@@ -118,6 +118,11 @@ def test_alertmanager_shows_the_key_alert_and_then_its_resolution(sim, alertmana
         assert firing["status"]["state"] == "active"
         assert firing["labels"]["identity"] == "key_health:openai-prod"
         assert firing["labels"]["severity"] == "critical"
+        # One alertname per kind, health as a label (routes and inhibit rules use them); the title names
+        # the key, its health and what keywatch did.
+        assert firing["labels"]["alertname"] == "KeywatchKeyInvalid"
+        assert firing["labels"]["health"] == "invalid"
+        assert firing["annotations"]["title"].startswith("openai-prod invalid: ")
         assert firing["labels"]["team"] == "payments"
         assert firing["annotations"]["masked"].endswith(secret[-4:]) and secret not in json.dumps(firing)
         assert firing["generatorURL"] == "https://grafana.example.com/d/keywatch"
@@ -137,3 +142,23 @@ def test_alertmanager_shows_the_key_alert_and_then_its_resolution(sim, alertmana
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(30) == 0, log.read_text()
     assert secret not in log.read_text()
+
+
+def test_alert_test_resolves_its_own_test_alert(alertmanager, tmp_path: Path) -> None:
+    am_url, _ = alertmanager
+    cfg = tmp_path / "keywatch.toml"
+    cfg.write_text(f'[daemon]\ndatabase = "sqlite:///{tmp_path / "k.db"}"\n'
+                   f'[[alerts.sinks]]\nname = "am"\ntype = "alertmanager"\nurl = "{am_url}"\n')
+    env = {k: os.environ[k] for k in ("PATH", "HOME", "PYTHONPATH") if k in os.environ}
+    done = subprocess.run([sys.executable, "-m", "keywatch", "alert", "test", "-c", str(cfg)], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "am (alertmanager" in done.stdout and "ok: HTTP 200; resolved" in done.stdout
+
+    def test_alerts(active: bool) -> list[dict]:
+        url = f"{am_url}/api/v2/alerts?active={str(active).lower()}&silenced=true&inhibited=true"
+        return [a for a in get_json(url) if a["labels"].get("alertname") == "KeywatchTest"]
+
+    # Alertmanager took the test alert and its resolve (endsAt set, in the past): nothing stays active.
+    time.sleep(1.0)
+    assert test_alerts(active=True) == []

@@ -41,7 +41,7 @@ def test_alert_test_reports_each_sink(tmp_path: Path, monkeypatch: pytest.Monkey
     assert "gone (slack" in out.out and "FAILED: HTTP 410: channel_is_archived (permanent" in out.out
     assert "no sink named 'nope'" in out.err
     assert "SECRETPATH" not in out.out + out.err and "SLACKSECRET" not in out.out + out.err
-    assert requests[0].json()["test"] is True and "X-Keywatch-Signature" in requests[0].headers
+    assert requests[0].json()["test"] is True and "webhook-signature" in requests[0].headers
     assert not (tmp_path / "k.db").exists()  # a test alert is sent directly, never queued
 
 

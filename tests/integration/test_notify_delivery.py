@@ -4,6 +4,7 @@ broken and the other sinks hear it, webhook signatures verify, and one long sink
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import hmac
 import itertools
@@ -241,8 +242,8 @@ async def test_410_marks_slack_broken_and_the_other_sinks_hear_it(db: AlertDB, h
     assert db.messages("slack", status="pending") == []
 
 
-async def test_webhook_signature_verifies_with_the_readme_recipe(db: AlertDB, http) -> None:
-    secret = "whsec-0123456789abcdef"
+async def test_webhook_signature_verifies_with_the_docs_recipe(db: AlertDB, http) -> None:
+    secret = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
     rx = await Receiver().start()
     service, _ = await run_service(config("hook"), [WebhookSink("hook", rx.url(), http, secret=secret)], db)
     try:
@@ -253,19 +254,19 @@ async def test_webhook_signature_verifies_with_the_readme_recipe(db: AlertDB, ht
         await rx.stop()
     req = rx.requests[0]
 
-    def verify(secret: str, body: bytes, header: str, tolerance: int = 300) -> bool:  # the README recipe
-        parts = dict(item.split("=", 1) for item in header.split(","))
-        timestamp = int(parts["t"])
-        if abs(time.time() - timestamp) > tolerance:
+    def verify(secret: str, body: bytes, headers: dict, tolerance: int = 300) -> bool:  # the docs recipe
+        msg_id, timestamp = headers["webhook-id"], headers["webhook-timestamp"]
+        if abs(time.time() - int(timestamp)) > tolerance:
             return False
-        expected = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
-        return hmac.compare_digest(expected, parts["v1"])
+        key = base64.b64decode(secret.removeprefix("whsec_"))
+        signed = f"{msg_id}.{timestamp}.".encode() + body
+        expected = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+        return any(hmac.compare_digest(expected, s.partition(",")[2]) for s in headers["webhook-signature"].split())
 
-    header = req.headers["X-Keywatch-Signature"]
-    assert verify(secret, req.body, header)
-    assert not verify(secret, req.body.replace(b"k1", b"k2"), header)
-    assert not verify("wrong-secret", req.body, header)
-    assert req.headers["X-Keywatch-Delivery"] == str(req.json()["id"])
+    assert verify(secret, req.body, req.headers)
+    assert not verify(secret, req.body.replace(b"k1", b"k2"), req.headers)
+    assert not verify("whsec_" + base64.b64encode(b"x" * 32).decode(), req.body, req.headers)
+    assert req.headers["webhook-id"] == req.json()["id"]
     assert req.json()["alerts"][0]["identity"] == "key_health:k1"
 
 

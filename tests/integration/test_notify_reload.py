@@ -199,7 +199,7 @@ async def test_alerts_queued_and_in_flight_for_a_kept_sink_arrive_exactly_once(h
         await rx.stop()
         await added.stop()
     assert sorted(identities(rx)) == sorted(f"key_health:k{i}" for i in range(6))  # each exactly once
-    assert len({r.headers["X-Keywatch-Delivery"] for r in rx.accepted()}) == len(rx.requests) == 6
+    assert len({r.headers["webhook-id"] for r in rx.accepted()}) == len(rx.requests) == 6
     assert identities(added) == ["key_health:k5"]  # the new sink gets only what came after the reload
     assert harness.daemon.capabilities["alerts"].service.config.repeat_interval == 7200
 

@@ -105,7 +105,7 @@ def test_kill_with_alerts_pending_then_restart_delivers_each_exactly_once(sim, t
 
     identities = [r.json()["alerts"][0]["identity"] for r in delivered]
     assert sorted(identities) == ["key_health:k0", "key_health:k1", "key_health:k2"]  # each exactly once
-    assert len({r.headers["X-Keywatch-Delivery"] for r in delivered}) == 3
+    assert len({r.headers["webhook-id"] for r in delivered}) == 3
     assert len(outbox(db)) == 3  # the restart re-decided nothing: no second round of alerts
     text = log.read_text()
     assert all(s not in text for s in secrets.values()) and "hmac-secret-0123456789" not in text

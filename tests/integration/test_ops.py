@@ -264,7 +264,8 @@ def _rules() -> list[dict]:
 def test_every_alert_has_a_firing_and_a_quiet_case():
     yaml = pytest.importorskip("yaml", reason="PyYAML is needed to read the rule files")
     alerts = {r["alert"] for r in _rules() if "alert" in r}
-    required = {"KeywatchKeyDown", "KeywatchKeyQuotaExhausted", "KeywatchProbesStale", "KeywatchDown",
+    required = {"KeywatchKeyInvalid", "KeywatchKeyForbidden", "KeywatchKeyQuotaExhausted", "KeywatchProbesStale",
+                "KeywatchDown",
                 "KeywatchNotReady", "KeywatchSinkBroken", "KeywatchProviderOutage", "KeywatchBudgetExceeded",
                 "KeywatchBudgetForecastExhaustion"}
     assert required <= alerts

@@ -349,7 +349,7 @@ def test_rule_expressions_evaluate_against_real_metrics(stack):
     prom = stack["prom"]
     for _, expr in rule_expressions():
         prom.query(expr)  # asserts success
-    key_down = dict(rule_expressions())["KeywatchKeyDown"]
+    key_down = dict(rule_expressions())["KeywatchKeyInvalid"]
     assert {r["metric"]["key"] for r in prom.query(key_down)} == {"k2"}
     quota = dict(rule_expressions())["KeywatchKeyQuotaExhausted"]
     assert {r["metric"]["key"] for r in prom.query(quota)} == {"k3"}

@@ -37,6 +37,7 @@ HELP_EXIT_CODES = [
     (("policy",), ALWAYS),
     (("policy", "test"), ALWAYS),
     (("usage",), ALWAYS),
+    (("doctor",), WITH_ATTENTION),
 ]
 
 

@@ -3,8 +3,7 @@ verify with the documented recipe and fail when anything is changed; sink config
 
 from __future__ import annotations
 
-import hashlib
-import hmac
+import base64
 import json
 import re
 import time
@@ -84,28 +83,23 @@ def test_resolved_message_says_so() -> None:
     assert body["blocks"][0]["text"]["text"].startswith("RESOLVED")
 
 
-def test_signature_verifies_with_the_readme_recipe_and_fails_when_tampered() -> None:
-    secret = "whsec-test-0123456789"
-    body = json.dumps(payload(Message(7, [alert()]))).encode()
-    header = sign(secret, body)
-
-    # The recipe from the README, verbatim in spirit: parse t and v1, HMAC "t.body", compare, check age.
-    def readme_verify(secret: str, body: bytes, header: str, tolerance: int = 300) -> bool:
-        parts = dict(item.split("=", 1) for item in header.split(","))
-        t = int(parts["t"])
-        if abs(time.time() - t) > tolerance:
-            return False
-        expected = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
-        return hmac.compare_digest(expected, parts["v1"])
-
-    assert readme_verify(secret, body, header) and verify(secret, body, header)
-    assert not readme_verify(secret, body.replace(b"k0", b"k1"), header)
-    assert not readme_verify("another-secret", body, header)
-    t = int(header.split(",")[0][2:])
-    assert not readme_verify(secret, body, header.replace(f"t={t}", f"t={t + 1}"))
-    stale = sign(secret, body, timestamp=int(time.time()) - 3600)
-    assert not readme_verify(secret, body, stale) and not verify(secret, body, stale)
-    assert not verify(secret, body, "garbage")
+def test_signature_verifies_and_fails_when_anything_is_changed() -> None:
+    secret = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
+    message = Message(7, [alert()])
+    body = json.dumps(payload(message)).encode()
+    t = int(time.time())
+    headers = {"webhook-id": message.delivery_id, "webhook-timestamp": str(t),
+               "webhook-signature": sign([secret], message.delivery_id, t, body)}
+    assert verify(secret, body, headers)
+    assert not verify(secret, body.replace(b"k0", b"k1"), headers)
+    assert not verify("whsec_" + base64.b64encode(b"y" * 32).decode(), body, headers)
+    assert not verify(secret, body, {**headers, "webhook-timestamp": str(t + 1)})
+    assert not verify(secret, body, {**headers, "webhook-id": "msg_other"})
+    stale = {**headers, "webhook-timestamp": str(t - 3600),
+             "webhook-signature": sign([secret], message.delivery_id, t - 3600, body)}
+    assert not verify(secret, body, stale)
+    assert not verify(secret, body, {"webhook-signature": "garbage"})
+    assert message.delivery_id != Message(7, [alert()]).delivery_id  # the same row number, another id
 
 
 def test_urls_are_masked_and_retry_after_is_read() -> None:
@@ -248,7 +242,7 @@ async def test_http_sinks_classify_answers_alike(status, headers, permanent, ret
 
     def handler(request: httpx2.Request) -> httpx2.Response:
         seen.append(request)
-        signed = "x-keywatch-signature" in request.headers
+        signed = "webhook-signature" in request.headers
         return httpx2.Response(status, headers=headers, text=f"no_service {request.url} {HMAC if signed else ''}")
 
     client, sinks = http_sinks(handler)
@@ -268,9 +262,10 @@ async def test_http_sinks_classify_answers_alike(status, headers, permanent, ret
     assert all(r.headers["content-type"] == "application/json" for r in seen)
     slack_body, hook_body, am_body = (json.loads(r.content) for r in seen)
     assert slack_body["blocks"][0]["type"] == "header"
-    assert verify(HMAC, seen[1].content, seen[1].headers["x-keywatch-signature"])
-    assert hook_body["id"] == 3 and seen[1].headers["x-keywatch-delivery"] == "3"
-    assert am_body[0]["labels"]["alertname"] == "key_health" and "endsAt" not in am_body[0]
+    assert verify(HMAC, seen[1].content, seen[1].headers)
+    assert hook_body["id"] == seen[1].headers["webhook-id"] and hook_body["id"].startswith("msg_")
+    assert am_body[0]["labels"]["alertname"] == "KeywatchKeyInvalid" and "endsAt" not in am_body[0]
+    assert am_body[0]["labels"]["health"] == "invalid"
 
 
 async def test_http_sink_transport_errors_are_transient_and_never_carry_the_url() -> None:
@@ -294,7 +289,7 @@ async def test_http_sink_transport_errors_are_transient_and_never_carry_the_url(
     [
         {"type": "slack", "url": "https://hooks.slack.com/services/T0/B0/LEAKYTOKEN"},
         {"type": "console", "secret": "LEAKYTOKEN-hmac"},
-        {"type": "webhook", "url": "env:X", "secret": ["LEAKYTOKEN"]},
+        {"type": "webhook", "url": "env:X", "secret": [{"ref": "LEAKYTOKEN"}]},
         {"type": "webhook", "secret": "LEAKYTOKEN-hmac"},
         {"type": "pagerduty", "url": "https://events.example/LEAKYTOKEN"},
     ],
