@@ -1,0 +1,203 @@
+"""Secret stores as destinations, each against the real thing: files on disk with a concurrent reader,
+EnvironmentFiles read back by a shell, AWS Secrets Manager on moto's server, Azure Key Vault over TLS with
+the azure-keyvault-secrets SDK against the simulator's vault."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import subprocess
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+
+from keywatch.domain import Secret
+from keywatch.secretstores import BadReference, StoreUnavailable, open_destination
+from keywatch.secretstores.files import parse_env_file, quote_env_value
+
+
+def token() -> str:
+    return str(uuid.uuid4())
+
+
+# ---- file: -----------------------------------------------------------------------------------------------
+
+
+async def test_file_pending_promote_keeps_previous_and_0600(tmp_path: Path) -> None:
+    path = tmp_path / "openai.key"
+    path.write_text("sk-old-value-0001")
+    dest = open_destination(f"file:{path}")
+    t = token()
+    await dest.write_pending(Secret("sk-new-value-0002"), token=t)
+    assert path.read_text() == "sk-old-value-0001"  # applications still read the old key
+    assert await dest.read("pending") == Secret("sk-new-value-0002")
+    assert stat.S_IMODE((tmp_path / "openai.key.pending").stat().st_mode) == 0o600
+    assert (await dest.stages())["pending"] == t
+
+    await dest.promote(token=t)
+    await dest.promote(token=t)  # a repeat after a crash changes nothing
+    assert path.read_text() == "sk-new-value-0002"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert await dest.read("previous") == Secret("sk-old-value-0001")
+    assert await dest.read("pending") is None
+    assert (await dest.stages()) == {"current": t, "previous": "unmanaged"}
+
+    # a second rotation: the first one's value becomes previous, its token too
+    t2 = token()
+    await dest.write_pending(Secret("sk-third-value-03"), token=t2)
+    await dest.write_pending(Secret("sk-third-value-03"), token=t2)  # same token: no-op
+    await dest.promote(token=t2)
+    assert await dest.read("previous") == Secret("sk-new-value-0002")
+    assert (await dest.stages()) == {"current": t2, "previous": t}
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+async def test_file_same_token_other_value_is_refused_and_discard_rolls_back(tmp_path: Path) -> None:
+    path = tmp_path / "k"
+    path.write_text("sk-old-value-0001")
+    dest = open_destination(f"file:{path}")
+    t = token()
+    await dest.write_pending(Secret("sk-new-value-0002"), token=t)
+    with pytest.raises(StoreUnavailable) as exc:
+        await dest.write_pending(Secret("sk-other-value-03"), token=t)
+    assert "sk-" not in str(exc.value) and str(path) in str(exc.value)
+
+    await dest.discard_pending(token=t)
+    await dest.discard_pending(token=t)  # idempotent
+    assert await dest.read("pending") is None
+    assert path.read_text() == "sk-old-value-0001"
+    with pytest.raises(StoreUnavailable):
+        await dest.promote(token=t)  # nothing pending any more: no promote of a discarded value
+    assert path.read_text() == "sk-old-value-0001"
+
+
+async def test_file_crash_between_previous_and_switch_keeps_the_old_value_as_previous(tmp_path: Path) -> None:
+    """promote() repeated after stopping right after step 1 (previous written) must not copy the new value
+    into previous."""
+    path = tmp_path / "k"
+    path.write_text("sk-old-value-0001")
+    dest = open_destination(f"file:{path}")
+    t = token()
+    await dest.write_pending(Secret("sk-new-value-0002"), token=t)
+    await dest.promote(token=t)
+    # simulate the crash after the switch but before the bookkeeping: pending back, stages say pending
+    (tmp_path / "k.pending").write_text("sk-new-value-0002")
+    (tmp_path / "k.stages").write_text(
+        f'{{"current": null, "pending": "{t}", "promoting": "{t}", "previous_candidate": null}}'
+    )
+    await dest.promote(token=t)
+    assert path.read_text() == "sk-new-value-0002"
+    assert await dest.read("previous") == Secret("sk-old-value-0001")
+
+
+def test_file_concurrent_reader_never_sees_a_partial_file(tmp_path: Path) -> None:
+    path = tmp_path / "k"
+    values = [f"sk-{i:04d}-" + "x" * 4000 for i in range(2)]  # larger than one write, smaller than a page x2
+    path.write_text(values[0])
+    dest = open_destination(f"file:{path}")
+    stop = threading.Event()
+    seen: set[str] = set()
+    bad: list[str] = []
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                text = path.read_text()
+            except FileNotFoundError:
+                bad.append("missing")
+                continue
+            if text not in values:
+                bad.append(f"partial ({len(text)} chars)")
+            seen.add(text)
+
+    th = threading.Thread(target=reader)
+    th.start()
+    try:
+        for i in range(60):
+            t = token()
+            asyncio.run(dest.write_pending(Secret(values[(i + 1) % 2]), token=t))
+            asyncio.run(dest.promote(token=t))
+    finally:
+        stop.set()
+        th.join()
+    assert bad == []
+    assert seen == set(values)
+
+
+async def test_file_store_down_names_the_ref_never_the_value(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-dir" / "k"
+    dest = open_destination(f"file:{missing}")
+    with pytest.raises(StoreUnavailable) as exc:
+        await dest.write_pending(Secret("sk-secret-value-9"), token=token())
+    assert str(missing) in str(exc.value)
+    assert "sk-secret" not in str(exc.value)
+    assert exc.value.permanent
+
+
+def test_bad_references_say_what_is_wrong() -> None:
+    with pytest.raises(BadReference, match="absolute path"):
+        open_destination("file:relative/k")
+    with pytest.raises(BadReference, match="VAR"):
+        open_destination("envfile:/etc/app.env")
+    with pytest.raises(BadReference, match="unknown destination scheme"):
+        open_destination("vault:secret/x")
+
+
+# ---- envfile: --------------------------------------------------------------------------------------------
+
+
+def _shell_read(path: Path, var: str) -> str:
+    """An independent reader: a POSIX shell sourcing the file. For the forms quote_env_value writes (bare
+    safe characters, '...' verbatim, "..." with \\ " ` $ escaped) shell and systemd.exec(5) agree."""
+    out = subprocess.run(
+        ["sh", "-c", f'set -a; . "$1"; printf %s "${var}"', "sh", str(path)],
+        capture_output=True, text=True, timeout=10, check=True, env={"PATH": os.environ.get("PATH", "")},
+    )
+    return out.stdout
+
+
+@pytest.mark.parametrize("value", [
+    "sk-proj-AbC123_-xyz", "with space and $dollar", "it's \"quoted\" `tick` \\ back $HOME", "a#hash;semi",
+])
+async def test_envfile_values_round_trip_through_systemd_parser_and_shell(tmp_path: Path, value: str) -> None:
+    path = tmp_path / "app.env"
+    path.write_text("# managed by hand\nOTHER='keep me'\nAPI_KEY=old\n")
+    dest = open_destination(f"envfile:{path}#API_KEY")
+    t = token()
+    await dest.write_pending(Secret(value), token=t, fields={"access_key_id": "AKIAEXAMPLE"})
+    await dest.promote(token=t)
+    text = path.read_text()
+    assert text.startswith("# managed by hand\nOTHER='keep me'\n")  # other lines as they were
+    parsed = parse_env_file(text)
+    assert parsed == {"OTHER": "keep me", "API_KEY": value, "ACCESS_KEY_ID": "AKIAEXAMPLE"}
+    assert _shell_read(path, "API_KEY") == value
+    assert _shell_read(path, "OTHER") == "keep me"
+    assert await dest.read() == Secret(value)
+    assert await dest.read("previous") == Secret("old")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_systemd_parser_follows_systemd_exec_rules() -> None:
+    """The examples of systemd.exec(5) EnvironmentFile= and env-file.c's behaviour."""
+    text = (
+        "# comment\n; also comment\nnot an assignment\n"
+        "A=  spaced value  \n"
+        "B='single $x \\n verbatim'\n"
+        'C="double \\"q\\" \\$x \\\\ \\n kept"\n'
+        "D=one\\\ntwo\n"
+        'E="multi\nline"\n'
+        "F=back\\\\slash\n"
+    )
+    assert parse_env_file(text) == {
+        "A": "spaced value",
+        "B": "single $x \\n verbatim",
+        "C": 'double "q" $x \\ \\n kept',
+        "D": "onetwo",
+        "E": "multi\nline",
+        "F": "back\\slash",
+    }
+    assert quote_env_value("plain-Key_1") == "plain-Key_1"
+    assert parse_env_file("X=" + quote_env_value("it's $y") + "\n") == {"X": "it's $y"}
