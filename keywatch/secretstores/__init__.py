@@ -30,9 +30,9 @@ __all__ = [
     "open_destination",
 ]
 
-DESTINATION_SCHEMES = ("file", "envfile")
+DESTINATION_SCHEMES = ("file", "envfile", "aws-sm")
 # the schemes settings.secrets.resolve reads through this package (file: it reads itself)
-SOURCE_SCHEMES: tuple[str, ...] = ()
+SOURCE_SCHEMES = ("aws-sm",)
 
 _ENV_VAR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -62,5 +62,10 @@ def open_destination(ref: str, settings: SecretStoreSettings | None = None) -> D
         if not _ENV_VAR.match(var):
             raise BadReference(f"{ref}: expected envfile:/path#VAR with VAR a variable name, e.g. #OPENAI_API_KEY")
         return EnvFileDestination(ref, path, var)
+    if scheme == "aws-sm":
+        from keywatch.secretstores.aws import AwsSecretsManagerDestination, parse_aws_ref
+
+        secret_id, field = parse_aws_ref(ref)
+        return AwsSecretsManagerDestination(ref, secret_id, field, settings.aws)
     known = ", ".join(f"{s}:" for s in DESTINATION_SCHEMES)
     raise BadReference(f"{ref.partition(':')[0] or ref}: unknown destination scheme; expected one of {known}")

@@ -5,18 +5,22 @@ the azure-keyvault-secrets SDK against the simulator's vault."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import stat
 import subprocess
 import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from keywatch.domain import Secret
-from keywatch.secretstores import BadReference, StoreUnavailable, open_destination
+from keywatch.secretstores import BadReference, SecretStoreSettings, StoreUnavailable, open_destination
 from keywatch.secretstores.files import parse_env_file, quote_env_value
+
+from .conftest import free_port
 
 
 def token() -> str:
@@ -201,3 +205,150 @@ def test_systemd_parser_follows_systemd_exec_rules() -> None:
     }
     assert quote_env_value("plain-Key_1") == "plain-Key_1"
     assert parse_env_file("X=" + quote_env_value("it's $y") + "\n") == {"X": "it's $y"}
+
+
+# ---- aws-sm: (moto's server) -----------------------------------------------------------------------------
+
+AWS_REGION = "us-east-1"
+
+
+@pytest.fixture(scope="module")
+def moto_url() -> Iterator[str]:
+    pytest.importorskip("boto3", reason="boto3 is needed for aws-sm: (pip install keywatch[aws])")
+    pytest.importorskip("moto.server", reason="moto[server] is needed to run Secrets Manager locally")
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    old = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    os.environ["AWS_ACCESS_KEY_ID"] = "AKIAIOSFODNN7EXAMPLE"
+    os.environ["AWS_SECRET_ACCESS_KEY"] = "x" * 40
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        server.stop()
+
+
+@pytest.fixture
+def sm(moto_url: str):
+    import boto3
+
+    return boto3.client("secretsmanager", endpoint_url=moto_url, region_name=AWS_REGION,
+                        aws_access_key_id="AKIAIOSFODNN7EXAMPLE", aws_secret_access_key="x" * 40)
+
+
+def aws_settings(url: str) -> SecretStoreSettings:
+    return SecretStoreSettings.model_validate({"aws": {"endpoint_url": url, "region": AWS_REGION, "timeout": 5}})
+
+
+def labels(sm, name: str) -> dict[str, list[str]]:
+    """Version id -> staging labels, read back from Secrets Manager (versions without a label dropped)."""
+    stages = sm.describe_secret(SecretId=name)["VersionIdsToStages"]
+    return {v: sorted(ls) for v, ls in stages.items() if ls}
+
+
+def current(sm, name: str) -> str:
+    """What an application reads. The stage is named explicitly: moto answers a get without VersionStage from
+    the version that was last put as AWSCURRENT (update_secret_version_stage does not change it), where AWS
+    answers AWSCURRENT."""
+    return sm.get_secret_value(SecretId=name, VersionStage="AWSCURRENT")["SecretString"]
+
+
+async def test_aws_staging_labels_follow_awss_rotation_protocol(moto_url: str, sm) -> None:
+    name = f"app/openai-{uuid.uuid4().hex[:8]}"
+    first = sm.create_secret(Name=name, SecretString="sk-old-value-0001")["VersionId"]
+    dest = open_destination(f"aws-sm:{name}", aws_settings(moto_url))
+    t = token()
+    await dest.write_pending(Secret("sk-new-value-0002"), token=t)
+    assert labels(sm, name) == {first: ["AWSCURRENT"], t: ["AWSPENDING"]}
+    assert current(sm, name) == "sk-old-value-0001"
+    assert await dest.read("pending") == Secret("sk-new-value-0002")
+
+    await dest.write_pending(Secret("sk-new-value-0002"), token=t)  # the same token: no new version
+    assert len(sm.list_secret_version_ids(SecretId=name)["Versions"]) == 2
+
+    await dest.promote(token=t)
+    assert labels(sm, name) == {first: ["AWSPREVIOUS"], t: ["AWSCURRENT"]}
+    await dest.promote(token=t)  # repeated after a crash: nothing moves
+    assert labels(sm, name) == {first: ["AWSPREVIOUS"], t: ["AWSCURRENT"]}
+    assert current(sm, name) == "sk-new-value-0002"
+    assert await dest.read("previous") == Secret("sk-old-value-0001")
+    assert await dest.stages() == {"current": t, "previous": first}
+
+    t2 = token()  # the next rotation: the first rotation's version becomes AWSPREVIOUS
+    await dest.write_pending(Secret("sk-third-value-03"), token=t2)
+    await dest.promote(token=t2)
+    assert labels(sm, name) == {t: ["AWSPREVIOUS"], t2: ["AWSCURRENT"]}
+
+
+async def test_aws_discard_before_promote_leaves_current_alone(moto_url: str, sm) -> None:
+    name = f"app/k-{uuid.uuid4().hex[:8]}"
+    first = sm.create_secret(Name=name, SecretString="sk-old-value-0001")["VersionId"]
+    dest = open_destination(f"aws-sm:{name}", aws_settings(moto_url))
+    t = token()
+    await dest.write_pending(Secret("sk-new-value-0002"), token=t)
+    await dest.discard_pending(token=t)
+    await dest.discard_pending(token=t)
+    assert labels(sm, name) == {first: ["AWSCURRENT"]}
+    assert await dest.read("pending") is None
+    assert await dest.read() == Secret("sk-old-value-0001")
+    # a new attempt of the same rotation labels its version again (put is idempotent per token)
+    await dest.write_pending(Secret("sk-new-value-0002"), token=t)
+    assert labels(sm, name) == {first: ["AWSCURRENT"], t: ["AWSPENDING"]}
+    with pytest.raises(StoreUnavailable, match="different value") as exc:
+        await dest.write_pending(Secret("sk-other-value-03"), token=t)
+    assert "sk-" not in str(exc.value)
+
+
+async def test_aws_same_token_with_other_value_is_refused(moto_url: str, sm) -> None:
+    name = f"app/k-{uuid.uuid4().hex[:8]}"
+    sm.create_secret(Name=name, SecretString="sk-old-value-0001")
+    dest = open_destination(f"aws-sm:{name}", aws_settings(moto_url))
+    t = token()
+    await dest.write_pending(Secret("sk-new-value-0002"), token=t)
+    await dest.discard_pending(token=t)
+    with pytest.raises(StoreUnavailable, match="different value") as exc:
+        await dest.write_pending(Secret("sk-other-value-03"), token=t)
+    assert "sk-" not in str(exc.value) and name in str(exc.value)
+
+
+async def test_aws_json_field_read_modify_write_keeps_other_fields(moto_url: str, sm) -> None:
+    name = f"app/creds-{uuid.uuid4().hex[:8]}"
+    sm.create_secret(Name=name, SecretString=json.dumps(
+        {"username": "svc", "api_key": "sk-old-value-0001", "region": "eu-west-1"}))
+    dest = open_destination(f"aws-sm:{name}#api_key", aws_settings(moto_url))
+    assert await dest.read() == Secret("sk-old-value-0001")
+    t = token()
+    await dest.write_pending(Secret("sk-new-value-0002"), token=t, fields={"access_key_id": "AKIANEW"})
+    await dest.promote(token=t)
+    assert json.loads(current(sm, name)) == {
+        "username": "svc", "api_key": "sk-new-value-0002", "region": "eu-west-1", "access_key_id": "AKIANEW",
+    }
+    prev = json.loads(sm.get_secret_value(SecretId=name, VersionStage="AWSPREVIOUS")["SecretString"])
+    assert prev["api_key"] == "sk-old-value-0001"
+    assert await dest.read("previous") == Secret("sk-old-value-0001")
+
+
+async def test_aws_errors_name_the_ref_never_the_value(moto_url: str, sm) -> None:
+    name = f"app/plain-{uuid.uuid4().hex[:8]}"
+    sm.create_secret(Name=name, SecretString="sk-not-json-value-1")
+    with pytest.raises(StoreUnavailable, match="not a JSON object") as exc:
+        await open_destination(f"aws-sm:{name}#api_key", aws_settings(moto_url)).read()
+    assert "sk-not-json" not in str(exc.value)
+    with pytest.raises(StoreUnavailable, match="does not exist") as exc:
+        await open_destination("aws-sm:app/missing", aws_settings(moto_url)).write_pending(
+            Secret("sk-new-value-0002"), token=token())
+    assert exc.value.permanent and "aws-sm:app/missing" in str(exc.value)
+    down = open_destination(f"aws-sm:{name}", aws_settings(f"http://127.0.0.1:{free_port()}"))
+    with pytest.raises(StoreUnavailable) as exc:
+        await down.read()
+    assert not exc.value.permanent and f"aws-sm:{name}" in str(exc.value)
