@@ -352,3 +352,99 @@ async def test_aws_errors_name_the_ref_never_the_value(moto_url: str, sm) -> Non
     with pytest.raises(StoreUnavailable) as exc:
         await down.read()
     assert not exc.value.permanent and f"aws-sm:{name}" in str(exc.value)
+
+
+# ---- aws-sm: as a key's secret source, in the daemon --------------------------------------------------------
+
+
+async def test_daemon_reload_rereads_aws_sm_and_keeps_the_value_through_an_outage(tmp_path: Path) -> None:
+    """SIGHUP's reload reads the store again; with the store down the key keeps its running value, the
+    reload still applies, and an alert `secret_store:<key>` reaches the webhook, naming the ref only."""
+    pytest.importorskip("boto3", reason="boto3 is needed for aws-sm: (pip install keywatch[aws])")
+    pytest.importorskip("moto.server", reason="moto[server] is needed to run Secrets Manager locally")
+    import boto3
+    from moto.server import ThreadedMotoServer
+    from prometheus_client import CollectorRegistry
+
+    from keywatch.daemon import Daemon
+    from keywatch.metrics import Metrics
+    from keywatch.sim import Simulator
+    from tests.integration.conftest import toml_config
+    from tests.integration.test_notify_delivery import Receiver, wait_until
+
+    port = free_port()
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    moto.start()
+    url = f"http://127.0.0.1:{port}"
+    creds = {"aws_access_key_id": "AKIAIOSFODNN7EXAMPLE", "aws_secret_access_key": "x" * 40}
+    env = {"AWS_ACCESS_KEY_ID": creds["aws_access_key_id"], "AWS_SECRET_ACCESS_KEY": creds["aws_secret_access_key"]}
+    old_env = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    sm = boto3.client("secretsmanager", endpoint_url=url, region_name=AWS_REGION, **creds)
+    name = f"app/daemon-{uuid.uuid4().hex[:8]}"
+    first, second = "sk-proj-" + "a" * 40 + "0001", "sk-proj-" + "b" * 40 + "0002"
+    sm.create_secret(Name=name, SecretString=json.dumps({"api_key": first}))
+    sim = Simulator()
+    await sim.start()
+    rx = await Receiver().start()
+    daemon: Daemon | None = None
+    try:
+        keys = [{"name": "k1", "provider": "openai", "secret": f"aws-sm:{name}#api_key",
+                 "base_url": f"{sim.url}/openai/v1"}]
+        cfg = tmp_path / "keywatch.toml"
+        (tmp_path / "hook_url").write_text(rx.url("/hook"))
+        cfg.write_text(
+            toml_config(keys, db=tmp_path / "k.db", interval="1h")
+            + f'\n[secret_stores.aws]\nendpoint_url = "{url}"\nregion = "{AWS_REGION}"\ntimeout = 2\n'
+            + '\n[alerts]\nretry_base = "50ms"\nretry_max = "100ms"\ngroup_wait = "0s"\n'
+            + f'[[alerts.sinks]]\nname = "hook"\ntype = "webhook"\nurl = "file:{tmp_path / "hook_url"}"\n'
+        )
+        daemon = Daemon(cfg, metrics=Metrics(CollectorRegistry()))
+        await daemon.start()
+        assert daemon.inventory is not None
+        assert daemon.inventory.key("k1").secret == Secret(first)
+
+        sm.put_secret_value(SecretId=name, SecretString=json.dumps({"api_key": second}))  # a new AWSCURRENT
+        assert await daemon.reload()
+        assert daemon.inventory.key("k1").secret == Secret(second)
+
+        moto.stop()  # the store goes down
+        moto = None
+        assert await daemon.reload()  # the reload applies; only the key's secret stays as it was
+        assert daemon.inventory.key("k1").secret == Secret(second)
+        assert "k1" in daemon.inventory.stale_secrets
+
+        def firing() -> list[dict]:
+            return [a for r in rx.accepted() for a in r.json()["alerts"] if a["identity"] == "secret_store:k1"]
+
+        await wait_until(lambda: firing(), "the secret_store alert at the webhook")
+        body = json.dumps(firing())
+        assert name in body and "aaaa" not in body and "bbbb" not in body  # names the ref, never the value
+    finally:
+        if daemon is not None:
+            await daemon.shutdown()
+        await rx.stop()
+        await sim.stop()
+        if moto is not None:
+            moto.stop()
+        for k, v in old_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def test_first_start_with_the_store_down_is_a_config_error_naming_key_and_ref(tmp_path: Path) -> None:
+    from keywatch.settings.loader import ConfigError, load_inventory
+    from tests.integration.conftest import toml_config
+
+    ref = f"aws-sm:app/never-read-{uuid.uuid4().hex[:8]}"
+    cfg = tmp_path / "keywatch.toml"
+    cfg.write_text(
+        toml_config([{"name": "k9", "provider": "openai", "secret": ref}], db=tmp_path / "k.db")
+        + f'\n[secret_stores.aws]\nendpoint_url = "http://127.0.0.1:{free_port()}"\ntimeout = 1\n'
+    )
+    with pytest.raises(ConfigError) as exc:
+        load_inventory(cfg)
+    text = str(exc.value)
+    assert "keys[0].secret" in text and "'k9'" in text and ref in text
