@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 from keywatch.secretstores.base import STAGES, BadReference, Destination, Stage, StoreUnavailable
 from keywatch.secretstores.config import SecretStoreSettings
@@ -30,9 +31,9 @@ __all__ = [
     "open_destination",
 ]
 
-DESTINATION_SCHEMES = ("file", "envfile", "aws-sm")
+DESTINATION_SCHEMES = ("file", "envfile", "aws-sm", "azure-kv")
 # the schemes settings.secrets.resolve reads through this package (file: it reads itself)
-SOURCE_SCHEMES = ("aws-sm",)
+SOURCE_SCHEMES = ("aws-sm", "azure-kv")
 
 _ENV_VAR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -42,9 +43,11 @@ def scheme_of(ref: str) -> str | None:
     return head if sep and head in DESTINATION_SCHEMES else None
 
 
-def open_destination(ref: str, settings: SecretStoreSettings | None = None) -> Destination:
+def open_destination(ref: str, settings: SecretStoreSettings | None = None, *, azure_credential: Any = None
+                     ) -> Destination:
     """The destination for `ref`. Raises BadReference for a reference it cannot parse (nothing is contacted:
-    a store that is down shows at the first call, as StoreUnavailable)."""
+    a store that is down shows at the first call, as StoreUnavailable). `azure_credential`: an async token
+    credential to use instead of the one [secret_stores.azure] describes (tests)."""
     settings = settings or SecretStoreSettings()
     scheme = scheme_of(ref)
     _, _, arg = ref.partition(":")
@@ -67,5 +70,10 @@ def open_destination(ref: str, settings: SecretStoreSettings | None = None) -> D
 
         secret_id, field = parse_aws_ref(ref)
         return AwsSecretsManagerDestination(ref, secret_id, field, settings.aws)
+    if scheme == "azure-kv":
+        from keywatch.secretstores.azure import KeyVaultDestination, parse_azure_ref
+
+        vault_url, name, field = parse_azure_ref(ref)
+        return KeyVaultDestination(ref, vault_url, name, field, settings.azure, azure_credential)
     known = ", ".join(f"{s}:" for s in DESTINATION_SCHEMES)
     raise BadReference(f"{ref.partition(':')[0] or ref}: unknown destination scheme; expected one of {known}")

@@ -10,6 +10,7 @@ import os
 import stat
 import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -448,3 +449,174 @@ def test_first_start_with_the_store_down_is_a_config_error_naming_key_and_ref(tm
         load_inventory(cfg)
     text = str(exc.value)
     assert "keys[0].secret" in text and "'k9'" in text and ref in text
+
+
+# ---- azure-kv: (the simulator's Key Vault over TLS, the real SDK) -----------------------------------------
+
+
+def make_tls(tmp: Path) -> tuple[Path, Path, Path]:
+    """A CA and a certificate for 127.0.0.1 signed by it, made now: (ca.pem, cert.pem, key.pem)."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "keywatch test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+          .not_valid_after(now + dt.timedelta(hours=2))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                       content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                       key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(hours=2))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    paths = tmp / "ca.pem", tmp / "cert.pem", tmp / "key.pem"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return paths
+
+
+class StaticToken:
+    """An async TokenCredential that hands out one fixed token and records the scopes asked for."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+        self.scopes: list[tuple[str, ...]] = []
+
+    async def get_token(self, *scopes: str, **kwargs):
+        from azure.core.credentials import AccessToken
+
+        self.scopes.append(scopes)
+        return AccessToken(self.token, int(time.time()) + 3600)
+
+    async def get_token_info(self, *scopes: str, options=None):
+        from azure.core.credentials import AccessTokenInfo
+
+        self.scopes.append(scopes)
+        return AccessTokenInfo(self.token, int(time.time()) + 3600)
+
+    async def close(self) -> None:
+        pass
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        pass
+
+
+@pytest.fixture
+async def vault(tmp_path: Path):
+    pytest.importorskip("azure.keyvault.secrets", reason="azure-keyvault-secrets is needed (keywatch[azure])")
+    import ssl
+
+    from aiohttp import web
+
+    from keywatch.sim import SimState, build_app
+
+    ca, cert, key = make_tls(tmp_path)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    state = SimState()
+    state.provider_data("keyvault")["tokens"] = {"kv-test-token-0001"}
+    runner = web.AppRunner(build_app(state), access_log=None)
+    await runner.setup()
+    port = free_port()
+    site = web.TCPSite(runner, "127.0.0.1", port, ssl_context=ctx)
+    await site.start()
+    settings = SecretStoreSettings.model_validate(
+        {"azure": {"ca_bundle": str(ca), "verify_challenge_resource": False, "timeout": 5}})
+    try:
+        yield f"https://127.0.0.1:{port}", settings, state
+    finally:
+        await runner.cleanup()
+
+
+async def test_key_vault_pending_is_not_the_latest_until_promote(vault) -> None:
+    from azure.keyvault.secrets.aio import SecretClient
+
+    url, settings, state = vault
+    cred = StaticToken("kv-test-token-0001")
+    app_client = SecretClient(url, cred, verify_challenge_resource=False, connection_verify=settings.azure.ca_bundle)
+    async with app_client:  # what an application does: read the latest version with the SDK
+        first = await app_client.set_secret("openai-prod", "sk-old-value-0001")
+        dest = open_destination(f"azure-kv:{url}/openai-prod", settings, azure_credential=cred)
+        t = token()
+        await dest.write_pending(Secret("sk-new-value-0002"), token=t)
+        await dest.write_pending(Secret("sk-new-value-0002"), token=t)  # same token: no new version
+        assert (await app_client.get_secret("openai-prod")).value == "sk-old-value-0001"
+        assert await dest.read("pending") == Secret("sk-new-value-0002")
+        held = state.provider_data("keyvault")["vaults"][url.removeprefix("https://")]
+        assert len(held["openai-prod--keywatch-pending"]) == 1
+
+        await dest.promote(token=t)
+        await dest.promote(token=t)  # repeated: no third version
+        latest = await app_client.get_secret("openai-prod")
+        assert latest.value == "sk-new-value-0002"
+        versions = [v async for v in app_client.list_properties_of_secret_versions("openai-prod")]
+        assert len(versions) == 2  # the old version is kept
+        assert (await app_client.get_secret("openai-prod", first.properties.version)).value == "sk-old-value-0001"
+        assert await dest.read("previous") == Secret("sk-old-value-0001")
+        assert await dest.read("pending") is None
+        assert await dest.stages() == {"current": latest.properties.version, "previous": first.properties.version}
+    assert cred.scopes and all(s == ("https://vault.azure.net/.default",) for s in cred.scopes)  # the challenge's
+
+
+async def test_key_vault_discard_json_field_and_errors(vault) -> None:
+    url, settings, state = vault
+    cred = StaticToken("kv-test-token-0001")
+    dest = open_destination(f"azure-kv:{url}/creds#api_key", settings, azure_credential=cred)
+    from azure.keyvault.secrets.aio import SecretClient
+
+    async with SecretClient(url, cred, verify_challenge_resource=False,
+                            connection_verify=settings.azure.ca_bundle) as c:
+        await c.set_secret("creds", json.dumps({"user": "svc", "api_key": "sk-old-value-0001"}))
+        t = token()
+        await dest.write_pending(Secret("sk-new-value-0002"), token=t, fields={"deployment": "gpt-4o"})
+        await dest.discard_pending(token=t)
+        await dest.discard_pending(token=t)
+        assert await dest.read("pending") is None
+        with pytest.raises(StoreUnavailable, match="no pending value"):
+            await dest.promote(token=t)
+        t2 = token()
+        await dest.write_pending(Secret("sk-third-value-03"), token=t2, fields={"deployment": "gpt-4o"})
+        await dest.promote(token=t2)
+        assert json.loads((await c.get_secret("creds")).value) == {
+            "user": "svc", "api_key": "sk-third-value-03", "deployment": "gpt-4o"}
+
+    # a token the vault does not accept, and a vault that is down: named by ref, never a value
+    with pytest.raises(StoreUnavailable) as exc:
+        await open_destination(f"azure-kv:{url}/creds#api_key", settings,
+                               azure_credential=StaticToken("kv-wrong-token")).read()
+    assert exc.value.permanent and "creds" in str(exc.value) and "sk-" not in str(exc.value)
+    state.provider_data("keyvault")["down"] = True
+    with pytest.raises(StoreUnavailable) as exc:
+        await dest.read()
+    assert not exc.value.permanent and "sk-" not in str(exc.value)
+
+
+async def test_key_vault_challenge_resource_is_checked_by_default(vault) -> None:
+    """The vault's challenge names vault.azure.net, not 127.0.0.1: the SDK refuses unless told not to check."""
+    url, settings, _ = vault
+    strict = SecretStoreSettings.model_validate({"azure": {"ca_bundle": settings.azure.ca_bundle}})
+    with pytest.raises(StoreUnavailable, match="refused by the SDK") as exc:
+        await open_destination(f"azure-kv:{url}/x", strict, azure_credential=StaticToken("kv-test-token-0001")).read()
+    assert exc.value.permanent
