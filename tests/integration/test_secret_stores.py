@@ -620,3 +620,63 @@ async def test_key_vault_challenge_resource_is_checked_by_default(vault) -> None
     with pytest.raises(StoreUnavailable, match="refused by the SDK") as exc:
         await open_destination(f"azure-kv:{url}/x", strict, azure_credential=StaticToken("kv-test-token-0001")).read()
     assert exc.value.permanent
+
+
+@pytest.mark.slow
+def test_sighup_to_a_daemon_process_rereads_aws_sm_and_survives_the_store_going_down(sim, tmp_path: Path) -> None:
+    """A real `keywatch run` process: the first value is rejected by the provider, the new AWSCURRENT read at
+    SIGHUP is healthy; with Secrets Manager gone, the next SIGHUP keeps that value and logs why."""
+    pytest.importorskip("boto3", reason="boto3 is needed for aws-sm: (pip install keywatch[aws])")
+    pytest.importorskip("moto.server", reason="moto[server] is needed to run Secrets Manager locally")
+    import signal
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from tests.integration.conftest import toml_config, unique_secret
+    from tests.integration.test_daemon import DaemonProc, base_env, http_get, wait_for
+
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+    moto.start()
+    host, mport = moto.get_host_and_port()
+    url = f"http://{host}:{mport}"
+    creds = {"AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE", "AWS_SECRET_ACCESS_KEY": "x" * 40}
+    sm = boto3.client("secretsmanager", endpoint_url=url, region_name=AWS_REGION,
+                      aws_access_key_id=creds["AWS_ACCESS_KEY_ID"],
+                      aws_secret_access_key=creds["AWS_SECRET_ACCESS_KEY"])
+    old, new = unique_secret(), unique_secret()
+    sim.set_key(old, provider="openai", behaviour="invalid")
+    sim.set_key(new, provider="openai", behaviour="healthy")
+    name = f"app/proc-{uuid.uuid4().hex[:8]}"
+    sm.create_secret(Name=name, SecretString=old)
+    port = free_port()
+    keys = [{"name": "k1", "provider": "openai", "secret": f"aws-sm:{name}", "base_url": f"{sim.url}/openai/v1"}]
+    cfg = tmp_path / "keywatch.toml"
+    cfg.write_text(toml_config(keys, db=tmp_path / "k.db", listen=f"127.0.0.1:{port}", interval="1s")
+                   + f'\n[secret_stores.aws]\nendpoint_url = "{url}"\nregion = "{AWS_REGION}"\ntimeout = 2\n')
+    d = DaemonProc(cfg, base_env(**creds), port)
+    up = 'keywatch_key_up{key="k1",provider="openai"}'
+    try:
+        wait_for(d.ready, what="/readyz 200")
+        wait_for(lambda: f"{up} 0.0" in http_get(d.url("/metrics"))[1], what="the old value probed invalid")
+
+        sm.put_secret_value(SecretId=name, SecretString=new)  # a new AWSCURRENT
+        d.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: f"{up} 1.0" in http_get(d.url("/metrics"))[1], what="the new value read at SIGHUP")
+
+        moto.stop()
+        moto = None
+        d.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "secret_store_unavailable" in d.logs(), what="the store outage logged")
+        time.sleep(1.5)  # a probe cycle after the reload
+        assert d.proc.poll() is None
+        assert f"{up} 1.0" in http_get(d.url("/metrics"))[1]  # still the value read before
+        assert 'keywatch_config_reloads_total{result="applied"} 2.0' in http_get(d.url("/metrics"))[1]
+    finally:
+        code = d.stop()
+        if moto is not None:
+            moto.stop()
+    logs = d.logs()
+    assert code == 0, logs
+    assert f"aws-sm:{name}" in logs
+    assert old not in logs and new not in logs and old[8:20] not in logs
