@@ -15,7 +15,7 @@ import httpx2
 
 from keywatch.domain import Health, ManagedKey, ProbeResult
 from keywatch.providers import mgmt
-from keywatch.providers.base import KeyMetadata
+from keywatch.providers.base import Credential, KeyMetadata, NewCredential, NotSupported, ProviderActionError
 from keywatch.providers.errors import Refusal, anthropic_ratelimit, error_fields
 from keywatch.providers.errors import retry_after as retry_after_header
 
@@ -65,6 +65,22 @@ def _metadata(record: dict[str, Any]) -> KeyMetadata:
     )
 
 
+def _credential(record: dict[str, Any]) -> Credential:
+    return Credential(
+        id=str(record.get("id")),
+        name=record.get("name"),
+        status=str(record.get("status") or "active"),
+        created_at=mgmt.parse_time(record.get("created_at")),
+        last_used_at=None,  # the Admin API reports no last use
+    )
+
+
+NO_CREATE = (
+    "no Admin API endpoint creates Anthropic API keys: a person creates the new key in the Console and puts "
+    "it in the key's secret source (assisted rotation)"
+)
+
+
 # The Admin API's key records: `POST .../api_keys/{id}` with a status, `inactive` reversible and `archived`
 # (irreversible) the way to retire one; an archived or expired key can only be archived.
 ADMIN_API = mgmt.AdminApi(
@@ -107,6 +123,47 @@ class AnthropicAdapter(mgmt.AdminApiAdapter):
         """Archive the key: Anthropic offers no way back, hence the account's explicit opt-in."""
         mgmt.require_destructive(self.account_for(key), key, "archiving an Anthropic key")
         await self.set_status(key, "archived")
+
+    # -- rotation (assisted): no create; the old key goes inactive, then archived -------------------
+    async def current_credential(self, key: ManagedKey) -> Credential:
+        return _credential(await self.find_record(key))
+
+    async def list_credentials(self, key: ManagedKey) -> list[Credential]:
+        """The keys of `key`'s workspace (the default workspace's keys have no workspace_id)."""
+        record = await self.find_record(key)
+        workspace = record.get("workspace_id")
+        return [
+            _credential(r) for r in await self._list_records(key)
+            if isinstance(r, dict) and r.get("id") and r.get("workspace_id") == workspace
+        ]
+
+    async def create_credential(self, key: ManagedKey, *, name: str) -> NewCredential:
+        raise NotSupported(NO_CREATE)
+
+    async def deactivate_credential(self, key: ManagedKey, credential_id: str) -> None:
+        await self._set_credential_status(key, credential_id, "inactive")
+
+    async def reactivate_credential(self, key: ManagedKey, credential_id: str) -> None:
+        await self._set_credential_status(key, credential_id, "active")
+
+    async def delete_credential(self, key: ManagedKey, credential_id: str) -> None:
+        """Archive (Anthropic's only way to retire a key for good); the caller decides whether it may."""
+        await self._set_credential_status(key, credential_id, "archived")
+
+    async def _set_credential_status(self, key: ManagedKey, credential_id: str, status: str) -> None:
+        path = f"{ADMIN_API.records.path}/{credential_id}"
+        record = await self.admin_call(key, "GET", path, what=f"read Anthropic key {credential_id}")
+        current = record.get("status") if isinstance(record, dict) else None
+        if current == status:
+            return
+        if current in ADMIN_API.statuses.final and status != "archived":
+            raise ProviderActionError(
+                f"Anthropic key {credential_id} (beside {key.name}) is {current} and cannot be made {status}",
+                permanent=True,
+            )
+        await self.admin_call(
+            key, "POST", path, what=f"set Anthropic key {credential_id} {status}", json={"status": status}
+        )
 
 
 def _refusal(response: httpx2.Response, body: Any) -> Refusal:

@@ -34,7 +34,9 @@ import httpx2
 from keywatch.domain import Account, Health, ManagedKey, ProbeResult, Secret
 from keywatch.providers import mgmt
 from keywatch.providers.base import (
+    Credential,
     KeyMetadata,
+    NewCredential,
     NotSupported,
     ProviderActionError,
     ProviderAdapter,
@@ -318,6 +320,68 @@ class AzureOpenAIAdapter(ProviderAdapter):
 
     async def revoke(self, key: ManagedKey) -> None:
         await self.regenerate(key)
+
+    # -- rotation: the two-slot scheme; the slot in use is never the one regenerated ------------------
+    async def _slot_in_use(self, key: ManagedKey) -> tuple[Account, str]:
+        account = self.account_for(key)
+        slot = slot_of(key) or await self._slot_by_value(key, account)
+        if slot is None:
+            raise ProviderActionError(
+                f"key {key.name}: its value is neither key1 nor key2 of account {account.name}: "
+                "cannot tell which slot is in use, nothing done",
+                permanent=True,
+            )
+        return account, slot
+
+    async def current_credential(self, key: ManagedKey) -> Credential:
+        _, slot = await self._slot_in_use(key)
+        return Credential(slot, slot, "active")
+
+    async def list_credentials(self, key: ManagedKey) -> list[Credential]:
+        """Both slots: an Azure account always has exactly two valid keys."""
+        account = self.account_for(key)
+        self._names(account)
+        return [Credential(s, s, "active") for s in SLOTS]
+
+    async def create_credential(self, key: ManagedKey, *, name: str) -> NewCredential:
+        """Regenerate the slot `key` does NOT use and return it: consumers then move to it."""
+        account, in_use = await self._slot_in_use(key)
+        other = SLOTS[1 - SLOTS.index(in_use)]
+        return NewCredential(other, await self._regenerate_slot(account, other), {"slot": other})
+
+    async def deactivate_credential(self, key: ManagedKey, credential_id: str) -> None:
+        raise NotSupported(NO_DISABLE)
+
+    async def reactivate_credential(self, key: ManagedKey, credential_id: str) -> None:
+        raise NotSupported(NO_DISABLE)
+
+    async def delete_credential(self, key: ManagedKey, credential_id: str) -> None:
+        """Regenerate slot `credential_id`: its old value stops working; the new value is not kept."""
+        slot = credential_id.strip().lower()
+        if slot not in SLOTS:
+            raise ProviderActionError(f"key {key.name}: {credential_id!r} is not key1 or key2", permanent=True)
+        await self._regenerate_slot(self.account_for(key), slot)
+
+    async def _regenerate_slot(self, account: Account, slot: str) -> Secret:
+        keys = await self._arm(
+            account,
+            f"regenerate {slot} of Azure account {account.name}",
+            lambda c, rg, name: c.accounts.regenerate_key(rg, name, slot.capitalize()),
+        )
+        value = getattr(keys, slot, None)
+        if not value:
+            raise ProviderActionError(
+                f"regenerate {slot} of Azure account {account.name}: the answer holds no new {slot}"
+            )
+        REGISTRY.add(v for v in (getattr(keys, s, None) for s in SLOTS) if v)
+        secret = Secret(value)
+        self._resolved[(account.name, slot)] = secret
+        return secret
+
+    def with_credential(self, key: ManagedKey, new: NewCredential) -> ManagedKey:
+        """The key of the new slot: `azure:keyN` references follow the slot; a held secret is replaced."""
+        secret_ref = f"azure:{new.id}" if slot_of(key) is not None else key.secret_ref
+        return replace(key, secret=new.secret, secret_ref=secret_ref)
 
     async def account_usages(self, key: ManagedKey) -> list[dict[str, Any]]:
         """The account's quota use (ARM list_usages): name, unit, current value, limit, status."""

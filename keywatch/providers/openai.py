@@ -17,9 +17,13 @@ import openai
 from keywatch.domain import Account, Health, ManagedKey, ProbeResult
 from keywatch.providers.base import (
     Capability,
+    Credential,
     KeyMetadata,
+    NewCredential,
     NotSupported,
+    ProviderActionError,
     ProviderAdapter,
+    RotationSupport,
 )
 from keywatch.providers.errors import UnreadableBody, classify_status, openai_ratelimit, retry_after
 from keywatch.providers.openai_admin import NO_DEACTIVATE, OpenAIAdmin
@@ -80,6 +84,39 @@ class OpenAIAdapter(ProviderAdapter):
     async def revoke(self, key: ManagedKey) -> None:
         self._require(Capability.REVOKE)
         await self._admin.revoke(self.account_for(key), key)
+
+    # -- rotation (Admin API): service-account keys are created; user-owned keys rotate assisted ------
+    async def rotation_support(self, key: ManagedKey) -> RotationSupport:
+        if self.name != "openai":
+            return await super().rotation_support(key)
+        try:
+            account = self.account_for(key)
+        except ProviderActionError as exc:
+            return RotationSupport("assisted", f"no Admin API account, so no key can be created: {exc}")
+        return await self._admin.rotation_support(account, key)
+
+    async def current_credential(self, key: ManagedKey) -> Credential:
+        self._require(Capability.METADATA)
+        return await self._admin.current_credential(self.account_for(key), key)
+
+    async def list_credentials(self, key: ManagedKey) -> list[Credential]:
+        self._require(Capability.METADATA)
+        return await self._admin.list_credentials(self.account_for(key), key)
+
+    async def create_credential(self, key: ManagedKey, *, name: str) -> NewCredential:
+        self._require(Capability.METADATA)
+        return await self._admin.create_credential(self.account_for(key), key, name=name)
+
+    async def deactivate_credential(self, key: ManagedKey, credential_id: str) -> None:
+        raise NotSupported(NO_DEACTIVATE)
+
+    async def reactivate_credential(self, key: ManagedKey, credential_id: str) -> None:
+        raise NotSupported(NO_DEACTIVATE)
+
+    async def delete_credential(self, key: ManagedKey, credential_id: str) -> None:
+        """Delete a key by id (the service account stays); the caller decides whether it may."""
+        self._require(Capability.REVOKE)
+        await self._admin.delete_credential(self.account_for(key), key, credential_id)
 
     def _require(self, capability: Capability) -> None:
         if capability not in self.capabilities:

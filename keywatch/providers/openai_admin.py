@@ -13,10 +13,17 @@ from typing import Any
 import httpx2
 import openai
 
-from keywatch.domain import Account, ManagedKey
+from keywatch.domain import Account, ManagedKey, Secret
 from keywatch.providers import mgmt
-from keywatch.providers.base import KeyMetadata, NotSupported, ProviderActionError
-from keywatch.redact import redact_text
+from keywatch.providers.base import (
+    Credential,
+    KeyMetadata,
+    NewCredential,
+    NotSupported,
+    ProviderActionError,
+    RotationSupport,
+)
+from keywatch.redact import REGISTRY, redact_text
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 PAGE = 100
@@ -75,6 +82,68 @@ class OpenAIAdmin:
             client.admin.organization.projects.api_keys.delete(item.id, project_id=project_id),
         )
         self._found.pop((key.name, key.fingerprint), None)
+
+    # -- rotation: service-account keys are created beside the old one, which is then deleted by id ----
+    async def rotation_support(self, account: Account, key: ManagedKey) -> RotationSupport:
+        _, item = await self._find(account, key)
+        owner = _owner(item)
+        if owner[0] == "service_account":
+            return RotationSupport(
+                "create",
+                f"owned by service account {owner[1]}: keywatch creates a second key for it through the Admin API "
+                "and deletes the old key by id (the service account stays)",
+            )
+        return RotationSupport(
+            "assisted",
+            "a user-owned project key: OpenAI cannot create one through the API; create the new key in the "
+            "dashboard and put it in the key's secret source, keywatch verifies and promotes it and deletes the "
+            "old key through the Admin API",
+        )
+
+    async def current_credential(self, account: Account, key: ManagedKey) -> Credential:
+        _, item = await self._find(account, key)
+        return _credential(item)
+
+    async def list_credentials(self, account: Account, key: ManagedKey) -> list[Credential]:
+        """The project keys of the same owner (service account or user) as `key`."""
+        project_id, item = await self._find(account, key)
+        owner = _owner(item)
+        client = self.client(account, key)
+        listed = await self._guard(
+            account, key, f"list OpenAI keys of project {project_id}",
+            _collect(client.admin.organization.projects.api_keys.list(project_id, limit=PAGE)),
+        )
+        return [_credential(k) for k in listed if _owner(k) == owner]
+
+    async def create_credential(self, account: Account, key: ManagedKey, *, name: str) -> NewCredential:
+        project_id, item = await self._find(account, key)
+        kind, owner_id = _owner(item)
+        if kind != "service_account" or not owner_id:
+            raise NotSupported(
+                f"key {key.name} is owned by a user: OpenAI creates user-owned keys only in the dashboard "
+                "(assisted rotation)"
+            )
+        client = self.client(account, key)
+        created = await self._guard(
+            account, key, f"create a key for OpenAI service account {owner_id}",
+            client.admin.organization.projects.service_accounts.api_keys.create(
+                owner_id, project_id=project_id, name=name
+            ),
+        )
+        value = getattr(created, "value", None)
+        key_id = getattr(created, "id", None)
+        if not isinstance(value, str) or not value or not isinstance(key_id, str) or not key_id:
+            raise ProviderActionError(f"create a key for OpenAI service account {owner_id}: the answer carries no key")
+        REGISTRY.add([value])
+        return NewCredential(key_id, Secret(value), {"project": project_id})
+
+    async def delete_credential(self, account: Account, key: ManagedKey, credential_id: str) -> None:
+        project_id, _ = await self._find(account, key)
+        client = self.client(account, key)
+        await self._guard(
+            account, key, f"delete OpenAI key {credential_id} (beside {key.name})",
+            client.admin.organization.projects.api_keys.delete(credential_id, project_id=project_id),
+        )
 
     async def _find(self, account: Account, key: ManagedKey) -> tuple[str, Any]:
         """(project id, the key's Admin API item): by provider_key_id, else redacted value, else name."""
@@ -138,6 +207,31 @@ class OpenAIAdmin:
 
     async def aclose(self) -> None:
         self._clients.clear()
+
+
+async def _collect(pages: Any) -> list[Any]:
+    return [k async for k in pages]
+
+
+def _owner(item: Any) -> tuple[str | None, str | None]:
+    """(owner type, owner id) of an Admin API key record: the scope its siblings share."""
+    owner = getattr(item, "owner", None)
+    kind = getattr(owner, "type", None)
+    if kind == "service_account":
+        return kind, getattr(getattr(owner, "service_account", None), "id", None)
+    if kind == "user":
+        return kind, getattr(getattr(owner, "user", None), "id", None)
+    return kind, None
+
+
+def _credential(item: Any) -> Credential:
+    return Credential(
+        id=item.id,
+        name=getattr(item, "name", None),
+        status="active",  # the Admin API lists only live keys
+        created_at=mgmt.parse_time(getattr(item, "created_at", None)),
+        last_used_at=mgmt.parse_time(getattr(item, "last_used_at", None)),
+    )
 
 
 def _metadata(project_id: str, item: Any) -> KeyMetadata:

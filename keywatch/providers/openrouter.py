@@ -11,8 +11,9 @@ import httpx2
 
 from keywatch.domain import Health, ManagedKey, ProbeResult, Secret
 from keywatch.providers import mgmt
-from keywatch.providers.base import KeyMetadata, ProviderActionError
+from keywatch.providers.base import Credential, KeyMetadata, NewCredential, ProviderActionError
 from keywatch.providers.errors import Refusal, classify_status, error_fields, openai_ratelimit, retry_after
+from keywatch.redact import REGISTRY
 
 DEFAULT_BASE_URL = "https://openrouter.ai/api/v1"
 FIGURES = ("usage", "usage_daily", "usage_weekly", "usage_monthly", "limit", "limit_remaining")
@@ -24,6 +25,15 @@ def _headers(secret: str) -> dict[str, str]:
 
 # `disabled` is a flag; keywatch shows it as the status disabled or active.
 STATUSES = mgmt.status_flag("disabled", method="PATCH", on="disabled", off="active")
+
+
+def _credential(record: dict[str, Any]) -> Credential:
+    return Credential(
+        id=str(record.get("hash")),
+        name=record.get("name"),
+        status=STATUSES.of(record) or "active",
+        created_at=mgmt.parse_time(record.get("created_at")),
+    )
 
 
 def _metadata(record: dict[str, Any]) -> KeyMetadata:
@@ -121,7 +131,43 @@ class OpenRouterAdapter(mgmt.AdminApiAdapter):
         value = body.get("key") if isinstance(body, dict) else None
         if not isinstance(data, dict) or not isinstance(value, str) or not value:
             raise ProviderActionError(f"create OpenRouter key {name}: the answer carries no key")
+        REGISTRY.add([value])
         return _metadata(data), Secret(value)
+
+    # -- rotation: a new key with the old one's name and limit; the old one disabled, then deleted ------
+    async def current_credential(self, key: ManagedKey) -> Credential:
+        return _credential(await self.find_record(key))
+
+    async def list_credentials(self, key: ManagedKey) -> list[Credential]:
+        """Every key of the management key's account, disabled ones too (OpenRouter has no narrower scope)."""
+        records = await self._list_records(key)
+        return [_credential(r) for r in records if isinstance(r, dict) and r.get("hash")]
+
+    async def create_credential(self, key: ManagedKey, *, name: str) -> NewCredential:
+        meta, secret = await self.create(key, name=name)
+        if not meta.provider_key_id:
+            raise ProviderActionError(f"create OpenRouter key {name}: the answer carries no hash")
+        return NewCredential(meta.provider_key_id, secret, {})
+
+    async def deactivate_credential(self, key: ManagedKey, credential_id: str) -> None:
+        await self._patch(key, credential_id, disabled=True)
+
+    async def reactivate_credential(self, key: ManagedKey, credential_id: str) -> None:
+        await self._patch(key, credential_id, disabled=False)
+
+    async def delete_credential(self, key: ManagedKey, credential_id: str) -> None:
+        """DELETE by hash; the caller decides whether it may (rollback of a new key, or after grace)."""
+        await self.admin_call(
+            key, "DELETE", f"{ADMIN_API.records.path}/{credential_id}",
+            what=f"delete OpenRouter key {credential_id} (beside {key.name})",
+        )
+
+    async def _patch(self, key: ManagedKey, credential_id: str, *, disabled: bool) -> None:
+        verb = "disable" if disabled else "enable"
+        await self.admin_call(
+            key, "PATCH", f"{ADMIN_API.records.path}/{credential_id}",
+            what=f"{verb} OpenRouter key {credential_id} (beside {key.name})", json={"disabled": disabled},
+        )
 
 
 def _refusal(response: httpx2.Response, body: Any) -> Refusal:

@@ -50,16 +50,21 @@ def header_secret(request: web.Request, name: str) -> str | None:
 async def admit(request: web.Request, provider: str, secret: str | None) -> SimKey | None:
     """Count the request and play the transport-level part of the key's behaviour.
 
-    Returns the key (None for a missing or unknown secret, which the caller answers as the provider
-    answers a wrong key). Latency applies to unknown secrets too: the real API is not faster for them.
-    `hang` never returns (the handler is cancelled when the client disconnects), `slow` sleeps
-    extra["delay_s"], `disconnect` drops the connection and never returns either. A hostile behaviour
-    (`HOSTILE`) raises `HostileAnswer`, which `hostile_answers` turns into that answer, on every route.
+    Returns the key (None for a missing or unknown secret, or a new credential whose propagation delay has not
+    passed, which the caller answers as the provider answers a wrong key). Latency applies to unknown secrets
+    too: the real API is not faster for them. `hang` never returns (the handler is cancelled when the client
+    disconnects), `slow` sleeps extra["delay_s"], `disconnect` drops the connection and never returns either. A
+    hostile behaviour (`HOSTILE`) raises `HostileAnswer`, which `hostile_answers` turns into that answer, on
+    every route.
     """
     state = request.app[STATE_KEY]
     key = state.keys.get(secret) if secret is not None else None
     resource = request.match_info.route.resource
-    state.count(provider, resource.canonical if resource is not None else request.path, secret, time.time())
+    now = time.time()
+    if key is not None and not key.propagated(now):
+        key = None  # created, not yet propagated: the provider does not know it yet
+    route = resource.canonical if resource is not None else request.path
+    state.count(provider, route, secret, now, used=key is not None)
     latency = state.latency_for(key)
     if latency > 0:
         await asyncio.sleep(latency / 1000.0)

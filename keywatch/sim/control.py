@@ -66,7 +66,10 @@ async def post_keys(request: web.Request) -> web.Response:
 
 
 async def list_keys(request: web.Request) -> web.Response:
-    return json_response({"keys": [key.describe() for key in state_of(request).keys.values()]})
+    state = state_of(request)
+    return json_response(
+        {"keys": [{**key.describe(), "last_used_at": state.last_used.get(key.secret)} for key in state.keys.values()]}
+    )
 
 
 async def delete_keys(request: web.Request) -> web.Response:
@@ -83,6 +86,19 @@ async def post_latency(request: web.Request) -> web.Response:
         return _bad_request("'latency_ms' must be a number >= 0")
     state_of(request).default_latency_ms = float(latency)
     return json_response({"latency_ms": float(latency)})
+
+
+async def post_propagation(request: web.Request) -> web.Response:
+    payload = await _read_json(request)
+    delay = payload.get("delay_s") if isinstance(payload, dict) else None
+    if not isinstance(delay, int | float) or isinstance(delay, bool) or delay < 0:
+        return _bad_request("'delay_s' must be a number >= 0")
+    state_of(request).propagation_delay_s = float(delay)
+    return json_response({"delay_s": float(delay)})
+
+
+async def get_propagation(request: web.Request) -> web.Response:
+    return json_response({"delay_s": state_of(request).propagation_delay_s})
 
 
 async def get_stats(request: web.Request) -> web.Response:
@@ -104,6 +120,8 @@ def register(app: web.Application, state: SimState) -> None:
     app.router.add_get(f"{PREFIX}/keys", list_keys)
     app.router.add_delete(f"{PREFIX}/keys", delete_keys)
     app.router.add_post(f"{PREFIX}/latency", post_latency)
+    app.router.add_post(f"{PREFIX}/propagation", post_propagation)
+    app.router.add_get(f"{PREFIX}/propagation", get_propagation)
     app.router.add_get(f"{PREFIX}/stats", get_stats)
     app.router.add_delete(f"{PREFIX}/stats", delete_stats)
     app.router.add_get(f"{PREFIX}/health", get_health)

@@ -185,6 +185,10 @@ class SimulatorThread:
     def set_latency(self, latency_ms: float) -> None:
         self.call(setattr, self.sim.state, "default_latency_ms", float(latency_ms))
 
+    def set_propagation_delay(self, seconds: float) -> None:
+        """Credentials created or regenerated from now on work only `seconds` after (0: at once)."""
+        self.call(setattr, self.sim.state, "propagation_delay_s", float(seconds))
+
     def reset(self) -> None:
         self.call(self.sim.state.reset)
 

@@ -5,6 +5,7 @@ Plain data mutated only on the simulator's event loop, so handlers never need a 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +52,9 @@ class SimKey:
     behaviour: str = "healthy"
     latency_ms: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # A credential the provider just created works only from this unix time on (propagation); until then
+    # every route answers it as the provider answers a wrong key.
+    not_before: float | None = None
 
     def __post_init__(self) -> None:
         if self.behaviour not in BEHAVIOURS:
@@ -68,7 +72,11 @@ class SimKey:
             "behaviour": self.behaviour,
             "latency_ms": self.latency_ms,
             "extra": self.extra,
+            "not_before": self.not_before,
         }
+
+    def propagated(self, now: float) -> bool:
+        return self.not_before is None or now >= self.not_before
 
 
 @dataclass(slots=True)
@@ -79,15 +87,24 @@ class SimState:
     requests_by_secret: dict[str, int] = field(default_factory=dict)
     last_used: dict[str, float] = field(default_factory=dict)  # secret -> unix time of its last request
     admin: dict[str, Any] = field(default_factory=dict)  # per-provider management data, e.g. admin["openai"]
+    # Seconds a credential created or regenerated through a management route takes to start working.
+    propagation_delay_s: float = 0.0
 
     def upsert(self, key: SimKey) -> SimKey:
         self.keys[key.secret] = key
         return key
 
+    def created(self, key: SimKey) -> SimKey:
+        """Add a credential a management route just made: it works after the propagation delay."""
+        if self.propagation_delay_s > 0:
+            key.not_before = time.time() + self.propagation_delay_s
+        return self.upsert(key)
+
     def reset(self) -> None:
         """Forget keys, management data and counters: a clean slate between tests."""
         self.keys.clear()
         self.admin.clear()
+        self.propagation_delay_s = 0.0
         self.reset_stats()
 
     def reset_stats(self) -> None:
@@ -100,12 +117,14 @@ class SimState:
             return key.latency_ms
         return self.default_latency_ms
 
-    def count(self, provider: str, route: str, secret: str | None, now: float) -> None:
+    def count(self, provider: str, route: str, secret: str | None, now: float, *, used: bool = True) -> None:
+        """Count a request; `used` (a known, propagated key) also makes it the key's last use."""
         slot = (provider, route)
         self.requests[slot] = self.requests.get(slot, 0) + 1
         if secret is not None:
             self.requests_by_secret[secret] = self.requests_by_secret.get(secret, 0) + 1
-            self.last_used[secret] = now
+            if used:
+                self.last_used[secret] = now
 
     def provider_data(self, provider: str) -> dict[str, Any]:
         return self.admin.setdefault(provider, {})

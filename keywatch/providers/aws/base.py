@@ -15,7 +15,7 @@ from keywatch.domain import Account, ManagedKey
 from keywatch.providers import mgmt
 from keywatch.providers.aws.boto import Boto, client_error_parts, is_client_error, is_transport_error
 from keywatch.providers.aws.errors import is_permanent
-from keywatch.providers.base import ProviderActionError, ProviderAdapter
+from keywatch.providers.base import Credential, ProviderActionError, ProviderAdapter
 from keywatch.redact import redact_text
 
 T = TypeVar("T")
@@ -109,6 +109,44 @@ class AwsBase(ProviderAdapter):
 
     async def aclose(self) -> None:
         self._boto.clear()
+
+    async def _make_room(
+        self, key: ManagedKey, account: Account, user: str, what: str, current_id: str,
+        credentials: list[Credential], delete: Callable[[str], Any],
+    ) -> None:
+        """Before creating a second credential: IAM allows two per user (per service). With two already,
+        an inactive one that is not `key`'s own is deleted when the account allows destructive actions;
+        otherwise the error names the user, the credentials and what to do."""
+        if len(credentials) < 2:
+            return
+        leftovers = [c for c in credentials if c.id != current_id and c.status == "inactive"]
+        if leftovers and account.allow_destructive:
+            await delete(leftovers[0].id)
+            return
+        raise limit_error(user, what, current_id, credentials, account, leftover=bool(leftovers))
+
+
+def limit_error(
+    user: str, what: str, current_id: str, credentials: list[Credential], account: Account, *, leftover: bool
+) -> ProviderActionError:
+    """IAM's two-per-user limit, explained: whose, which ones, and what a person can do about it."""
+    listed = ", ".join(f"{c.id} ({c.status}{', the one in use' if c.id == current_id else ''})" for c in credentials)
+    others = [c.id for c in credentials if c.id != current_id]
+    if leftover:
+        todo = (
+            f"delete the inactive {others[0]} or set allow_destructive = true on account {account.name} so "
+            "keywatch deletes an inactive leftover itself"
+        )
+    else:
+        todo = (
+            f"{' and '.join(others) or 'the other one'} is still active: find out who uses it, then deactivate "
+            "and delete it (keywatch deletes only inactive leftovers, and only with allow_destructive)"
+        )
+    return ProviderActionError(
+        f"IAM user {user} already has {len(credentials)} {what}, the most IAM allows per user: {listed}; "
+        f"rotation needs room for a new one: {todo}",
+        permanent=True,
+    )
 
 
 def aware(value: Any) -> datetime | None:

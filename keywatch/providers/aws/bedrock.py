@@ -27,13 +27,14 @@ from typing import Any
 
 import httpx2
 
-from keywatch.domain import Account, ManagedKey, ProbeResult
+from keywatch.domain import Account, ManagedKey, ProbeResult, Secret
 from keywatch.providers import mgmt
-from keywatch.providers.aws.base import AwsBase, aware
+from keywatch.providers.aws.base import AwsBase, aware, limit_error
 from keywatch.providers.aws.errors import classify_aws_error
-from keywatch.providers.base import KeyMetadata, ProviderActionError
+from keywatch.providers.base import Credential, KeyMetadata, NewCredential, ProviderActionError
 from keywatch.providers.errors import Refusal
 from keywatch.providers.errors import retry_after as retry_after_header
+from keywatch.redact import REGISTRY
 
 BEDROCK_SERVICE = "bedrock.amazonaws.com"
 
@@ -95,9 +96,7 @@ class AwsBedrockAdapter(AwsBase):
             )
         return user
 
-    async def _find(self, key: ManagedKey) -> tuple[Account, dict[str, Any]]:
-        """The credential record of `key`: by provider_key_id, the token's alias, or its user's only one."""
-        account = self.account_for(key)
+    async def _records(self, key: ManagedKey, account: Account) -> list[dict[str, Any]]:
         user = self._user(key)
         listed = await self._mgmt_call(
             key,
@@ -105,9 +104,13 @@ class AwsBedrockAdapter(AwsBase):
             f"list Bedrock API keys of IAM user {user}",
             lambda iam: iam.list_service_specific_credentials(UserName=user, ServiceName=BEDROCK_SERVICE),
         )
-        records = [
-            r for r in listed.get("ServiceSpecificCredentials", []) if r.get("ServiceSpecificCredentialId")
-        ]
+        return [r for r in listed.get("ServiceSpecificCredentials", []) if r.get("ServiceSpecificCredentialId")]
+
+    async def _find(self, key: ManagedKey) -> tuple[Account, dict[str, Any]]:
+        """The credential record of `key`: by provider_key_id, the token's alias, or its user's only one."""
+        account = self.account_for(key)
+        user = self._user(key)
+        records = await self._records(key, account)
         wanted = key.options.get("provider_key_id") or self._ids.get((key.name, key.fingerprint))
         alias = bedrock_alias(key.secret.reveal()) if key.secret else None
         if wanted:
@@ -174,6 +177,75 @@ class AwsBedrockAdapter(AwsBase):
             what,
             lambda iam: getattr(iam, operation)(UserName=user, ServiceSpecificCredentialId=cred_id, **args),
         )
+
+
+    # -- rotation: a second service-specific credential; the old one Inactive, then deleted -----------
+    async def current_credential(self, key: ManagedKey) -> Credential:
+        _, record = await self._find(key)
+        return _credential(record)
+
+    async def list_credentials(self, key: ManagedKey) -> list[Credential]:
+        return [_credential(r) for r in await self._records(key, self.account_for(key))]
+
+    async def create_credential(self, key: ManagedKey, *, name: str) -> NewCredential:
+        account, current = await self._find(key)
+        user = self._user(key)
+        await self._make_room(
+            key, account, user, "Bedrock API keys", current["ServiceSpecificCredentialId"],
+            await self.list_credentials(key), lambda cid: self.delete_credential(key, cid),
+        )
+        args: dict[str, Any] = {"UserName": user, "ServiceName": BEDROCK_SERVICE}
+        expires, created = aware(current.get("ExpirationDate")), aware(current.get("CreateDate"))
+        if expires is not None and created is not None:  # the same lifetime as the key it replaces
+            args["CredentialAgeDays"] = max(1, min(36600, round((expires - created).total_seconds() / 86400)))
+        try:
+            answer = await self._mgmt_call(
+                key, account, f"create a Bedrock API key for IAM user {user}",
+                lambda iam: iam.create_service_specific_credential(**args),
+            )
+        except ProviderActionError as exc:
+            if "LimitExceeded" not in str(exc):
+                raise
+            raise limit_error(user, "Bedrock API keys", current["ServiceSpecificCredentialId"],
+                              await self.list_credentials(key), account, leftover=False) from None
+        record = answer.get("ServiceSpecificCredential") or {}
+        cred_id, token = record.get("ServiceSpecificCredentialId"), record.get("ServiceCredentialSecret")
+        if not cred_id or not token:
+            raise ProviderActionError(f"create a Bedrock API key for IAM user {user}: the answer carries no key")
+        REGISTRY.add([token])
+        return NewCredential(cred_id, Secret(token), {})
+
+    async def deactivate_credential(self, key: ManagedKey, credential_id: str) -> None:
+        await self._credential_call(key, credential_id, "Inactive")
+
+    async def reactivate_credential(self, key: ManagedKey, credential_id: str) -> None:
+        await self._credential_call(key, credential_id, "Active")
+
+    async def delete_credential(self, key: ManagedKey, credential_id: str) -> None:
+        """delete_service_specific_credential; the caller decides whether it may."""
+        await self._credential_call(key, credential_id, None)
+
+    async def _credential_call(self, key: ManagedKey, credential_id: str, status: str | None) -> None:
+        account, user = self.account_for(key), self._user(key)
+        if status is None:
+            what, operation, args = f"delete Bedrock API key {credential_id}", "delete_service_specific_credential", {}
+        else:
+            what, operation = f"set Bedrock API key {credential_id} {status}", "update_service_specific_credential"
+            args = {"Status": status}
+        await self._mgmt_call(
+            key, account, f"{what} of IAM user {user}",
+            lambda iam: getattr(iam, operation)(UserName=user, ServiceSpecificCredentialId=credential_id, **args),
+        )
+
+
+def _credential(record: dict[str, Any]) -> Credential:
+    return Credential(
+        id=record["ServiceSpecificCredentialId"],
+        name=record.get("ServiceCredentialAlias") or record.get("ServiceUserName"),
+        status=str(record.get("Status", "")).lower() or "active",
+        created_at=aware(record.get("CreateDate")),
+        last_used_at=None,  # IAM reports no last use for service-specific credentials
+    )
 
 
 def _bedrock_refusal(response: httpx2.Response, body: Any) -> Refusal:

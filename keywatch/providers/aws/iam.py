@@ -18,12 +18,13 @@ from typing import Any
 
 import httpx2
 
-from keywatch.domain import Account, Health, ManagedKey, ProbeResult
+from keywatch.domain import Account, Health, ManagedKey, ProbeResult, Secret
 from keywatch.providers import mgmt
-from keywatch.providers.aws.base import AwsBase, aware
+from keywatch.providers.aws.base import AwsBase, aware, limit_error
 from keywatch.providers.aws.boto import client_error_parts, is_client_error, is_transport_error
 from keywatch.providers.aws.errors import classify_aws_error
-from keywatch.providers.base import KeyMetadata, ProviderActionError
+from keywatch.providers.base import Credential, KeyMetadata, NewCredential, ProviderActionError
+from keywatch.redact import REGISTRY
 
 QUARANTINE_PREFIX = "AWSCompromisedKeyQuarantine"
 
@@ -255,3 +256,99 @@ class AwsIamAdapter(AwsBase):
             f"set access key of {key.name} {status}",
             lambda iam: iam.update_access_key(UserName=user, AccessKeyId=access_key_id, Status=status),
         )
+
+    # -- rotation: a second access key for the same user; the old one Inactive, then deleted ----------
+    async def current_credential(self, key: ManagedKey) -> Credential:
+        account = self.account_for(key)
+        access_key_id, user = self._key_id(key), await self._user(key, account)
+        found = [c for c in await self._credentials(key, account, user) if c.id == access_key_id]
+        if not found:
+            raise ProviderActionError(
+                f"key {key.name}: IAM user {user} has no access key {access_key_id}", permanent=True
+            )
+        return found[0]
+
+    async def list_credentials(self, key: ManagedKey) -> list[Credential]:
+        account = self.account_for(key)
+        return await self._credentials(key, account, await self._user(key, account))
+
+    async def _credentials(self, key: ManagedKey, account: Account, user: str) -> list[Credential]:
+        """The user's access keys with their last use (IAM's last-used data can lag by hours)."""
+
+        def read(iam: Any) -> list[Credential]:
+            out = []
+            for page in iam.get_paginator("list_access_keys").paginate(UserName=user):
+                for m in page.get("AccessKeyMetadata", []):
+                    key_id = m.get("AccessKeyId")
+                    if not key_id:
+                        continue
+                    used = iam.get_access_key_last_used(AccessKeyId=key_id).get("AccessKeyLastUsed") or {}
+                    out.append(Credential(
+                        id=key_id,
+                        name=None,  # IAM access keys have no name
+                        status=str(m.get("Status", "")).lower() or "active",
+                        created_at=aware(m.get("CreateDate")),
+                        last_used_at=aware(used.get("LastUsedDate")),
+                    ))
+            return out
+
+        return await self._mgmt_call(key, account, f"list access keys of IAM user {user}", read)
+
+    async def create_credential(self, key: ManagedKey, *, name: str) -> NewCredential:
+        account = self.account_for(key)
+        access_key_id, user = self._key_id(key), await self._user(key, account)
+        credentials = await self._credentials(key, account, user)
+        await self._make_room(
+            key, account, user, "access keys", access_key_id, credentials,
+            lambda cid: self.delete_credential(key, cid),
+        )
+        try:
+            answer = await self._mgmt_call(
+                key, account, f"create an access key for IAM user {user}",
+                lambda iam: iam.create_access_key(UserName=user),
+            )
+        except ProviderActionError as exc:
+            if "LimitExceeded" not in str(exc):
+                raise
+            fresh = await self._credentials(key, account, user)  # created meanwhile by someone else
+            raise limit_error(user, "access keys", access_key_id, fresh, account,
+                              leftover=any(c.status == "inactive" and c.id != access_key_id for c in fresh)) from None
+        created = answer.get("AccessKey") or {}
+        new_id, secret = created.get("AccessKeyId"), created.get("SecretAccessKey")
+        if not new_id or not secret:
+            raise ProviderActionError(f"create an access key for IAM user {user}: the answer carries no key")
+        REGISTRY.add([secret])
+        self._users[new_id] = user
+        return NewCredential(new_id, Secret(secret), {"access_key_id": new_id})
+
+    async def deactivate_credential(self, key: ManagedKey, credential_id: str) -> None:
+        await self._set_credential_status(key, credential_id, "Inactive")
+
+    async def reactivate_credential(self, key: ManagedKey, credential_id: str) -> None:
+        await self._set_credential_status(key, credential_id, "Active")
+
+    async def delete_credential(self, key: ManagedKey, credential_id: str) -> None:
+        """delete_access_key; the caller decides whether it may (rollback of a new key, or after grace)."""
+        account = self.account_for(key)
+        user = await self._user(key, account)
+        await self._mgmt_call(
+            key, account, f"delete access key {credential_id} of IAM user {user}",
+            lambda iam: iam.delete_access_key(UserName=user, AccessKeyId=credential_id),
+        )
+
+    async def _set_credential_status(self, key: ManagedKey, credential_id: str, status: str) -> None:
+        account = self.account_for(key)
+        user = await self._user(key, account)
+        await self._mgmt_call(
+            key, account, f"set access key {credential_id} of IAM user {user} {status}",
+            lambda iam: iam.update_access_key(UserName=user, AccessKeyId=credential_id, Status=status),
+        )
+
+    def with_credential(self, key: ManagedKey, new: NewCredential) -> ManagedKey:
+        """The new key pair: its access_key_id, the same user."""
+        options = {**key.options, "access_key_id": new.id}
+        user = key.options.get("user_name") or self._users.get(self._key_id(key))
+        if user:
+            options["user_name"] = user
+        options.pop("provider_key_id", None)
+        return replace(key, secret=new.secret, options=options)

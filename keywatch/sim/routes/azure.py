@@ -248,7 +248,7 @@ async def arm_regenerate(request: web.Request) -> web.Response:
     state = state_of(request)
     state.keys.pop(account[slot], None)
     account[slot] = new_key()
-    state.upsert(SimKey(account[slot], PROVIDER, extra={"resource": account["name"]}))
+    state.created(SimKey(account[slot], PROVIDER, extra={"resource": account["name"]}))
     return json_response({"key1": account["key1"], "key2": account["key2"]})
 
 

@@ -175,7 +175,7 @@ def create_credential(state: SimState, user: str, days: int | None = None) -> di
     if days:
         cred["ExpirationDate"] = _iso(now + timedelta(days=days))
     _credentials(state)[cred["ServiceSpecificCredentialId"]] = cred
-    state.upsert(SimKey(token, BEDROCK))
+    state.created(SimKey(token, BEDROCK))
     return cred
 
 

@@ -12,6 +12,7 @@ Bodies, codes and headers follow the provider's documented API. Per-key knobs in
 from __future__ import annotations
 
 import json
+import secrets as pysecrets
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -409,7 +410,7 @@ def _key_item(state: SimState, key: SimKey) -> dict[str, Any]:
             "type": "service_account",
             "service_account": {
                 "object": "organization.project.service_account",
-                "id": extra.get("owner_id", f"svc_acct_{extra['key_id']}"),
+                "id": _owner_id(key),
                 "name": extra.get("owner_name", "sim-service-account"),
                 "role": "member",
                 "created_at": created,
@@ -494,7 +495,9 @@ async def delete_project_key(request: web.Request) -> web.Response:
         return named
     key, found = named
     state, key_id = state_of(request), found.extra["key_id"]
-    if found.extra.get("owner_type") == "service_account":
+    if found.extra.get("owner_type") == "service_account" and not any(
+        k is not found and _owner_id(k) == _owner_id(found) for k in project_keys(state, found.extra["project_id"])
+    ):
         return error_response(
             400,
             "Service account API keys cannot be deleted directly; delete the service account instead.",
@@ -507,6 +510,126 @@ async def delete_project_key(request: web.Request) -> web.Response:
     return json_response(body, 200, _headers(key, 0))
 
 
+# --- service accounts and their keys (rotation) ----------------------------------------------------------
+
+
+def _owner_id(key: SimKey) -> str:
+    extra = key.extra
+    default = f"svc_acct_{extra['key_id']}" if extra.get("owner_type") == "service_account" else "user_sim"
+    return str(extra.get("owner_id", default))
+
+
+def _service_accounts(state: SimState) -> dict[str, dict[str, Any]]:
+    return state.provider_data(PROVIDER).setdefault("service_accounts", {})
+
+
+def _service_account(state: SimState, project_id: str, account_id: str) -> dict[str, Any] | None:
+    """A service account declared (created through the API) or owning a key of the project."""
+    declared = _service_accounts(state).get(account_id)
+    if declared is not None:
+        return declared if declared["project_id"] == project_id else None
+    owner = next(
+        (k for k in project_keys(state, project_id)
+         if k.extra.get("owner_type") == "service_account" and _owner_id(k) == account_id),
+        None,
+    )
+    if owner is None:
+        return None
+    return {"id": account_id, "project_id": project_id, "name": owner.extra.get("owner_name", "sim-service-account"),
+            "created_at": owner.extra.get("created_at", CREATED_AT)}
+
+
+def _new_service_account_key(
+    state: SimState, project_id: str, account: dict[str, Any], name: str, expires_in: int | None
+) -> dict[str, Any]:
+    """A new key owned by `account`, known to the models routes after the propagation delay."""
+    now = int(time.time())
+    key_id = f"key_{pysecrets.token_hex(8)}"
+    secret = f"sk-svcacct-{pysecrets.token_urlsafe(48)}"
+    extra: dict[str, Any] = {
+        "project_id": project_id, "key_id": key_id, "name": name, "created_at": now,
+        "owner_type": "service_account", "owner_id": account["id"], "owner_name": account["name"],
+    }
+    state.created(SimKey(secret, PROVIDER, extra=extra))
+    return {
+        "id": key_id,
+        "object": "organization.project.service_account.api_key",
+        "name": name,
+        "value": secret,
+        "created_at": now,
+        "expires_at": now + expires_in if expires_in else None,
+    }
+
+
+async def _json_object(request: web.Request) -> dict[str, Any] | None:
+    if not request.can_read_body:
+        return {}
+    try:
+        payload = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return payload if isinstance(payload, dict) else None
+
+
+def _expires(payload: dict[str, Any]) -> int | web.Response | None:
+    value = payload.get("expires_in_seconds")
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 31536000:
+        return error_response(400, "expires_in_seconds must be an integer between 1 and 31536000",
+                              "invalid_request_error", None, param="expires_in_seconds")
+    return value
+
+
+async def create_service_account(request: web.Request) -> web.Response:
+    """`POST .../service_accounts` {"name"}: a service account and its first key (the value shown only here)."""
+    key, refused = await _admin(request)
+    if refused is not None:
+        return refused
+    state, project_id = state_of(request), request.match_info["project_id"]
+    if project_id not in projects(state):
+        return _not_found(f"No project found with id '{project_id}'.")
+    payload = await _json_object(request)
+    if payload is None or not isinstance(payload.get("name"), str) or not payload["name"]:
+        return error_response(400, "name is required", "invalid_request_error", None, param="name")
+    expires = _expires(payload)
+    if isinstance(expires, web.Response):
+        return expires
+    now = int(time.time())
+    account = {"id": f"svc_acct_{pysecrets.token_hex(8)}", "project_id": project_id, "name": payload["name"],
+               "created_at": now}
+    _service_accounts(state)[account["id"]] = account
+    api_key = _new_service_account_key(state, project_id, account, "Secret Key", expires)
+    body = {"object": "organization.project.service_account", "id": account["id"], "name": account["name"],
+            "role": "member", "created_at": now, "api_key": api_key}
+    return json_response(body, 200, _headers(key, 0))
+
+
+async def create_service_account_key(request: web.Request) -> web.Response:
+    """`POST .../service_accounts/{id}/api_keys` {"name"?, "scopes"?, "expires_in_seconds"?}: another key."""
+    key, refused = await _admin(request)
+    if refused is not None:
+        return refused
+    state = state_of(request)
+    project_id, account_id = request.match_info["project_id"], request.match_info["service_account_id"]
+    if project_id not in projects(state):
+        return _not_found(f"No project found with id '{project_id}'.")
+    account = _service_account(state, project_id, account_id)
+    if account is None:
+        return _not_found(f"No service account found with id '{account_id}' in project '{project_id}'.")
+    payload = await _json_object(request)
+    if payload is None:
+        return error_response(400, "The request body must be a JSON object", "invalid_request_error", None)
+    name = payload.get("name")
+    if name is not None and not isinstance(name, str):
+        return error_response(400, "name must be a string", "invalid_request_error", None, param="name")
+    expires = _expires(payload)
+    if isinstance(expires, web.Response):
+        return expires
+    body = _new_service_account_key(state, project_id, account, name or "Secret Key", expires)
+    return json_response(body, 200, _headers(key, 0))
+
+
 def register(app: web.Application, state: SimState) -> None:
     v1 = f"{PREFIX}/v1"
     app.router.add_get(f"{v1}/models", list_models)
@@ -516,3 +639,6 @@ def register(app: web.Application, state: SimState) -> None:
     app.router.add_get(keys, list_project_keys)
     app.router.add_get(f"{keys}/{{key_id}}", get_project_key)
     app.router.add_delete(f"{keys}/{{key_id}}", delete_project_key)
+    accounts = f"{v1}/organization/projects/{{project_id}}/service_accounts"
+    app.router.add_post(accounts, create_service_account)
+    app.router.add_post(f"{accounts}/{{service_account_id}}/api_keys", create_service_account_key)

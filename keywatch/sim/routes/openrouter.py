@@ -200,7 +200,7 @@ async def create_key(request: web.Request) -> web.Response:
             "created_at": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         },
     )
-    state_of(request).upsert(key)
+    state_of(request).created(key)
     return json_response({"data": record(key), "key": secret}, 201)
 
 
