@@ -20,4 +20,5 @@ DAEMON_CAPABILITIES: list[tuple[str, str]] = [
     ("alerts", "keywatch.notify.service"),
     ("policies", "keywatch.engine.service"),
     ("usage", "keywatch.usage.service"),
+    ("rotation", "keywatch.rotation.service"),  # last: resumes rotations once alerts and policies are up
 ]
