@@ -104,7 +104,8 @@ PROVIDERS: dict[str, ProviderInfo] = {
                 " destructive, needs allow_destructive on the account); narrowing a key's scopes is not a "
                 "disable",
                 "enable": "no API: a deleted key cannot come back",
-                "create": "possible only through a new project service account per key; not implemented by keywatch",
+                "create": "rotation creates a second key for the key's service account (Admin API); user-owned keys "
+                "cannot be created by API",
                 "revoke": "Admin API DELETE (irreversible; needs allow_destructive on the account; a service-account "
                 "key "
                 "is deleted with its service account)",
@@ -250,13 +251,13 @@ PROVIDERS: dict[str, ProviderInfo] = {
                 "metadata": "IAM list_access_keys (status, created), get_access_key_last_used (time, service)",
                 "disable": "IAM update_access_key Status=Inactive (reversible)",
                 "enable": "IAM update_access_key Status=Active",
-                "create": "IAM create_access_key works (at most 2 keys per user); keywatch does not create keys yet",
+                "create": "rotation creates the user's second access key (create_access_key; at most 2 per user)",
                 "revoke": "IAM delete_access_key (irreversible; needs allow_destructive on the account)",
                 "usage": "no per-key usage API; Bedrock spend is in CloudWatch/Cost Explorer per account",
             },
             least_privilege="iam:ListAccessKeys, iam:GetAccessKeyLastUsed, iam:UpdateAccessKey, "
-            "iam:ListAttachedUserPolicies (+ iam:DeleteAccessKey for revoke) on the users whose "
-            "keys are watched",
+            "iam:ListAttachedUserPolicies (+ iam:DeleteAccessKey for revoke, + iam:CreateAccessKey and "
+            "iam:DeleteAccessKey for rotation) on the users whose keys are watched",
             key_prefixes=("AKIA", "ASIA", "ABIA", "ACCA"),
             key_patterns=(
                 r"\b(?:A3T[A-Z0-9]|AKIA|ASIA|ABIA|ACCA)[A-Z2-7]{16}\b",
@@ -293,12 +294,14 @@ PROVIDERS: dict[str, ProviderInfo] = {
                 "metadata": "IAM list_service_specific_credentials (status, created, expires); needs user_name",
                 "disable": "IAM update_service_specific_credential Status=Inactive (reversible)",
                 "enable": "IAM update_service_specific_credential Status=Active",
-                "create": "IAM create_service_specific_credential works (2 per user); keywatch does not create yet",
+                "create": "rotation creates the user's second Bedrock key (create_service_specific_credential; "
+                "2 per user)",
                 "revoke": "IAM delete_service_specific_credential (irreversible; needs allow_destructive)",
                 "usage": "CloudWatch AWS/Bedrock is per model and account, not per API key",
             },
             least_privilege="iam:ListServiceSpecificCredentials, iam:UpdateServiceSpecificCredential (+ "
-            "iam:DeleteServiceSpecificCredential for revoke) on the keys' users",
+            "iam:DeleteServiceSpecificCredential for revoke, + iam:CreateServiceSpecificCredential and "
+            "iam:DeleteServiceSpecificCredential for rotation) on the keys' users",
             key_patterns=("\\bABSK[A-Za-z0-9+/=]{40,}",),
             account_family="aws",
             account_usage="aws",
