@@ -1,0 +1,125 @@
+"""Rotation end to end against the simulator (a real HTTP server): while a client that reads the key from
+the destination before every request hammers the provider, the state machine rotates the key through the
+real adapter. The client sees zero failed requests, and afterwards exactly one credential remains at the
+provider: the one the destination publishes."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx2
+import pytest
+
+from keywatch.domain import Account, Health, ManagedKey, Secret
+from keywatch.providers.base import ProviderAdapter
+from keywatch.providers.openai import OpenAIAdapter
+from keywatch.providers.openrouter import OpenRouterAdapter
+from keywatch.rotation.machine import Machine, Policy, new_rotation
+from keywatch.rotation.store import Rotation, RotationStore
+from keywatch.secretstores import open_destination
+from keywatch.sim import Simulator
+from keywatch.store.repo import Store
+
+OR_MANAGEMENT = "sk-or-v1-" + "c3" * 32
+OR_OLD = "sk-or-v1-" + "d4" * 32
+OAI_ADMIN = "sk-admin-Zt8Qp3Lm5Nx7Tv2Wy4Bc6Df9Gh1Jk0Lp2Mq4Nr6Ts8Uv0ADMN"
+OAI_OLD = "sk-svcacct-Zt4bW9xQ2LmN7pR3sT8vY1zA6cD0eF5gH2jK4Lq9Wm3Nb5Vc7Xz1GDYA"
+
+
+def openrouter(sim: Simulator, http: httpx2.AsyncClient) -> tuple[ProviderAdapter, ManagedKey, str]:
+    sim.set_key(OR_MANAGEMENT, "openrouter", "admin")
+    sim.set_key(OR_OLD, "openrouter", hash="h_old", name="router", limit=25)
+    base = f"{sim.url}/openrouter/api/v1"
+    account = Account("or", "openrouter", admin_secret=Secret(OR_MANAGEMENT), base_url=base)
+    key = ManagedKey("router", "openrouter", Secret(OR_OLD), "env:R", base_url=base, account="or")
+    return OpenRouterAdapter(http, {"or": account}, timeout=5), key, OR_OLD
+
+
+def openai(sim: Simulator, http: httpx2.AsyncClient) -> tuple[ProviderAdapter, ManagedKey, str]:
+    sim.set_key(OAI_ADMIN, "openai", "admin")
+    sim.set_key(OAI_OLD, "openai", project_id="proj_prod", key_id="key_old", name="app",
+                owner_type="service_account", owner_id="svc_acct_app")
+    base = f"{sim.url}/openai/v1"
+    account = Account("org", "openai", admin_secret=Secret(OAI_ADMIN), base_url=base)
+    key = ManagedKey("app", "openai", Secret(OAI_OLD), "env:APP", base_url=base, account="org")
+    return OpenAIAdapter(http, {"org": account}, timeout=5), key, OAI_OLD
+
+
+class Hammer:
+    """A client: reads the key from the file before each request, sends requests until stopped."""
+
+    def __init__(self, adapter: ProviderAdapter, key: ManagedKey, path: Path) -> None:
+        self.adapter, self.key, self.path = adapter, key, path
+        self.sent = self.failed = 0
+        self.failures: list[str] = []
+        self._stop = asyncio.Event()
+
+    async def run(self) -> None:
+        while not self._stop.is_set():
+            value = self.path.read_text().strip()
+            result = await self.adapter.probe(ManagedKey(self.key.name, self.key.provider, Secret(value), "file:x",
+                                                         base_url=self.key.base_url, account=self.key.account))
+            self.sent += 1
+            if result.health is not Health.HEALTHY:
+                self.failed += 1
+                self.failures.append(f"{result.health} {result.error_code}")
+            await asyncio.sleep(0.005)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+@pytest.mark.parametrize("setup", [openrouter, openai], ids=["openrouter", "openai"])
+async def test_rotation_under_load_has_zero_failed_requests_and_leaves_one_credential(
+    fresh_sim: Simulator, tmp_path: Path, setup
+) -> None:
+    fresh_sim.state.propagation_delay_s = 0.4  # the new key works only after a while, as at real providers
+    store = Store(f"sqlite:///{tmp_path / 'k.db'}")
+    store.upgrade()
+    rows = RotationStore(store.engine)
+    path = tmp_path / "key"
+    async with httpx2.AsyncClient() as http:
+        adapter, key, old = setup(fresh_sim, http)
+        path.write_text(old + "\n")
+        dest = open_destination(f"file:{path}")
+        steps: list[str] = []
+
+        async def save(r: Rotation) -> None:
+            await asyncio.to_thread(rows.save, r)
+            steps.append(r.step)
+
+        m = Machine(adapter, [dest], save, lambda: datetime.now(UTC),
+                    Policy(grace=timedelta(seconds=0.5), verify_timeout=timedelta(seconds=10), verify_interval=0.05,
+                           allow_destructive=True))
+        hammer = Hammer(adapter, key, path)
+        client = asyncio.ensure_future(hammer.run())
+        await asyncio.sleep(0.2)
+        r = await m.run(new_rotation(key, "create", actor="test", reason="due", at=datetime.now(UTC)), key)
+        while r.state == "running":
+            await asyncio.sleep(0.1)
+            r = await m.run(r, key)
+        await asyncio.sleep(0.3)  # the client keeps going after the old key is gone
+        hammer.stop()
+        await client
+        assert r.state == "done", r.error
+        assert [s for s in dict.fromkeys(steps)] == ["started", "create", "publish_pending", "verify", "promote",
+                                                     "grace", "retire_old", "done"]
+        assert hammer.sent > 50 and hammer.failed == 0, hammer.failures[:5]
+        published = path.read_text().strip()
+        assert published != old
+        creds = await adapter.list_credentials(adapter.with_credential(key, m_new(published, r)))
+        assert [c.id for c in creds] == [r.new_credential]
+        assert (await adapter.probe(ManagedKey(key.name, key.provider, Secret(published), "x", base_url=key.base_url,
+                                               account=key.account))).health is Health.HEALTHY
+        assert (await adapter.probe(key)).health is Health.INVALID  # the old key is retired
+        stored = repr([x.as_dict() for x in rows.history()])
+        assert old not in stored and published not in stored and published[-8:] not in stored
+    store.dispose()
+
+
+def m_new(value: str, r: Rotation):
+    from keywatch.providers.base import NewCredential
+
+    return NewCredential(r.new_credential or "", Secret(value), {})
