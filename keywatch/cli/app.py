@@ -23,6 +23,7 @@ COMMAND_MODULES: list[str] = [
     "keywatch.cli.keys",
     "keywatch.cli.policy",
     "keywatch.cli.usage",
+    "keywatch.cli.rotate",
 ]
 
 

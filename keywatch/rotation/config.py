@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from keywatch.durations import parse_duration
 from keywatch.settings.types import Duration, Strict
 
 
@@ -56,11 +57,18 @@ class RotationSettings(Strict):
     policies: list[RotationPolicy] = Field(default_factory=list, description="rotate_every by label selector")
 
 
+def seconds(value: Any) -> float | None:
+    """A duration as a key's options hold it (the config's text form, e.g. "90d") in seconds."""
+    if value is None:
+        return None
+    return parse_duration(value) if isinstance(value, str) else float(value)
+
+
 def rotate_every(key: Any, settings: RotationSettings) -> float | None:
     """The key's own rotate_every, else the first matching policy's, in seconds."""
-    own = key.options.get("rotate_every")
+    own = seconds(key.options.get("rotate_every"))
     if own is not None:
-        return float(own)
+        return own
     for p in settings.policies:
         if all(key.labels.get(k) == v for k, v in p.labels.items()):
             return float(p.rotate_every)

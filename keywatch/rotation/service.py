@@ -20,7 +20,7 @@ from prometheus_client import Counter, Gauge
 from keywatch.domain import Alert, Event, ManagedKey, Severity
 from keywatch.providers.base import NewCredential, NotSupported
 from keywatch.redact import REGISTRY
-from keywatch.rotation.config import RotationSettings, rotate_every
+from keywatch.rotation.config import RotationSettings, rotate_every, seconds
 from keywatch.rotation.machine import Machine, Policy, new_rotation
 from keywatch.rotation.store import Rotation, RotationStore
 from keywatch.runtime import Runtime
@@ -33,12 +33,16 @@ def settings_of(config: Any) -> RotationSettings:
     return getattr(config, "rotation", None) or RotationSettings()
 
 
+def _or(value: float | None, default: float) -> float:
+    return float(default) if value is None else value
+
+
 def policy_for(key: ManagedKey, s: RotationSettings) -> Policy:
     o = key.options
     return Policy(
-        grace=timedelta(seconds=float(o.get("grace") if o.get("grace") is not None else s.grace)),
+        grace=timedelta(seconds=_or(seconds(o.get("grace")), s.grace)),
         revoke_when=o.get("revoke_when") or "grace",
-        max_unused_wait=timedelta(seconds=float(o.get("rotation_max_unused_wait") or s.max_unused_wait)),
+        max_unused_wait=timedelta(seconds=_or(seconds(o.get("rotation_max_unused_wait")), s.max_unused_wait)),
         verify_timeout=timedelta(seconds=float(s.verify_timeout)),
         verify_interval=float(s.verify_interval),
         allow_destructive=s.allow_destructive,

@@ -123,3 +123,70 @@ def m_new(value: str, r: Rotation):
     from keywatch.providers.base import NewCredential
 
     return NewCredential(r.new_credential or "", Secret(value), {})
+
+
+CLI_MANAGEMENT = "sk-or-v1-" + "e5" * 32
+CLI_OLD = "sk-or-v1-" + "f6" * 32
+
+
+def test_keywatch_rotate_publishes_a_working_key_and_prints_no_secret(sim, tmp_path: Path) -> None:
+    """`keywatch rotate KEY --now` against the simulator: the file destination ends up with a new key that
+    works, `keywatch rotations --json` shows the rotation in grace, and no output holds a secret."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    sim.set_key(CLI_MANAGEMENT, "openrouter", "admin")
+    sim.set_key(CLI_OLD, "openrouter", hash="h_cli_old", name="cli-router", limit=10)
+    base = f"{sim.url}/openrouter/api/v1"
+    dest = tmp_path / "router.key"
+    dest.write_text(CLI_OLD + "\n")
+    cfg = tmp_path / "keywatch.toml"
+    cfg.write_text(f'''[daemon]
+database = "sqlite:///{tmp_path / 'k.db'}"
+
+[[accounts]]
+name = "or"
+provider = "openrouter"
+admin_secret = "env:KW_OR_ADMIN"
+base_url = "{base}"
+
+[[keys]]
+name = "cli-router"
+provider = "openrouter"
+secret = "file:{dest}"
+base_url = "{base}"
+account = "or"
+publish = ["file:{dest}"]
+grace = "1h"
+
+[rotation]
+verify_interval = "100ms"
+''')
+    env = {k: os.environ[k] for k in ("PATH", "HOME", "PYTHONPATH") if k in os.environ}
+    env["KW_OR_ADMIN"] = CLI_MANAGEMENT
+
+    def kw(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "keywatch", *argv, "-c", str(cfg)], env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    dry = kw("rotate", "cli-router", "--now", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "would rotate cli-router" in dry.stdout and dest.read_text().strip() == CLI_OLD
+    out = kw("rotate", "cli-router", "--now")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "promoted" in out.stdout
+    new = dest.read_text().strip()
+    assert new != CLI_OLD and new.startswith("sk-or-v1-")
+    again = kw("rotate", "cli-router", "--now")
+    assert again.returncode == 1 and "already in flight" in again.stdout  # one rotation per key at a time
+    listed = kw("rotations", "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = json.loads(listed.stdout)
+    assert [(r["key"], r["step"], r["state"], r["old_credential"]) for r in rows] == [
+        ("cli-router", "grace", "running", "h_cli_old")]
+    everything = "".join(p.stdout + p.stderr for p in (dry, out, again, listed))
+    everything += (tmp_path / "k.db").read_bytes().decode("latin-1")
+    for s in (CLI_OLD, new, CLI_MANAGEMENT):
+        assert s not in everything and s[-10:] not in everything

@@ -36,6 +36,8 @@ HELP_EXIT_CODES = [
     (("policy",), ALWAYS),
     (("policy", "test"), ALWAYS),
     (("usage",), ALWAYS),
+    (("rotate",), WITH_ATTENTION),
+    (("rotations",), ALWAYS),
 ]
 
 
