@@ -65,7 +65,7 @@ class Failed(Exception):
 
 @dataclass
 class Machine:
-    adapter: ProviderAdapter
+    adapter: ProviderAdapter  # or anything that answers as one (the service: the current inventory's)
     destinations: Sequence[Any]  # keywatch.secretstores Destination
     save: Callable[[Rotation], Awaitable[None]]
     clock: Callable[[], datetime]

@@ -10,6 +10,8 @@ flight fleet-wide. `request()` starts one by hand (CLI, the `rotate` policy acti
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -56,6 +58,17 @@ class Started:
     rotation: Rotation | None = None
 
 
+class _CurrentAdapter:
+    """The adapter of the current inventory at every call: a reload replaces (and closes) the adapters,
+    and a rotation outlives a reload."""
+
+    def __init__(self, rt: Runtime, provider: str) -> None:
+        self._rt, self._provider = rt, provider
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._rt.adapter(self._provider), name)
+
+
 class RotationService:
     def __init__(self, rt: Runtime, store: RotationStore) -> None:
         self.rt = rt
@@ -73,6 +86,8 @@ class RotationService:
         self.age = Gauge("keywatch_key_age_seconds", "Age of the key's credential (since created or last rotated)",
                          ["key"], registry=reg)
         self._shown: dict[str, str] = {}
+        # Set by the daemon's setup: how the daemon re-reads the key secrets after a promote (SIGHUP).
+        self.reload: Any = None
 
     # -- plumbing -----------------------------------------------------------------------------------
     def _settings(self) -> RotationSettings:
@@ -103,10 +118,17 @@ class RotationService:
     def _machine(self, r: Rotation, key: ManagedKey) -> Machine:
         m = self.machines.get(r.id)
         if m is None:
-            m = Machine(self.rt.adapter(key.provider), self._destinations(key), self._save, self.rt.clock,
-                        policy_for(key, self._settings()))
+            m = Machine(_CurrentAdapter(self.rt, key.provider), self._destinations(key), self._save, self.rt.clock,
+                        policy_for(key, self._settings()), on_promote=self._promoted)
             self.machines[r.id] = m
         return m
+
+    async def _promoted(self, r: Rotation, new_key: ManagedKey) -> None:
+        """Consumers told: the daemon re-reads its key secrets (a key whose secret is the destination it
+        publishes to now probes the new credential)."""
+        log.info("rotation_promoted", rotation=r.id, key=r.key, fingerprint=new_key.fingerprint)
+        if self.reload is not None:
+            self.reload()
 
     def _in_flight(self) -> list[Rotation]:
         return self.store.active()
@@ -279,6 +301,7 @@ async def setup(rt: Runtime) -> RotationService:
     from keywatch.engine.actions import rotate as rotate_action
 
     rotate_action.attach(svc.request)
+    svc.reload = lambda: os.kill(os.getpid(), signal.SIGHUP)  # the daemon reloads on SIGHUP
     if settings_of(rt.inventory.config).enabled:
         rt.spawn([asyncio.ensure_future(svc.check())])  # resume rotations in flight at start
     return svc
