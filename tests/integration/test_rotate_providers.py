@@ -340,3 +340,25 @@ async def test_assisted_only_providers_have_no_credential_api() -> None:
                          adapter.create_credential(key, name="n")):
                 with pytest.raises(NotSupported):
                     await call
+
+
+async def test_the_control_api_sets_the_propagation_delay_and_shows_last_use(fresh_sim: Simulator) -> None:
+    async with httpx2.AsyncClient(base_url=fresh_sim.url) as http:
+        assert (await http.post("/_sim/propagation", json={"delay_s": -1})).status_code == 400
+        assert (await http.post("/_sim/propagation", json={"delay_s": 0.5})).json() == {"delay_s": 0.5}
+        assert (await http.get("/_sim/propagation")).json() == {"delay_s": 0.5}
+        fresh_sim.set_key(MANAGEMENT, "openrouter", "admin")
+        created = (await http.post("/openrouter/api/v1/keys", json={"name": "n"},
+                                   headers={"Authorization": f"Bearer {MANAGEMENT}"})).json()
+        auth = {"Authorization": f"Bearer {created['key']}"}
+        assert (await http.get("/openrouter/api/v1/key", headers=auth)).status_code == 401  # not propagated
+        shown = {k["fingerprint"]: k for k in (await http.get("/_sim/keys")).json()["keys"]}
+        from keywatch.domain import fingerprint
+
+        assert shown[fingerprint(created["key"])]["last_used_at"] is None  # a refused request is no use
+        await asyncio.sleep(0.6)
+        assert (await http.get("/openrouter/api/v1/key", headers=auth)).status_code == 200
+        listing = (await http.get("/_sim/keys")).text
+        assert created["key"] not in listing
+        shown = {k["fingerprint"]: k for k in (await http.get("/_sim/keys")).json()["keys"]}
+        assert shown[fingerprint(created["key"])]["last_used_at"] is not None
