@@ -47,6 +47,28 @@ def openai(sim: Simulator, http: httpx2.AsyncClient) -> tuple[ProviderAdapter, M
     return OpenAIAdapter(http, {"org": account}, timeout=5), key, OAI_OLD
 
 
+def azure(sim: Simulator, http: httpx2.AsyncClient) -> tuple[ProviderAdapter, ManagedKey, str]:
+    pytest.importorskip("azure.mgmt.cognitiveservices", reason="needs keywatch[azure]")
+    import time
+
+    from azure.core.credentials import AccessToken
+
+    from keywatch.providers.azure_openai import AzureOpenAIAdapter
+    from keywatch.sim.routes import azure as azure_sim
+
+    class FakeCredential:
+        def get_token(self, *scopes: str, **kw: object) -> AccessToken:
+            return AccessToken("sim-arm-token", int(time.time()) + 3600)
+
+    acct = azure_sim.add_account(sim.state, "aoai-e2e", endpoint=f"{sim.url}/azure/aoai-e2e")
+    account = Account("az", "azure_openai", base_url=f"{sim.url}/azure/arm",
+                      options={"subscription_id": "sub-1", "resource_group": "rg-1", "account_name": "aoai-e2e"})
+    adapter = AzureOpenAIAdapter(http, {"az": account}, timeout=5, credential_factory=lambda a: FakeCredential())
+    key = ManagedKey("aoai", "azure_openai", Secret(acct["key1"]), "env:AZ", account="az",
+                     options={"endpoint": f"{sim.url}/azure/aoai-e2e"})
+    return adapter, key, acct["key1"]
+
+
 class Hammer:
     """A client: reads the key from the file before each request, sends requests until stopped."""
 
@@ -60,7 +82,8 @@ class Hammer:
         while not self._stop.is_set():
             value = self.path.read_text().strip()
             result = await self.adapter.probe(ManagedKey(self.key.name, self.key.provider, Secret(value), "file:x",
-                                                         base_url=self.key.base_url, account=self.key.account))
+                                                         base_url=self.key.base_url, account=self.key.account,
+                                                         options=self.key.options))
             self.sent += 1
             if result.health is not Health.HEALTHY:
                 self.failed += 1
@@ -71,7 +94,7 @@ class Hammer:
         self._stop.set()
 
 
-@pytest.mark.parametrize("setup", [openrouter, openai], ids=["openrouter", "openai"])
+@pytest.mark.parametrize("setup", [openrouter, openai, azure], ids=["openrouter", "openai", "azure_openai"])
 async def test_rotation_under_load_has_zero_failed_requests_and_leaves_one_credential(
     fresh_sim: Simulator, tmp_path: Path, setup
 ) -> None:
@@ -110,9 +133,12 @@ async def test_rotation_under_load_has_zero_failed_requests_and_leaves_one_crede
         published = path.read_text().strip()
         assert published != old
         creds = await adapter.list_credentials(adapter.with_credential(key, m_new(published, r)))
-        assert [c.id for c in creds] == [r.new_credential]
+        if key.provider == "azure_openai":  # two slots always: the old one was regenerated
+            assert [c.id for c in creds] == ["key1", "key2"] and r.new_credential == "key2"
+        else:
+            assert [c.id for c in creds] == [r.new_credential]
         assert (await adapter.probe(ManagedKey(key.name, key.provider, Secret(published), "x", base_url=key.base_url,
-                                               account=key.account))).health is Health.HEALTHY
+                                               account=key.account, options=key.options))).health is Health.HEALTHY
         assert (await adapter.probe(key)).health is Health.INVALID  # the old key is retired
         stored = repr([x.as_dict() for x in rows.history()])
         assert old not in stored and published not in stored and published[-8:] not in stored
