@@ -22,15 +22,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import httpx2  # noqa: E402
+import httpx2
 
-from keywatch.domain import Account, Health, ManagedKey, Secret  # noqa: E402
-from keywatch.providers.openrouter import OpenRouterAdapter  # noqa: E402
-from keywatch.rotation.machine import Machine, Policy, new_rotation  # noqa: E402
-from keywatch.rotation.store import RotationStore  # noqa: E402
-from keywatch.secretstores import open_destination  # noqa: E402
-from keywatch.sim import Simulator  # noqa: E402
-from keywatch.store.repo import Store  # noqa: E402
+from keywatch.domain import Account, Health, ManagedKey, Secret
+from keywatch.providers.openrouter import OpenRouterAdapter
+from keywatch.rotation.machine import Machine, Policy, new_rotation
+from keywatch.rotation.store import RotationStore
+from keywatch.secretstores import open_destination
+from keywatch.sim import Simulator
+from keywatch.store.repo import Store
 
 MANAGEMENT = "sk-or-v1-" + "ab" * 32
 
