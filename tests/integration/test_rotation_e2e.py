@@ -216,3 +216,68 @@ verify_interval = "100ms"
     everything += (tmp_path / "k.db").read_bytes().decode("latin-1")
     for s in (CLI_OLD, new, CLI_MANAGEMENT):
         assert s not in everything and s[-10:] not in everything
+
+
+ANT_ADMIN = "sk-ant-admin01-" + "R" * 40
+ANT_OLD = "sk-ant-api03-" + "P" * 40 + "oldB"
+ANT_NEW = "sk-ant-api03-" + "S" * 40 + "newB"
+
+
+def test_anthropic_assisted_rotation_end_to_end(sim, tmp_path: Path) -> None:
+    """A person made the new key (Anthropic has no create API); `keywatch rotate KEY --new-secret REF`
+    verifies it, publishes and promotes it, and retires the old key through the Admin API (inactive, not
+    archived without allow_destructive)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import urllib.request
+
+    base = f"{sim.url}/anthropic"
+    sim.set_key(ANT_ADMIN, "anthropic", "admin")
+    sim.set_key(ANT_OLD, "anthropic", key_id="apikey_e2e_old", name="claude-e2e", workspace_id="wrk_e2e")
+    sim.set_key(ANT_NEW, "anthropic", key_id="apikey_e2e_new", name="claude-e2e-2", workspace_id="wrk_e2e")
+    dest = tmp_path / "claude.key"
+    dest.write_text(ANT_OLD + "\n")
+    cfg = tmp_path / "keywatch.toml"
+    cfg.write_text(f'''[daemon]
+database = "sqlite:///{tmp_path / 'k.db'}"
+
+[[accounts]]
+name = "ant"
+provider = "anthropic"
+admin_secret = "env:KW_ANT_ADMIN"
+base_url = "{base}"
+
+[[keys]]
+name = "claude"
+provider = "anthropic"
+secret = "file:{dest}"
+base_url = "{base}"
+account = "ant"
+publish = ["file:{dest}"]
+grace = "0s"
+
+[rotation]
+verify_interval = "100ms"
+''')
+    env = {k: os.environ[k] for k in ("PATH", "HOME", "PYTHONPATH") if k in os.environ}
+    env.update(KW_ANT_ADMIN=ANT_ADMIN, KW_NEW=ANT_NEW)
+
+    def kw(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "keywatch", *argv, "-c", str(cfg)], env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    asked = kw("rotate", "claude", "--now")  # no new value yet: the operator is told what to do
+    assert asked.returncode == 1 and "assisted" in asked.stdout
+    out = kw("rotate", "claude", "--new-secret", "env:KW_NEW")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "done" in out.stdout
+    assert dest.read_text().strip() == ANT_NEW
+    req = urllib.request.Request(f"{base}/v1/organizations/api_keys?workspace_id=wrk_e2e",
+                                 headers={"x-api-key": ANT_ADMIN, "anthropic-version": "2023-06-01"})
+    listed = {k["id"]: k["status"] for k in json.loads(urllib.request.urlopen(req, timeout=5).read())["data"]}
+    assert listed == {"apikey_e2e_old": "inactive", "apikey_e2e_new": "active"}
+    text = asked.stdout + asked.stderr + out.stdout + out.stderr + kw("rotations", "--json").stdout
+    for s in (ANT_OLD, ANT_NEW, ANT_ADMIN):
+        assert s not in text and s[-10:] not in text
