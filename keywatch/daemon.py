@@ -21,7 +21,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from keywatch import __version__
-from keywatch.domain import Alert, Event, Health, ProbeResult, Secret, Transition
+from keywatch.domain import Alert, Event, Health, ProbeResult, Secret, Severity, Transition
 from keywatch.engine.prober import Prober
 from keywatch.engine.workers import WorkerProber
 from keywatch.extensions import DAEMON_CAPABILITIES
@@ -91,6 +91,7 @@ class Daemon:
         self._web: WebServer | None = None
         self._adapters: AdapterSet | None = None
         self._prober: Prober | WorkerProber | None = None
+        self._stale_secret_alerts: set[str] = set()  # keys whose secret store was down at the last load
         self.metrics.attach_state(self.tracker.snapshot)
         self.runtime = Runtime(
             tracker=self.tracker,
@@ -253,6 +254,22 @@ class Daemon:
             module = importlib.import_module(module_name)
             self.capabilities[name] = await module.setup(self.runtime)
 
+    async def _secret_store_alerts(self, inventory: Inventory) -> None:
+        """A key whose secret store was down at this load runs on its cached value: say so once, and resolve
+        the alert at the first load that reads the store again."""
+        now = datetime.now(UTC)
+        for name, why in inventory.stale_secrets.items():
+            log.warning("secret_store_unavailable", key=name, problem=why)
+            await self.emit_alert(Alert(
+                f"secret_store:{name}", Severity.WARNING, True, f"Secret store unreachable for key {name}",
+                f"{why}; keywatch keeps the value it read before and reads the store again at the next reload",
+                now, key=name))
+        for name in sorted(self._stale_secret_alerts - set(inventory.stale_secrets)):
+            await self.emit_alert(Alert(
+                f"secret_store:{name}", Severity.WARNING, False, f"Secret store reachable again for key {name}",
+                "the key's secret was read from its store again", now, key=name))
+        self._stale_secret_alerts = set(inventory.stale_secrets)
+
     async def emit_alert(self, alert: Alert) -> None:
         """Raise or resolve an alert; never raises (a sink outage must not stop detection)."""
         await self.runtime.alerts.emit(alert)
@@ -381,6 +398,7 @@ class Daemon:
         if old and (old.config.daemon.database or "") != (inventory.config.daemon.database or ""):
             log.warning("restart_needed", setting="daemon.database")
         self._use_inventory(inventory)
+        await self._secret_store_alerts(inventory)
         probe = inventory.config.probe
         if self._scheduler is not None:
             self._scheduler.reschedule_job("probe", trigger=self._trigger(probe.interval, probe.jitter))

@@ -10,6 +10,8 @@ cycle, and closes them in the reverse order. The order matters:
 2. policies: decides and acts on the cycle's states and the signals on the board (budget signals raised by
    usage in the previous cycle).
 3. usage: pulls usage, evaluates budgets and raises or clears `budget_exhausted` for the next cycle.
+4. rotation: last, so the alerts it raises reach the pipeline and the `rotate` action it serves is
+   registered; at start it resumes the rotations in flight (docs/rotation.md).
 
 Adding a capability is adding a module and one line here.
 """
@@ -20,4 +22,5 @@ DAEMON_CAPABILITIES: list[tuple[str, str]] = [
     ("alerts", "keywatch.notify.service"),
     ("policies", "keywatch.engine.service"),
     ("usage", "keywatch.usage.service"),
+    ("rotation", "keywatch.rotation.service"),  # last: resumes rotations once alerts and policies are up
 ]

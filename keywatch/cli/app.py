@@ -25,6 +25,7 @@ COMMAND_MODULES: list[str] = [
     "keywatch.cli.policy",
     "keywatch.cli.usage",
     "keywatch.cli.doctor",
+    "keywatch.cli.rotate",
 ]
 
 

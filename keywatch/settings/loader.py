@@ -39,6 +39,8 @@ class Inventory:
     keys: list[ManagedKey]
     accounts: dict[str, Account]
     warnings: list[str] = field(default_factory=list)
+    # key name -> why its secret store could not be read at this load (the cached value is in use)
+    stale_secrets: dict[str, str] = field(default_factory=dict)
 
     def secrets(self) -> list[str]:
         out = [k.secret.reveal() for k in self.keys if k.secret]
@@ -174,10 +176,16 @@ def load(path: str | Path) -> Config:
     return parse(text, str(p))
 
 
-def _resolve(ref: str, where: str, owner: str, allow_literal: bool, problems: list[str], warnings: list[str]):
+def _resolve(ref: str, where: str, owner: str, allow_literal: bool, problems: list[str], warnings: list[str],
+             stores: Any = None, stale: dict[str, str] | None = None, name: str = ""):
     if secrets.scheme_of(ref) in secrets.DEFERRED_SCHEMES:
         return None
     try:
+        if secrets.scheme_of(ref) in secrets.SOURCE_SCHEMES:
+            value, why = secrets.resolve_source(ref, stores)
+            if why is not None and stale is not None:
+                stale[name] = why
+            return value
         value = secrets.resolve(ref, allow_literal=allow_literal)
     except secrets.SecretError as exc:
         problems.append(f"{where}: {owner}: {exc}")
@@ -193,6 +201,7 @@ def build_inventory(config: Config, source: str) -> Inventory:
     allow = config.daemon.allow_literal_secrets
     problems: list[str] = []
     warnings: list[str] = []
+    stale: dict[str, str] = {}
     accounts: dict[str, Account] = {}
     for i, a in enumerate(config.accounts):
         owner = f"account {a.name!r}"
@@ -225,7 +234,8 @@ def build_inventory(config: Config, source: str) -> Inventory:
             if not k.account:
                 problems.append(f"keys[{i}].secret: key {k.name!r}: {scheme}: references need `account` on the key")
                 continue
-        secret = _resolve(k.secret, f"keys[{i}].secret", f"key {k.name!r}", allow, problems, warnings)
+        secret = _resolve(k.secret, f"keys[{i}].secret", f"key {k.name!r}", allow, problems, warnings,
+                          config.secret_stores, stale, k.name)
         options = k.model_dump(
             exclude={"name", "provider", "secret", "base_url", "probe", "model", "labels", "account", "enabled"},
             exclude_none=True,
@@ -248,7 +258,8 @@ def build_inventory(config: Config, source: str) -> Inventory:
     # The key list lives once, resolved, in Inventory.keys: at thousands of keys the validated models
     # would double the daemon's memory for nothing.
     settings = config.model_copy(update={"keys": []})
-    return Inventory(config=settings, source=source, keys=keys, accounts=accounts, warnings=warnings)
+    return Inventory(config=settings, source=source, keys=keys, accounts=accounts, warnings=warnings,
+                     stale_secrets=stale)
 
 
 def alert_sink_problems(config: Config) -> list[str]:

@@ -22,6 +22,8 @@ from keywatch.engine.policy_config import OutageSettings, PolicyConfig, SafetySe
 from keywatch.notify.config import AlertsConfig
 from keywatch.pools.config import Pools
 from keywatch.providers import registry
+from keywatch.rotation.config import KeyRotationFields, RotationSettings
+from keywatch.secretstores.config import SecretStoreSettings
 from keywatch.settings.types import Duration, SecretRef, Strict
 from keywatch.usage.config import Budgets, UsageSettings, check_references
 
@@ -220,7 +222,7 @@ def _check_provider_fields(
         raise ValueError("; ".join(problems))
 
 
-class KeyConfig(Strict):
+class KeyConfig(KeyRotationFields):
     name: str = Field(pattern=NAME_PATTERN, description="Unique; letters, digits, - _ .")
     provider: ProviderName
     secret: SecretRef
@@ -316,6 +318,10 @@ class Config(Strict):
     policies: Policies = Field(default_factory=list, description="What to do about key states (after pools)")
     usage: UsageSettings = Field(default_factory=UsageSettings, description="Usage and cost pulls")
     budgets: Budgets = Field(default_factory=list, description="Spending limits per key, label, account or provider")
+    rotation: RotationSettings = Field(default_factory=RotationSettings, description="Key rotation: timers, limits")
+    secret_stores: SecretStoreSettings = Field(
+        default_factory=SecretStoreSettings, description="How aws-sm: and azure-kv: references reach their stores"
+    )
 
     @model_validator(mode="after")
     def _cross_references(self) -> Config:

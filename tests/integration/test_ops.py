@@ -35,6 +35,8 @@ METRICS = {
     "keywatch_key_tokens_total", "keywatch_budget_limit_usd", "keywatch_budget_used_ratio",
     "keywatch_budget_exhaustion_forecast_seconds", "keywatch_account_balance",
     "keywatch_usage_last_success_timestamp_seconds",
+    "keywatch_rotations_total", "keywatch_rotation_in_progress", "keywatch_key_rotation_due_timestamp_seconds",
+    "keywatch_key_age_seconds",
 }
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 

@@ -38,6 +38,8 @@ HELP_EXIT_CODES = [
     (("policy", "test"), ALWAYS),
     (("usage",), ALWAYS),
     (("doctor",), WITH_ATTENTION),
+    (("rotate",), WITH_ATTENTION),
+    (("rotations",), ALWAYS),
 ]
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 if TYPE_CHECKING:
     from keywatch.engine.actions.base import Action
 
-MODULES: tuple[str, ...] = ("alert", "disable", "enable", "pool_remove", "pool_add", "hook", "revoke")
+MODULES: tuple[str, ...] = ("alert", "disable", "enable", "pool_remove", "pool_add", "hook", "revoke", "rotate")
 
 _REGISTRY: dict[str, type[Action]] = {}
 _loaded = False
