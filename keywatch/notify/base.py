@@ -265,6 +265,9 @@ SEVERITIES = {
     "KeywatchActionFailed": Severity.CRITICAL,
     "KeywatchAlertsConfigRefused": Severity.WARNING,
     "KeywatchTest": Severity.INFO,
+    "KeywatchRotationFailed": Severity.CRITICAL,
+    "KeywatchRotationDue": Severity.WARNING,
+    "KeywatchSecretStore": Severity.WARNING,
 }
 
 

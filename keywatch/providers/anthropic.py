@@ -159,10 +159,10 @@ class AnthropicAdapter(mgmt.AdminApiAdapter):
     async def list_credentials(self, key: ManagedKey) -> list[Credential]:
         """The keys of `key`'s workspace (the default workspace's keys have no workspace_id)."""
         record = await self.find_record(key)
-        workspace = record.get("workspace_id")
+        workspace = workspace_of(record)
         return [
             _credential(r) for r in await self._list_records(key)
-            if isinstance(r, dict) and r.get("id") and r.get("workspace_id") == workspace
+            if isinstance(r, dict) and r.get("id") and workspace_of(r) == workspace
         ]
 
     async def create_credential(self, key: ManagedKey, *, name: str) -> NewCredential:
