@@ -311,8 +311,8 @@ def _raw_secret_problems(path: str | Path) -> list[str]:
             if not isinstance(entry, dict):
                 continue
             owner = f"{section.rstrip('s')} {entry.get('name')!r}"
-            for field in fields:
-                ref = entry.get(field)
+            for name in fields:
+                ref = entry.get(name)
                 if isinstance(ref, str) and ref:
-                    _resolve(ref, f"{section}[{i}].{field}", owner, allow, problems, warnings)
+                    _resolve(ref, f"{section}[{i}].{name}", owner, allow, problems, warnings)
     return problems
