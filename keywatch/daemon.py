@@ -70,8 +70,9 @@ def monotonic_usec() -> int:
 
 
 def check_database_location(source: str, configured: str | None, url: str) -> None:
-    """A SQLite database must be creatable and writable where it is: say so at start, naming the setting,
-    instead of failing on the first write. The default location is created when missing."""
+    """A SQLite database that does not exist yet must be creatable where it is: say so at start, naming the
+    setting, instead of failing on the first write. The default location is created when missing. An
+    existing file that cannot be written is a database outage (the daemon degrades), not a config error."""
     from sqlalchemy.engine import make_url
 
     try:
@@ -99,14 +100,9 @@ def check_database_location(source: str, configured: str | None, url: str) -> No
                 f"{setting}: cannot create {folder}: {exc.strerror}; set daemon.database to a writable place",
             ]) from None
     if not folder.is_dir():
-        raise ConfigError(source, [f"{setting}: {folder} is not a directory"])
+        return  # something else in its place: a database outage the daemon rides out (and reports), until fixed
     if path.exists():
-        if not os.access(path, os.R_OK | os.W_OK):
-            raise ConfigError(source, [
-                f"{setting}: {path} exists but keywatch cannot read and write it; fix its owner or mode",
-            ])
-        if os.access(folder, os.W_OK):
-            return
+        return  # an existing database that is read-only now is an outage: probing goes on, /readyz says why
     if not os.access(folder, os.W_OK | os.X_OK):
         raise ConfigError(source, [
             f"{setting}: keywatch cannot write in {folder} (SQLite creates {path.name} and its -wal and -shm "
