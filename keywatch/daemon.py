@@ -67,6 +67,52 @@ def sd_notify(message: str) -> bool:
         return False
 
 
+def monotonic_usec() -> int:
+    """CLOCK_MONOTONIC in microseconds, as systemd wants it with RELOADING=1."""
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+
+
+def check_database_location(source: str, configured: str | None, url: str) -> None:
+    """A SQLite database that does not exist yet must be creatable where it is: say so at start, naming the
+    setting, instead of failing on the first write. The default location is created when missing. An
+    existing file that cannot be written is a database outage (the daemon degrades), not a config error."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:
+        return  # Store() reports an unparseable URL
+    db = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not db or db == ":memory:" or db.startswith("file:"):
+        return
+    path = Path(db)
+    if not path.is_absolute():
+        path = Path.cwd() / path
+    folder = path.parent
+    setting = "daemon.database" if configured else "daemon.database (unset: the default location)"
+    if not folder.exists():
+        if configured:
+            raise ConfigError(source, [
+                f"daemon.database: the directory {folder} does not exist; create it (writable by keywatch) "
+                "or point daemon.database at an existing directory",
+            ])
+        try:
+            folder.mkdir(parents=True, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(source, [
+                f"{setting}: cannot create {folder}: {exc.strerror}; set daemon.database to a writable place",
+            ]) from None
+    if not folder.is_dir():
+        return  # something else in its place: a database outage the daemon rides out (and reports), until fixed
+    if path.exists():
+        return  # an existing database that is read-only now is an outage: probing goes on, /readyz says why
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(source, [
+            f"{setting}: keywatch cannot write in {folder} (SQLite creates {path.name} and its -wal and -shm "
+            "files there); make the directory writable by keywatch or point daemon.database elsewhere",
+        ])
+
+
 class Daemon:
     def __init__(self, config_path: str | Path, metrics: Metrics | None = None) -> None:
         self.config_path = str(config_path)
@@ -88,6 +134,9 @@ class Daemon:
         self._current_cycle: asyncio.Task[None] | None = None
         self._retired: list[Any] = []
         self._scheduler: AsyncIOScheduler | None = None
+        self._progress_at = time.monotonic()  # the last sign of the scheduler's life: a cycle began, a result came
+        self._stalled = False
+        self._interrupted = False
         self._web: WebServer | None = None
         self._adapters: AdapterSet | None = None
         self._prober: Prober | WorkerProber | None = None
@@ -213,6 +262,8 @@ class Daemon:
         """Everything up to the first scheduled cycle. Raises ConfigError for a bad config, or for an address
         it cannot listen on, before any side effect (no database file, no migration, no worker process)."""
         inventory = self.load()  # every check that can be made without side effects, as `config validate`
+        configured_db = inventory.config.daemon.database
+        check_database_location(inventory.source, configured_db, configured_db or default_database_url())
         listen = inventory.config.daemon.listen
         web = WebServer(listen, self.metrics.exposition_chunks, self.readiness)
         web.add_status_page(StatusPage(self._page_source()), self._status_token(inventory))
@@ -287,7 +338,7 @@ class Daemon:
         # Handlers first: a SIGTERM during start-up still ends in an orderly stop, a SIGHUP reloads once
         # start-up is done (instead of killing the process).
         loop.add_signal_handler(signal.SIGTERM, self.request_stop)
-        loop.add_signal_handler(signal.SIGINT, self.request_stop)
+        loop.add_signal_handler(signal.SIGINT, self._interrupt)
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
         try:
             await self.start()
@@ -298,6 +349,7 @@ class Daemon:
         self._reloads_open = True
         if self._reload_wanted:
             self.request_reload()
+        self._progress()
         watchdog = asyncio.create_task(self._watchdog())
         sd_notify(f"READY=1\nSTATUS=probing {len(self.inventory.keys) if self.inventory else 0} keys")
         await self._stop.wait()
@@ -308,10 +360,14 @@ class Daemon:
         await self.shutdown()
         watchdog.cancel()
         log.info("stopped")
-        return 0
+        return 130 if self._interrupted else 0  # Ctrl-C: the CLI's "interrupted", after the same orderly stop
 
     def request_stop(self) -> None:
         self._stop.set()
+
+    def _interrupt(self) -> None:
+        self._interrupted = True
+        self.request_stop()
 
     def request_reload(self) -> None:
         """SIGHUP. Reloads run one at a time; signals arriving during a reload schedule exactly one more,
@@ -363,21 +419,57 @@ class Daemon:
         if self.store is not None:
             self.store.dispose()
 
+    def stall_limit(self) -> float:
+        """How long the scheduler may show no progress (no cycle started, no probe result) before the watchdog
+        stops being pinged: the longest wait between two cycles, plus a probe's timeout twice, plus a minute."""
+        if self.inventory is None:
+            return 300.0
+        probe = self.inventory.config.probe
+        return probe.interval * (1 + probe.jitter) + 2 * probe.timeout + 60.0
+
+    def _progress(self) -> None:
+        self._progress_at = time.monotonic()
+        if self._stalled:
+            self._stalled = False
+            log.info("scheduler_progressing")
+
+    def making_progress(self) -> bool:
+        """False once the scheduler showed no progress for longer than stall_limit (logged once)."""
+        stuck_for = time.monotonic() - self._progress_at
+        if stuck_for <= self.stall_limit():
+            return True
+        if not self._stalled:
+            self._stalled = True
+            log.error("scheduler_stalled", stuck_s=round(stuck_for), limit_s=round(self.stall_limit()),
+                      hint="no probe cycle made progress; the systemd watchdog is no longer pinged, so systemd "
+                           "restarts keywatch")
+        return False
+
     async def _watchdog(self) -> None:
+        """WATCHDOG=1 at half of WatchdogSec, only while the scheduler makes progress: a hung event loop sends
+        nothing, and a loop that runs but whose cycles are stuck stops sending, so systemd restarts both."""
         usec = os.environ.get("WATCHDOG_USEC")
         pid = os.environ.get("WATCHDOG_PID")
         if not usec or (pid and pid != str(os.getpid())):
             return
         period = int(usec) / 2 / 1_000_000
         while True:
-            sd_notify("WATCHDOG=1")
+            if self.making_progress():
+                sd_notify("WATCHDOG=1")
             await asyncio.sleep(period)
 
     async def reload(self) -> bool:
         """SIGHUP: take the new config, or keep the running one and say why. One reload at a time: the file
         is read and applied under the lock, so an older read can never be applied after a newer one."""
         async with self._reload_lock:
-            return await self._reload()
+            # systemd holds `systemctl reload` until READY=1 (Type=notify with RELOADING=1, systemd 253+).
+            sd_notify(f"RELOADING=1\nMONOTONIC_USEC={monotonic_usec()}\nSTATUS=reloading {self.config_path}")
+            try:
+                applied = await self._reload()
+            finally:
+                keys = len(self.inventory.keys) if self.inventory else 0
+                sd_notify(f"READY=1\nSTATUS=probing {keys} keys")
+            return applied
 
     async def _reload(self) -> bool:
         log.info("reloading", file=self.config_path)
@@ -415,6 +507,7 @@ class Daemon:
         if self._stop.is_set():
             return
         self._current_cycle = asyncio.current_task()
+        self._progress()
         try:
             await self.cycle()
         except Exception:
@@ -430,6 +523,7 @@ class Daemon:
         transitions: list[Transition] = []
 
         def on_result(r: ProbeResult) -> None:
+            self._progress()
             self.metrics.observe_probe(r.provider, str(r.health), r.latency_ms / 1000)
             t = self.tracker.apply(r)
             if t is not None:
@@ -459,6 +553,7 @@ class Daemon:
         self.metrics.cycle_duration.set(report.duration_s)
         self.metrics.last_cycle.set(time.time())
         self.cycles += 1
+        self._progress()
         self.first_cycle_done = True
         self.readiness()
         log.info("cycle_done", keys=len(results), changes=len(transitions), seconds=round(report.duration_s, 3))

@@ -7,7 +7,6 @@ HTTP traffic and the database (SQLite in a temporary directory) are the ones pro
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import sys
 import tempfile
@@ -116,7 +115,7 @@ def write_config(path: Path, sim_url: str, fleet: list[DemoKey], db: Path, liste
             "[[keys]]",
             f'name = "{k.name}"',
             f'provider = "{k.provider}"',
-            f'secret = "env:KEYWATCH_DEMO_KEY_{i}"',
+            f'secret = "file:{path.parent / f"key-{i}.secret"}"',
             f'base_url = "{sim_url}{k.path}"',
             f'probe = "{k.probe}"',
             f'labels = {{ team = "{k.name.split("-")[1]}", env = "demo" }}',
@@ -129,26 +128,41 @@ def _print(line: str) -> None:
     print(line, flush=True)
 
 
-def run_demo(duration: float | None, interval: str = "5s", listen: str = "127.0.0.1:9464") -> int:
+NARRATED = ("action_done", "action_blocked", "pool_changed")
+
+
+def run_demo(duration: float | None, interval: str = "5s", listen: str = "127.0.0.1:9464",
+             verbose: bool = False) -> int:
     from keywatch import logging as kwlog
     from keywatch.daemon import Daemon
     from keywatch.sim.server import SimulatorThread
 
-    kwlog.setup("console", "warning", stream=sys.stderr)
+    workdir = Path(tempfile.mkdtemp(prefix="keywatch-demo-"))  # kept: the config, its log and database
+    log_path = workdir / "keywatch.log"
+    log_file = None
+    if verbose:
+        kwlog.setup("console", "info", stream=sys.stderr)
+    else:
+        log_file = log_path.open("a")
+        kwlog.setup("console", "info", stream=log_file)
     fleet = _available(FLEET)
     if not _port_free(listen):
         host = listen.rpartition(":")[0]
         _print(f"{listen} is taken; serving metrics on a free port instead")
         listen = f"{host}:0"
-    with tempfile.TemporaryDirectory(prefix="keywatch-demo-") as tmp, SimulatorThread() as sim:
+    tmp = str(workdir)
+    with SimulatorThread() as sim:
         for i, k in enumerate(fleet):
-            os.environ[f"KEYWATCH_DEMO_KEY_{i}"] = k.secret
+            secret_file = workdir / f"key-{i}.secret"
+            secret_file.touch(mode=0o600)
+            secret_file.write_text(k.secret)
             sim.set_key(k.secret, provider=k.provider, behaviour=k.behaviour, **(k.extra or {}))
         cfg = Path(tmp) / "keywatch.toml"
         write_config(cfg, sim.url, fleet, Path(tmp) / "keywatch.db", listen, interval)
         _print(f"keywatch demo: provider simulator at {sim.url}, {len(fleet)} keys of "
                f"{len({k.provider for k in fleet})} providers")
-        _print(f"config: {cfg}")
+        _print(f"config: {cfg}   (try `keywatch check -c {cfg}` in another shell while the demo runs)")
+        _print("log: " + ("on stderr (--verbose)" if verbose else f"{log_path} (--verbose prints it here)"))
         width = max(len(k.name) for k in fleet)
         for k in fleet:
             _print(f"  {k.name.ljust(width)}  {k.provider:<18} simulator: {k.note}")
@@ -161,7 +175,41 @@ def run_demo(duration: float | None, interval: str = "5s", listen: str = "127.0.
             _print(f"[{at:6.1f}s] {t.key.ljust(width)}  {t.old} -> {t.new}{detail}")
 
         daemon.runtime.on_transition(on_transition)
-        return aio.run(_drive(daemon, sim, duration, fleet))
+        _narrate_actions(daemon, started)
+        try:
+            code = aio.run(_drive(daemon, sim, duration, fleet))
+        finally:
+            if log_file is not None:
+                log_file.close()
+    _print("what to try next:")
+    _print(f"  keywatch events -c {cfg}        the audit trail of this run (the database is kept)")
+    _print(f"  keywatch status -c {cfg}        each key as the daemon recorded it")
+    _print(f"  keywatch config validate -c {cfg}")
+    _print("  keywatch demo --verbose          the same, with the daemon's log on the terminal")
+    _print("  your own keys: copy config/keywatch.example.toml, then `keywatch check -c FILE`")
+    return code
+
+
+def _narrate_actions(daemon: Daemon, started: float) -> None:
+    """One line per disable, block, re-enable and pool change, as the audit trail records them."""
+    events = daemon.runtime.events
+    record, write = events.record, events.write
+
+    def say(event: Any) -> None:
+        if event.kind in NARRATED:
+            at = time.monotonic() - started
+            _print(f"[{at:6.1f}s] {event.kind.replace('_', ' ')}: {event.message}")
+
+    def narrated_record(event: Any) -> None:
+        say(event)
+        record(event)
+
+    async def narrated_write(event: Any) -> None:
+        say(event)
+        await write(event)
+
+    events.record = narrated_record  # type: ignore[method-assign]
+    events.write = narrated_write  # type: ignore[method-assign]
 
 
 async def _drive(daemon: Daemon, sim: Any, duration: float | None, fleet: list[DemoKey]) -> int:

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from keywatch import __version__
-from keywatch.cli.common import EXIT_INTERRUPTED, EXIT_USAGE, CliError, HelpFormatter, exit_codes_text
+from keywatch.cli.common import EXIT_INTERRUPTED, EXIT_PIPE, EXIT_USAGE, CliError, HelpFormatter, exit_codes_text
 
 # Each defines `add_commands(subparsers)`, built on keywatch.cli.common.add_command/add_group; the order
 # here is the order `keywatch --help` lists them in.
@@ -52,7 +52,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from keywatch.settings.loader import ConfigError
 
     try:
-        return _dispatch(args)
+        code = _dispatch(args)
+        sys.stdout.flush()  # a pipe closed early shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        return _output_closed()
     except ConfigError as exc:
         for p in exc.problems:
             print(f"{exc.source}: {p}", file=sys.stderr)
@@ -62,6 +66,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+
+
+def _output_closed() -> int:
+    """The reader of stdout went away (`keywatch status --json | head`): end quietly. Python would flush
+    stdout again at exit and print a BrokenPipeError; point it at /dev/null first."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+    return EXIT_PIPE
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -15,14 +15,17 @@ from typing import Any
 
 DEFAULT_CONFIG = os.environ.get("KEYWATCH_CONFIG", "/etc/keywatch/keywatch.toml")
 
-# The exit codes of every command, in one place. A command names the ones it can return (ok, usage and
-# interrupted always), and says in its help what "needs attention" means for it.
-EXIT_OK, EXIT_ATTENTION, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+# The exit codes of every command, in one place (docs/cli.md has the same table; a test compares them). A
+# command names the ones it can return (ok, usage, interrupted and output closed always), and says in its help
+# what "needs attention" means for it. Codes are never renumbered: scripts and systemd
+# (RestartPreventExitStatus=2) depend on them.
+EXIT_OK, EXIT_ATTENTION, EXIT_USAGE, EXIT_INTERRUPTED, EXIT_PIPE = 0, 1, 2, 130, 141
 EXIT_CODES: dict[int, str] = {
     EXIT_OK: "ok",
     EXIT_ATTENTION: "needs attention",
     EXIT_USAGE: "config, usage or database error (the message says what to fix)",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
+    EXIT_PIPE: "output closed early (piped into head); nothing else went wrong",
 }
 
 # What exit 1 means for `check` and `status`.
@@ -130,18 +133,33 @@ def detail_text(code: str | None, message: str | None) -> str:
 
 
 # -- the database -------------------------------------------------------------------------------------------
-def new_store(config: Any) -> Any:
-    """The Store the config names (or the default database); nothing is connected yet."""
+def new_store(config: Any, *, create: bool = True) -> Any:
+    """The Store the config names (or the default database); nothing is connected yet.
+
+    `create=False` (commands that only read): a missing SQLite file is a CliError naming daemon.database, and
+    the file is never created (an empty database would hide the mistake of a wrong config)."""
     from keywatch.store.repo import Store, default_database_url
 
-    return Store(config.daemon.database or default_database_url())
+    store = Store(config.daemon.database or default_database_url())
+    if not create:
+        store.may_create = False
+        path = store.sqlite_path
+        if path is not None and not path.exists():
+            store.dispose()
+            where = "daemon.database" if config.daemon.database else "the default database (daemon.database unset)"
+            raise CliError(
+                f"no database at {path} ({where}); start `keywatch run` with this config first, or point "
+                "daemon.database at the daemon's database"
+            )
+    return store
 
 
 def open_store(config: Any, *, migrate: bool) -> Any:
-    """The Store, checked (or migrated, with `migrate`); a CliError when the database cannot be used."""
+    """The Store, checked (or migrated, with `migrate`); a CliError when the database cannot be used. Without
+    `migrate` the database must exist already."""
     from keywatch.store.repo import describe_url
 
-    store = new_store(config)
+    store = new_store(config, create=migrate)
     try:
         if migrate:
             store.upgrade()
@@ -149,5 +167,12 @@ def open_store(config: Any, *, migrate: bool) -> Any:
             store.ping()
     except Exception as exc:
         store.dispose()
-        raise CliError(f"cannot use the database {describe_url(store.url)}: {type(exc).__name__}") from None
+        raise CliError(f"cannot use the database {describe_url(store.url)} (daemon.database): "
+                       f"{db_error(exc)}") from None
     return store
+
+
+def db_error(exc: BaseException) -> str:
+    """A database error in one line, without statement parameters (they may hold labels or messages)."""
+    orig = getattr(exc, "orig", None)
+    return f"{type(exc).__name__}: {orig if orig is not None else exc}".splitlines()[0][:300]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from keywatch.cli.common import EXIT_OK, CliError, add_command, add_group, new_store
+from keywatch.cli.common import EXIT_OK, CliError, add_command, add_group, db_error, new_store
 
 
 def add_commands(sub: Any) -> None:
@@ -24,6 +24,8 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     try:
         applied = store.upgrade()
     except Exception as exc:
-        raise CliError(f"cannot migrate {describe_url(store.url)}: {type(exc).__name__}") from None
+        raise CliError(f"cannot migrate {describe_url(store.url)} (daemon.database): {db_error(exc)}") from None
+    finally:
+        store.dispose()
     print(f"{describe_url(store.url)}: " + (f"applied {', '.join(applied)}" if applied else "up to date"))
     return EXIT_OK

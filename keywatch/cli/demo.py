@@ -15,6 +15,8 @@ def add_commands(sub: Any) -> None:
                    help="stop after this many seconds (default: until Ctrl-C)")
     p.add_argument("--interval", default="5s", help="probe interval (default 5s)")
     p.add_argument("--listen", default="127.0.0.1:9464", help="where /metrics is served (default 127.0.0.1:9464)")
+    p.add_argument("--verbose", action="store_true",
+                   help="print the daemon's log on stderr (default: to keywatch.log next to the demo's config)")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -22,4 +24,4 @@ def cmd_demo(args: argparse.Namespace) -> int:
     provider is called."""
     from keywatch.demo import run_demo
 
-    return run_demo(duration=args.duration, interval=args.interval, listen=args.listen)
+    return run_demo(duration=args.duration, interval=args.interval, listen=args.listen, verbose=args.verbose)

@@ -85,6 +85,9 @@ def _admin(args: argparse.Namespace, what: str) -> int:
     finally:
         store.dispose()
     print(f"{key.name}: {out.message}")
+    if what == "enable" and out.result == "failed" and not args.keywatch_only:
+        print(f"{key.name}: to enable it on keywatch's side only (back into its pools; the provider is not "
+              f"asked): keywatch enable --keywatch-only -c {args.config} {key.name}")
     return EXIT_OK if out.result in ("ok", "noop") else EXIT_ATTENTION
 
 

@@ -34,7 +34,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from keywatch.store.repo import describe_url
 
     config = load(args.config)
-    store = new_store(config)
+    store = new_store(config, create=False)
     try:
         states = store.load_states()
     except (OperationalError, ProgrammingError) as exc:

@@ -97,7 +97,7 @@ def cmd_usage(args: argparse.Namespace) -> int:
         raise CliError(f"--since: {exc}") from None
     config = load(args.config)
     labels = {k.name: dict(k.labels) for k in config.keys}
-    store = new_store(config)
+    store = new_store(config, create=False)
     try:
         rows = report(UsageStore(store.engine), since, by, labels)
     except Exception as exc:

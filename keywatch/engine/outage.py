@@ -49,7 +49,8 @@ def detect(
     found: dict[str, OutageFinding] = {}
     for (provider, scope), rs in sorted(groups.items(), key=lambda kv: kv[0][1] != "provider"):
         failed = [r for r in rs if r.health in OUTAGE_HEALTH]
-        if len(rs) < settings.min_keys or len(failed) < settings.threshold * len(rs):
+        # Both: enough keys failing (below that, each key's own hysteresis decides) and the fraction.
+        if len(failed) < settings.min_keys or len(failed) < settings.threshold * len(rs):
             continue
         prev = found.get(provider)
         keys = frozenset(r.key for r in rs)

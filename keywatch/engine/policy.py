@@ -209,9 +209,15 @@ class Blocked:
     why: str
 
 
+# The absolute floor of the fleet-share limit: a fleet of 9 keys at 10% may still lose a dead key and act on
+# a second one.
+DISABLE_FLOOR = 2
+
+
 def disable_limit(fleet_size: int, max_percent: float) -> int:
-    """Keys keywatch may hold disabled at once; at least one, so a small fleet can still lose a dead key."""
-    return max(1, math.floor(fleet_size * max_percent / 100 + 1e-9))
+    """Keys keywatch may hold disabled at once: the share of the fleet, or DISABLE_FLOOR keys, whichever is
+    more."""
+    return max(DISABLE_FLOOR, math.floor(fleet_size * max_percent / 100 + 1e-9))
 
 
 def apply_limits(
@@ -250,7 +256,8 @@ def apply_limits(
                     (
                         f"blast radius: {disabled_by_keywatch} keys already disabled by keywatch + "
                         f"{len(new_disabled)} now "
-                        f"would exceed {max_disabled_percent:g}% of {fleet_size} keys (limit {limit})"
+                        f"would exceed {max_disabled_percent:g}% of {fleet_size} keys (limit {limit}, at least "
+                        f"{DISABLE_FLOOR}); to allow more, raise safety.max_disabled_percent"
                     ),
                 )
             )
@@ -262,7 +269,8 @@ def apply_limits(
                 Blocked(
                     d,
                     f"blast radius: policy {d.policy} already took {used} actions in the last "
-                    f"hour (limit {cap})",
+                    f"hour (limit {cap}); to allow more, raise max_actions_per_hour of the policy or "
+                    "safety.max_actions_per_policy_per_hour",
                 )
             )
             continue

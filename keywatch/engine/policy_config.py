@@ -173,7 +173,10 @@ class OutageSettings(Strict):
         description="Fraction of one provider's (or one base_url's) keys failing with "
         "provider_error or unreachable in a cycle that makes an outage",
     )
-    min_keys: int = Field(2, ge=1, description="Groups with fewer probed keys are never called an outage")
+    min_keys: int = Field(
+        3, ge=1, description="An outage needs at least this many of the group's keys failing (and the "
+        "threshold); with fewer, each key's own hysteresis decides"
+    )
 
 
 class SafetySettings(Strict):

@@ -123,6 +123,12 @@ def _field_names() -> frozenset[str]:
 def _friendly(err: dict[str, Any]) -> str:
     kind, msg = err["type"], err["msg"]
     if kind == "extra_forbidden":
+        import difflib
+
+        unknown = str(err["loc"][-1]) if err.get("loc") else ""
+        near = difflib.get_close_matches(unknown, sorted(_field_names()), n=1, cutoff=0.7)
+        if near:
+            return f"unknown field (did you mean {near[0]}?)"
         return "unknown field (check the spelling; `keywatch config schema` lists every field)"
     if kind == "missing":
         return "is required"
@@ -188,7 +194,9 @@ def _resolve(ref: str, where: str, owner: str, allow_literal: bool, problems: li
             return value
         value = secrets.resolve(ref, allow_literal=allow_literal)
     except secrets.SecretError as exc:
-        problems.append(f"{where}: {owner}: {exc}")
+        opt_in = ("; or, to keep literal secrets in this file (not recommended), set "
+                  "daemon.allow_literal_secrets = true") if "literal secret" in str(exc) else ""
+        problems.append(f"{where}: {owner}: {exc}{opt_in}")
         return None
     if not secrets.is_reference(ref):
         warnings.append(
@@ -279,7 +287,11 @@ def load_inventory(path: str | Path, *, alert_sinks: bool = True) -> Inventory:
     """The config at `path`, validated, with every secret reference resolved. `alert_sinks=False` leaves the
     alert sinks' references to the alerts capability (on a reload, a sink that fails keeps the running
     [alerts] config while the rest of the new config applies)."""
-    config = load(path)
+    try:
+        config = load(path)
+    except ConfigError as exc:
+        # The file does not validate: still say which secret references cannot be resolved, in the same pass.
+        raise ConfigError(exc.source, exc.problems + _raw_secret_problems(path)) from None
     source = str(path)
     problems = alert_sink_problems(config) if alert_sinks else []
     try:
@@ -289,3 +301,29 @@ def load_inventory(path: str | Path, *, alert_sinks: bool = True) -> Inventory:
     if problems:
         raise ConfigError(source, problems)
     return inventory
+
+
+def _raw_secret_problems(path: str | Path) -> list[str]:
+    """The unresolvable secret references of keys and accounts, read from a file that does not validate (so
+    `config validate` reports them with the schema errors, not in a second round)."""
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except Exception:
+        return []
+    daemon = data.get("daemon") if isinstance(data.get("daemon"), dict) else {}
+    allow = daemon.get("allow_literal_secrets") is True
+    problems: list[str] = []
+    warnings: list[str] = []
+    for section, fields in (("keys", ("secret",)), ("accounts", ("admin_secret", "client_secret"))):
+        entries = data.get(section)
+        if not isinstance(entries, list):
+            continue
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, dict):
+                continue
+            owner = f"{section.rstrip('s')} {entry.get('name')!r}"
+            for name in fields:
+                ref = entry.get(name)
+                if isinstance(ref, str) and ref:
+                    _resolve(ref, f"{section}[{i}].{name}", owner, allow, problems, warnings)
+    return problems

@@ -231,6 +231,9 @@ def disables(n: int, policy_name: str = "default-disable-invalid") -> list:
         (20, 2, 1, 10, 0),
         (20, 0, 20, 10, 0),
         (3, 0, 1, 10, 1),  # a small fleet may still lose one dead key
+        (9, 1, 1, 10, 1),  # ... and act on a second: the floor of 2 keys
+        (9, 0, 2, 10, 2),
+        (9, 1, 2, 10, 0),
         (100, 5, 5, 10, 5),
     ],
 )
@@ -248,8 +251,19 @@ def test_fleet_share_limit(fleet: int, already: int, proposed: int, percent: flo
     assert all("blast radius" in b.why for b in blocked)
 
 
-def test_disable_limit_is_a_floor_but_at_least_one() -> None:
-    assert [disable_limit(n, 10) for n in (1, 9, 10, 19, 20, 200)] == [1, 1, 1, 1, 2, 20]
+def test_disable_limit_is_the_share_or_two_keys_whichever_is_more() -> None:
+    assert [disable_limit(n, 10) for n in (1, 9, 10, 19, 20, 29, 30, 200)] == [2, 2, 2, 2, 2, 2, 3, 20]
+
+
+def test_every_block_says_which_setting_raises_the_limit() -> None:
+    _, fleet = apply_limits(disables(3), ledger=Ledger(), now=NOW, policy_limits={}, fleet_size=9,
+                            disabled_by_keywatch=0, max_disabled_percent=10)
+    assert fleet and all("raise safety.max_disabled_percent" in b.why for b in fleet)
+    assert "limit 2, at least 2" in fleet[0].why
+    _, hourly = apply_limits(disables(2), ledger=Ledger(), now=NOW, policy_limits={"default-disable-invalid": 1},
+                             fleet_size=1000, disabled_by_keywatch=0, max_disabled_percent=50)
+    assert [b.why.split("; ")[-1] for b in hourly] == [
+        "to allow more, raise max_actions_per_hour of the policy or safety.max_actions_per_policy_per_hour"]
 
 
 def test_per_policy_hourly_limit_slides_with_the_clock() -> None:
@@ -333,18 +347,22 @@ def pr(key: str, health: str, provider: str = "openai") -> ProbeResult:
     [
         (["provider_error"] * 3 + ["healthy"] * 3, {}, {}, True),  # half
         (["provider_error"] * 2 + ["healthy"] * 4, {}, {}, False),
+        (["provider_error", "healthy"], {}, {}, False),  # one overloaded key of two: hysteresis decides
+        (["provider_error"] * 2, {}, {}, False),  # fewer than 3 keys failing, even all of them
+        (["provider_error"] * 3, {}, {}, True),
         (["unreachable"] * 2 + ["provider_error"] + ["healthy"] * 3, {}, {}, True),
         (["invalid"] * 6, {}, {}, False),  # keys failing are the keys' problem
         (["provider_error"], {}, {}, False),  # one key is not a fleet
         (["provider_error"], {}, {"min_keys": 1}, True),
         (
-            ["provider_error"] * 2 + ["healthy"] * 6,
-            {"k0": "http://gw", "k1": "http://gw"},
+            ["provider_error"] * 3 + ["healthy"] * 6,
+            {"k0": "http://gw", "k1": "http://gw", "k2": "http://gw"},
             {},
             True,
         ),  # one base_url
         (["provider_error"] * 6, {}, {"enabled": False}, False),
-        (["provider_error"] * 2 + ["healthy"] * 4, {}, {"threshold": 0.3}, True),
+        (["provider_error"] * 2 + ["healthy"] * 4, {}, {"threshold": 0.3, "min_keys": 2}, True),
+        (["provider_error"] * 3 + ["healthy"] * 6, {}, {"threshold": 0.5}, False),  # the fraction too
     ],
 )
 def test_outage_detection(
@@ -366,14 +384,14 @@ def test_outage_scope_of_one_base_url_suspends_only_its_keys() -> None:
     found = detect(
         results,
         {"a": "http://gw", "b": "http://gw", "c": "https://api", "d": "https://api", "e": "https://api"},
-        OutageSettings(),
+        OutageSettings(min_keys=2),
     )
     assert found["openai"].keys == {"a", "b"} and found["openai"].scope == "http://gw"
 
 
 def test_outage_tracker_announces_start_and_end_once_and_discounts_probes() -> None:
     t = OutageTracker()
-    f = detect([pr("a", "provider_error"), pr("b", "provider_error")], {}, OutageSettings())
+    f = detect([pr("a", "provider_error"), pr("b", "provider_error")], {}, OutageSettings(min_keys=2))
     started, ended = t.update(f, NOW)
     assert [x.provider for x in started] == ["openai"] and ended == []
     for i in range(5):
