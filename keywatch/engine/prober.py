@@ -16,6 +16,7 @@ import structlog
 
 from keywatch.domain import Health, ManagedKey, ProbeResult
 from keywatch.providers.clients import AdapterSet
+from keywatch.providers.lean import Deadlines
 from keywatch.redact import redact_text
 
 log = structlog.get_logger("keywatch.prober")
@@ -28,12 +29,13 @@ class Prober:
         self.adapters = adapters
         self.concurrency = concurrency
         self.timeout = timeout
+        self.deadlines = Deadlines()  # one timer for every probe in flight, not one per probe
 
     async def probe_one(self, key: ManagedKey) -> ProbeResult:
         started = time.perf_counter()
         try:
             adapter = self.adapters.get(key.provider)
-            async with asyncio.timeout(self.timeout + 1.0):
+            with self.deadlines.limit(self.timeout + 1.0):  # the net under every adapter's own timeout
                 return scrubbed(await adapter.probe(key), key)
         except TimeoutError:
             return _failed(key, Health.UNREACHABLE, started, "timeout", f"no answer within {self.timeout:g}s")
