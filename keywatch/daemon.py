@@ -223,6 +223,7 @@ class Daemon:
         self._prober = self._make_prober(inventory)
         self.inventory = inventory
         self.tracker.sync_inventory(inventory.keys)
+        self.metrics.set_per_key(inventory.config.daemon.metrics_per_key)
         self.metrics.keys.clear()
         for provider in {k.provider for k in inventory.keys}:
             self.metrics.keys.labels(provider).set(sum(1 for k in inventory.keys if k.provider == provider))
@@ -541,7 +542,11 @@ class Daemon:
                     except Exception:
                         log.exception("transition_listener_failed")
 
-        results = await prober.run(inventory.keys, on_result)
+        # Spread over part of the interval, except the first pass after start: readiness and the first
+        # picture of the fleet come as fast as the fleet answers.
+        probe = inventory.config.probe
+        spread = probe.spread * probe.interval if self.cycles else 0.0
+        results = await prober.run(inventory.keys, on_result, spread=spread)
         report = CycleReport(started_at, results, transitions, inventory)
         for name, hook in self.runtime.cycle_hooks:
             try:

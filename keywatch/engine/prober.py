@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import random
 import time
+import zlib
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 
@@ -16,6 +18,7 @@ import structlog
 
 from keywatch.domain import Health, ManagedKey, ProbeResult
 from keywatch.providers.clients import AdapterSet
+from keywatch.providers.lean import Deadlines
 from keywatch.redact import redact_text
 
 log = structlog.get_logger("keywatch.prober")
@@ -28,12 +31,13 @@ class Prober:
         self.adapters = adapters
         self.concurrency = concurrency
         self.timeout = timeout
+        self.deadlines = Deadlines()  # one timer for every probe in flight, not one per probe
 
     async def probe_one(self, key: ManagedKey) -> ProbeResult:
         started = time.perf_counter()
         try:
             adapter = self.adapters.get(key.provider)
-            async with asyncio.timeout(self.timeout + 1.0):
+            with self.deadlines.limit(self.timeout + 1.0):  # the net under every adapter's own timeout
                 return scrubbed(await adapter.probe(key), key)
         except TimeoutError:
             return _failed(key, Health.UNREACHABLE, started, "timeout", f"no answer within {self.timeout:g}s")
@@ -45,11 +49,28 @@ class Prober:
             return _failed(key, Health.PROVIDER_ERROR, started, "probe_error",
                            redact_text(f"{type(exc).__name__}: {exc}"[:300], secrets))
 
-    async def run(self, keys: Iterable[ManagedKey], on_result: ResultCallback | None = None) -> list[ProbeResult]:
-        """Probe all `keys` with at most `concurrency` in flight; results in completion order."""
+    async def run(
+        self, keys: Iterable[ManagedKey], on_result: ResultCallback | None = None, *, spread: float = 0.0
+    ) -> list[ProbeResult]:
+        """Probe all `keys` with at most `concurrency` in flight; results in completion order.
+
+        With `spread` > 0 each key starts at its own offset within the first `spread` seconds (see
+        `start_offsets`), so the cycle is a steady trickle instead of one burst; it ends when the last probe
+        has answered, a full pass."""
+        keys = list(keys)
         queue: asyncio.Queue[ManagedKey] = asyncio.Queue()
-        for k in keys:
-            queue.put_nowait(k)
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        offsets = start_offsets([k.name for k in keys], spread) if spread > 0 and len(keys) > 1 else None
+        if offsets is not None:
+            order = sorted(range(len(keys)), key=offsets.__getitem__)
+            starts = {id(keys[i]): t0 + offsets[i] for i in order}
+            for i in order:
+                queue.put_nowait(keys[i])
+        else:
+            starts = {}
+            for k in keys:
+                queue.put_nowait(k)
         results: list[ProbeResult] = []
 
         async def worker() -> None:
@@ -58,6 +79,10 @@ class Prober:
                     key = queue.get_nowait()
                 except asyncio.QueueEmpty:
                     return
+                if starts:
+                    wait = starts[id(key)] - loop.time()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
                 result = await self.probe_one(key)
                 results.append(result)
                 if on_result is not None:
@@ -68,6 +93,18 @@ class Prober:
         workers = min(self.concurrency, queue.qsize())
         await asyncio.gather(*(worker() for _ in range(workers)))
         return results
+
+
+def start_offsets(names: list[str], spread: float) -> list[float]:
+    """Seconds after a cycle's start at which each key is probed: a stable place in `[0, spread)` from a
+    hash of its name (the same key keeps the same place, cycle after cycle, so each is probed about one
+    interval apart), plus up to a second of fresh jitter (but never past the window), so keys that hash
+    close together and daemons that start together do not meet in step."""
+    out = []
+    for name in names:
+        place = zlib.crc32(name.encode()) / 2**32 * spread
+        out.append(min(spread, place + random.random() * min(1.0, spread)))
+    return out
 
 
 def _secrets(key: ManagedKey) -> list[str]:

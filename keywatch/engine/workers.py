@@ -128,6 +128,7 @@ async def _worker_loop(conn: Connection, settings: dict[str, Any]) -> None:
                                       completion_model=settings["completion_model"])
                 prober = Prober(adapters, concurrency=settings["concurrency"], timeout=settings["timeout"])
             elif kind == "probe" and prober is not None:
+                names, spread = payload
                 batch: list[ProbeResult] = []
 
                 def on_result(r: ProbeResult, batch: list[ProbeResult] = batch) -> None:
@@ -136,7 +137,7 @@ async def _worker_loop(conn: Connection, settings: dict[str, Any]) -> None:
                         conn.send(("results", list(batch)))
                         batch.clear()
 
-                await prober.run([keys[n] for n in payload if n in keys], on_result)
+                await prober.run([keys[n] for n in names if n in keys], on_result, spread=spread)
                 conn.send(("results", batch))
                 conn.send(("done", None))
     finally:
@@ -213,7 +214,9 @@ class WorkerProber:
             parts[zlib.crc32(name.encode()) % self.count].append(name)
         return parts
 
-    async def run(self, keys: Iterable[ManagedKey], on_result: ResultCallback | None = None) -> list[ProbeResult]:
+    async def run(
+        self, keys: Iterable[ManagedKey], on_result: ResultCallback | None = None, *, spread: float = 0.0
+    ) -> list[ProbeResult]:
         keys = list(keys)
         by_name = {k.name: k for k in keys}
         results: list[ProbeResult] = []
@@ -233,7 +236,7 @@ class WorkerProber:
             pending = set(names)
             try:
                 w = self._ready(index)
-                w.conn.send(("probe", names))
+                w.conn.send(("probe", (names, spread)))
                 while True:
                     kind, payload = await loop.run_in_executor(self._receivers, w.conn.recv)
                     if kind == "done":

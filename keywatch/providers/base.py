@@ -18,6 +18,7 @@ import httpx2
 from keywatch.domain import Account, Health, ManagedKey, ProbeResult, RateLimit, Secret
 from keywatch.providers import registry
 from keywatch.providers.errors import Refusal, classify_transport_error, json_or_none
+from keywatch.providers.lean import lean_of
 from keywatch.providers.registry import Capability, RotationMode
 from keywatch.redact import redact_text
 
@@ -268,6 +269,9 @@ class ProviderAdapter:
     ) -> ProbeResult | tuple[httpx2.Response, Any]:
         """GET `url` with the key's secret in `headers(secret)`, settling what every HTTP probe settles alike.
 
+        The GET takes the lean path (providers.lean) when the shared client offers one, else the client's
+        own; `refusal` and `decode` read either answer the same way.
+
         The ProbeResult when the answer is already known: no secret to send, no answer at all (the network
         or the provider, never the key), or an error answer, which `refusal` reads with the provider's own
         table. Otherwise the 2xx response and its body as `decode` reads it, for the adapter to judge.
@@ -281,10 +285,15 @@ class ProviderAdapter:
                 error_code="no_secret",
                 error_message="the key has no secret to probe with",
             )
+        lean = lean_of(self.http)
         try:
-            response = await self.http.get(
-                url, params=params, headers=headers(key.secret.reveal()), timeout=self.timeout
-            )
+            if lean is not None:  # one GET on the shared session, read within the same caps
+                response: Any = await lean.get(url, params=params, headers=headers(key.secret.reveal()),
+                                               timeout=self.timeout)
+            else:
+                response = await self.http.get(
+                    url, params=params, headers=headers(key.secret.reveal()), timeout=self.timeout
+                )
         except httpx2.HTTPError as exc:
             health, code = classify_transport_error(exc)
             if code == "timeout":

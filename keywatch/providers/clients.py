@@ -14,6 +14,7 @@ import structlog
 from keywatch.domain import Account
 from keywatch.providers import registry
 from keywatch.providers.base import ProviderAdapter
+from keywatch.providers.lean import LeanHttp
 from keywatch.providers.transport import MAX_BODY, BoundedTransport
 
 log = structlog.get_logger("keywatch.providers")
@@ -27,19 +28,43 @@ def make_http_client(concurrency: int, timeout: float, max_body: int = MAX_BODY)
     Every transport it builds (the direct one and any proxy's) is a `BoundedTransport`: no answer is read
     past `max_body` decoded bytes or `timeout` seconds, whichever adapter or SDK asked. Redirects are never
     followed: a provider that answers 3xx is answered as a provider error, its Location never visited.
+
+    Its `keywatch_lean` is the lean probe path (providers.lean) on the same aiohttp session, hence the same
+    pool: the zero-token probes take it, everything else goes through the SDKs. A client that sends its
+    requests through a proxy (`HTTPS_PROXY` ...) has none, and every probe takes the SDK path.
     """
+    import aiohttp
     import openai
 
     class BoundedClient(openai.DefaultAioHttpClient):  # type: ignore[misc,valid-type]
+        keywatch_lean: LeanHttp | None = None
+
         def _init_transport(self, *args: Any, **kwargs: Any) -> httpx2.AsyncBaseTransport:
-            return BoundedTransport(super()._init_transport(*args, **kwargs), max_body=max_body, deadline=timeout)
+            inner = super()._init_transport(*args, **kwargs)
+
+            def session() -> aiohttp.ClientSession:
+                if not isinstance(inner.client, aiohttp.ClientSession):  # made at first use, in the loop
+                    made = inner.get_client()
+                    # One session carries every key's requests: a cookie one key's answer set must never
+                    # ride along with another key's request.
+                    made._cookie_jar = aiohttp.DummyCookieJar()
+                    inner.client = made
+                return inner.client
+
+            if hasattr(inner, "get_client"):
+                self.keywatch_lean = LeanHttp(session, timeout=timeout, max_body=max_body)
+            return BoundedTransport(inner, max_body=max_body, deadline=timeout)
 
         def _init_proxy_transport(self, *args: Any, **kwargs: Any) -> httpx2.AsyncBaseTransport:
             inner = super()._init_proxy_transport(*args, **kwargs)
             return BoundedTransport(inner, max_body=max_body, deadline=timeout)
 
     limits = httpx2.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    return BoundedClient(limits=limits, timeout=httpx2.Timeout(timeout), follow_redirects=False)
+    client = BoundedClient(limits=limits, timeout=httpx2.Timeout(timeout), follow_redirects=False)
+    # Proxies from the environment: their transports, not this session, must carry the probes.
+    if any(t is not None for t in client._mounts.values()):
+        client.keywatch_lean = None
+    return client
 
 
 class AdapterSet:

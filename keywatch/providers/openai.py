@@ -2,7 +2,8 @@
 
 Probe modes: `models` (GET /models, zero tokens; proves authentication, cannot see exhausted quota) and
 `completion` (1 output token on a cheap model; also sees exhausted quota, inactive billing and models
-the key may not use).
+the key may not use). The `models` probe takes the lean path (providers.lean) on the shared client and
+reads the answer as the SDK does; completion probes and admin calls go through the SDK.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from keywatch.providers.base import (
     RotationSupport,
 )
 from keywatch.providers.errors import UnreadableBody, classify_status, openai_ratelimit, retry_after
+from keywatch.providers.lean import LeanHttp, lean_of
 from keywatch.providers.openai_admin import NO_DEACTIVATE, OpenAIAdmin
 
 # error code (or type) -> health, from the documented error table (README, "OpenAI errors").
@@ -150,6 +152,9 @@ class OpenAIAdapter(ProviderAdapter):
         if key.secret is None:
             return self.result(key, Health.PROVIDER_ERROR, started, error_code="no_secret",
                                error_message="the key's secret is not resolved")
+        lean = lean_of(self.http)
+        if lean is not None and key.probe != "completion":
+            return await self._lean_probe(lean, key, started)
         client = self.client(key)
         auth = {"Authorization": f"Bearer {key.secret.reveal()}"}
         try:
@@ -207,6 +212,56 @@ class OpenAIAdapter(ProviderAdapter):
                                      f"the answer has no `{expected}` list: not the documented shape")
         return self.result(key, Health.HEALTHY, started, http_status=http_response.status_code,
                            ratelimit=openai_ratelimit(http_response.headers))
+
+    async def _lean_probe(self, lean: LeanHttp, key: ManagedKey, started: float) -> ProbeResult:
+        """`GET /models` on the lean path, read exactly as the SDK reads it: the same error fields (the
+        `error` object, else the whole body), the same messages, the same table."""
+        assert key.secret is not None
+        base_url = (key.base_url or self.default_base_url or "").rstrip("/")
+        headers = {"Authorization": f"Bearer {key.secret.reveal()}"}
+        org, project = key.options.get("organization"), key.options.get("project")
+        if org:
+            headers["OpenAI-Organization"] = str(org)
+        if project:
+            headers["OpenAI-Project"] = str(project)
+        try:
+            response = await lean.get(f"{base_url}/models", headers=headers, timeout=self.timeout)
+        except UnreadableBody as exc:  # an answer came, and was not read to its end
+            return self.result(key, Health.PROVIDER_ERROR, started, error_code=exc.code, error_message=str(exc))
+        except httpx2.TimeoutException:
+            return self.result(key, Health.UNREACHABLE, started, error_code="timeout",
+                               error_message=f"no answer within {self.timeout:g}s")
+        except httpx2.HTTPError as exc:
+            return self.result(key, Health.UNREACHABLE, started, error_code="connect_error", error_message=str(exc))
+        status = response.status_code
+        if response.is_redirect:
+            return self.redirected(key, started, status)
+        try:
+            body = json.loads(response.content)
+        except (ValueError, RecursionError):  # HTML from a proxy, a captive portal, a hostile nesting ...
+            body = None
+        if status >= 300 or status < 200:
+            data = body.get("error", body) if isinstance(body, dict) else body
+            fields = data if isinstance(data, dict) else {}
+            raw_code = fields.get("code")
+            code = str(raw_code) if raw_code is not None else None
+            err_type = fields.get("type") if isinstance(fields.get("type"), str) else None
+            message = fields.get("message")
+            if not isinstance(message, str):
+                message = f"Error code: {status}"
+            health = classify_openai_error(status, code, err_type, message)
+            return self.result(
+                key, health, started,
+                http_status=status,
+                error_code=code or err_type,
+                error_message=message,
+                ratelimit=openai_ratelimit(response.headers),
+                retry_after_seconds=retry_after(response.headers),
+            )
+        if not isinstance(body, dict) or not isinstance(body.get("data"), list):
+            return self.bad_response(key, started, status, "the answer has no `data` list: not the documented shape")
+        return self.result(key, Health.HEALTHY, started, http_status=status,
+                           ratelimit=openai_ratelimit(response.headers))
 
     async def aclose(self) -> None:
         self._clients.clear()

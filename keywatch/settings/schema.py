@@ -71,6 +71,10 @@ class DaemonSettings(Strict):
     allow_literal_secrets: bool = Field(
         False, description="Accept secrets written into this file (a warning is logged for each)"
     )
+    metrics_per_key: Literal["all", "minimal", "none"] = Field(
+        "all", description="Per-key series on /metrics: all (about 16 per key), minimal (the 5 the shipped rules "
+        "and dashboard need: up, current health, admin state, last probe, info) or none (fleet aggregates only)"
+    )
 
     @field_validator("listen")
     @classmethod
@@ -161,6 +165,10 @@ class ProbeSettings(Strict):
     )
     jitter: float = Field(
         0.1, ge=0, le=0.5, description="Spread of each cycle's start, as a fraction of the interval"
+    )
+    spread: float = Field(
+        0.0, ge=0, le=0.9, description="Share of the interval over which one cycle's probes are spread (each key "
+        "at its own offset, with sub-second jitter) instead of one burst; 0: all at once"
     )
     completion_model: str = Field(
         "gpt-4o-mini", description="Model for probe = \"completion\" when the key sets none"

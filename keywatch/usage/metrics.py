@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from keywatch.usage.budgets import BudgetStatus
@@ -43,8 +43,10 @@ class UsageCollector(Collector):
                                   "month (as the provider reports it)", labels=["key", "provider", "period"])
         for (k, p, period), v in sorted(snap.key_spend.items()):
             spend.add_metric([k, p, period], float(v))
-        tokens = CounterMetricFamily("keywatch_key_tokens", "Tokens used by the key in the current UTC month "
-                                     "(resets at month start)", labels=["key", "provider", "direction"])
+        # A gauge: the month's figure is rebuilt from rows the provider may still revise, so it can go down.
+        tokens = GaugeMetricFamily("keywatch_key_tokens", "Tokens used by the key in the current UTC month, as the "
+                                   "provider reports it (resets at month start; revisions can lower it)",
+                                   labels=["key", "provider", "direction"])
         for (k, p, d), n in sorted(snap.key_tokens.items()):
             tokens.add_metric([k, p, d], n)
         limit = GaugeMetricFamily("keywatch_budget_limit_usd", "The budget's USD limit per period", labels=["budget"])

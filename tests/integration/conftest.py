@@ -69,10 +69,27 @@ async def fresh_sim() -> AsyncIterator[Simulator]:
     await simulator.stop()
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[httpx2.AsyncClient]:
-    """The real HTTP client an adapter under test is given, closed after the test."""
-    async with httpx2.AsyncClient() as client:
+# The two ways a probe's GET is made: through the client's own request path (the SDKs', management calls'),
+# or the lean path on the shared aiohttp session (providers.lean). Probe tests run over both.
+PROBE_PATHS = ("sdk", "lean")
+
+
+def shared_client(path: str, concurrency: int = 4, timeout: float = 30.0) -> httpx2.AsyncClient:
+    """The daemon's shared client; on the `sdk` path without its lean probe path."""
+    from keywatch.providers.clients import make_http_client
+
+    client = make_http_client(concurrency, timeout)
+    if path == "sdk":
+        client.keywatch_lean = None
+    return client
+
+
+@pytest.fixture(params=PROBE_PATHS)
+async def http(request: pytest.FixtureRequest) -> AsyncIterator[httpx2.AsyncClient]:
+    """The real HTTP client an adapter under test is given, closed after the test: a plain client (every
+    request through httpx2) or the daemon's shared client, whose zero-token probes take the lean path."""
+    client = httpx2.AsyncClient() if request.param == "sdk" else shared_client("lean")
+    async with client:
         yield client
 
 

@@ -16,6 +16,7 @@ from keywatch.domain import Health, ManagedKey, Secret
 from keywatch.providers import registry
 from keywatch.providers.clients import make_http_client
 from keywatch.sim.server import SimulatorThread
+from tests.integration.conftest import PROBE_PATHS, shared_client
 
 TIMEOUT = 1.5  # longer than the slowloris byte interval: a per-read timeout alone never trips
 EXPECTED: dict[str, tuple[Health, str]] = {
@@ -52,13 +53,14 @@ def hostile_key(sim: SimulatorThread, provider: str, behaviour: str) -> ManagedK
     )
 
 
+@pytest.mark.parametrize("path", PROBE_PATHS)
 @pytest.mark.parametrize("behaviour", sorted(EXPECTED))
 @pytest.mark.parametrize("provider", sorted(PROVIDERS))
 async def test_a_hostile_answer_is_the_providers_fault_and_read_no_further_than_the_cap(
-    sim: SimulatorThread, provider: str, behaviour: str
+    sim: SimulatorThread, provider: str, behaviour: str, path: str
 ) -> None:
     key = hostile_key(sim, provider, behaviour)
-    http = make_http_client(4, TIMEOUT)
+    http = shared_client(path, 4, TIMEOUT)
     adapter = registry.adapter_class(key.provider)(http, {}, timeout=TIMEOUT, completion_model="gpt-4o-mini")
     try:
         started = time.monotonic()
@@ -89,10 +91,11 @@ async def test_management_calls_through_the_shared_client_stop_at_the_cap_too(si
         await http.aclose()
 
 
-async def test_many_bombs_at_once_cost_no_more_than_the_cap_each(sim: SimulatorThread) -> None:
+@pytest.mark.parametrize("path", PROBE_PATHS)
+async def test_many_bombs_at_once_cost_no_more_than_the_cap_each(sim: SimulatorThread, path: str) -> None:
     """Twenty bombs and endless streams probed concurrently: each is cut at the cap, none waits for another."""
     keys = [hostile_key(sim, "openai", "gzip_bomb" if i % 2 else "endless") for i in range(20)]
-    http = make_http_client(20, TIMEOUT)
+    http = shared_client(path, 20, TIMEOUT)
     adapter = registry.adapter_class("openai")(http, {}, timeout=TIMEOUT, completion_model="gpt-4o-mini")
     try:
         async with asyncio.timeout(TIMEOUT + 5):

@@ -11,7 +11,7 @@ import pytest
 
 from keywatch.domain import Health, ManagedKey, Secret
 from keywatch.providers.openai import OpenAIAdapter
-from tests.integration.conftest import free_port, toml_config, unique_secret
+from tests.integration.conftest import PROBE_PATHS, free_port, shared_client, toml_config, unique_secret
 
 CASES = [
     # behaviour, probe mode, expected health, expected error code
@@ -38,54 +38,65 @@ CASES = [
 ]
 
 
-async def probe(sim, behaviour: str, mode: str, *, base_url: str | None = None, timeout: float = 1.0):
+def client(path: str, timeout: float = 1.0) -> httpx2.AsyncClient:
+    """A plain client (the SDK's own request path) or the daemon's shared one (the lean path)."""
+    return httpx2.AsyncClient(timeout=timeout) if path == "sdk" else shared_client("lean", 4, timeout)
+
+
+async def probe(sim, behaviour: str, mode: str, *, base_url: str | None = None, timeout: float = 1.0,
+                path: str = "sdk"):
     secret = unique_secret()
     sim.set_key(secret, provider="openai", behaviour=behaviour)
     key = ManagedKey(name="k", provider="openai", secret=Secret(secret), secret_ref="env:X",
                      base_url=base_url or f"{sim.url}/openai/v1", probe=mode)
-    async with httpx2.AsyncClient(timeout=timeout) as http:
+    async with client(path, timeout) as http:
         adapter = OpenAIAdapter(http, timeout=timeout)
         return await adapter.probe(key), secret
 
 
+@pytest.mark.parametrize("path", PROBE_PATHS)
 @pytest.mark.parametrize(("behaviour", "mode", "health", "code"), CASES,
                          ids=[f"{b}-{m}" for b, m, _, _ in CASES])
-async def test_documented_answers_map_to_health(sim, behaviour, mode, health, code) -> None:
-    result, secret = await probe(sim, behaviour, mode)
+async def test_documented_answers_map_to_health(sim, behaviour, mode, health, code, path) -> None:
+    result, secret = await probe(sim, behaviour, mode, path=path)
     assert result.health is health, result
     if code is not None:
         assert result.error_code == code
     assert secret not in (result.error_message or "")
 
 
-async def test_missing_scope_with_null_code_is_forbidden_not_invalid(sim) -> None:
+@pytest.mark.parametrize("path", PROBE_PATHS)
+async def test_missing_scope_with_null_code_is_forbidden_not_invalid(sim, path) -> None:
     """Real restricted-key bodies often carry `code: null`; the message still tells."""
     secret = unique_secret()
     sim.set_key(secret, provider="openai", behaviour="missing_scope", error_code=None)
     key = ManagedKey(name="k", provider="openai", secret=Secret(secret), secret_ref="env:X",
                      base_url=f"{sim.url}/openai/v1")
-    async with httpx2.AsyncClient() as http:
+    async with client(path) as http:
         result = await OpenAIAdapter(http).probe(key)
     assert result.http_status == 401 and result.health is Health.FORBIDDEN
 
 
-async def test_rate_limit_headers_are_read(sim) -> None:
-    result, _ = await probe(sim, "healthy", "models")
+@pytest.mark.parametrize("path", PROBE_PATHS)
+async def test_rate_limit_headers_are_read(sim, path) -> None:
+    result, _ = await probe(sim, "healthy", "models", path=path)
     rl = result.ratelimit
     assert rl is not None
     assert rl.requests_remaining == 59 and rl.tokens_remaining == 149984
     assert rl.requests_reset_seconds == 1.0 and rl.tokens_reset_seconds == 360.0
 
 
-async def test_rate_limited_carries_retry_after(sim) -> None:
-    result, _ = await probe(sim, "rate_limited", "models")
+@pytest.mark.parametrize("path", PROBE_PATHS)
+async def test_rate_limited_carries_retry_after(sim, path) -> None:
+    result, _ = await probe(sim, "rate_limited", "models", path=path)
     assert result.http_status == 429 and result.retry_after_seconds is not None
 
 
-async def test_unknown_key_is_invalid_and_quoted_masked(sim) -> None:
+@pytest.mark.parametrize("path", PROBE_PATHS)
+async def test_unknown_key_is_invalid_and_quoted_masked(sim, path) -> None:
     key = ManagedKey(name="k", provider="openai", secret=Secret("sk-proj-neverregistered0000000000WXYZ"),
                      secret_ref="env:X", base_url=f"{sim.url}/openai/v1")
-    async with httpx2.AsyncClient() as http:
+    async with client(path) as http:
         result = await OpenAIAdapter(http).probe(key)
     assert result.health is Health.INVALID and result.http_status == 401
     assert "neverregistered" not in (result.error_message or "")
@@ -102,11 +113,12 @@ async def test_5xx_never_blames_the_key(sim, status) -> None:
     assert result.health is Health.PROVIDER_ERROR and result.http_status == status
 
 
-async def test_refused_connection_is_unreachable() -> None:
+@pytest.mark.parametrize("path", PROBE_PATHS)
+async def test_refused_connection_is_unreachable(path) -> None:
     port = free_port()  # nothing listens there
     key = ManagedKey(name="k", provider="openai", secret=Secret(unique_secret()), secret_ref="env:X",
                      base_url=f"http://127.0.0.1:{port}/v1")
-    async with httpx2.AsyncClient() as http:
+    async with client(path) as http:
         result = await OpenAIAdapter(http).probe(key)
     assert result.health is Health.UNREACHABLE and result.error_code == "connect_error"
 

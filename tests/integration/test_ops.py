@@ -28,11 +28,12 @@ MAX_EXPOSURE = 2.0
 METRICS = {
     "keywatch_key_up", "keywatch_key_health", "keywatch_key_last_probe_timestamp_seconds",
     "keywatch_probe_duration_seconds", "keywatch_probes_total", "keywatch_key_ratelimit_remaining",
-    "keywatch_build_info", "keywatch_key_info", "keywatch_key_labels", "keywatch_key_compromised",
+    "keywatch_build_info", "keywatch_key_info", "keywatch_key_compromised", "keywatch_keys_by_health",
+    "keywatch_keys_by_admin_state", "keywatch_keys_compromised",
     "keywatch_ready", "keywatch_cycle_duration_seconds", "keywatch_last_cycle_timestamp_seconds",
     "keywatch_key_admin_state", "keywatch_actions_total", "keywatch_provider_outage", "keywatch_pool_size",
     "keywatch_alerts_total", "keywatch_alerts_pending", "keywatch_sink_up", "keywatch_key_spend_usd",
-    "keywatch_key_tokens_total", "keywatch_budget_limit_usd", "keywatch_budget_used_ratio",
+    "keywatch_key_tokens", "keywatch_budget_limit_usd", "keywatch_budget_used_ratio",
     "keywatch_budget_exhaustion_forecast_seconds", "keywatch_account_balance",
     "keywatch_usage_last_success_timestamp_seconds",
     "keywatch_rotations_total", "keywatch_rotation_in_progress", "keywatch_key_rotation_due_timestamp_seconds",
@@ -294,6 +295,10 @@ def test_dashboard_structure():
     assert dash["schemaVersion"] >= 39
     assert dash.get("uid") and dash.get("title")
     variables = {v["name"]: v for v in dash["templating"]["list"]}
+    # Grafana's import asks for the data source the `__inputs` name, and the variable starts on it.
+    inputs = {i["name"]: i for i in dash["__inputs"]}
+    assert inputs["DS_PROMETHEUS"]["type"] == "datasource" and inputs["DS_PROMETHEUS"]["pluginId"] == "prometheus"
+    assert variables["datasource"]["current"]["value"] == "${DS_PROMETHEUS}"
     assert variables["datasource"]["type"] == "datasource"
     assert variables["datasource"]["query"] == "prometheus"
     assert {"provider", "label_name", "label_value"} <= set(variables)
@@ -336,5 +341,5 @@ def test_dashboard_covers_the_issue():
     for needed in ("keywatch_key_health", "keywatch_key_last_probe_timestamp_seconds",
                    "keywatch_key_ratelimit_remaining", "keywatch_key_admin_state",
                    "keywatch_probe_duration_seconds_bucket", "keywatch_actions_total",
-                   "keywatch_alerts_total", "keywatch_key_labels", "ALERTS"):
+                   "keywatch_alerts_total", "keywatch_key_info", "ALERTS"):
         assert needed in exprs, f"no panel shows {needed}"

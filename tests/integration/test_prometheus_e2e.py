@@ -339,7 +339,7 @@ def test_label_filter_selects_keys_by_configured_label(stack):
     # The variables' own queries: label_values(keywatch_key_up, provider) and label_names().
     assert "openai" in prom.api("label/provider/values", **{"match[]": "keywatch_key_up"})
     assert {"label_team", "label_env"} <= set(prom.api("labels"))
-    teams = prom.api("label/label_team/values", **{"match[]": "keywatch_key_labels"})
+    teams = prom.api("label/label_team/values", **{"match[]": "keywatch_key_info"})
     assert set(teams) == {"search", "infra"}
 
 

@@ -127,7 +127,7 @@ async def test_costs_exact_to_the_cent_across_pages_and_attributed_to_keys(tmp_p
             == pytest.approx(0.633333)
         assert h.sample("keywatch_key_spend_usd", {"key": "search-a", "provider": "openai", "period": "day"}) \
             == pytest.approx(0.333333)
-        assert h.sample("keywatch_key_tokens_total", {"key": "search-a", "provider": "openai",
+        assert h.sample("keywatch_key_tokens", {"key": "search-a", "provider": "openai",
                                                       "direction": "output"}) == 253
         assert h.sample("keywatch_usage_stale", {"account": "openai-org"}) == 0
         assert h.sample("keywatch_usage_last_success_timestamp_seconds", {"account": "openai-org"}) \

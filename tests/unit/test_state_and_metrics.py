@@ -67,7 +67,7 @@ def test_removed_key_leaves_no_series() -> None:
     assert r.get_sample_value("keywatch_key_health", {"key": "b", "provider": "openai", "health": "healthy"}) == 0.0
     assert r.get_sample_value("keywatch_key_ratelimit_remaining",
                               {"key": "a", "provider": "openai", "resource": "tokens"}) == 5.0
-    assert r.get_sample_value("keywatch_key_labels", {"key": "a", "provider": "openai", "label_team": "search"}) == 1
+    assert r.get_sample_value("keywatch_key_info", {"key": "a", "provider": "openai", "label_team": "search"}) == 1
     assert r.get_sample_value("keywatch_key_last_probe_timestamp_seconds",
                               {"key": "a", "provider": "openai"}) == T0.timestamp()
     t.sync_inventory([key("a", team="search")])
