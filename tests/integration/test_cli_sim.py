@@ -65,6 +65,8 @@ def test_it_prints_every_providers_base_url_as_the_docs_give_them(running):
                                                                         re.M)}
     assert {(p, path) for (p, _), path in printed.items()} == {(p, v) for (p, _), v in documented.items()}
     for module in route_modules():  # every mounted provider can be reached from a printed base URL
+        if getattr(module, "SECRET_STORE", False):
+            continue  # a secret store (Key Vault) keywatch reads keys from, not a provider
         mount = module.PREFIX.split("+")[0]
         assert any(mount.startswith(path.split("<")[0].rstrip("/")) or path.startswith(mount)
                    for path in printed.values()), f"no printed base URL for {module.__name__} ({module.PREFIX})"

@@ -32,7 +32,8 @@ def comparable(rows: list[dict[str, str]]) -> list[tuple[str, str, str, str, str
 
 async def test_daemon_and_policy_test_make_the_same_plan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     names = [f"k{i}" for i in range(10)]
-    behaviours = {"k1": "invalid", "k2": "invalid", "k3": "missing_scope"}
+    # three dead keys of ten: the blast-radius limit (10 %, at least 2 keys) lets two be disabled, blocks one
+    behaviours = {"k1": "invalid", "k2": "invalid", "k5": "invalid", "k3": "missing_scope"}
     h = await start(tmp_path, names, behaviours, extra=EXTRA)
     engine = h.daemon.capabilities["policies"]
     try:

@@ -26,6 +26,7 @@ from keywatch.sim.common import bearer, json_response, state_of
 from keywatch.sim.state import SimState
 
 PREFIX = "/secrets"
+SECRET_STORE = True  # not a provider: `keywatch sim` prints no base URL for it
 PROVIDER = "keyvault"
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 CHALLENGE = f'Bearer authorization="https://login.microsoftonline.com/{TENANT}", resource="https://vault.azure.net"'
