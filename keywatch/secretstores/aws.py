@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from keywatch.domain import Secret
-from keywatch.secretstores.base import BadReference, Stage, StoreUnavailable, check_token
+from keywatch.secretstores.base import BadReference, Stage, StoreUnavailable, check_token, json_object, value_of
 from keywatch.secretstores.config import AwsStoreSettings
 
 LABELS: dict[str, str] = {"current": "AWSCURRENT", "pending": "AWSPENDING", "previous": "AWSPREVIOUS"}
@@ -125,37 +125,17 @@ class AwsSecretsManagerDestination:
             raise self._unavailable("describe_secret", exc) from None
         return {vid: list(labels) for vid, labels in (answer.get("VersionIdsToStages") or {}).items()}
 
-    def _object(self, text: str) -> dict[str, Any]:
-        try:
-            data = json.loads(text)
-        except ValueError:
-            data = None
-        if not isinstance(data, dict):
-            raise StoreUnavailable(self.ref, f"the secret is not a JSON object, so it has no field {self.field!r}",
-                                   permanent=True)
-        return data
 
     # ---- Destination
     async def read(self, stage: Stage = "current") -> Secret | None:
-        return await self._value_of(await self._get(LABELS[stage]))
+        return value_of(self.ref, self.field, await self._get(LABELS[stage]))
 
-    async def _value_of(self, text: str | None) -> Secret | None:
-        if text is None:
-            return None
-        if self.field is None:
-            value = text.strip()
-        else:
-            raw = self._object(text).get(self.field)
-            if raw is not None and not isinstance(raw, str):
-                raise StoreUnavailable(self.ref, f"field {self.field!r} is not a string", permanent=True)
-            value = (raw or "").strip()
-        return Secret(value) if value else None
 
     async def write_pending(self, secret: Secret, *, token: str, fields: Mapping[str, str] = {}) -> None:
         check_token(self.ref, token)
         versions = await self._versions()
         if token in versions:  # written by an earlier try: the same value, labelled pending (again)
-            held = await self._value_of(await self._get(version_id=token))
+            held = value_of(self.ref, self.field, await self._get(version_id=token))
             if held != secret:
                 raise StoreUnavailable(
                     self.ref, "this rotation token already holds a different value", permanent=True
@@ -167,7 +147,7 @@ class AwsSecretsManagerDestination:
             value = secret.reveal()
         else:
             current = await self._get("AWSCURRENT")
-            data = self._object(current) if current is not None else {}
+            data = json_object(self.ref, self.field, current) if current is not None else {}
             data.update(fields)
             data[self.field] = secret.reveal()
             value = json.dumps(data)

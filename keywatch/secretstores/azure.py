@@ -25,7 +25,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from keywatch.domain import Secret
-from keywatch.secretstores.base import BadReference, Stage, StoreUnavailable, check_token
+from keywatch.secretstores.base import BadReference, Stage, StoreUnavailable, check_token, json_object, value_of
 from keywatch.secretstores.config import AzureStoreSettings
 
 PENDING_SUFFIX = "--keywatch-pending"
@@ -137,27 +137,7 @@ class KeyVaultDestination:
         except (_NotFound, _Disabled):
             return None
 
-    def _value_of(self, text: str | None) -> Secret | None:
-        if text is None:
-            return None
-        if self.field is None:
-            value = text.strip()
-        else:
-            raw = self._object(text).get(self.field)
-            if raw is not None and not isinstance(raw, str):
-                raise StoreUnavailable(self.ref, f"field {self.field!r} is not a string", permanent=True)
-            value = (raw or "").strip()
-        return Secret(value) if value else None
 
-    def _object(self, text: str) -> dict[str, Any]:
-        try:
-            data = json.loads(text)
-        except ValueError:
-            data = None
-        if not isinstance(data, dict):
-            raise StoreUnavailable(self.ref, f"the secret is not a JSON object, so it has no field {self.field!r}",
-                                   permanent=True)
-        return data
 
     async def _pending(self) -> Any | None:
         """The companion's latest version when it is an offered pending value."""
@@ -183,7 +163,7 @@ class KeyVaultDestination:
             latest = await self._get(self.name)
             prev = (latest.properties.tags or {}).get(PREVIOUS_TAG) if latest is not None else None
             held = await self._get(self.name, prev) if prev else None
-        return self._value_of(held.value if held is not None else None)
+        return value_of(self.ref, self.field, held.value if held is not None else None)
 
     async def write_pending(self, secret: Secret, *, token: str, fields: Mapping[str, str] = {}) -> None:
         check_token(self.ref, token)
@@ -192,14 +172,14 @@ class KeyVaultDestination:
             return  # already promoted
         pending = await self._pending()
         if pending is not None and (pending.properties.tags or {}).get(TOKEN_TAG) == token:
-            if self._value_of(pending.value) != secret:
+            if value_of(self.ref, self.field, pending.value) != secret:
                 raise StoreUnavailable(self.ref, "this rotation token already holds a different value",
                                        permanent=True)
             return
         if self.field is None:
             value = secret.reveal()
         else:
-            data = self._object(latest.value) if latest is not None and latest.value else {}
+            data = json_object(self.ref, self.field, latest.value) if latest is not None and latest.value else {}
             data.update(fields)
             data[self.field] = secret.reveal()
             value = json.dumps(data)

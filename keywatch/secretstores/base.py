@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from keywatch.domain import Secret
 
@@ -61,3 +62,28 @@ def check_token(ref: str, token: str) -> str:
     if not (32 <= len(token) <= 64) or not all(c.isalnum() or c in "-_" for c in token):
         raise StoreUnavailable(ref, "a rotation token must be 32-64 letters, digits, - or _", permanent=True)
     return token
+
+
+def json_object(ref: str, field: str | None, text: str) -> dict[str, Any]:
+    """The secret's text as a JSON object, for a reference that names a field of it (`...#field`)."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        raise StoreUnavailable(ref, f"the secret is not a JSON object, so it has no field {field!r}", permanent=True)
+    return data
+
+
+def value_of(ref: str, field: str | None, text: str | None) -> Secret | None:
+    """The value a reference reads from a stored secret's text: all of it, or one string field of its JSON."""
+    if text is None:
+        return None
+    if field is None:
+        value = text.strip()
+    else:
+        raw = json_object(ref, field, text).get(field)
+        if raw is not None and not isinstance(raw, str):
+            raise StoreUnavailable(ref, f"field {field!r} is not a string", permanent=True)
+        value = (raw or "").strip()
+    return Secret(value) if value else None
