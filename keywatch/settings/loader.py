@@ -11,6 +11,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from pydantic import ValidationError
@@ -18,7 +19,7 @@ from pydantic import ValidationError
 from keywatch.domain import Account, ManagedKey
 from keywatch.providers import registry
 from keywatch.settings import secrets
-from keywatch.settings.schema import LABEL_NAME_PATTERN, NAME_PATTERN, Config
+from keywatch.settings.schema import LABEL_NAME_PATTERN, NAME_PATTERN, Config, reference_problems
 from keywatch.settings.types import NAME_PATTERN as TYPES_NAME_PATTERN
 
 
@@ -291,7 +292,9 @@ def load_inventory(path: str | Path, *, alert_sinks: bool = True) -> Inventory:
         config = load(path)
     except ConfigError as exc:
         # The file does not validate: still say which secret references cannot be resolved, in the same pass.
-        raise ConfigError(exc.source, exc.problems + _raw_secret_problems(path)) from None
+        more = [p for p in _raw_secret_problems(path) + _raw_reference_problems(path)
+                if not any(p in known for known in exc.problems)]
+        raise ConfigError(exc.source, exc.problems + more) from None
     source = str(path)
     problems = alert_sink_problems(config) if alert_sinks else []
     try:
@@ -327,3 +330,22 @@ def _raw_secret_problems(path: str | Path) -> list[str]:
                 if isinstance(ref, str) and ref:
                     _resolve(ref, f"{section}[{i}].{name}", owner, allow, problems, warnings)
     return problems
+
+
+def _raw_reference_problems(path: str | Path) -> list[str]:
+    """The cross-section reference problems (unknown account, duplicate names, budgets naming unknown keys) of
+    a file that does not validate, where the schema's own check does not run."""
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except Exception:
+        return []
+
+    def entries(section: str, fields: tuple[str, ...]) -> list[SimpleNamespace]:
+        raw = data.get(section)
+        if not isinstance(raw, list):
+            return []
+        return [SimpleNamespace(**{f: (e.get(f) if isinstance(e, dict) else None) for f in fields}) for e in raw]
+
+    return reference_problems(entries("keys", ("name", "account", "provider")),
+                              entries("accounts", ("name", "provider")),
+                              entries("budgets", ("name", "key", "account")))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -35,8 +36,11 @@ LABEL_NAME_PATTERN = r"^[a-zA-Z_][a-zA-Z0-9_]{0,63}$"
 
 def _same_family(a: str, b: str) -> bool:
     """Accounts of one family manage each other's keys (an AWS IAM account manages Bedrock API keys)."""
-    family = registry.info(a).account_family
-    return family is not None and family == registry.info(b).account_family
+    try:
+        family = registry.info(a).account_family
+        return family is not None and family == registry.info(b).account_family
+    except (KeyError, ValueError):  # an unknown provider: the schema error says so
+        return False
 
 
 def _check_policies(policies: list[PolicyConfig], info: ValidationInfo) -> list[PolicyConfig]:
@@ -333,30 +337,38 @@ class Config(Strict):
 
     @model_validator(mode="after")
     def _cross_references(self) -> Config:
-        problems = []
-        seen: dict[str, int] = {}
-        for i, k in enumerate(self.keys):
-            if k.name in seen:
-                problems.append(f"keys[{i}].name: {k.name!r} is already used by keys[{seen[k.name]}]")
-            seen.setdefault(k.name, i)
-        accounts = {a.name: a for a in self.accounts}
-        if len(accounts) != len(self.accounts):
-            problems.append("accounts: names must be unique")
-        for i, k in enumerate(self.keys):
-            if k.account is None:
-                continue
-            acct = accounts.get(k.account)
-            if acct is None:
-                known = ", ".join(accounts) or "none"
-                problems.append(f"keys[{i}].account: no account named {k.account!r} (known: {known})")
-            elif acct.provider != k.provider and not _same_family(acct.provider, k.provider):
-                problems.append(
-                    f"keys[{i}].account: account {k.account!r} is for provider {acct.provider}, not {k.provider}"
-                )
-        problems += check_references(list(self.budgets), {k.name for k in self.keys}, set(accounts))
+        problems = reference_problems(self.keys, self.accounts, self.budgets)
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+
+def reference_problems(keys: Sequence[Any], accounts: Sequence[Any], budgets: Sequence[Any]) -> list[str]:
+    """Names one section uses that another must define: duplicate key or account names, a key's unknown or
+    mismatched account, budgets naming unknown keys or accounts. Works on the models and, for a file that
+    does not validate, on its raw entries (objects with the same attributes), so `config validate` reports
+    these in the same pass as the schema errors."""
+    problems = []
+    seen: dict[str, int] = {}
+    for i, k in enumerate(keys):
+        if k.name in seen:
+            problems.append(f"keys[{i}].name: {k.name!r} is already used by keys[{seen[k.name]}]")
+        seen.setdefault(k.name, i)
+    by_name = {a.name: a for a in accounts}
+    if len(by_name) != len(accounts):
+        problems.append("accounts: names must be unique")
+    for i, k in enumerate(keys):
+        if k.account is None:
+            continue
+        acct = by_name.get(k.account)
+        if acct is None:
+            known = ", ".join(str(n) for n in by_name) or "none"
+            problems.append(f"keys[{i}].account: no account named {k.account!r} (known: {known})")
+        elif acct.provider != k.provider and not _same_family(acct.provider, k.provider):
+            problems.append(
+                f"keys[{i}].account: account {k.account!r} is for provider {acct.provider}, not {k.provider}"
+            )
+    return problems + check_references(list(budgets), {k.name for k in keys}, set(by_name))
 
 
 def json_schema() -> dict[str, Any]:

@@ -40,3 +40,54 @@ def test_schema_and_secret_problems_come_in_one_pass(tmp_path: Path, capsys: pyt
     assert "abcdefghijklmnop" not in "\n".join(lines)  # not even part of the literal secret
     assert any(line.startswith(f"{cfg}: keys[1].secret:") and "KW_TEST_NOT_SET_ANYWHERE" in line for line in lines)
     assert len(lines) == 4
+
+
+CROSS = """
+[probe]
+intervall = "1m"
+
+[[accounts]]
+name = "org"
+provider = "openai"
+admin_secret = "env:KW_TEST_ADMIN_SET"
+
+[[keys]]
+name = "a"
+provider = "openai"
+secret = "env:KW_TEST_ADMIN_SET"
+account = "orgg"
+
+[[keys]]
+name = "a"
+provider = "openai"
+secret = "env:KW_TEST_ADMIN_SET"
+
+[[budgets]]
+name = "team"
+key = "nope"
+limit_usd = 10
+period = "month"
+"""
+
+
+def test_cross_section_references_come_with_the_schema_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KW_TEST_ADMIN_SET", "sk-admin-" + "x" * 40)
+    cfg = tmp_path / "kw.toml"
+    cfg.write_text(CROSS)
+    assert main(["config", "validate", "-c", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "probe.intervall: unknown field (did you mean interval?)" in err  # the schema error ...
+    assert "keys[0].account: no account named 'orgg' (known: org)" in err  # ... and, in the same pass,
+    assert "keys[1].name: 'a' is already used by keys[0]" in err  # every reference between sections
+    assert "budgets[0].key: no key named 'nope'" in err
+
+
+def test_a_reference_problem_alone_is_reported_once(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KW_TEST_ADMIN_SET", "sk-admin-" + "x" * 40)
+    cfg = tmp_path / "kw.toml"
+    cfg.write_text(CROSS.replace('intervall = "1m"', 'interval = "1m"'))
+    assert main(["config", "validate", "-c", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("no account named 'orgg'") == 1 and err.count("no key named 'nope'") == 1
