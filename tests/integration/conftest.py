@@ -137,3 +137,14 @@ def store(request, tmp_path):
         with admin.connect() as c:
             c.execute(text(f"DROP SCHEMA {schema} CASCADE"))
         admin.dispose()
+
+
+@pytest.fixture
+def notify_socket(tmp_path: Path):
+    """A real unix datagram socket, as systemd's NOTIFY_SOCKET."""
+    path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(0.2)
+    yield path, sock
+    sock.close()

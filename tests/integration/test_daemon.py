@@ -73,15 +73,6 @@ class DaemonProc:
             self.log.close()
 
 
-@pytest.fixture
-def notify_socket(tmp_path: Path):
-    path = tmp_path / "notify.sock"
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(path))
-    sock.settimeout(0.2)
-    yield path, sock
-    sock.close()
-
 
 def read_notifications(sock: socket.socket) -> list[str]:
     out = []

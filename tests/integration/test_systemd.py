@@ -19,17 +19,6 @@ from tests.integration.test_daemon import DaemonProc, base_env, read_notificatio
 from tests.integration.test_ops import unit_values
 
 
-@pytest.fixture
-def notify_sock(tmp_path: Path):
-    """A real unix datagram socket, as systemd's NOTIFY_SOCKET."""
-    path = tmp_path / "notify.sock"
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(path))
-    sock.settimeout(0.2)
-    yield path, sock
-    sock.close()
-
-
 def test_a_config_error_is_not_restarted_forever():
     assert unit_values("Restart") == ["on-failure"]
     assert unit_values("RestartPreventExitStatus") == ["2"]
@@ -55,8 +44,8 @@ def notifications_until(sock: socket.socket, predicate, timeout: float = 20.0) -
 
 
 @pytest.mark.slow
-def test_reload_is_reported_with_reloading_monotonic_usec_then_ready(sim, tmp_path: Path, notify_sock) -> None:
-    sock_path, sock = notify_sock
+def test_reload_is_reported_with_reloading_monotonic_usec_then_ready(sim, tmp_path: Path, notify_socket) -> None:
+    sock_path, sock = notify_socket
     secret = unique_secret()
     sim.set_key(secret, provider="openai", behaviour="healthy")
     port = free_port()
@@ -84,9 +73,9 @@ def test_reload_is_reported_with_reloading_monotonic_usec_then_ready(sim, tmp_pa
     assert code == 0, d.logs()
 
 
-def test_watchdog_is_pinged_only_while_the_scheduler_makes_progress(tmp_path: Path, notify_sock,
+def test_watchdog_is_pinged_only_while_the_scheduler_makes_progress(tmp_path: Path, notify_socket,
                                                                     monkeypatch) -> None:
-    sock_path, sock = notify_sock
+    sock_path, sock = notify_socket
     monkeypatch.setenv("NOTIFY_SOCKET", str(sock_path))
     monkeypatch.setenv("WATCHDOG_USEC", "100000")  # a ping every 50 ms
     monkeypatch.delenv("WATCHDOG_PID", raising=False)
