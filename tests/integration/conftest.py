@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import logging
+import os
 import socket
 import sys
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -148,3 +152,32 @@ def notify_socket(tmp_path: Path):
     sock.settimeout(0.2)
     yield path, sock
     sock.close()
+
+
+# moto loads AWS's managed IAM policies (AdministratorAccess, the quarantine policies) only when this is set
+# before its IAM backend first loads, whichever test module starts moto first.
+os.environ.setdefault("MOTO_IAM_LOAD_MANAGED_POLICIES", "true")
+
+
+@contextlib.contextmanager
+def moto_server() -> Iterator[str]:
+    """moto's server on a free loopback port, its request log quiet; yields its URL."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+def set_moto_auth(url: str, count: str) -> None:
+    """moto checks signatures only after INITIAL_NO_AUTH_ACTION_COUNT requests; "0" turns checking on now,
+    "inf" off (the setting is process-wide in moto)."""
+    req = urllib.request.Request(f"{url}/moto-api/reset-auth", data=count.encode(), method="POST",
+                                 headers={"Content-Type": "text/plain"})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        assert r.status == 200

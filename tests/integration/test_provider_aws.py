@@ -5,12 +5,10 @@ moto cannot give (throttling, 5xx, AccessDenied on STS) and Bedrock API keys aga
 from __future__ import annotations
 
 import json
-import logging
 import os
 import secrets
 import subprocess
 import sys
-import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +26,7 @@ from keywatch.redact import REGISTRY
 from keywatch.sim.server import SimulatorThread
 from keywatch.state import StateTracker
 
-from .conftest import free_port
+from .conftest import free_port, moto_server, set_moto_auth
 
 boto3 = pytest.importorskip(
     "boto3", reason="boto3 is needed for the AWS adapters (pip install keywatch[aws])"
@@ -37,18 +35,6 @@ pytest.importorskip("moto.server", reason="moto[server] is needed to run AWS IAM
 
 REGION = "us-east-1"
 QUARANTINE_ARN = "arn:aws:iam::aws:policy/AWSCompromisedKeyQuarantineV2"
-
-
-def _set_moto_auth(url: str, count: str) -> None:
-    """moto checks signatures only after INITIAL_NO_AUTH_ACTION_COUNT requests; "0" turns checking on now."""
-    req = urllib.request.Request(
-        f"{url}/moto-api/reset-auth",
-        data=count.encode(),
-        method="POST",
-        headers={"Content-Type": "text/plain"},
-    )
-    with urllib.request.urlopen(req, timeout=5) as r:
-        assert r.status == 200
 
 
 class Moto:
@@ -75,18 +61,13 @@ class Moto:
 
 @pytest.fixture(scope="module")
 def moto() -> Iterator[Moto]:
-    os.environ["MOTO_IAM_LOAD_MANAGED_POLICIES"] = (
-        "true"  # quarantine policies exist only with this, set first
-    )
-    from moto.server import ThreadedMotoServer
+    with moto_server() as url:
+        yield from _admin(url)
 
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    url = f"http://{host}:{port}"
+
+def _admin(url: str) -> Iterator[Moto]:
     try:
-        _set_moto_auth(url, "inf")
+        set_moto_auth(url, "inf")
         setup = boto3.client(
             "iam",
             endpoint_url=url,
@@ -99,13 +80,10 @@ def moto() -> Iterator[Moto]:
             UserName="keywatch-admin", PolicyArn="arn:aws:iam::aws:policy/AdministratorAccess"
         )
         admin = setup.create_access_key(UserName="keywatch-admin")["AccessKey"]
-        _set_moto_auth(url, "0")
+        set_moto_auth(url, "0")
         yield Moto(url, admin)
     finally:
-        try:
-            _set_moto_auth(url, "inf")  # the setting is process-wide in moto: leave it as found
-        finally:
-            server.stop()
+        set_moto_auth(url, "inf")  # the setting is process-wide in moto: leave it as found
 
 
 @pytest.fixture

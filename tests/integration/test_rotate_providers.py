@@ -9,11 +9,8 @@ ever holds a secret.
 from __future__ import annotations
 
 import asyncio
-import logging
-import os
 import secrets
 import time
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,7 +24,7 @@ from keywatch.providers.openai import OpenAIAdapter
 from keywatch.providers.openrouter import OpenRouterAdapter
 from keywatch.sim import Simulator
 
-from .conftest import free_port
+from .conftest import moto_server, set_moto_auth
 
 DELAY_S = 0.6
 
@@ -247,39 +244,26 @@ async def test_bedrock_lifecycle_and_the_two_per_user_limit(fresh_sim: Simulator
 # --- IAM access keys against moto's server -------------------------------------------------------------
 
 
-def _moto_auth(url: str, count: str) -> None:
-    req = urllib.request.Request(f"{url}/moto-api/reset-auth", data=count.encode(), method="POST",
-                                 headers={"Content-Type": "text/plain"})
-    with urllib.request.urlopen(req, timeout=5) as r:
-        assert r.status == 200
-
-
 @pytest.fixture(scope="module")
 def moto_iam() -> Iterator[tuple[str, dict[str, str], Any]]:
     boto3 = pytest.importorskip("boto3", reason="needs keywatch[aws]")
     pytest.importorskip("moto.server", reason="moto[server] is needed to run AWS IAM/STS locally")
-    os.environ.setdefault("MOTO_IAM_LOAD_MANAGED_POLICIES", "true")
-    from moto.server import ThreadedMotoServer
+    with moto_server() as url:
+        yield from _iam_admin(url, boto3)
 
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    url = f"http://{host}:{port}"
+
+def _iam_admin(url: str, boto3: Any) -> Iterator[tuple[str, dict[str, str], Any]]:
     try:
-        _moto_auth(url, "inf")
+        set_moto_auth(url, "inf")
         iam = boto3.client("iam", endpoint_url=url, region_name="us-east-1",
                            aws_access_key_id="AKIAIOSFODNN7EXAMPLE", aws_secret_access_key="x" * 40)
         iam.create_user(UserName="kw-rot-admin")
         iam.attach_user_policy(UserName="kw-rot-admin", PolicyArn="arn:aws:iam::aws:policy/AdministratorAccess")
         admin = iam.create_access_key(UserName="kw-rot-admin")["AccessKey"]
-        _moto_auth(url, "0")
+        set_moto_auth(url, "0")
         yield url, admin, iam
     finally:
-        try:
-            _moto_auth(url, "inf")
-        finally:
-            server.stop()
+        set_moto_auth(url, "inf")
 
 
 async def test_iam_access_key_lifecycle_and_the_limit(moto_iam: tuple[str, dict[str, str], Any]) -> None:

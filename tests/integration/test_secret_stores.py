@@ -21,7 +21,7 @@ from keywatch.domain import Secret
 from keywatch.secretstores import BadReference, SecretStoreSettings, StoreUnavailable, open_destination
 from keywatch.secretstores.files import parse_env_file, quote_env_value
 
-from .conftest import free_port
+from .conftest import free_port, moto_server
 
 
 def token() -> str:
@@ -217,26 +217,18 @@ AWS_REGION = "us-east-1"
 def moto_url() -> Iterator[str]:
     pytest.importorskip("boto3", reason="boto3 is needed for aws-sm: (pip install keywatch[aws])")
     pytest.importorskip("moto.server", reason="moto[server] is needed to run Secrets Manager locally")
-    import logging
-
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
     old = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
     os.environ["AWS_ACCESS_KEY_ID"] = "AKIAIOSFODNN7EXAMPLE"
     os.environ["AWS_SECRET_ACCESS_KEY"] = "x" * 40
     try:
-        yield f"http://{host}:{port}"
+        with moto_server() as url:
+            yield url
     finally:
         for k, v in old.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-        server.stop()
 
 
 @pytest.fixture
