@@ -1,8 +1,9 @@
 """`keywatch doctor`: the troubleshooter for one key or all of them, each finding with a suggested fix.
 
 Checks, per key: the secret reference resolves; DNS, TCP and TLS to the base URL (with timings); one probe
-and its classification with the reason; the provider calls the configured policies need (read-only ones
-are what the probe does; write calls are explained, never tried); clock skew against the provider's Date
+and its classification with the reason; the management credential tried with read-only calls (the key's
+record, and the credential list where the key rotates), the write calls the configured policies need
+explained, never tried; clock skew against the provider's Date
 header; the key's recent history from the store (read only: a missing SQLite file is not created).
 Nothing is changed anywhere. Secrets never appear: only fingerprints and masked forms.
 """
@@ -166,7 +167,7 @@ def _permissions(name: str, config: Any, key: Any) -> list[Finding]:
         if actions.get(a.type).capability is not None and actions.get(a.type).needs_capability(a)
     })
     out.append(Finding(name, "permissions", "ok",
-                       "read-only: the probe above is the read call the daemon makes for this key"))
+                       "read-only: the probe above is the read call the daemon makes with the key itself"))
     if not writes:
         out.append(Finding(name, "permissions", "ok", "no configured policy needs a provider write call"))
     elif key.account:
@@ -181,6 +182,66 @@ def _permissions(name: str, config: Any, key: Any) -> list[Finding]:
                            "add `account = \"NAME\"` to the key and an [[accounts]] entry with an admin "
                            "credential, or set at_provider = false on the actions"))
     return out
+
+
+READ_FIXES = {
+    401: "the account's admin credential is refused: check the reference in [[accounts]] and that it is an "
+         "admin/management key, not a project key",
+    403: "the admin credential authenticates but may not read keys: grant it the read permission "
+         "(docs/providers.md lists the permissions per provider)",
+    404: "the key's record was not found with this admin credential: check the account's project / workspace "
+         "/ resource, or set provider_key_id on the key",
+}
+
+
+async def _read_calls(inventory: Any, name: str, rotates: bool) -> list[tuple[str, str, str, str, float]]:
+    """(call, status, detail, fix, ms) for each read-only management call this key's account allows."""
+    from keywatch.providers.base import NotSupported, ProviderActionError
+    from keywatch.providers.clients import AdapterSet, make_http_client
+    from keywatch.redact import REGISTRY
+
+    REGISTRY.replace(inventory.secrets())
+    key = inventory.key(name)
+    probe = inventory.config.probe
+    http = make_http_client(probe.concurrency, probe.timeout, probe.max_body)
+    adapters = AdapterSet(http, inventory.accounts, timeout=probe.timeout, completion_model=probe.completion_model)
+    adapter = adapters.get(key.provider)
+    calls = [("read the key's record", adapter.metadata)]
+    if rotates:
+        calls.append(("list the credentials beside it (rotation)", adapter.list_credentials))
+    out = []
+    try:
+        for what, call in calls:
+            t0 = time.perf_counter()
+            try:
+                await call(key)
+            except NotSupported as exc:
+                out.append((what, "skip", str(exc), "", _ms(t0)))
+            except ProviderActionError as exc:
+                fix = READ_FIXES.get(exc.status or 0, "see the reason; `keywatch check` shows whether the "
+                                                      "provider is up")
+                out.append((what, "fail", f"refused: {exc}", fix, _ms(t0)))
+            except Exception as exc:  # a transport failure, an SDK error: reported, never a traceback
+                out.append((what, "fail", f"failed: {type(exc).__name__}: {exc}",
+                            "check the account's base URL and credential", _ms(t0)))
+            else:
+                out.append((what, "ok", "allowed", "", _ms(t0)))
+    finally:
+        await adapters.aclose()
+        await http.aclose()
+    return out
+
+
+def _management(name: str, inventory: Any, key: Any) -> list[Finding]:
+    from keywatch import aio
+    from keywatch.rotation.config import rotate_every
+    from keywatch.rotation.service import settings_of
+
+    if not key.account:
+        return []
+    rotates = rotate_every(inventory.key(name), settings_of(inventory.config)) is not None
+    return [Finding(name, "permissions", status, f"account {key.account!r}: {what}: {detail}"[:300], fix, ms=ms)
+            for what, status, detail, fix, ms in aio.run(_read_calls(inventory, name, rotates))]
 
 
 def _history(name: str, config: Any) -> Finding:
@@ -222,6 +283,7 @@ def diagnose(config: Any, source: str, key: Any) -> list[Finding]:
         resolved = False
     url = _base_url(key)
     reachable = False
+    inventory = None
     if url:
         found, reachable = _network(name, url)
         out += found
@@ -239,6 +301,8 @@ def diagnose(config: Any, source: str, key: Any) -> list[Finding]:
                                                                   else "the base URL is not reachable"),
                            "fix the findings above first"))
     out += _permissions(name, config, key)
+    if inventory is not None:
+        out += _management(name, inventory, key)
     if url and reachable:
         out.append(_clock(name, url))
     out.append(_history(name, config))

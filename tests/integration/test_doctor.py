@@ -112,3 +112,47 @@ def test_a_skewed_provider_clock_is_reported(skewed_server: str, tmp_path: Path,
     clock = f["clock"][0]
     assert clock["status"] == "warn" and any(f"+{n} s" in clock["detail"] for n in (599, 600, 601))
     assert "ntp" in clock["fix"]
+
+
+def _admin_setup(sim, admin_known: bool) -> tuple[dict, str, dict[str, str]]:
+    secret, admin = unique_secret(), "sk-admin-" + unique_secret()
+    sim.set_key(secret, provider="openai", behaviour="healthy", project_id="proj_doc", key_id="key_doc",
+                name="managed")
+    if admin_known:
+        sim.set_key(admin, "openai", "admin")
+    accounts = (f'\n[[accounts]]\nname = "org"\nprovider = "openai"\nadmin_secret = "env:KW_DOC_ADMIN"\n'
+                f'base_url = "{sim.url}/openai/v1"\n')
+    k = {**key("managed", f"{sim.url}/openai/v1"), "account": "org"}
+    return k, accounts, {"KW_DOC_KEY": secret, "KW_DOC_ADMIN": admin}
+
+
+def _doctor_with(tmp_path: Path, k: dict, extra: str, capsys, monkeypatch, env: dict[str, str]) -> tuple[int, list]:
+    for name, v in env.items():
+        monkeypatch.setenv(name, v)
+    cfg = tmp_path / "keywatch.toml"
+    cfg.write_text(toml_config([k], db=tmp_path / "k.db", extra=extra))
+    capsys.readouterr()
+    code = main(["doctor", "-c", str(cfg), "--json"])
+    out = capsys.readouterr().out
+    for v in env.values():
+        assert v not in out and v[-8:] not in out
+    return code, [f for f in json.loads(out) if f["check"] == "permissions"]
+
+
+def test_the_admin_credential_is_tried_with_a_read_only_call(sim, tmp_path: Path, capsys, monkeypatch) -> None:
+    k, accounts, env = _admin_setup(sim, admin_known=True)
+    code, perms = _doctor_with(tmp_path, k, accounts, capsys, monkeypatch, env)
+    read = [p for p in perms if "read the key's record" in p["detail"]]
+    assert code == 0, perms
+    assert len(read) == 1 and read[0]["status"] == "ok" and read[0]["detail"].endswith("allowed")
+    assert read[0]["ms"] is not None
+
+
+def test_a_refused_admin_credential_is_a_failed_finding_with_the_fix(sim, tmp_path: Path, capsys,
+                                                                    monkeypatch) -> None:
+    k, accounts, env = _admin_setup(sim, admin_known=False)  # the simulator does not know this admin key
+    code, perms = _doctor_with(tmp_path, k, accounts, capsys, monkeypatch, env)
+    read = [p for p in perms if "read the key's record" in p["detail"]]
+    assert code == 1
+    assert read and read[0]["status"] == "fail" and "refused" in read[0]["detail"]
+    assert "admin" in read[0]["fix"]
