@@ -132,6 +132,7 @@ class Daemon:
         self._reloads_open = False  # SIGHUPs during start-up are kept for when it is done
         self._reloads: asyncio.Future[None] | None = None
         self._current_cycle: asyncio.Task[None] | None = None
+        self._hurry = asyncio.Event()  # set at shutdown: a spread cycle stops waiting (Prober.run)
         self._retired: list[Any] = []
         self._scheduler: AsyncIOScheduler | None = None
         self._progress_at = time.monotonic()  # the last sign of the scheduler's life: a cycle began, a result came
@@ -388,6 +389,7 @@ class Daemon:
     async def shutdown(self) -> None:
         if self._scheduler is not None:
             self._scheduler.pause()  # no new cycle; shutdown() would cancel the running one, so it comes last
+        self._hurry.set()  # a spread cycle stops waiting: the keys not probed yet wait for the next start
         current = self._current_cycle
         if current is not None and not current.done():
             grace = (self.inventory.config.probe.timeout if self.inventory else 10) + 15
@@ -546,7 +548,7 @@ class Daemon:
         # picture of the fleet come as fast as the fleet answers.
         probe = inventory.config.probe
         spread = probe.spread * probe.interval if self.cycles else 0.0
-        results = await prober.run(inventory.keys, on_result, spread=spread)
+        results = await prober.run(inventory.keys, on_result, spread=spread, hurry=self._hurry)
         report = CycleReport(started_at, results, transitions, inventory)
         for name, hook in self.runtime.cycle_hooks:
             try:

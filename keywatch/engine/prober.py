@@ -7,6 +7,7 @@ adapter or provider never stops a cycle and never blames a key.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import random
 import time
@@ -50,13 +51,20 @@ class Prober:
                            redact_text(f"{type(exc).__name__}: {exc}"[:300], secrets))
 
     async def run(
-        self, keys: Iterable[ManagedKey], on_result: ResultCallback | None = None, *, spread: float = 0.0
+        self,
+        keys: Iterable[ManagedKey],
+        on_result: ResultCallback | None = None,
+        *,
+        spread: float = 0.0,
+        hurry: asyncio.Event | None = None,
     ) -> list[ProbeResult]:
         """Probe all `keys` with at most `concurrency` in flight; results in completion order.
 
         With `spread` > 0 each key starts at its own offset within the first `spread` seconds (see
         `start_offsets`), so the cycle is a steady trickle instead of one burst; it ends when the last probe
-        has answered, a full pass."""
+        has answered, a full pass. Setting `hurry` (the daemon does at shutdown) ends the waiting: the keys
+        not started yet are left for the next pass, the probes in flight finish, and the cycle ends with what
+        it has, so a stop never waits out the spread."""
         keys = list(keys)
         queue: asyncio.Queue[ManagedKey] = asyncio.Queue()
         loop = asyncio.get_running_loop()
@@ -82,7 +90,13 @@ class Prober:
                 if starts:
                     wait = starts[id(key)] - loop.time()
                     if wait > 0:
-                        await asyncio.sleep(wait)
+                        if hurry is None:
+                            await asyncio.sleep(wait)
+                        else:
+                            with contextlib.suppress(TimeoutError):
+                                await asyncio.wait_for(hurry.wait(), wait)
+                    if hurry is not None and hurry.is_set():
+                        return
                 result = await self.probe_one(key)
                 results.append(result)
                 if on_result is not None:

@@ -110,14 +110,22 @@ async def _worker_loop(conn: Connection, settings: dict[str, Any]) -> None:
     adapters: AdapterSet | None = None
     prober: Prober | None = None
     keys: dict[str, ManagedKey] = {}
+    # One receive in flight at a time, kept across messages: a spread pass listens for "hurry" while it runs.
+    incoming: asyncio.Future[Any] | None = None
     try:
         while True:
+            if incoming is None:
+                incoming = loop.run_in_executor(receiver, conn.recv)
             try:
-                kind, payload = await loop.run_in_executor(receiver, conn.recv)
+                kind, payload = await incoming
             except (EOFError, OSError):
                 return
+            finally:
+                incoming = None
             if kind == "stop":
                 return
+            if kind == "hurry":  # arrived after its pass ended: nothing to hurry
+                continue
             if kind == "inventory":
                 keys, accounts = _keys_from(payload)
                 REGISTRY.replace([s.reveal() for k in keys.values() for s in [k.secret, *k.extra_secrets.values()]
@@ -137,9 +145,28 @@ async def _worker_loop(conn: Connection, settings: dict[str, Any]) -> None:
                         conn.send(("results", list(batch)))
                         batch.clear()
 
-                await prober.run([keys[n] for n in names if n in keys], on_result, spread=spread)
+                hurry = asyncio.Event()
+                run = asyncio.ensure_future(
+                    prober.run([keys[n] for n in names if n in keys], on_result, spread=spread, hurry=hurry))
+                stop = False
+                while not run.done():
+                    if incoming is None:
+                        incoming = loop.run_in_executor(receiver, conn.recv)
+                    await asyncio.wait({run, incoming}, return_when=asyncio.FIRST_COMPLETED)
+                    if incoming.done():
+                        try:
+                            kind, _ = incoming.result()
+                        except (EOFError, OSError):
+                            kind = "stop"
+                        incoming = None
+                        if kind in ("hurry", "stop"):
+                            hurry.set()
+                            stop = stop or kind == "stop"
+                await run
                 conn.send(("results", batch))
                 conn.send(("done", None))
+                if stop:
+                    return
     finally:
         if adapters is not None:
             await adapters.aclose()
@@ -215,12 +242,24 @@ class WorkerProber:
         return parts
 
     async def run(
-        self, keys: Iterable[ManagedKey], on_result: ResultCallback | None = None, *, spread: float = 0.0
+        self,
+        keys: Iterable[ManagedKey],
+        on_result: ResultCallback | None = None,
+        *,
+        spread: float = 0.0,
+        hurry: asyncio.Event | None = None,
     ) -> list[ProbeResult]:
         keys = list(keys)
         by_name = {k.name: k for k in keys}
         results: list[ProbeResult] = []
         loop = asyncio.get_running_loop()
+
+        async def pass_hurry_on(event: asyncio.Event) -> None:
+            await event.wait()
+            for w in self._workers:
+                if w is not None and w.alive:
+                    with contextlib.suppress(OSError):
+                        w.conn.send(("hurry", None))
 
         async def deliver(batch: list[ProbeResult]) -> None:
             for r in batch:
@@ -256,7 +295,12 @@ class WorkerProber:
                     for n in sorted(pending) if n in by_name
                 ])
 
-        await asyncio.gather(*(drive(i, part) for i, part in enumerate(self.partition(by_name))))
+        relay = asyncio.ensure_future(pass_hurry_on(hurry)) if hurry is not None and spread > 0 else None
+        try:
+            await asyncio.gather(*(drive(i, part) for i, part in enumerate(self.partition(by_name))))
+        finally:
+            if relay is not None:
+                relay.cancel()
         return results
 
     async def aclose(self) -> None:

@@ -171,7 +171,7 @@ class ProbeSettings(Strict):
         0.1, ge=0, le=0.5, description="Spread of each cycle's start, as a fraction of the interval"
     )
     spread: float = Field(
-        0.0, ge=0, le=0.9, description="Share of the interval over which one cycle's probes are spread (each key "
+        0.5, ge=0, le=0.9, description="Share of the interval over which one cycle's probes are spread (each key "
         "at its own offset, with sub-second jitter) instead of one burst; 0: all at once"
     )
     completion_model: str = Field(

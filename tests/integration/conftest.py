@@ -47,7 +47,7 @@ def toml_config(keys: list[dict], *, db: Path, listen: str | None = None, interv
                 timeout: str = "2s", concurrency: int = 8, extra: str = "") -> str:
     lines = ["[daemon]", f'database = "sqlite:///{db}"', f'listen = "{listen or f"127.0.0.1:{free_port()}"}"',
              "[probe]", f'interval = "{interval}"', f'timeout = "{timeout}"', f"concurrency = {concurrency}",
-             "jitter = 0", ""]
+             "jitter = 0", "spread = 0", ""]
     for k in keys:
         lines.append("[[keys]]")
         for field, value in k.items():

@@ -56,6 +56,7 @@ def write_config(
         'interval = "1h"',
         'timeout = "2s"',
         "jitter = 0",
+        "spread = 0",
         "",
     ]
     for i, n in enumerate(names):

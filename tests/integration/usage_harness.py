@@ -57,7 +57,7 @@ async def start(tmp: Path, body: str, sim: Simulator | None = None) -> UsageHarn
         await sim.start()
     head = "\n".join([
         "[daemon]", f'database = "sqlite:///{tmp / "kw.db"}"', 'listen = "127.0.0.1:0"',
-        "[probe]", 'interval = "1h"', 'timeout = "5s"', "jitter = 0", "",
+        "[probe]", 'interval = "1h"', 'timeout = "5s"', "jitter = 0", "spread = 0", "",
     ])
     (tmp / "keywatch.toml").write_text(head + "\n" + body.replace("{sim}", sim.url or "") + "\n")
     daemon = Daemon(tmp / "keywatch.toml", metrics=Metrics(CollectorRegistry()))
