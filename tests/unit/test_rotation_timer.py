@@ -67,3 +67,71 @@ async def test_a_due_key_is_rotated_exactly_once(tmp_path: Path) -> None:
         assert [(r.key, r.step, r.state) for r in rows] == [("old", "grace", "running")]
         assert len(providers["old"].creds) == 2  # one new credential, not two
     store.dispose()
+
+
+class CountingProvider(AgedProvider):
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = 0
+
+    async def current_credential(self, key: ManagedKey) -> Credential:
+        self.asked += 1
+        c = await FakeProvider.current_credential(self, key)
+        return Credential(c.id, c.name, c.status, created_at=NOW - timedelta(days=100))
+
+
+def runtime(tmp_path: Path, store: Store, keys: list[ManagedKey], provider: FakeProvider, **safety) -> Runtime:
+    from keywatch.engine.policy_config import SafetySettings
+
+    inventory = SimpleNamespace(keys=keys, config=SimpleNamespace(rotation=RotationSettings(verify_interval="1s"),
+                                                                  secret_stores=None,
+                                                                  safety=SafetySettings(**safety)))
+    return Runtime(tracker=StateTracker(), registry=CollectorRegistry(), current_store=lambda: store,
+                   current_inventory=lambda: inventory, adapter=lambda p: provider, current_scheduler=lambda: None,
+                   events=EventLog(lambda: store), clock=lambda: datetime.now(UTC))
+
+
+def aged_keys(tmp_path: Path, names: list[str]) -> list[ManagedKey]:
+    for n in names:
+        (tmp_path / n).write_text(OLD + "\n")
+    return [ManagedKey(n, "openrouter", Secret(OLD), "env:X",
+                       options={"rotate_every": "90d", "publish": [f"file:{tmp_path / n}"], "grace": "1h"})
+            for n in names]
+
+
+async def test_dry_run_records_the_timed_rotation_and_does_nothing(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'k.db'}")
+    store.upgrade()
+    provider = CountingProvider()
+    with freeze_time(NOW):
+        rt = runtime(tmp_path, store, aged_keys(tmp_path, ["old"]), provider, dry_run=True)
+        svc = RotationService(rt, RotationStore(store.engine))
+        await svc.check()
+        await svc.check()
+        assert svc.store.history() == [] and len(provider.creds) == 1  # nothing rotated
+        events = [e for e in store.events() if e.kind == "rotation_dry_run"]
+        assert len(events) == 1 and "would rotate old" in events[0].message  # recorded once, not per check
+        assert provider.asked == 1  # the creation time is asked once, not at every check
+    store.dispose()
+
+
+async def test_the_timer_stops_at_the_hourly_limit_and_raises_blast_radius(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'k.db'}")
+    store.upgrade()
+    provider = CountingProvider()
+    alerts = []
+    with freeze_time(NOW):
+        rt = runtime(tmp_path, store, aged_keys(tmp_path, ["old", "old2", "old3"]), provider,
+                     max_actions_per_policy_per_hour=2)
+
+        async def emit(alert) -> None:
+            alerts.append(alert)
+
+        rt.emit_alert = emit  # type: ignore[method-assign]
+        svc = RotationService(rt, RotationStore(store.engine))
+        await svc.check()
+        await asyncio.gather(*svc.tasks.values())
+        assert len(svc.store.history()) == 2 and len(provider.creds) == 3  # two started, the third waits
+        blast = [a for a in alerts if a.identity == "blast_radius:rotation"]
+        assert len(blast) == 1 and blast[0].firing and "max_actions_per_policy_per_hour = 2" in blast[0].summary
+    store.dispose()
