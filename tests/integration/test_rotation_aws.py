@@ -273,3 +273,30 @@ async def test_bedrock_api_key_rotation_into_secrets_manager_has_no_failed_reque
         for s in (cred["token"], published):
             assert s not in stored and s[-8:] not in stored
     store.dispose()
+
+
+async def test_a_bedrock_key_whose_configured_id_was_rotated_away_is_found_by_its_token(fresh_sim: Simulator) -> None:
+    from keywatch.providers.aws.bedrock import AwsBedrockAdapter
+    from keywatch.sim.routes import bedrock as bedrock_sim
+
+    old = bedrock_sim.create_credential(fresh_sim.state, "bedrock-ids")
+    new = bedrock_sim.create_credential(fresh_sim.state, "bedrock-ids")
+    del bedrock_sim._credentials(fresh_sim.state)[old["ServiceSpecificCredentialId"]]  # retired by the rotation
+    account = Account(
+        "aws",
+        "aws_bedrock",
+        admin_secret=Secret("m" * 40),
+        options={"access_key_id": "AKIAMANAGEMENT000000", "endpoint_url": f"{fresh_sim.url}/aws/iam"},
+    )
+    async with httpx2.AsyncClient() as http:
+        adapter = AwsBedrockAdapter(http, {"aws": account}, timeout=5)
+        key = ManagedKey(
+            "bedrock",
+            "aws_bedrock",
+            Secret(new["token"]),  # the daemon re-read the published key
+            "aws-sm:x",
+            account="aws",
+            options={"user_name": "bedrock-ids", "provider_key_id": old["ServiceSpecificCredentialId"]},
+        )
+        assert (await adapter.current_credential(key)).id == new["ServiceSpecificCredentialId"]
+        assert (await adapter.metadata(key)).provider_key_id == new["ServiceSpecificCredentialId"]

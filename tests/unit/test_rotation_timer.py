@@ -135,3 +135,37 @@ async def test_the_timer_stops_at_the_hourly_limit_and_raises_blast_radius(tmp_p
         blast = [a for a in alerts if a.identity == "blast_radius:rotation"]
         assert len(blast) == 1 and blast[0].firing and "max_actions_per_policy_per_hour = 2" in blast[0].summary
     store.dispose()
+
+
+class ById(CountingProvider):
+    """Finds the key's credential by the configured provider_key_id, as the Bedrock and OpenRouter adapters do."""
+
+    async def current_credential(self, key: ManagedKey) -> Credential:
+        cid = key.options["provider_key_id"]
+        c = self.creds[cid]  # KeyError: the credential the config names is gone
+        return Credential(cid, c["name"], c["status"], created_at=NOW - timedelta(days=100))
+
+
+async def test_the_next_rotation_uses_the_id_of_the_credential_the_last_one_made(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'k.db'}")
+    store.upgrade()
+    provider = ById()
+    (tmp_path / "k").write_text(OLD + "\n")
+    options = {"publish": [f"file:{tmp_path / 'k'}"], "grace": "0s", "provider_key_id": "old"}
+    keys = [ManagedKey("k", "openrouter", Secret(OLD), "env:X", options=options)]
+    rt = runtime(tmp_path, store, keys, provider)
+    rt.inventory.config.rotation = RotationSettings(verify_interval="10ms", allow_destructive=True)
+    svc = RotationService(rt, RotationStore(store.engine))
+    first = (await svc.request("k", actor="test", reason="one")).rotation
+    await svc.tasks["k"]
+    await svc.check()
+    await asyncio.gather(*svc.tasks.values())
+    assert svc.store.get(first.id).state == "done" and "old" not in provider.creds
+    new_id = svc.store.get(first.id).new_credential
+    # the daemon re-read the key's secret; the config still says provider_key_id = "old"
+    keys[0] = ManagedKey("k", "openrouter", Secret((tmp_path / "k").read_text().strip()), "env:X", options=options)
+    second = await svc.request("k", actor="test", reason="two")
+    assert second.ok, second.message
+    await svc.tasks["k"]
+    assert svc.store.get(second.rotation.id).old_credential == new_id
+    store.dispose()
