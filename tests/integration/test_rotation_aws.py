@@ -30,6 +30,7 @@ from keywatch.providers.base import ProviderAdapter
 from keywatch.rotation.machine import Machine, Policy, new_rotation
 from keywatch.rotation.store import Rotation, RotationStore
 from keywatch.secretstores import SecretStoreSettings, open_destination
+from keywatch.settings.loader import load_inventory
 from keywatch.sim import Simulator
 from keywatch.store.repo import Store
 
@@ -219,6 +220,27 @@ async def test_iam_access_key_rotation_into_secrets_manager_has_no_failed_reques
         assert (await adapter.probe(key)).health is Health.INVALID  # the old pair is deleted: refused
         for s in (first["SecretAccessKey"], published["secret_access_key"]):
             assert s not in stored and s[-8:] not in stored
+        # The daemon's own key: both halves read from the destination, so its reload after the promote
+        # probes the new pair (a literal access_key_id in the config would still name the deleted one).
+        cfg = tmp_path / "keywatch.toml"
+        cfg.write_text(f"""[daemon]
+database = "sqlite:///{tmp_path / "d.db"}"
+
+[[keys]]
+name = "aws-app"
+provider = "aws_iam"
+secret = "aws-sm:{name}#secret_access_key"
+access_key_id = "aws-sm:{name}#access_key_id"
+endpoint_url = "{url}"
+region = "{REGION}"
+
+[secret_stores.aws]
+endpoint_url = "{url}"
+region = "{REGION}"
+""")
+        loaded = load_inventory(cfg).key("aws-app")
+        assert loaded.options["access_key_id"] == r.new_credential
+        assert (await adapter.probe(loaded)).health is Health.HEALTHY
     store.dispose()
 
 
