@@ -39,7 +39,8 @@ class KeyRotationFields(Strict):
         "holds KEYWATCH_KEY, KEYWATCH_ROTATION, KEYWATCH_FINGERPRINT..., never the secret",
     )
     promote_webhook: str | None = Field(
-        None, description="URL POSTed a `key.rotated` event (signed with rotation.webhook_secret) at promote",
+        None, description="URL, or a secret reference to one (env:NAME), POSTed a `key.rotated` event (signed "
+        "with rotation.webhook_secret) at promote",
     )
     watch_source: bool | None = Field(
         None, description="Assisted rotation: watch the key's own secret reference for a new value "

@@ -3,13 +3,15 @@ holds a copy of the old one.
 
 - the pools holding the key are republished at once with the new secret (Redis sets, pool files:
   keywatch.pools.promoted);
-- `promote_command` on the key: a command (argv, no shell) run with the rotation's facts in its
+- `promote_command` on the key: a command (argv, no shell) run with the rotation's facts as its
   environment (`KEYWATCH_KEY`, `KEYWATCH_PROVIDER`, `KEYWATCH_ROTATION`, `KEYWATCH_FINGERPRINT`,
-  `KEYWATCH_PREVIOUS_FINGERPRINT`, `KEYWATCH_DESTINATIONS`), never the secret: it reads the key from the
-  destination, as the application does (for example `systemctl reload myapp`);
-- `promote_webhook` on the key: a JSON POST (`type` "key.rotated"), signed the Standard Webhooks way with
+  `KEYWATCH_PREVIOUS_FINGERPRINT`, `KEYWATCH_DESTINATIONS`, and PATH, HOME, LANG, LC_ALL, TZ: not the
+  daemon's environment, which may hold secrets), never the secret: it reads the key from the destination,
+  as the application does (for example `systemctl reload myapp`);
+- `promote_webhook` on the key: a URL or a secret reference to one (`env:NAME`: a webhook URL often holds
+  a token); a JSON POST (`type` "key.rotated"), signed the Standard Webhooks way with
   `rotation.webhook_secret`, by the same code as the alert webhooks (keywatch.notify.webhook), never
-  carrying the secret.
+  carrying the secret; errors show the URL masked.
 
 A consumer that fails does not stop the rotation (the destinations already hold the new key and the old
 one keeps working through grace): `tell()` returns what failed, without any secret, for the rotation's row
@@ -30,6 +32,7 @@ import httpx2
 import structlog
 
 from keywatch.domain import ManagedKey
+from keywatch.notify.base import mask_url
 from keywatch.notify.ids import new_delivery_id
 from keywatch.notify.webhook import ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from keywatch.pools import promoted as republish_pools
@@ -79,7 +82,11 @@ class Promotion:
 
 async def run_command(argv: Sequence[str], p: Promotion, timeout: float) -> str | None:
     """Run the hook; None when it exited 0, else what went wrong (no output is quoted: it may hold anything)."""
-    env = {**os.environ, **p.environment()}
+    # Only what a command needs to run, and the rotation's facts: never the daemon's own environment, which
+    # may hold secrets (env: references).
+    env = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "LC_ALL", "TZ") if k in os.environ}
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    env.update(p.environment())
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv,
@@ -114,7 +121,7 @@ async def post_webhook(
     }
     if secrets:
         headers[SIGNATURE_HEADER] = sign(secrets, delivery_id, t, body)
-    shown = REGISTRY.redact(url.split("?", 1)[0])
+    shown = REGISTRY.redact(mask_url(url.split("?", 1)[0]))
     try:
         if http is None:
             async with httpx2.AsyncClient(timeout=timeout) as client:

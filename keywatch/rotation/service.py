@@ -166,18 +166,25 @@ class RotationService:
         old = self._key(r.key)
         promotion = Promotion(r.id, r.key, r.provider, new_key.fingerprint, old.fingerprint if old else "",
                               tuple(new_key.options.get("publish") or ()), self.rt.clock().timestamp())
+        from keywatch.settings.secrets import is_reference, resolve
+
         secrets: list[str] = []
         problems: list[str] = []
-        if new_key.options.get("promote_webhook") and settings.webhook_secret:
+        webhook = new_key.options.get("promote_webhook")
+        if webhook and is_reference(webhook):
             try:
-                from keywatch.settings.secrets import resolve
-
+                webhook = resolve(webhook).reveal()
+            except Exception as exc:
+                problems.append(f"promote_webhook {new_key.options['promote_webhook']}: {REGISTRY.redact(str(exc))}")
+                webhook = None
+        if webhook and settings.webhook_secret:
+            try:
                 secrets = [resolve(settings.webhook_secret).reveal()]
             except Exception as exc:
-                problems.append(f"rotation.webhook_secret: {type(exc).__name__}")
+                problems.append(f"rotation.webhook_secret: {REGISTRY.redact(str(exc))}")
         if new_key.secret is not None:
             problems += await tell(new_key, promotion, new_key.secret, command=new_key.options.get("promote_command"),
-                                   webhook=new_key.options.get("promote_webhook"), webhook_secrets=secrets,
+                                   webhook=webhook, webhook_secrets=secrets,
                                    timeout=float(settings.consumer_timeout))
         if self.reload is not None:
             self.reload()

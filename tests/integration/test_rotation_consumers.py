@@ -55,10 +55,7 @@ def config(tmp_path: Path, sim_url: str, redis_key: str, hook_url: str) -> Path:
     base = f"{sim_url}/openrouter/api/v1"
     dest, pool_file, env_out = tmp_path / "router.key", tmp_path / "pool.json", tmp_path / "hook.json"
     dest.write_text(OR_OLD + "\n")
-    script = (
-        "import json, os, sys; "
-        "open(sys.argv[1], 'w').write(json.dumps({k: v for k, v in os.environ.items() if k.startswith('KEYWATCH_')}))"
-    )
+    script = "import json, os, sys; open(sys.argv[1], 'w').write(json.dumps(dict(os.environ)))"
     command = json.dumps([sys.executable, "-c", script, str(env_out)])
     path = tmp_path / "keywatch.toml"
     path.write_text(f'''[daemon]
@@ -79,7 +76,7 @@ account = "or"
 publish = ["file:{dest}"]
 grace = "1s"
 promote_command = {command}
-promote_webhook = "{hook_url}"
+promote_webhook = "env:KW_PROMOTE_HOOK"
 
 [[pools]]
 name = "routers"
@@ -118,6 +115,7 @@ async def test_redis_and_file_pools_hook_and_webhook_are_told_at_promote(
     await receiver.start()
     monkeypatch.setenv("KW_OR_ADMIN", OR_MANAGEMENT)
     monkeypatch.setenv("KW_HOOK_SECRET", HOOK_SECRET)
+    monkeypatch.setenv("KW_PROMOTE_HOOK", receiver.url)
     redis_key = f"{prefix}routers"
     cfg = config(tmp_path, fresh_sim.url, redis_key, receiver.url)
     inventory = load_inventory(cfg)
@@ -186,6 +184,7 @@ async def test_redis_and_file_pools_hook_and_webhook_are_told_at_promote(
     assert [c.id for c in listed] == [r.new_credential]
 
     told = json.loads((tmp_path / "hook.json").read_text())
+    assert "KW_OR_ADMIN" not in told and "KW_HOOK_SECRET" not in told  # not the daemon's environment
     assert told["KEYWATCH_KEY"] == "router" and told["KEYWATCH_ROTATION"] == r.id
     assert told["KEYWATCH_FINGERPRINT"] == fingerprint(published)
     assert told["KEYWATCH_PREVIOUS_FINGERPRINT"] == fingerprint(OR_OLD)
@@ -214,9 +213,9 @@ async def test_a_consumer_that_fails_is_recorded_and_the_rotation_goes_on(fresh_
     )
     assert "could not start" in (await run_command(["/nonexistent/kw-hook"], p, 5) or "")
     assert "was killed" in (await run_command([sys.executable, "-c", "import time; time.sleep(30)"], p, 0.3) or "")
-    problem = await post_webhook("http://127.0.0.1:9/hook?token=sekrit-token-value", p, [HOOK_SECRET], 2)
-    assert problem is not None and problem.startswith("promote_webhook http://127.0.0.1:9/hook: ")
-    assert "sekrit" not in problem
+    problem = await post_webhook("http://127.0.0.1:9/hooks/T0Sekrit1Token2Value3?token=sekrit", p, [HOOK_SECRET], 2)
+    assert problem is not None and problem.startswith("promote_webhook http://127.0.0.1:9/hooks/****: ")
+    assert "ekrit" not in problem  # the URL shown masked, as the alert sinks show theirs
 
 
 def _new(value: str, cid: Any) -> Any:
