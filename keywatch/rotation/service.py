@@ -255,6 +255,14 @@ class RotationService:
             self.machines.pop(out.id, None)
             self.total.labels(key.provider, "ok" if out.state == "done" else "rolled_back").inc()
             await self._alert(key, out, out.error or "", firing=out.state == "rolled_back")
+            if out.state == "done" and out.mode == "assisted":  # the person did it: the reminder is over
+                self._alerted = {a for a in self._alerted if a[0] != key.name}
+                await self.rt.emit_alert(Alert(
+                    identity=f"rotation_due:{key.name}", severity=Severity.WARNING, firing=False,
+                    title=f"{key.name}: rotated", summary=f"rotation {out.id[:8]} done", at=self.rt.clock(),
+                    key=key.name, provider=key.provider, labels=dict(key.labels),
+                    fields={"fingerprint": key.fingerprint},
+                ))
         elif out.error:
             await self._alert(key, out, out.error, firing=True)
 

@@ -120,6 +120,7 @@ async def test_a_new_value_in_the_secret_source_is_verified_promoted_and_the_old
         stop.set()
         await running
     assert r.state == "done", r.error
+    assert [a.firing for a in alerts if a.identity == "rotation_due:claude"] == [True, False]  # told, then resolved
     assert dest.read_text().strip() == NEW
     assert sent > 10 and failures == [], failures[:5]
     assert r.old_credential == "apikey_w_old"
