@@ -214,7 +214,7 @@ base_url = "{base}"
 account = "or"
 rotate_every = "1d"
 publish = ["file:{dest}"]
-grace = "6s"
+grace = "15s"
 
 [[keys]]
 name = "hyg-router2"
@@ -253,14 +253,14 @@ url = "env:KW_HOOK"
         try:
             wait_for(lambda: db.exists() and db.stat().st_size > 0, "the database")
             reader = sqlite3.connect(db)
-            wait_for(lambda: any(r["step"] == "grace" for r in rotations()), "a rotation in grace", timeout=60)
+            wait_for(lambda: any(r["step"] == "grace" for r in rotations()), "a rotation in grace", timeout=90)
             with urllib.request.urlopen(f"http://{listen}/metrics", timeout=10) as resp:
                 channels["/metrics (during the rotation)"] = resp.read().decode()
             again = keywatch("rotate", "hyg-router", "--now", "-c", str(cfg), env=env)
             channels["keywatch rotate (in flight)"] = again.stdout + again.stderr
             wait_for(lambda: {r["key"]: r["state"] for r in rotations()} == {"hyg-router": "done",
                                                                               "hyg-router2": "rolled_back"},
-                     "the rotation done and the other rolled back", timeout=60)
+                     "the rotation done and the other rolled back", timeout=120)
             wait_for(lambda: any("rotation_failed" in json.dumps(r.json()) for r in rx.accepted()),
                      "the rotation_failed alert at the webhook")
             with urllib.request.urlopen(f"http://{listen}/metrics", timeout=10) as resp:
