@@ -322,3 +322,49 @@ async def test_a_bedrock_key_whose_configured_id_was_rotated_away_is_found_by_it
         )
         assert (await adapter.current_credential(key)).id == new["ServiceSpecificCredentialId"]
         assert (await adapter.metadata(key)).provider_key_id == new["ServiceSpecificCredentialId"]
+
+
+async def test_assisted_watch_reads_an_aws_sm_and_an_envfile_source_anew_at_every_check(
+    moto: tuple[str, dict[str, str]], destination_env: SecretStoreSettings, tmp_path: Path
+) -> None:
+    """The watch of an assisted rotation reads the source itself each time, never the value cached at load."""
+    from types import SimpleNamespace
+
+    from prometheus_client import CollectorRegistry
+
+    from keywatch.rotation.service import RotationService
+    from keywatch.runtime import EventLog, Runtime
+    from keywatch.settings import secrets as secret_refs
+    from keywatch.state import StateTracker
+
+    url, admin = moto
+    sm = client(url, admin, "secretsmanager")
+    name = f"app/claude-{uuid.uuid4().hex[:8]}"
+    sm.create_secret(Name=name, SecretString=json.dumps({"api_key": "sk-ant-api03-" + "A" * 44}))
+    ref = f"aws-sm:{name}#api_key"
+    assert (await secret_refs.reread(ref, destination_env)).reveal().endswith("A" * 8)  # cached now
+    envfile = tmp_path / "claude.env"
+    envfile.write_text("CLAUDE_KEY=sk-ant-api03-" + "C" * 44 + "\n")
+    store = Store(f"sqlite:///{tmp_path / 'k.db'}")
+    inventory = SimpleNamespace(keys=[], config=SimpleNamespace(secret_stores=destination_env))
+    rt = Runtime(
+        tracker=StateTracker(),
+        registry=CollectorRegistry(),
+        current_store=lambda: store,
+        current_inventory=lambda: inventory,
+        adapter=lambda p: None,
+        current_scheduler=lambda: None,
+        events=EventLog(lambda: store),
+    )
+    svc = RotationService(rt, RotationStore(store.engine))
+    sm_key = ManagedKey("claude", "anthropic", Secret("sk-ant-api03-" + "A" * 44), ref)
+    env_key = ManagedKey("claude2", "anthropic", Secret("sk-ant-api03-" + "C" * 44), f"envfile:{envfile}#CLAUDE_KEY")
+    assert (await svc.read_source(sm_key)).fingerprint == sm_key.fingerprint
+    assert (await svc.read_source(env_key)).fingerprint == env_key.fingerprint
+    sm.put_secret_value(SecretId=name, SecretString=json.dumps({"api_key": "sk-ant-api03-" + "B" * 44}))
+    envfile.write_text("CLAUDE_KEY=sk-ant-api03-" + "D" * 44 + "\n")
+    assert (await svc.read_source(sm_key)).reveal() == "sk-ant-api03-" + "B" * 44
+    assert (await svc.read_source(env_key)).reveal() == "sk-ant-api03-" + "D" * 44
+    missing = ManagedKey("gone", "anthropic", Secret("x" * 20), f"aws-sm:app/missing-{uuid.uuid4().hex[:6]}")
+    assert await svc.read_source(missing) is None  # logged by reference, read again at the next check
+    store.dispose()
