@@ -6,6 +6,6 @@ use the key. The file is mode 0600 and replaced atomically; the Redis key is the
 """
 
 from keywatch.pools.membership import PoolMember, members, order_key
-from keywatch.pools.publish import PoolManager
+from keywatch.pools.publish import PoolManager, promoted
 
-__all__ = ["PoolManager", "PoolMember", "members", "order_key"]
+__all__ = ["PoolManager", "PoolMember", "members", "order_key", "promoted"]

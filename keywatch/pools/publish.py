@@ -9,14 +9,16 @@ import hashlib
 import json
 import os
 import tempfile
+import weakref
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from keywatch.domain import ManagedKey
+from keywatch.domain import ManagedKey, Secret
 from keywatch.pools.config import FileTarget, PoolConfig, RedisTarget
 from keywatch.pools.membership import PoolHolds, PoolMember, members
 
@@ -161,14 +163,64 @@ def _digest(ms: list[PoolMember]) -> str:
 
 
 # -- manager -------------------------------------------------------------------------------------------
+# The managers alive in this process (the policy capability's, one per daemon): a rotation's promote
+# reaches them through `promoted()` without the rotation capability holding the engine's objects.
+_MANAGERS: weakref.WeakSet[PoolManager] = weakref.WeakSet()
+
+
 class PoolManager:
-    """Keeps one publisher per pool target and publishes every pool each cycle."""
+    """Keeps one publisher per pool target and publishes every pool each cycle.
+
+    A rotation's promote (`promote`) republishes at once every pool that holds the key, with the new
+    secret, and keeps using the new secret for that key while the inventory still carries the old one
+    (until the daemon has re-read its key secrets), so a cycle in between never puts the old key back."""
 
     def __init__(self, metrics: Any | None = None) -> None:
         self.metrics = metrics
         self._publishers: dict[str, tuple[PoolConfig, list[Any]]] = {}
         self.current: dict[str, list[str]] = {}
         self._retired: list[Any] = []
+        self._members: dict[str, list[PoolMember]] = {}  # pool -> what was last published
+        self._promoted: dict[str, tuple[str, Secret]] = {}  # key -> (old fingerprint, new secret)
+        _MANAGERS.add(self)
+
+    def _with_promoted(self, keys: list[ManagedKey]) -> list[ManagedKey]:
+        if not self._promoted:
+            return keys
+        out = []
+        for k in keys:
+            swap = self._promoted.get(k.name)
+            if swap is not None and k.secret is not None:
+                if k.secret.fingerprint == swap[0]:
+                    k = replace(k, secret=swap[1])  # the inventory has not caught up yet
+                else:
+                    del self._promoted[k.name]  # the inventory holds the new (or another) value now
+            out.append(k)
+        return out
+
+    async def _publish_to(self, pool: PoolConfig, ms: list[PoolMember]) -> None:
+        for t in self._targets(pool):
+            try:
+                await t.publish(pool.name, ms)
+            except PublishError as exc:
+                log.warning("pool_publish_failed", pool=pool.name, target=t.target, error=str(exc))
+                if self.metrics is not None:
+                    self.metrics.pool_errors.labels(pool.name, t.target).inc()
+
+    async def promote(self, key: str, old_fingerprint: str, secret: Secret) -> list[str]:
+        """`key`'s credential was replaced by `secret`: republish now every pool that holds it; returns
+        their names."""
+        self._promoted[key] = (old_fingerprint, secret)
+        done = []
+        for name, (pool, _) in list(self._publishers.items()):
+            ms = self._members.get(name) or []
+            if not any(m.name == key for m in ms):
+                continue
+            ms = [replace(m, secret=secret) if m.name == key else m for m in ms]
+            self._members[name] = ms
+            await self._publish_to(pool, ms)
+            done.append(name)
+        return done
 
     def _targets(self, pool: PoolConfig) -> list[Any]:
         known = self._publishers.get(pool.name)
@@ -197,6 +249,7 @@ class PoolManager:
         retired, self._retired = self._retired, []
         for t in retired:
             await t.aclose()
+        keys = self._with_promoted(keys)
         for pool in pools:
             ms = members(pool, keys, states, signals, holds)
             names = [m.name for m in ms]
@@ -206,13 +259,8 @@ class PoolManager:
             self.current[pool.name] = names
             if self.metrics is not None:
                 self.metrics.pool_size.labels(pool.name).set(len(ms))
-            for t in self._targets(pool):
-                try:
-                    await t.publish(pool.name, ms)
-                except PublishError as exc:
-                    log.warning("pool_publish_failed", pool=pool.name, target=t.target, error=str(exc))
-                    if self.metrics is not None:
-                        self.metrics.pool_errors.labels(pool.name, t.target).inc()
+            self._members[pool.name] = ms
+            await self._publish_to(pool, ms)
         return changes
 
     async def aclose(self) -> None:
@@ -220,3 +268,13 @@ class PoolManager:
             for t in targets:
                 await t.aclose()
         self._publishers.clear()
+        _MANAGERS.discard(self)
+
+
+async def promoted(key: str, old_fingerprint: str, secret: Secret) -> list[str]:
+    """A rotation promoted `secret` for `key`: every pool of this process holding the key is republished
+    now; returns the pools' names."""
+    done: list[str] = []
+    for manager in list(_MANAGERS):
+        done += await manager.promote(key, old_fingerprint, secret)
+    return done

@@ -33,6 +33,19 @@ class KeyRotationFields(Strict):
         description="revoke_when = unused: retire the old key after this at the latest "
         "(default rotation.max_unused_wait)",
     )
+    promote_command: list[str] | None = Field(
+        None, min_length=1,
+        description="Command (argv, no shell) run when a rotation promotes the new key; its environment "
+        "holds KEYWATCH_KEY, KEYWATCH_ROTATION, KEYWATCH_FINGERPRINT..., never the secret",
+    )
+    promote_webhook: str | None = Field(
+        None, description="URL, or a secret reference to one (env:NAME), POSTed a `key.rotated` event (signed "
+        "with rotation.webhook_secret) at promote",
+    )
+    watch_source: bool | None = Field(
+        None, description="Assisted rotation: watch the key's own secret reference for a new value "
+        "(default rotation.watch_sources)",
+    )
 
 
 class RotationPolicy(Strict):
@@ -55,6 +68,15 @@ class RotationSettings(Strict):
         False, description="Delete the old credential after grace (else only deactivate it where reversible)"
     )
     policies: list[RotationPolicy] = Field(default_factory=list, description="rotate_every by label selector")
+    consumer_timeout: Duration = Field("30s", description="How long a promote_command or promote_webhook may take")
+    webhook_secret: str | None = Field(
+        None, description="Secret reference (env:, file:...) signing promote webhooks the Standard Webhooks "
+        "way (whsec_...)",
+    )
+    watch_sources: bool = Field(
+        True, description="Assisted rotation: once due, re-read the key's secret source every check_interval "
+        "and rotate to a new value found there",
+    )
 
 
 def seconds(value: Any) -> float | None:

@@ -70,7 +70,7 @@ class Machine:
     save: Callable[[Rotation], Awaitable[None]]
     clock: Callable[[], datetime]
     policy: Policy = field(default_factory=Policy)
-    on_promote: Callable[[Rotation, ManagedKey], Awaitable[None]] | None = None
+    on_promote: Callable[[Rotation, ManagedKey], Awaitable[list[str] | None]] | None = None
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     new: NewCredential | None = None  # in memory only; assisted mode: the value a person made
 
@@ -214,11 +214,14 @@ class Machine:
                                        error=REGISTRY.redact(f"promote at {d.ref} failed: {type(exc).__name__}"))
                 raise Failed(f"promote at {d.ref} failed: {type(exc).__name__}: {exc}") from None
         r = await self._record(r, step="promote", promoted_at=r.promoted_at or self.clock())
-        if self.on_promote is not None:
+        if self.on_promote is not None:  # consumers told; a failure is recorded, the rotation goes on
             try:
-                await self.on_promote(r, self.adapter.with_credential(key, new))
+                problems = await self.on_promote(r, self.adapter.with_credential(key, new))
             except Exception as exc:
-                log.error("rotation_consumers_failed", rotation=r.id, key=r.key, error=type(exc).__name__)
+                problems = [f"telling consumers: {type(exc).__name__}"]
+            if problems:
+                log.error("rotation_consumers_failed", rotation=r.id, key=r.key, problems=problems)
+                r = await self._record(r, error=REGISTRY.redact("promote: " + "; ".join(problems))[:500])
         fault_after("promote")
         return r
 

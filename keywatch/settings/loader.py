@@ -249,6 +249,11 @@ def build_inventory(config: Config, source: str) -> Inventory:
             exclude={"name", "provider", "secret", "base_url", "probe", "model", "labels", "account", "enabled"},
             exclude_none=True,
         )
+        if k.access_key_id and secrets.is_reference(k.access_key_id):  # beside the secret, rotated with it
+            key_id = _resolve(k.access_key_id, f"keys[{i}].access_key_id", f"key {k.name!r}", False, problems,
+                              warnings, config.secret_stores, stale, k.name)
+            if key_id is not None:
+                options["access_key_id"] = key_id.reveal()
         keys.append(
             ManagedKey(
                 name=k.name, provider=k.provider, secret=secret, secret_ref=k.secret,

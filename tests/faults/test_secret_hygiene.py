@@ -168,3 +168,142 @@ def test_no_secret_nor_any_part_of_one_leaves_keywatch(sim, tmp_path: Path, figu
            f"/metrics, sink payloads, status, check, events, alert test), {len(secrets)} secrets planted "
            f"({len(QUOTES)} quoted back by a hostile provider, 1 by the simulator, sink URL tokens, HMAC key, "
            "Alertmanager password), leaks found = 0")
+
+
+def test_no_secret_old_or_new_leaves_keywatch_during_and_after_a_rotation(sim, tmp_path: Path, figure) -> None:
+    """A daemon at debug level rotates two OpenRouter keys on its timer: one to the end (created, published,
+    verified, promoted, the old key deleted), one whose destination refuses the write (rolled back, the new
+    credential revoked, an alert with the reason). Read for the old, the new and the management secrets, and
+    any 8 characters in a row of them: the debug log, stdout, /metrics during the rotation, the SQLite file
+    and WAL, the alert payloads, `keywatch rotations` (table and --json), `keywatch rotate` (refused: in
+    flight or not due) and `keywatch events`."""
+    management, old, old2 = token("sk-or-v1-", 64), token("sk-or-v1-", 64), token("sk-or-v1-", 64)
+    sim.set_key(management, "openrouter", "admin")
+    sim.set_key(old, "openrouter", hash="h_hyg_old", name="hyg-router", limit=10)
+    sim.set_key(old2, "openrouter", hash="h_hyg_old2", name="hyg-router2", limit=10)
+    base = f"{sim.url}/openrouter/api/v1"
+    dest = tmp_path / "router.key"
+    dest.write_text(old + "\n")
+    (tmp_path / "k2").write_text(old2 + "\n")
+    blocker = tmp_path / "blocker"  # the destination refuses the write: its directory is a file (even for root)
+    blocker.write_text("not a directory\n")
+    with ThreadedReceiver(lambda r: (200, {}, "ok")) as rx:
+        listen = f"127.0.0.1:{free_port()}"
+        db = tmp_path / "k.db"
+        cfg = tmp_path / "keywatch.toml"
+        cfg.write_text(f'''[daemon]
+database = "sqlite:///{db}"
+listen = "{listen}"
+log_level = "debug"
+
+[probe]
+interval = "1s"
+jitter = 0
+
+[[accounts]]
+name = "or"
+provider = "openrouter"
+admin_secret = "env:KW_OR_ADMIN"
+base_url = "{base}"
+
+[[keys]]
+name = "hyg-router"
+provider = "openrouter"
+secret = "file:{dest}"
+base_url = "{base}"
+account = "or"
+rotate_every = "1d"
+publish = ["file:{dest}"]
+grace = "15s"
+
+[[keys]]
+name = "hyg-router2"
+provider = "openrouter"
+secret = "file:{tmp_path / "k2"}"
+base_url = "{base}"
+account = "or"
+rotate_every = "1d"
+publish = ["envfile:{blocker / "router2.env"}#ROUTER_KEY"]
+
+[rotation]
+check_interval = "1s"
+verify_interval = "100ms"
+allow_destructive = true
+
+[alerts]
+group_wait = "1s"
+
+[[alerts.sinks]]
+name = "hook"
+type = "webhook"
+url = "env:KW_HOOK"
+''')
+        env = {k: os.environ[k] for k in ("PATH", "HOME", "PYTHONPATH") if k in os.environ}
+        env.update(KW_OR_ADMIN=management, KW_HOOK=rx.url("/hook"))
+        stdout, stderr = tmp_path / "daemon.out", tmp_path / "daemon.err"
+        daemon = subprocess.Popen([sys.executable, "-m", "keywatch", "run", "-c", str(cfg)], env=env,
+                                  stdout=stdout.open("w"), stderr=stderr.open("w"))
+        channels: dict[str, str | bytes] = {}
+        reader = None
+
+        def rotations() -> list[dict]:
+            out = keywatch("rotations", "--json", "-c", str(cfg), env=env)
+            return json.loads(out.stdout) if out.returncode == 0 and out.stdout.strip() else []
+
+        try:
+            wait_for(lambda: db.exists() and db.stat().st_size > 0, "the database")
+            reader = sqlite3.connect(db)
+            wait_for(lambda: any(r["step"] == "grace" for r in rotations()), "a rotation in grace", timeout=90)
+            with urllib.request.urlopen(f"http://{listen}/metrics", timeout=10) as resp:
+                channels["/metrics (during the rotation)"] = resp.read().decode()
+            again = keywatch("rotate", "hyg-router", "--now", "-c", str(cfg), env=env)
+            channels["keywatch rotate (in flight)"] = again.stdout + again.stderr
+            wait_for(lambda: {r["key"]: r["state"] for r in rotations()} == {"hyg-router": "done",
+                                                                              "hyg-router2": "rolled_back"},
+                     "the rotation done and the other rolled back", timeout=120)
+            wait_for(lambda: any("rotation_failed" in json.dumps(r.json()) for r in rx.accepted()),
+                     "the rotation_failed alert at the webhook")
+            with urllib.request.urlopen(f"http://{listen}/metrics", timeout=10) as resp:
+                channels["/metrics (after)"] = resp.read().decode()
+            channels["sqlite file (daemon running)"] = db.read_bytes()
+            wal = Path(f"{db}-wal")
+            channels["sqlite WAL (daemon running)"] = wal.read_bytes() if wal.exists() else b""
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            assert daemon.wait(30) == 0, stderr.read_text()[-3000:]
+            if reader is not None:
+                reader.close()
+        new = dest.read_text().strip()
+        channels["daemon stdout"] = stdout.read_text()
+        channels["daemon stderr (debug log)"] = stderr.read_text()
+        channels["sqlite file"] = db.read_bytes()
+        channels["alert payloads"] = "\n".join(f"{json.dumps(dict(r.headers))} {r.body.decode(errors='replace')}"
+                                               for r in rx.requests)
+        for name, argv in {"keywatch rotations": ("rotations",), "keywatch rotations --json": ("rotations", "--json"),
+                           "keywatch rotate (not due)": ("rotate", "hyg-router"),
+                           "keywatch events": ("events", "--since", "1h")}.items():
+            out = keywatch(*argv, "-c", str(cfg), env=env)
+            assert "Traceback" not in out.stdout + out.stderr, f"{name}:\n{out.stderr}"
+            channels[name] = out.stdout + out.stderr
+    # The scenario did what it says: a new key published and working, the old one gone, one rolled back
+    # with its reason.
+    assert new != old and new.startswith("sk-or-v1-")
+    assert "already in flight" in channels["keywatch rotate (in flight)"]
+    assert "not due until" in channels["keywatch rotate (not due)"]
+    assert "rotation_step" in channels["daemon stderr (debug log)"]
+    assert "hyg-router2" in channels["alert payloads"] and "publish_pending" in channels["alert payloads"]
+    assert 'keywatch_rotation_in_progress{key="hyg-router",step="grace"}' in channels["/metrics (during the rotation)"]
+    secrets = {"old": old, "new": new, "old2": old2, "management": management}
+    empty = [name for name, text in channels.items() if not text]
+    assert set(empty) <= {"daemon stdout", "sqlite WAL (daemon running)"}, empty  # the WAL: if not checkpointed
+    # Every masked form shows "sk-or-v1-" (OpenRouter's public prefix): the 8-character windows inside it are
+    # not a leak; every window with one character past it is checked.
+    found = {name: [f"{k}: {s[j:j + PART]!r}" for k, s in secrets.items()
+                    for j in range(len("sk-or-v1-") - PART + 1, len(s) - PART + 1)
+                    if s[j:j + PART] in (text.decode(errors="replace") if isinstance(text, bytes) else text)][:3]
+             for name, text in channels.items()}
+    found = {k: v for k, v in found.items() if v}
+    assert not found, found
+    figure("rotation secret hygiene", f"{len(channels)} channels checked during and after a rotation done and one "
+           "rolled back (debug log, /metrics, SQLite file and WAL, alert payloads, rotations, rotate, events), "
+           f"{len(secrets)} secrets (old, new, management), leaks found = 0")

@@ -113,14 +113,15 @@ class AwsBedrockAdapter(AwsBase):
         records = await self._records(key, account)
         wanted = key.options.get("provider_key_id") or self._ids.get((key.name, key.fingerprint))
         alias = bedrock_alias(key.secret.reveal()) if key.secret else None
+        by_alias = [
+            r for r in records if alias and alias in (r.get("ServiceCredentialAlias"), r.get("ServiceUserName"))
+        ]
         if wanted:
             found = [r for r in records if r["ServiceSpecificCredentialId"] == wanted]
+            if not found and len(by_alias) == 1:  # the configured id was retired by a rotation: the token says
+                found = by_alias
         elif alias:
-            found = [
-                r
-                for r in records
-                if r.get("ServiceCredentialAlias") == alias or r.get("ServiceUserName") == alias
-            ]
+            found = by_alias
         else:
             found = records if len(records) == 1 else []
         if len(found) != 1:
