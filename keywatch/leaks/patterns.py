@@ -25,6 +25,10 @@ class Rule:
     regex: re.Pattern[str]
     near: re.Pattern[str] | None = None
     ignore_suffix: str | None = None  # documentation examples (`AKIA...EXAMPLE`)
+    # Literal text every match has, `offset` characters after the key's start: the scanner looks for it with
+    # str.find and tries the regex only there (a find is many times faster than a regex over the whole text)
+    anchors: tuple[str, ...] = ()
+    offset: int = 0
 
     def accepts(self, key: str, text: str, start: int, end: int) -> bool:
         if self.ignore_suffix is not None and key.endswith(self.ignore_suffix):
@@ -46,6 +50,7 @@ RULES: tuple[Rule, ...] = (
             rf"\b(?P<key>sk-(?:proj|svcacct|admin)-{_OPENAI_BODY}T3BlbkFJ{_OPENAI_BODY}\b"
             rf"|sk-[a-zA-Z0-9]{{20}}T3BlbkFJ[a-zA-Z0-9]{{20}}){_END}"
         ),
+        anchors=("sk-",),
     ),
     Rule(
         "openai-api-key-loose",
@@ -55,18 +60,21 @@ RULES: tuple[Rule, ...] = (
             r"\b(?P<key>sk-(?:(?:proj|svcacct|service)-[A-Za-z0-9_-]{1,150}|[a-zA-Z0-9]{1,150})"
             r"T3BlbkFJ[A-Za-z0-9_-]{1,150})\b"
         ),
+        anchors=("sk-",),
     ),
     Rule(
         "anthropic-api-key",
         "anthropic",
         "Anthropic API key",
         re.compile(r"\b(?P<key>sk-ant-api03-[a-zA-Z0-9_\-]{93}AA)\b"),
+        anchors=("sk-ant-api03-",),
     ),
     Rule(
         "anthropic-admin-key",
         "anthropic",
         "Anthropic Admin API key",
         re.compile(r"\b(?P<key>sk-ant-admin01-[a-zA-Z0-9_\-]{93}AA)\b"),
+        anchors=("sk-ant-admin01-",),
     ),
     Rule(
         "aws-access-key-id",
@@ -74,12 +82,14 @@ RULES: tuple[Rule, ...] = (
         "AWS access key id",
         re.compile(r"\b(?P<key>(?:A3T[A-Z0-9]|AKIA|ASIA|ABIA|ACCA)[A-Z2-7]{16})\b"),
         ignore_suffix="EXAMPLE",
+        anchors=("AKIA", "ASIA", "ABIA", "ACCA", "A3T"),
     ),
     Rule(
         "openrouter-api-key",
         "openrouter",
         "OpenRouter API key",
         re.compile(r"\b(?P<key>sk-or-v1-[a-f0-9]{64})\b"),
+        anchors=("sk-or-v1-",),
     ),
     Rule(
         "deepseek-api-key",
@@ -93,7 +103,7 @@ RULES: tuple[Rule, ...] = (
         "azure_openai",
         "Azure OpenAI key (32 hex characters near an API key name or host)",
         re.compile(r"(?<![A-Za-z0-9])(?P<key>[a-fA-F0-9]{32})(?![A-Za-z0-9])"),
-        near=re.compile(r"(?i)(?:api[_.-]?key|openai[_.-]?key|[a-z0-9-]+\.openai\.azure\.com)"),
+        near=re.compile(r"(?i)(?:api|openai)[_.-]?key|\.openai\.azure\.com"),
     ),
     Rule(
         "azure-openai-key-84",
@@ -103,6 +113,8 @@ RULES: tuple[Rule, ...] = (
             r"(?<![A-Za-z0-9])(?P<key>[A-Za-z0-9]{52}JQQJ99[A-Za-z0-9][A-L][A-Za-z0-9]{12}AAA[ABE]ACOG"
             r"[A-Za-z0-9]{4})(?![A-Za-z0-9])"
         ),
+        anchors=("JQQJ99",),
+        offset=52,
     ),
 )
 

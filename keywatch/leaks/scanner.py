@@ -18,6 +18,7 @@ secret itself stays in the finding's `_secret` slot for the daemon's matching an
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -212,11 +213,9 @@ class Scanner:
             if lo <= start < hi:
                 found.append((start, end, secret, None, owner))
         for r in self._plain:
-            for m in r.regex.finditer(buf, max(0, lo - MAX_MATCH)):
+            for m in _candidates(r, buf, lo, hi):
                 start = m.start("key")
-                if start >= hi:
-                    break
-                if start >= lo and r.accepts(m.group("key"), buf, start, m.end("key")):
+                if lo <= start < hi and r.accepts(m.group("key"), buf, start, m.end("key")):
                     found.append((start, m.end("key"), m.group("key"), r, None))
         for r in self._near:
             assert r.near is not None
@@ -351,6 +350,27 @@ class Scanner:
                 p.kill()
                 p.wait()
         return report
+
+
+def _candidates(r: Rule, buf: str, lo: int, hi: int) -> Iterator[re.Match[str]]:
+    """The rule's matches starting in [lo, hi): at its anchors when it has some, else a regex pass."""
+    if not r.anchors:
+        for m in r.regex.finditer(buf, max(0, lo - MAX_MATCH)):
+            if m.start("key") >= hi:
+                return
+            yield m
+        return
+    starts: set[int] = set()
+    for anchor in r.anchors:
+        pos = buf.find(anchor, max(0, lo + r.offset))
+        while pos != -1 and pos - r.offset < hi:
+            start = pos - r.offset
+            if start >= 0 and start not in starts:
+                m = r.regex.match(buf, start)
+                if m is not None:
+                    starts.add(start)
+                    yield m
+            pos = buf.find(anchor, pos + 1)
 
 
 def walk(root: Path) -> Iterator[Path]:
