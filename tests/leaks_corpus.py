@@ -146,6 +146,17 @@ class Corpus:
         return path
 
 
+def assert_hidden(secrets: list[str], text: str) -> None:
+    """No 8 characters of any secret show in `text`, except inside its masked form (prefix and last four)."""
+    from keywatch.domain import mask
+
+    grams = {text[i : i + 8] for i in range(len(text) - 7)}
+    for s in secrets:
+        shown = mask(s)
+        leaked = [s[i : i + 8] for i in range(len(s) - 7) if s[i : i + 8] in grams and s[i : i + 8] not in shown]
+        assert not leaked, (shown, leaked)
+
+
 # -- filler ---------------------------------------------------------------------------------------------------
 def _sentence(rng: random.Random) -> str:
     return " ".join(rng.choices(WORDS, k=rng.randint(6, 14))).capitalize() + "."

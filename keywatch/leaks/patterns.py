@@ -55,7 +55,7 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "openai-api-key-loose",
         "openai",
-        "OpenAI API key (any form carrying the T3BlbkFJ marker)",
+        'OpenAI API key (any form carrying the base64 of "OpenAI")',
         re.compile(
             r"\b(?P<key>sk-(?:(?:proj|svcacct|service)-[A-Za-z0-9_-]{1,150}|[a-zA-Z0-9]{1,150})"
             r"T3BlbkFJ[A-Za-z0-9_-]{1,150})\b"

@@ -11,8 +11,7 @@ read object by object: `git log --all --raw` names every blob each commit added 
 deleted later is still seen, at the commit that added it), each distinct blob once, and `git cat-file
 --batch` streams its content.
 
-A finding carries the secret's masked form (`domain.mask`) and fingerprint, never the secret; the
-secret itself stays in the finding's `_secret` slot for the daemon's matching and is never printed.
+A finding carries the secret's masked form (`domain.mask`) and fingerprint, never the secret.
 """
 
 from __future__ import annotations
@@ -46,7 +45,6 @@ class Finding:
     fingerprint: str
     key: str | None = None  # the managed key's name
     commit: str | None = None  # where in git history (None: the file on disk)
-    _secret: str = field(default="", repr=False, compare=False)
 
     @property
     def managed(self) -> bool:
@@ -248,11 +246,8 @@ class Scanner:
                 fingerprint(secret),
                 key=owner.name,
                 commit=commit,
-                _secret=secret,
             )
-        return Finding(
-            path, line, col, rule.id, rule.provider, mask(secret), fingerprint(secret), commit=commit, _secret=secret
-        )
+        return Finding(path, line, col, rule.id, rule.provider, mask(secret), fingerprint(secret), commit=commit)
 
     # -- files -------------------------------------------------------------------------------------------
     def scan_file(self, path: Path, shown: str | None = None) -> ScanReport:

@@ -25,14 +25,6 @@ def _scan(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str
     return code, out.out, out.err
 
 
-def _hidden(secrets: list[str], text: str) -> None:
-    """Neither a secret nor the part its masked form leaves out (all but prefix and last four) shows."""
-    for s in secrets:
-        assert s not in text
-        middle = s[len(s) // 2 - 4 : len(s) // 2 + 4]
-        assert middle not in text
-
-
 @pytest.fixture(scope="module")
 def dirty(tmp_path_factory: pytest.TempPathFactory) -> leaks_corpus.Corpus:
     return leaks_corpus.build(tmp_path_factory.mktemp("dirty") / "corpus", managed=240, files=48, lines_per_file=120)
@@ -70,7 +62,7 @@ def test_every_planted_secret_and_provider_shape_is_found(
     assert len(findings) == len(expected) + len(RULES)  # nothing else
     assert all(f["rule"] == MANAGED_RULE_ID for f in findings if f["managed"])
     assert report["scanned"]["blobs"] >= 3
-    _hidden([s for _, _, s, _ in dirty.keys], out + err)
+    leaks_corpus.assert_hidden([s for _, _, s, _ in dirty.keys], out + err)
 
 
 def test_a_clean_corpus_of_the_same_size_yields_nothing(
@@ -107,7 +99,7 @@ def test_table_and_sarif_show_masked_forms_only(
     assert all(rules[r["ruleIndex"]]["id"] == r["ruleId"] for r in results)
     assert {r["level"] for r in results if r["ruleId"] == MANAGED_RULE_ID} == {"error"}
     assert any(r["properties"]["commit"] for r in results)
-    _hidden([s for _, _, s, _ in dirty.keys], table + err + sarif_text)
+    leaks_corpus.assert_hidden([s for _, _, s, _ in dirty.keys], table + err + sarif_text)
 
 
 def test_binary_large_and_missing_paths(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
