@@ -42,10 +42,11 @@ def flags(rows: list[Agg], now: datetime, threshold: float = 6.0, keys: tuple[st
 def test_thirty_days_of_seasonal_traffic_raise_no_flag_hour_by_hour() -> None:
     end = START + timedelta(days=31)
     rows = series("k", START, end, seed=3) + series("quiet", START, end, requests_per_hour=3, seed=4)
+    s, first = anomaly.series_from(rows, ("k", "quiet"))  # each judgement reads only the past and its hour
     judged = 0
     now = START + timedelta(days=1)
     while now < end:
-        assert flags(rows, now, keys=("k", "quiet")) == [], now
+        assert anomaly.detect(s, first, now, 6.0) == [], now
         now += HOUR
         judged += 1
     assert judged == 30 * 24
@@ -90,3 +91,30 @@ def test_sensitivity_is_the_threshold() -> None:
     assert flags(rows, spike, threshold=6) != []  # 3x at midday: well past 6 MADs
     assert flags(rows, spike, threshold=40) == []  # less sensitive
     assert flags(rows, spike, threshold=0) == []  # off
+
+
+def test_an_anomaly_alone_keeps_the_key_in_its_pools() -> None:
+    """A warning: only a policy naming usage_anomaly takes the key out; compromised and budget still do."""
+    from keywatch.domain import Health, KeyState
+    from keywatch.pools.config import PoolConfig
+    from keywatch.pools.membership import eligible
+
+    pool = PoolConfig(name="p", file={"path": "/tmp/p.txt"})
+    st = KeyState("k", "openai", "sha256:0", "sk-...0000", health=Health.HEALTHY)
+    assert eligible(pool, st, frozenset({"usage_anomaly"}))
+    assert not eligible(pool, st, frozenset({"usage_anomaly", "compromised"}))
+    assert not eligible(pool, st, frozenset({"budget_exhausted"}))
+
+
+def test_spend_per_hour_is_judged_too() -> None:
+    class Cost(Agg):
+        def __init__(self, bucket: datetime, usd: float) -> None:
+            self.group = ("key:k", "USD", "1h", bucket)
+            self.requests, self.tokens, self.cost, self.has_cost = 0, 0, usd, True
+
+    spike = START + timedelta(days=9, hours=13)
+    rows = [Cost(START + i * HOUR, 2.0 + (i % 5) * 0.1) for i in range(9 * 24 + 14)]
+    rows[-1] = Cost(spike, 40.0)
+    found = flags(rows, spike)
+    assert [(a.metric, a.hour) for a in found] == [("spend", spike)]
+    assert "40 USD" in found[0].text()

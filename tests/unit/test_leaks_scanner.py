@@ -10,6 +10,8 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from keywatch.cli import main
 from keywatch.leaks.patterns import MANAGED_RULE_ID, RULES
@@ -163,3 +165,40 @@ def test_the_cost_does_not_depend_on_how_many_keys_are_loaded() -> None:
     text = "prefix " + "tok_004242_" + "x" * 20 + " suffix"
     assert [(s, o.name) for _, _, s, o in matcher.find(text)] == [("tok_004242_" + "x" * 20, "k4242")]
     assert matcher.count == 10_000
+
+
+SECRETS = {"kw_" + "Qz7" * 10 + str(i): Managed(f"key-{i}", None) for i in range(3)}
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    pieces=st.lists(
+        st.tuples(st.text("ab \n\t{}\"'=:;,.-_x", max_size=3000), st.sampled_from([*SECRETS, ""])), max_size=12
+    ),
+    sizes=st.lists(st.integers(1, 4096), min_size=1, max_size=40),
+)
+def test_any_text_read_in_any_sizes_finds_each_secret_at_its_line_and_column(pieces: list, sizes: list) -> None:
+    """Reads as a pipe gives them (short, uneven): every planted secret once, at its line and column."""
+    text = "".join(filler + secret for filler, secret in pieces)
+    data = text.encode()
+    pos, calls = 0, 0
+
+    def read(n: int) -> bytes:
+        nonlocal pos, calls
+        size = min(n, sizes[calls % len(sizes)])
+        calls += 1
+        chunk = data[pos : pos + size]
+        pos += len(chunk)
+        return chunk
+
+    found = Scanner(SecretMatcher(SECRETS)).scan_stream(read, "p")
+    assert found is not None
+    want = []
+    at = 0
+    for filler, secret in pieces:
+        at += len(filler)
+        if secret:
+            line = text.count("\n", 0, at) + 1
+            want.append((SECRETS[secret].name, line, at - (text.rfind("\n", 0, at) + 1) + 1))
+        at += len(secret)
+    assert [(f.key, f.line, f.column) for f in found] == want
