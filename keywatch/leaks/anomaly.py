@@ -177,8 +177,14 @@ class AnomalyWatch:
 
     def __init__(self) -> None:
         self.firing: dict[str, list[Anomaly]] = {}
+        self._restored = False
 
     async def update(self, rt: Any, found: list[Anomaly], now: datetime) -> None:
+        if not self._restored:  # alerts still firing from before a restart are resolved here too
+            self._restored = True
+            for a in rt.alerts.firing():
+                if a.identity.startswith("usage_anomaly:"):
+                    self.firing.setdefault(a.identity.removeprefix("usage_anomaly:"), [])
         by_key: dict[str, list[Anomaly]] = {}
         for a in found:
             by_key.setdefault(a.key, []).append(a)

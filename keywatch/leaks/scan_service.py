@@ -2,10 +2,12 @@
 
 A scheduler job (`leak_scan`, every `[scan] interval`, first run at start) scans the configured paths with
 the same scanner as `keywatch scan`, in a worker thread. A managed key found there is exposed: it joins the
-`compromised` signal on the runtime's board (added to what others raised there, never taken away: nothing
-automatic undoes a compromise), a critical alert names the key and where it was found, and the audit trail
-records it. An unmanaged provider key raises a warning per fingerprint, resolved when it is no longer found.
-A path that is missing or unreadable is logged and skipped; the scan goes on.
+`compromised` signal on the runtime's board (added to what others raised there; no later scan takes it
+away, only a new secret for the key, a rotation, does), a critical alert names the key and where it was
+found, and the audit trail records it. Each secret is announced once; the alerts still firing after a
+restart tell the capability what it had raised. An unmanaged provider key raises a warning per
+fingerprint, resolved when it is no longer found. A path that is missing or unreadable is logged and
+skipped; the scan goes on.
 """
 
 from __future__ import annotations
@@ -28,6 +30,14 @@ JOB_ID = "leak_scan"
 
 def settings_of(config: Any) -> ScanSettings:
     return getattr(config, "scan", None) or ScanSettings()
+
+
+def key_fingerprints(k: Any) -> set[str]:
+    """The fingerprints of a managed key's secret and its companions (an IAM access key id)."""
+    out = {s.fingerprint for s in k.extra_secrets.values()}
+    if k.secret is not None:
+        out.add(k.secret.fingerprint)
+    return out
 
 
 def where(f: Finding) -> str:
@@ -57,8 +67,10 @@ def scan(matcher: SecretMatcher, settings: ScanSettings) -> ScanReport:
 class ScanService:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
-        self.compromised: set[str] = set()  # keys this capability found exposed (since start)
+        self.exposed: dict[str, set[str]] = {}  # key (or account:NAME) -> fingerprints of its secrets found
         self.unmanaged: set[str] = set()  # fingerprints of the unmanaged keys of the last scan
+        self._raised: frozenset[str] | set[str] = frozenset()  # the keys this capability put on the board
+        self._restored = False
         self.last: ScanReport | None = None
         self._matcher: tuple[Any, SecretMatcher] | None = None
         self._interval: float | None = None
@@ -128,63 +140,91 @@ class ScanService:
             self.last = report
             return report
 
+    def _restore(self) -> None:
+        """What the alerts still firing (the pipeline keeps them across restarts) say this capability raised."""
+        if self._restored:
+            return
+        self._restored = True
+        for a in self.rt.alerts.firing():
+            owner = a.identity.removeprefix("leak_scan:")
+            if a.identity.startswith("leak_scan:") and a.fields.get("fingerprints"):
+                self.exposed.setdefault(owner, set()).update(a.fields["fingerprints"].split(","))
+            elif a.identity.startswith("leak_scan_unmanaged:"):
+                self.unmanaged.add(a.identity.removeprefix("leak_scan_unmanaged:"))
+
+    def _raise(self) -> None:
+        """The keys whose current secret (or a companion) was found: onto the board's compromised set. A key
+        whose secret changed since (rotated) no longer carries it; nothing else takes it away."""
+        current = {k.name: key_fingerprints(k) for k in self.rt.inventory.keys}
+        active = {k for k, fps in self.exposed.items() if fps & current.get(k, set())}
+        board = self.rt.board
+        board.set(Signal.COMPROMISED, (board.keys_with(Signal.COMPROMISED) - self._raised) | active)
+        self._raised = active
+
     async def _managed(self, findings: list[Finding], now: datetime) -> None:
-        by_key: dict[str, list[Finding]] = {}
+        self._restore()
+        by_owner: dict[str, list[Finding]] = {}
         for f in findings:
-            by_key.setdefault(f.key or "", []).append(f)
+            by_owner.setdefault(f.key or "", []).append(f)
         providers = {k.name: k.provider for k in self.rt.inventory.keys}
-        new = {k for k in by_key if k in providers} - self.compromised
-        self.compromised |= new
-        if self.compromised:  # added to the set others raised, at every scan, so a replaced set gets them back
-            board = self.rt.board
-            board.set(Signal.COMPROMISED, board.keys_with(Signal.COMPROMISED) | self.compromised)
-        for key, items in sorted(by_key.items()):
-            places = ", ".join(where(f) for f in items[:5]) + (f" and {len(items) - 5} more" if len(items) > 5 else "")
-            account = key.startswith("account:")
-            if not account and key not in new:
+        for owner, items in sorted(by_owner.items()):
+            fps = {f.fingerprint for f in items}
+            known = self.exposed.setdefault(owner, set())
+            if fps <= known:
                 continue  # already raised: the alert is firing, the signal set
-            first = items[0]
-            what = f"credentials of {key}" if account else f"key {key}"
-            title = f"{key} found exposed in {first.path}" if not account else f"{what} found exposed"
-            summary = f"the {what} ({first.masked}, {first.fingerprint}) was found by the scheduled scan in {places}"
-            await self.rt.emit_alert(
-                Alert(
-                    identity=f"leak_scan:{key}",
-                    severity=Severity.CRITICAL,
-                    firing=True,
-                    title=title,
-                    summary=summary,
-                    at=now,
-                    key=None if account else key,
-                    provider=providers.get(key) or first.provider,
-                    fields={
-                        "kind": "compromised",
-                        "source": "scan",
-                        "where": places,
-                        "masked": first.masked,
-                        "fingerprint": first.fingerprint,
-                        "action": "account credentials: rotate them"
-                        if account
-                        else "marked compromised (the policies contain it)",
-                    },
-                )
+            known |= fps
+            await self._announce(owner, items, known, providers.get(owner), now)
+        self._raise()
+
+    async def _announce(
+        self, owner: str, items: list[Finding], fps: set[str], provider: str | None, now: datetime
+    ) -> None:
+        places = ", ".join(where(f) for f in items[:5]) + (f" and {len(items) - 5} more" if len(items) > 5 else "")
+        account = owner.startswith("account:")
+        first = items[0]
+        what = f"credentials of {owner}" if account else f"key {owner}"
+        title = f"{what} found exposed" if account else f"{owner} found exposed in {first.path}"
+        summary = f"the {what} ({first.masked}, {first.fingerprint}) was found by the scheduled scan in {places}"
+        await self.rt.emit_alert(
+            Alert(
+                identity=f"leak_scan:{owner}",
+                severity=Severity.CRITICAL,
+                firing=True,
+                title=title,
+                summary=summary,
+                at=now,
+                key=None if account else owner,
+                provider=provider or first.provider,
+                fields={
+                    "kind": "compromised",
+                    "source": "scan",
+                    "where": places,
+                    "masked": first.masked,
+                    "fingerprint": first.fingerprint,
+                    "fingerprints": ",".join(sorted(fps)),
+                    "action": "account credentials: rotate them"
+                    if account
+                    else "marked compromised (the policies contain it)",
+                },
             )
-            self.rt.events.record(
-                Event(
-                    now,
-                    "leak_found",
-                    None if account else key,
-                    "keywatch:scan",
-                    summary,
-                    {
-                        "source": "scan",
-                        "fingerprint": first.fingerprint,
-                        "where": [{"path": f.path, "line": f.line, "commit": f.commit} for f in items[:20]],
-                    },
-                )
+        )
+        self.rt.events.record(
+            Event(
+                now,
+                "leak_found",
+                None if account else owner,
+                "keywatch:scan",
+                summary,
+                {
+                    "source": "scan",
+                    "fingerprint": first.fingerprint,
+                    "where": [{"path": f.path, "line": f.line, "commit": f.commit} for f in items[:20]],
+                },
             )
+        )
 
     async def _unmanaged(self, findings: list[Finding], now: datetime) -> None:
+        self._restore()
         by_fp: dict[str, list[Finding]] = {}
         for f in findings:
             by_fp.setdefault(f.fingerprint, []).append(f)

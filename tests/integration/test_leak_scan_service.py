@@ -125,3 +125,37 @@ async def test_a_missing_path_is_logged_and_the_scan_goes_on(tmp_path: Path) -> 
         assert {f.key for f in report.findings if f.managed} == {"search-a", "gateway-b"}
     finally:
         await stop(h)
+
+
+async def test_after_a_restart_the_firing_alerts_keep_the_key_compromised_until_its_secret_changes(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from keywatch.leaks.scan_service import ScanService
+    from keywatch.settings.loader import load_inventory
+
+    repo = make_repo(tmp_path)
+    h = await start(tmp_path, body(repo))
+    try:
+        await h.daemon.capabilities["leak_scan"].run()
+        firing = [a for a in h.alerts if a.identity.startswith("leak_scan")]
+        # a restart: a new capability, an empty board, the pipeline's firing alerts; the file was cleaned
+        (repo / "app.log").write_text("starting\n")
+        rt = h.daemon.runtime
+        rt.board.set(Signal.COMPROMISED, ())
+        h.alerts.clear()
+        sink = rt.alerts._sink
+        rt.alerts.attach(sink, firing=lambda: firing)  # the durable pipeline's answer after a restart
+        again = ScanService(rt)
+        await again.run()
+        assert rt.board.keys_with(Signal.COMPROMISED) == {"search-a", "gateway-b"}
+        assert not [a for a in h.alerts if a.firing and a.identity.startswith("leak_scan:")]  # not announced twice
+        resolved = [a for a in h.alerts if a.identity.startswith("leak_scan_unmanaged:") and not a.firing]
+        assert len(resolved) == 1  # the unmanaged key is gone from the file
+        # search-a gets a new secret (a rotation): it no longer carries the signal; gateway-b still does
+        monkeypatch.setenv("KW_SCAN_A", "sk-proj-scanA" + "e" * 30 + "NEWA")
+        rotated = load_inventory(h.config)
+        rt.current_inventory = lambda: rotated  # what a reload after the rotation hands the capabilities
+        await again.run()
+        assert rt.board.keys_with(Signal.COMPROMISED) == {"gateway-b"}
+    finally:
+        await stop(h)

@@ -130,3 +130,20 @@ async def test_a_policy_on_the_signal_makes_it_containment(tmp_path: Path) -> No
         assert str(states["ads-b"].admin_state) == "active"
     finally:
         await stop(h)
+
+
+async def test_an_anomaly_alert_firing_before_a_restart_is_resolved_after_it(tmp_path: Path) -> None:
+    from keywatch.domain import Alert, Severity
+
+    h = await start(tmp_path, body())
+    try:
+        h.sim.set_key(ADMIN, "openai", "admin")
+        before = Alert("usage_anomaly:ads-b", Severity.WARNING, True, "t", "s", NOW, key="ads-b")
+        rt = h.daemon.runtime
+        rt.alerts.attach(rt.alerts._sink, firing=lambda: [before])  # what the durable pipeline remembers
+        await h.pull(NOW)  # no usage at all now: nothing anomalous
+        assert [(a.identity, a.firing) for a in h.alerts if a.identity.startswith("usage_anomaly:")] == [
+            ("usage_anomaly:ads-b", False)
+        ]
+    finally:
+        await stop(h)
