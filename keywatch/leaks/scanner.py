@@ -175,11 +175,9 @@ class Scanner:
         self.carry = max(self.matcher.longest, MAX_MATCH + NEAR) + 1
 
     # -- one text stream ---------------------------------------------------------------------------------
-    def scan_stream(
-        self, read: Callable[[int], bytes], path: str, commit: str | None = None, first: bytes | None = None
-    ) -> list[Finding] | None:
-        """Findings in the stream `read` yields, or None when it is binary. `first`: bytes already read."""
-        data = first if first is not None else read(CHUNK)
+    def scan_stream(self, read: Callable[[int], bytes], path: str, commit: str | None = None) -> list[Finding] | None:
+        """Findings in the stream `read` yields, or None when it is binary (a NUL in its first 8 KiB)."""
+        data = read(CHUNK)
         if b"\x00" in data[:8192]:
             return None
         out: list[Finding] = []
@@ -218,9 +216,12 @@ class Scanner:
         for r in self._near:
             assert r.near is not None
             seen: set[int] = set()
+            done = 0  # where the last window ended: windows of words close together are not searched twice
             for w in r.near.finditer(buf, max(0, lo - MAX_MATCH - NEAR), min(len(buf), hi + NEAR + MAX_MATCH)):
-                window = (max(0, w.start() - NEAR - MAX_MATCH), min(len(buf), w.end() + NEAR + MAX_MATCH))
-                for m in r.regex.finditer(buf, *window):
+                window_end = min(len(buf), w.end() + NEAR + MAX_MATCH)
+                window_start = max(0, w.start() - NEAR - MAX_MATCH, done - MAX_MATCH)
+                done = window_end
+                for m in r.regex.finditer(buf, window_start, window_end):
                     start = m.start("key")
                     if start in seen or not lo <= start < hi:
                         continue

@@ -18,6 +18,8 @@ from keywatch.leaks.patterns import MANAGED_RULE_ID, RULES
 from keywatch.leaks.scanner import CHUNK, Managed, Scanner, SecretMatcher
 from tests import leaks_corpus
 
+# The OASIS SARIF 2.1.0 schema, as published in oasis-tcs/sarif-spec (sarif-2.1/schema/sarif-schema-2.1.0.json,
+# commit e0583813964e, 2026-03-01), stored so the test needs no network.
 SARIF_SCHEMA = Path(__file__).resolve().parents[1] / "data" / "sarif-schema-2.1.0.json"
 
 
