@@ -10,7 +10,8 @@ keywatch and with detect-secrets (its default plugins, one process, the files on
 prints MB/s and recall for both. Recall: planted managed secrets reported (keywatch: by fingerprint at
 their file and line; detect-secrets: a reported value that is the secret or holds it). The target is
 keywatch at least as fast per MB as detect-secrets, with 10,000 managed secrets loaded. A clean corpus of
-the same size is scanned with and without the managed secrets loaded: the cost of the automaton alone.
+the same size is scanned with 10,000 and with 100 managed secrets loaded: the cost does not grow with the
+number of keys.
 """
 
 from __future__ import annotations
@@ -92,7 +93,8 @@ def main() -> None:
         )
         clean_mb = clean.bytes / 1e6
         clean_many, _, _ = keywatch_run(clean, secrets)
-        clean_none, _, _ = keywatch_run(clean, {})
+        few = dict(list(secrets.items())[:100])
+        clean_few, _, _ = keywatch_run(clean, few)
     n = len(corpus.planted)
     rows = [
         (f"keywatch ({len(secrets)} managed loaded)", kw_s, kw_hits),
@@ -106,7 +108,7 @@ def main() -> None:
     print(f"automaton for {len(secrets)} secrets built in {kw_build * 1000:.0f} ms")
     print(
         f"clean corpus ({clean_mb:.1f} MB, nothing to report): {clean_mb / clean_many:.2f} MB/s with "
-        f"{len(secrets)} managed secrets loaded, {clean_mb / clean_none:.2f} MB/s with none"
+        f"{len(secrets)} managed secrets loaded, {clean_mb / clean_few:.2f} MB/s with {len(few)}"
     )
     ratio = (mb / kw_s) / (mb / ds_s)
     print(f"keywatch / detect-secrets throughput: {ratio:.1f}x (floor 1.0x: {'met' if ratio >= 1 else 'NOT met'})")
