@@ -204,3 +204,19 @@ def test_any_text_read_in_any_sizes_finds_each_secret_at_its_line_and_column(pie
             want.append((SECRETS[secret].name, line, at - (text.rfind("\n", 0, at) + 1) + 1))
         at += len(secret)
     assert [(f.key, f.line, f.column) for f in found] == want
+
+
+@pytest.mark.parametrize(
+    ("section", "where"),
+    [
+        ('[scan]\npaths = ["relative/dir"]\n', "scan.paths"),
+        ('[scan]\npaths = ["/srv"]\ninterval = "10s"\n', "scan.interval"),
+    ],
+)
+def test_a_bad_scan_section_is_refused_naming_the_field(section: str, where: str) -> None:
+    from keywatch.settings.loader import ConfigError, parse
+
+    with pytest.raises(ConfigError) as exc:
+        parse(section, "kw.toml")
+    assert any(p.startswith(where) for p in exc.value.problems), exc.value.problems
+    assert parse('[scan]\npaths = ["/srv/app"]\ninterval = "30m"\n').scan.interval == 1800
