@@ -147,3 +147,33 @@ async def test_an_anomaly_alert_firing_before_a_restart_is_resolved_after_it(tmp
         ]
     finally:
         await stop(h)
+
+
+async def test_the_series_route_refuses_what_it_cannot_generate(tmp_path: Path) -> None:
+    from keywatch.sim.server import Simulator
+
+    sim = Simulator()
+    await sim.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            url = f"{sim.url}/_sim/usage/openai/series"
+            base = {
+                "start": "2026-03-01T00:00:00Z",
+                "end": "2026-03-02T00:00:00Z",
+                "api_key_id": "k",
+                "project_id": "p",
+            }
+            for bad in (
+                [1, 2],
+                {"start": "2026-03-01T00:00:00Z"},
+                {**base, "spike_factor": "twenty"},
+                {**base, "end": "2099-01-01T00:00:00Z"},
+                {**base, "start": "yesterday"},
+                {**base, "colour": "blue"},
+            ):
+                async with http.post(url, json=bad) as resp:
+                    assert resp.status == 400, (bad, await resp.text())
+            async with http.post(url, json=base) as resp:
+                assert resp.status == 200 and (await resp.json())["records"] == 24
+    finally:
+        await sim.stop()

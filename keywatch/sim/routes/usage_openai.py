@@ -273,6 +273,7 @@ def seasonal_usage(
     return out
 
 
+MAX_SERIES_DAYS = 400
 SERIES_FIELDS = ("start", "end", "api_key_id", "project_id", "model", "requests_per_hour", "tokens_per_request",
                  "spike_at", "spike_factor", "seed")
 
@@ -295,8 +296,16 @@ async def post_series(request: web.Request) -> web.Response:
         for name in ("start", "end", "spike_at"):
             if args.get(name) is not None:
                 args[name] = parse_at(args[name])
+        for name in ("requests_per_hour", "tokens_per_request", "spike_factor", "seed"):
+            if name in args and (isinstance(args[name], bool) or not isinstance(args[name], int | float)):
+                raise ValueError(f"{name}: expected a number")
+        for name in ("api_key_id", "project_id", "model"):
+            if name in args and not isinstance(args[name], str):
+                raise ValueError(f"{name}: expected a string")
+        if args["end"] - args["start"] > timedelta(days=MAX_SERIES_DAYS):
+            raise ValueError(f"at most {MAX_SERIES_DAYS} days of hourly records at a time")
         records = seasonal_usage(**args)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OverflowError) as exc:
         return json_response({"error": f"bad series: {exc}"}, 400)
     data = state_of(request).provider_data(provider)
     data["usage"] = list(data.get("usage") or []) + records
