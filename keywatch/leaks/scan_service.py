@@ -122,7 +122,8 @@ class ScanService:
         async with self._lock:
             now = now or self.rt.clock()
             settings = settings_of(self.rt.inventory.config)
-            report = await asyncio.to_thread(scan, self.matcher(), settings)
+            matcher = await asyncio.to_thread(self.matcher)  # 10,000 secrets take a while to index
+            report = await asyncio.to_thread(scan, matcher, settings)
             for n in report.notes:
                 log.warning("leak_scan_note", note=n)
             for s in report.skipped:

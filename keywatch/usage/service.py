@@ -233,8 +233,13 @@ class UsageService:
         except Exception as exc:
             log.error("usage_database_unavailable", error=type(exc).__name__)
             return []
-        series, first_seen = anomaly.series_from(aggs, (k.name for k in inventory.keys))
-        found = anomaly.detect(series, first_seen, now, threshold)
+        names = [k.name for k in inventory.keys]
+
+        def judge() -> list[anomaly.Anomaly]:
+            series, first_seen = anomaly.series_from(aggs, names)
+            return anomaly.detect(series, first_seen, now, threshold)
+
+        found = await asyncio.to_thread(judge)  # thousands of keys: not on the event loop
         await self.anomalies.update(self.rt, found, now)
         return found
 
