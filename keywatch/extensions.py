@@ -10,7 +10,9 @@ cycle, and closes them in the reverse order. The order matters:
 2. policies: decides and acts on the cycle's states and the signals on the board (budget signals raised by
    usage in the previous cycle).
 3. usage: pulls usage, evaluates budgets and raises or clears `budget_exhausted` for the next cycle.
-4. rotation: last, so the alerts it raises reach the pipeline and the `rotate` action it serves is
+4. leak_scan: scheduled scans of the `[scan]` paths; raises `compromised` for the next cycle (a job of
+   its own, off without paths).
+5. rotation: last, so the alerts it raises reach the pipeline and the `rotate` action it serves is
    registered; at start it resumes the rotations in flight (docs/rotation.md).
 
 Adding a capability is adding a module and one line here.
@@ -22,5 +24,6 @@ DAEMON_CAPABILITIES: list[tuple[str, str]] = [
     ("alerts", "keywatch.notify.service"),
     ("policies", "keywatch.engine.service"),
     ("usage", "keywatch.usage.service"),
+    ("leak_scan", "keywatch.leaks.scan_service"),  # scheduled scans: compromised keys for the next cycle
     ("rotation", "keywatch.rotation.service"),  # last: resumes rotations once alerts and policies are up
 ]

@@ -26,6 +26,7 @@ COMMAND_MODULES: list[str] = [
     "keywatch.cli.usage",
     "keywatch.cli.doctor",
     "keywatch.cli.rotate",
+    "keywatch.cli.scan",
 ]
 
 

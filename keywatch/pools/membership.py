@@ -9,7 +9,7 @@ from fnmatch import fnmatchcase
 from keywatch.domain import AdminState, Health, KeyState, ManagedKey, Secret, Signal
 from keywatch.pools.config import PoolConfig
 
-BLOCKING_SIGNALS = frozenset(str(s) for s in Signal)
+BLOCKING_SIGNALS = frozenset(str(s) for s in Signal if s is not Signal.USAGE_ANOMALY)  # a warning only
 
 
 @dataclass(frozen=True)

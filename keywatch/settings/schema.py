@@ -20,6 +20,7 @@ from pydantic import (
 )
 
 from keywatch.engine.policy_config import OutageSettings, PolicyConfig, SafetySettings, policy_problems
+from keywatch.leaks.scan_config import ScanSettings
 from keywatch.notify.config import AlertsConfig
 from keywatch.pools.config import Pools
 from keywatch.providers import registry
@@ -334,6 +335,7 @@ class Config(Strict):
     secret_stores: SecretStoreSettings = Field(
         default_factory=SecretStoreSettings, description="How aws-sm: and azure-kv: references reach their stores"
     )
+    scan: ScanSettings = Field(default_factory=ScanSettings, description="Paths scanned for keys on a schedule")
 
     @model_validator(mode="after")
     def _cross_references(self) -> Config:

@@ -33,6 +33,13 @@ class UsageSettings(Strict):
         None, description="Only these [[accounts]] (default: every account whose provider reports usage)"
     )
     timeout: Duration = Field("30s", description="Time one usage request may take")
+    anomaly_threshold: float = Field(
+        6.0,
+        ge=0,
+        le=1000,
+        description="Robust score (distance from the median of the same hour on the key's past days, in MADs) "
+        "above which an hour's requests, tokens or spend is a usage anomaly; lower flags more, 0 turns it off",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> UsageSettings:

@@ -19,6 +19,7 @@ from typing import Any
 import structlog
 
 from keywatch.domain import Alert, Event, Severity, Signal
+from keywatch.leaks import anomaly
 from keywatch.providers import registry
 from keywatch.runtime import Runtime
 from keywatch.usage import budgets as bmod
@@ -100,6 +101,7 @@ class UsageService:
         self._interval: float | None = None
         self._lock = asyncio.Lock()
         self._closing: Any = None
+        self.anomalies = anomaly.AnomalyWatch()
 
     # -- plumbing ---------------------------------------------------------------------------------------
     def _clients(self) -> tuple[Any, Any]:
@@ -156,6 +158,7 @@ class UsageService:
             now = now or datetime.now(UTC)
             results = await self.pull_all(now)
             statuses = await self.evaluate(now)
+            await self.watch_anomalies(now)
             return Outcome(results, statuses)
 
     async def pull_all(self, now: datetime | None = None) -> dict[str, PullResult]:
@@ -218,6 +221,27 @@ class UsageService:
             return [b for b in before if b is not None] + self.store.balances(src.name, start)
 
         return await keyreport.pull_balance(ctx, src, await asyncio.to_thread(history))
+
+    async def watch_anomalies(self, now: datetime) -> list[anomaly.Anomaly]:
+        """Each key's recent hours against its own baseline (leaks.anomaly): warning alerts and the
+        usage_anomaly signal. The database being down keeps the last verdict."""
+        inventory = self.rt.inventory
+        threshold = settings_of(inventory.config).anomaly_threshold
+        since = anomaly.hour_of(now) - timedelta(days=anomaly.BASELINE_DAYS + 1)
+        try:
+            aggs = await asyncio.to_thread(self.store.aggregate, since, None, anomaly.GROUP_BY)
+        except Exception as exc:
+            log.error("usage_database_unavailable", error=type(exc).__name__)
+            return []
+        names = [k.name for k in inventory.keys]
+
+        def judge() -> list[anomaly.Anomaly]:
+            series, first_seen = anomaly.series_from(aggs, names)
+            return anomaly.detect(series, first_seen, now, threshold)
+
+        found = await asyncio.to_thread(judge)  # thousands of keys: not on the event loop
+        await self.anomalies.update(self.rt, found, now)
+        return found
 
     # -- budgets ----------------------------------------------------------------------------------------
     async def evaluate(self, now: datetime | None = None) -> list[bmod.BudgetStatus]:

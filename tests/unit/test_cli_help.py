@@ -40,6 +40,7 @@ HELP_EXIT_CODES = [
     (("doctor",), WITH_ATTENTION),
     (("rotate",), WITH_ATTENTION),
     (("rotations",), ALWAYS),
+    (("scan",), WITH_ATTENTION),
 ]
 
 

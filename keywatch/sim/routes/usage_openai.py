@@ -9,6 +9,8 @@ fields replace the stored ones) or directly through SimulatorThread.call():
            "currency"}]  (Anthropic: "workspace_id", "description")
   spend_limit_cents (OpenAI), page_size (caps buckets per page, to exercise paging),
   usage_status (answer every usage/cost request with this HTTP status: a provider outage).
+`POST /_sim/usage/<provider>/series` appends a generated hourly series to `usage` (`seasonal_usage`: a daily
+curve with noise, optionally a spike of `spike_factor` times the usual figure in the hour at `spike_at`).
 Records are summed into the requested buckets and grouped by the requested group_by fields, as the APIs do;
 empty buckets are listed too. Amounts are summed as Decimal.
 """
@@ -16,6 +18,8 @@ empty buckets are listed too. Amounts are summed as Decimal.
 from __future__ import annotations
 
 import json
+import math
+import random
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -242,6 +246,72 @@ async def openai_spend_limit(request: web.Request) -> web.Response:
                           "interval": "month", "enforcement": {"status": "active"}})
 
 
+# --- generated series -------------------------------------------------------------------------------------
+def seasonal_usage(
+    start: datetime, end: datetime, *, api_key_id: str, project_id: str, model: str = "gpt-4o-mini",
+    requests_per_hour: float = 120.0, tokens_per_request: int = 400, spike_at: datetime | None = None,
+    spike_factor: float = 20.0, seed: int = 1,
+) -> list[dict[str, Any]]:
+    """One usage record per hour in [start, end): requests follow a daily curve (busy at 14:00 UTC, a fifth
+    of it at 02:00, weekends at 60%) with +-15% noise; the hour holding `spike_at` carries `spike_factor`
+    times its usual figures (a leaked key in use)."""
+    rng = random.Random(seed)
+    out = []
+    at = floor_to(start, WIDTHS["1h"])
+    spike = floor_to(spike_at, WIDTHS["1h"]) if spike_at is not None else None
+    while at < end:
+        daily = 0.6 - 0.4 * math.cos((at.hour - 2) / 24 * 2 * math.pi)
+        weekly = 0.6 if at.weekday() >= 5 else 1.0
+        n = requests_per_hour * daily * weekly * rng.uniform(0.85, 1.15)
+        if at == spike:
+            n *= spike_factor
+        requests = max(0, round(n))
+        out.append({"at": int(at.timestamp()), "api_key_id": api_key_id, "project_id": project_id, "model": model,
+                    "input_tokens": requests * tokens_per_request * 3 // 4,
+                    "output_tokens": requests * tokens_per_request // 4, "num_model_requests": requests})
+        at += WIDTHS["1h"]
+    return out
+
+
+MAX_SERIES_DAYS = 400
+SERIES_FIELDS = ("start", "end", "api_key_id", "project_id", "model", "requests_per_hour", "tokens_per_request",
+                 "spike_at", "spike_factor", "seed")
+
+
+async def post_series(request: web.Request) -> web.Response:
+    provider = request.match_info["provider"]
+    try:
+        payload = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return json_response({"error": "body must be JSON"}, 400)
+    if not isinstance(payload, dict):
+        return json_response({"error": "body must be a JSON object"}, 400)
+    unknown = sorted(set(payload) - set(SERIES_FIELDS))
+    missing = [f for f in ("start", "end", "api_key_id", "project_id") if f not in payload]
+    if unknown or missing:
+        return json_response({"error": f"unknown fields {unknown}, missing {missing}; valid: {list(SERIES_FIELDS)}"},
+                             400)
+    try:
+        args = dict(payload)
+        for name in ("start", "end", "spike_at"):
+            if args.get(name) is not None:
+                args[name] = parse_at(args[name])
+        for name in ("requests_per_hour", "tokens_per_request", "spike_factor", "seed"):
+            if name in args and (isinstance(args[name], bool) or not isinstance(args[name], int | float)):
+                raise ValueError(f"{name}: expected a number")
+        for name in ("api_key_id", "project_id", "model"):
+            if name in args and not isinstance(args[name], str):
+                raise ValueError(f"{name}: expected a string")
+        if args["end"] - args["start"] > timedelta(days=MAX_SERIES_DAYS):
+            raise ValueError(f"at most {MAX_SERIES_DAYS} days of hourly records at a time")
+        records = seasonal_usage(**args)
+    except (ValueError, TypeError, OverflowError) as exc:
+        return json_response({"error": f"bad series: {exc}"}, 400)
+    data = state_of(request).provider_data(provider)
+    data["usage"] = list(data.get("usage") or []) + records
+    return json_response({"provider": provider, "records": len(records)})
+
+
 # --- control API -------------------------------------------------------------------------------------------
 FIXTURE_FIELDS = ("usage", "costs", "spend_limit_cents", "page_size", "usage_status")
 
@@ -285,4 +355,5 @@ def register(app: web.Application, state: SimState) -> None:
     app.router.add_get(f"{org}/costs", openai_costs)
     app.router.add_get(f"{org}/spend_limit", openai_spend_limit)
     app.router.add_post("/_sim/usage/{provider}", post_fixtures)
+    app.router.add_post("/_sim/usage/{provider}/series", post_series)
     app.router.add_delete("/_sim/usage/{provider}", delete_fixtures)

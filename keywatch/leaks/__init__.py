@@ -1,0 +1,1 @@
+"""Leaks: finding exposed keys and containing them."""
