@@ -7,11 +7,15 @@ ends the process. Only a bad config at start does (exit 2), because then there i
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
+import functools
 import gc
 import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -111,6 +115,22 @@ def check_database_location(source: str, configured: str | None, url: str) -> No
             f"{setting}: keywatch cannot write in {folder} (SQLite creates {path.name} and its -wal and -shm "
             "files there); make the directory writable by keywatch or point daemon.database elsewhere",
         ])
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim  # type: ignore[no-any-return]
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to hand back this way
+        return None
+
+
+def release_freed_memory() -> None:
+    """Hand the heap pages a cycle freed back to the OS (glibc's malloc_trim), so the daemon's RSS follows
+    what it holds rather than its highest cycle. A few milliseconds at 10,000 keys, once a cycle."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 class Daemon:
@@ -556,6 +576,7 @@ class Daemon:
             except Exception:
                 log.exception("cycle_hook_failed", hook=name)
         await self._persist(transitions)
+        release_freed_memory()
         report.duration_s = time.perf_counter() - t0
         self.metrics.cycle_duration.set(report.duration_s)
         self.metrics.last_cycle.set(time.time())

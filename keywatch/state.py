@@ -35,7 +35,7 @@ class StateTracker:
                 if old is None:
                     self.states[k.name] = KeyState(
                         key=k.name, provider=k.provider, fingerprint=k.fingerprint, masked=k.masked,
-                        labels=dict(k.labels),
+                        labels=k.labels,  # the inventory's own (shared, never changed): no copy per key
                     )
                     self._dirty.add(k.name)
                 elif (old.fingerprint, old.labels, old.provider, old.masked) != (
@@ -44,7 +44,7 @@ class StateTracker:
                     # A new secret under the same name is a new key as far as health goes.
                     fresh = old.fingerprint != k.fingerprint
                     self.states[k.name] = replace(
-                        old, provider=k.provider, fingerprint=k.fingerprint, masked=k.masked, labels=dict(k.labels),
+                        old, provider=k.provider, fingerprint=k.fingerprint, masked=k.masked, labels=k.labels,
                         **({"health": Health.UNKNOWN, "consecutive": 0, "health_since": None} if fresh else {}),
                     )
                     self._dirty.add(k.name)

@@ -11,7 +11,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
+from types import MappingProxyType, SimpleNamespace
 from typing import Any
 
 from pydantic import ValidationError
@@ -21,6 +21,8 @@ from keywatch.providers import registry
 from keywatch.settings import secrets
 from keywatch.settings.schema import LABEL_NAME_PATTERN, NAME_PATTERN, Config, reference_problems
 from keywatch.settings.types import NAME_PATTERN as TYPES_NAME_PATTERN
+
+NO_OPTIONS: Any = MappingProxyType({})  # the options of every key that has none: one read-only mapping
 
 
 class ConfigError(Exception):
@@ -212,6 +214,9 @@ def build_inventory(config: Config, source: str) -> Inventory:
     warnings: list[str] = []
     stale: dict[str, str] = {}
     accounts: dict[str, Account] = {}
+    # Keys with the same labels share one dict (read-only everywhere): at 100,000 keys of a few teams that is
+    # a handful of dicts instead of one per key.
+    shared_labels: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
     for i, a in enumerate(config.accounts):
         owner = f"account {a.name!r}"
         admin = _resolve(a.admin_secret, f"accounts[{i}].admin_secret", owner, allow, problems, warnings) if (
@@ -257,8 +262,9 @@ def build_inventory(config: Config, source: str) -> Inventory:
         keys.append(
             ManagedKey(
                 name=k.name, provider=k.provider, secret=secret, secret_ref=k.secret,
-                base_url=k.base_url, probe=k.probe, model=k.model, labels=dict(k.labels),
-                account=k.account, options=options,
+                base_url=k.base_url, probe=k.probe, model=k.model,
+                labels=shared_labels.setdefault(tuple(sorted(k.labels.items())), dict(k.labels)),
+                account=k.account, options=options or NO_OPTIONS,
             )
         )
     if problems:
