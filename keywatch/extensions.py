@@ -10,8 +10,11 @@ cycle, and closes them in the reverse order. The order matters:
 2. policies: decides and acts on the cycle's states and the signals on the board (budget signals raised by
    usage in the previous cycle).
 3. usage: pulls usage, evaluates budgets and raises or clears `budget_exhausted` for the next cycle.
-4. rotation: last, so the alerts it raises reach the pipeline and the `rotate` action it serves is
+4. rotation: so the alerts it raises reach the pipeline and the `rotate` action it serves is
    registered; at start it resumes the rotations in flight (docs/rotation.md).
+5. leaks: last, so the receivers it mounts on the HTTP server only take reports once containment can use
+   everything it needs (the engine's pool publication, the rotation starter, the alert pipeline); its
+   cycle hook runs after the policies', and containment never waits for a cycle anyway.
 
 Adding a capability is adding a module and one line here.
 """
@@ -22,5 +25,6 @@ DAEMON_CAPABILITIES: list[tuple[str, str]] = [
     ("alerts", "keywatch.notify.service"),
     ("policies", "keywatch.engine.service"),
     ("usage", "keywatch.usage.service"),
-    ("rotation", "keywatch.rotation.service"),  # last: resumes rotations once alerts and policies are up
+    ("rotation", "keywatch.rotation.service"),  # resumes rotations once alerts and policies are up
+    ("leaks", "keywatch.leaks.service"),  # last: receivers open once containment has every part it uses
 ]

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import structlog
 
 from keywatch.domain import Alert, Event, ProbeResult, Signal, Transition
+from keywatch.web import Routes
 
 if TYPE_CHECKING:
     from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -179,6 +180,7 @@ class Runtime:
     board: SignalBoard = field(default_factory=SignalBoard)
     alerts: AlertBus = field(default_factory=AlertBus)
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    routes: Routes = field(default_factory=Routes)  # POST paths on the daemon's HTTP server (leak receivers)
     cycle_hooks: list[tuple[str, CycleHook]] = field(default_factory=list)
     transition_listeners: list[TransitionListener] = field(default_factory=list)
     background: list[asyncio.Task[Any]] = field(default_factory=list)

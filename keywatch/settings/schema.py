@@ -20,6 +20,7 @@ from pydantic import (
 )
 
 from keywatch.engine.policy_config import OutageSettings, PolicyConfig, SafetySettings, policy_problems
+from keywatch.leaks.config import LeaksSettings
 from keywatch.notify.config import AlertsConfig
 from keywatch.pools.config import Pools
 from keywatch.providers import registry
@@ -333,6 +334,9 @@ class Config(Strict):
     rotation: RotationSettings = Field(default_factory=RotationSettings, description="Key rotation: timers, limits")
     secret_stores: SecretStoreSettings = Field(
         default_factory=SecretStoreSettings, description="How aws-sm: and azure-kv: references reach their stores"
+    )
+    leaks: LeaksSettings = Field(
+        default_factory=LeaksSettings, description="Leak receivers and containment of exposed keys"
     )
 
     @model_validator(mode="after")

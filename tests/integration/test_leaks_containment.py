@@ -1,0 +1,37 @@
+"""Containment end to end: a GitHub secret scanning webhook for a managed key, with the default policies and
+a fleet whose dead keys already fill the blast radius, deactivates the key at the provider, takes it out of
+every pool and raises a critical alert naming the key, the source and where it was found."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from tests.integration.leaks_harness import start, stop
+
+
+async def test_github_webhook_contains_a_managed_key_despite_a_full_blast_radius(tmp_path: Path) -> None:
+    h = await start(tmp_path, 10, dead=3, tag="ACC")
+    try:
+        assert [h.admin(f"k{i}") for i in range(3)] == ["disabled"] * 3
+        assert h.pooled() == {f"k{i}" for i in range(3, 10)}
+        status, body = await h.github_leak("k5", 7, path="deploy/.env", line=3)
+        assert status == 202, body
+        await h.leaks.idle()
+        assert h.disabled_at_provider("k5")
+        assert h.admin("k5") == "disabled"
+        assert "k5" not in h.pooled()
+        [alert] = h.alerts_for("compromised:k5")
+        assert alert.firing and str(alert.severity) == "critical"
+        assert alert.fields["source"] == "github"
+        assert "acme/shop deploy/.env:3" in alert.fields["location"]
+        assert "deactivated at the provider" in alert.title
+        assert h.sample("keywatch_leak_reports_total", {"source": "github", "matched": "true"}) == 1
+        assert h.sample("keywatch_containment_seconds_count") == 1
+        # Later cycles neither undo it nor re-enable it.
+        await h.cycles(5)
+        assert h.admin("k5") == "disabled" and h.disabled_at_provider("k5")
+        events = await asyncio.to_thread(h.daemon.store.events, "k5")
+        assert not [e for e in events if e.kind == "action_done" and e.data.get("action") == "enable"]
+    finally:
+        await stop(h)
