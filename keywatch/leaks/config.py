@@ -72,9 +72,7 @@ class GenericReceiver(Strict):
 
 class LeaksSettings(Strict):
     github: GithubWebhook | None = Field(None, description="GitHub secret_scanning_alert webhooks (off when absent)")
-    github_partner: GithubPartner | None = Field(
-        None, description="GitHub secret scanning partner format (off when absent)"
-    )
+    partner: GithubPartner | None = Field(None, description="GitHub secret scanning partner format (off when absent)")
     generic: GenericReceiver | None = Field(None, description="Generic leak reports (off when absent)")
     max_body: int = Field(
         262144, ge=1024, le=16 * 1024 * 1024, description="Largest request body a receiver reads (bytes); more is 413"

@@ -88,12 +88,12 @@ class LeakService:
 
         s = _settings(self.rt)
         probe = self.rt.inventory.config.probe
-        if s.github is not None or s.github_partner is not None:
+        if s.github is not None or s.partner is not None:
             self._http = make_http_client(4, probe.timeout, probe.max_body)
         if s.github is not None and self.secrets.github_secret is not None:
             self._mount(s.github.path, "github", github_webhook(self, self.secrets.github_secret, s.max_body))
-        if s.github_partner is not None:
-            p = s.github_partner
+        if s.partner is not None:
+            p = s.partner
             keys = PublicKeys(
                 self._http,
                 p.public_keys_url,
@@ -349,7 +349,7 @@ class LeakService:
 
     # -- the cycle -------------------------------------------------------------------------------------
     async def on_cycle(self, report: CycleReport) -> None:
-        self.containment.publish_signal()
+        await self.containment.load()  # a `keywatch enable --compromised-ok` clears a mark from outside
         await self.signals.on_cycle(report)
         now = self.rt.clock()
         try:

@@ -127,7 +127,7 @@ def write_config(tmp: Path, sim_url: str, secrets: dict[str, str], extra: str, t
         f'webhook_secret = "env:KW_LEAK_{tag}_HOOK"',
         f'token = "env:KW_LEAK_{tag}_GH"',
         f'api_url = "{sim_url}/github"',
-        "[leaks.github_partner]",
+        "[leaks.partner]",
         f'public_keys_url = "{sim_url}/github/meta/public_keys/secret_scanning"',
         "[leaks.generic]",
         f'token = "env:KW_LEAK_{tag}_GEN"',

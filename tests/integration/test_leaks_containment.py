@@ -35,3 +35,31 @@ async def test_github_webhook_contains_a_managed_key_despite_a_full_blast_radius
         assert not [e for e in events if e.kind == "action_done" and e.data.get("action") == "enable"]
     finally:
         await stop(h)
+
+
+async def test_enable_of_a_compromised_key_needs_compromised_ok_and_records_who_and_why(tmp_path: Path, capsys) -> None:
+    from tests.integration.test_policy_harness import cli
+
+    h = await start(tmp_path, 3, tag="ENB")
+    try:
+        await h.cycles(1)
+        assert (await h.github_leak("k1", 9))[0] == 202
+        await h.leaks.idle()
+        assert h.disabled_at_provider("k1")
+        config = str(tmp_path / "keywatch.toml")
+        assert await asyncio.to_thread(cli, "enable", "k1", "-c", config) == 2
+        assert "k1 is compromised (reported by github at acme/shop" in capsys.readouterr().err
+        assert h.disabled_at_provider("k1")
+        code = await asyncio.to_thread(
+            cli, "enable", "k1", "-c", config, "--compromised-ok", "--by", "alice", "--reason", "rotated upstream"
+        )
+        assert code == 0
+        assert not h.disabled_at_provider("k1")
+        [c] = (await asyncio.to_thread(h.leaks.store.compromised, include_cleared=True)).values()
+        assert (c.cleared_by, c.cleared_reason) == ("operator:alice", "rotated upstream")
+        await h.cycles(2)  # the daemon reads the cleared mark: no policy disables the key again
+        assert h.admin("k1") == "active" and not h.disabled_at_provider("k1")
+        events = await asyncio.to_thread(h.daemon.store.events, "k1")
+        assert any(e.kind == "compromise_cleared" and e.actor == "operator:alice" for e in events)
+    finally:
+        await stop(h)
