@@ -117,13 +117,15 @@ class Containment:
             await self._held_back(key, e, now)
             return None
         c = Compromise(key.name, key.fingerprint, now, e.source, e.location, e.report)
-        try:
-            c = await asyncio.to_thread(self.store.mark_compromised, c)
-        except Exception as exc:  # the database is down: contain anyway, the report row catches up
-            log.error("compromise_write_failed", key=key.name, error=type(exc).__name__)
         self.compromised[key.name] = c
         self.publish_signal()
+        # The mark is written beside the provider call, not before it: the call does not wait for the disk.
+        marking = asyncio.ensure_future(asyncio.to_thread(self.store.mark_compromised, c))
         out = await self._deactivate(key, e)
+        try:
+            self.compromised[key.name] = await marking
+        except Exception as exc:  # the database is down: contained anyway; the report row says what happened
+            log.error("compromise_write_failed", key=key.name, error=type(exc).__name__)
         if out.provider_changed:
             self.metrics.containment.observe(max(0.0, time.monotonic() - e.received))
         if out.result in ("ok", "partial"):

@@ -37,8 +37,7 @@ class Refused(Exception):
 
 
 class Intake(Protocol):
-    async def delivery_is_new(self, source: str, delivery: str) -> bool: ...
-    async def github_alert(self, delivery: str, action: str, payload: dict[str, Any]) -> str: ...
+    async def github_alert(self, delivery: str, action: str, payload: dict[str, Any]) -> str | None: ...
     async def submit(self, items: list[Incoming]) -> list[str | None]: ...
     def refused(self, receiver: str, status: int) -> None: ...
 
@@ -121,10 +120,10 @@ def github_webhook(intake: Intake, secret: Secret, max_body: int) -> Callable[[w
         if not isinstance(number, int) or isinstance(number, bool) or number < 1:
             raise Refused(400, "body.alert.number: expected a positive integer")
         _str(repo, "full_name", "body.repository", limit=200)
-        if not await intake.delivery_is_new("github", delivery):
-            raise Refused(409, f"delivery {delivery[:64]} was already received (replay refused)")
         assert action is not None
         what = await intake.github_alert(delivery, action, payload)
+        if what is None:
+            raise Refused(409, f"delivery {delivery[:64]} was already received (replay refused)")
         return answer(202, what)
 
     return handle

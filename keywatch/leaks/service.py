@@ -81,6 +81,7 @@ class LeakService:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._paths: list[str] = []
         self._http: Any = None
+        self._fetching: set[str] = set()  # pending reports whose fetch is under way
 
     # -- set-up ---------------------------------------------------------------------------------------
     def mount(self) -> None:
@@ -137,9 +138,6 @@ class LeakService:
     def refused(self, receiver: str, status: int) -> None:
         self.metrics.refused.labels(receiver, str(status)).inc()
 
-    async def delivery_is_new(self, source: str, delivery: str) -> bool:
-        return await asyncio.to_thread(self.store.remember_delivery, source, delivery, self.rt.clock())
-
     def index(self) -> KeyIndex:
         inventory = self.rt.inventory
         if self._index is None or self._index[0] != id(inventory):
@@ -174,32 +172,31 @@ class LeakService:
             publicly_leaked=item.publicly_leaked,
             detail=item.detail,
         )
-        await asyncio.to_thread(self.store.save_report, report)
         self.metrics.reports.labels(item.source, "true" if key else "false").inc()
         if key is None:
+            await asyncio.to_thread(self.store.save_report, report)
             await self._unmanaged(item, report)
             return None
-        await self.rt.events.write(
-            Event(
-                now,
-                "leak_reported",
-                key,
-                "leaks",
-                f"{key} reported exposed by {item.source} at {item.location}",
-                {"source": item.source, "report": report.id, "confidence": item.confidence, "validity": item.validity},
-            )
+        # Containment starts at once, beside the report's write (which still ends before the answer).
+        exposure = Exposure(
+            key, item.source, item.location, item.confidence, report.id, received, item.validity, item.publicly_leaked
         )
+        self.spawn(self.containment.contain(exposure))
+        await asyncio.to_thread(self.store.save_report, report)
         self.spawn(
-            self.containment.contain(
-                Exposure(
+            self.rt.events.write(
+                Event(
+                    now,
+                    "leak_reported",
                     key,
-                    item.source,
-                    item.location,
-                    item.confidence,
-                    report.id,
-                    received,
-                    item.validity,
-                    item.publicly_leaked,
+                    "leaks",
+                    f"{key} reported exposed by {item.source} at {item.location}",
+                    {
+                        "source": item.source,
+                        "report": report.id,
+                        "confidence": item.confidence,
+                        "validity": item.validity,
+                    },
                 )
             )
         )
@@ -238,15 +235,18 @@ class LeakService:
         )
 
     # -- GitHub webhooks ------------------------------------------------------------------------------
-    async def github_alert(self, delivery: str, action: str, payload: dict[str, Any]) -> str:
+    async def github_alert(self, delivery: str, action: str, payload: dict[str, Any]) -> str | None:
+        """Record the delivery (None when it is a replay) and what it says."""
         alert, repo = payload["alert"], payload["repository"]["full_name"]
         number = alert["number"]
         ref = f"{repo}#{number}"
         now = self.rt.clock()
         if action == "resolved":
             resolution = alert.get("resolution") if isinstance(alert.get("resolution"), str) else None
-            await asyncio.to_thread(
-                self.store.save_report,
+            fresh = await asyncio.to_thread(
+                self.store.receive,
+                "github",
+                delivery,
                 LeakReport(
                     uuid.uuid4().hex,
                     now,
@@ -259,6 +259,8 @@ class LeakService:
                     detail={"alert": ref},
                 ),
             )
+            if not fresh:
+                return None
             await self.rt.events.write(
                 Event(
                     now,
@@ -271,6 +273,8 @@ class LeakService:
             )
             return f"alert {ref} resolution recorded (nothing is re-enabled)"
         if action not in ("created", "reopened", "validated", "publicly_leaked"):
+            if not await asyncio.to_thread(self.store.receive, "github", delivery, None):
+                return None
             return f"action {action[:40]} ignored"
         report = LeakReport(
             uuid.uuid4().hex,
@@ -286,11 +290,19 @@ class LeakService:
             publicly_leaked=alert.get("publicly_leaked") if isinstance(alert.get("publicly_leaked"), bool) else None,
             detail={"alert": ref, "repo": repo, "number": number},
         )
-        await asyncio.to_thread(self.store.save_report, report)
+        if not await asyncio.to_thread(self.store.receive, "github", delivery, report):
+            return None
+        self._fetching.add(report.id)
         self.spawn(self._fetch_and_process(report, time.monotonic()))
         return f"alert {ref} recorded"
 
     async def _fetch_and_process(self, report: LeakReport, received: float) -> None:
+        try:
+            await self._fetch_one(report, received)
+        finally:
+            self._fetching.discard(report.id)
+
+    async def _fetch_one(self, report: LeakReport, received: float) -> None:
         gh = _settings(self.rt).github
         token = self.secrets.github_token
         repo, number = report.detail["repo"], report.detail["number"]
@@ -358,7 +370,8 @@ class LeakService:
             log.warning("leak_reports_unavailable", error=type(exc).__name__)
             return
         for r in pending:
-            if r.source == "github" and "repo" in r.detail:
+            if r.source == "github" and "repo" in r.detail and r.id not in self._fetching:
+                self._fetching.add(r.id)
                 self.spawn(self._fetch_and_process(r, time.monotonic()))
         keep = timedelta(seconds=float(_settings(self.rt).forget_deliveries_after))
         try:

@@ -4,7 +4,7 @@ every write commits at once, so a report is durable before its receiver answers.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Engine, delete, select
@@ -67,11 +67,20 @@ class LeakStore:
         self.session = sessionmaker(engine, expire_on_commit=False)
 
     # -- deliveries -------------------------------------------------------------------------------------
-    def remember_delivery(self, source: str, delivery: str, at: datetime) -> bool:
-        """False when this delivery was received before (a replay)."""
+    def receive(self, source: str, delivery: str, report: LeakReport | None) -> bool:
+        """Remember the delivery and record its report in one transaction; False for a replay (nothing is
+        recorded then)."""
         try:
             with self.session.begin() as s:
-                s.add(LeakDeliveryRow(source=source, delivery=delivery, received_at=at))
+                s.add(
+                    LeakDeliveryRow(
+                        source=source,
+                        delivery=delivery,
+                        received_at=report.received_at if report is not None else datetime.now(UTC),
+                    )
+                )
+                if report is not None:
+                    s.add(_copy(report, LeakReportRow, _REPORT))
         except IntegrityError:
             return False
         return True
