@@ -17,7 +17,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -80,8 +80,18 @@ class Containment:
         self.publish_signal()
 
     def publish_signal(self) -> None:
+        """The board's `compromised` set, and the key states (so /metrics, the status page and `keywatch
+        status` show it; a probe's result overwrites the flag, the next cycle's call sets it again)."""
         names = {k.name for k in self.rt.inventory.keys}
-        self.rt.board.set(Signal.COMPROMISED, [k for k, c in self.compromised.items() if c.active and k in names])
+        active = {k: c for k, c in self.compromised.items() if c.active and k in names}
+        self.rt.board.set(Signal.COMPROMISED, active)
+        snapshot = self.rt.tracker.snapshot()
+        for name, c in active.items():
+            st = snapshot.get(name)
+            if st is not None and not st.compromised:
+                self.rt.tracker.set(
+                    replace(st, compromised=True, compromise_reason=f"reported by {c.source} at {c.location}"[:300])
+                )
 
     def _on_state(self, state: KeyState, actor: str, reason: str) -> None:
         cur = self.rt.tracker.snapshot().get(state.key)
@@ -217,7 +227,7 @@ class Containment:
                 provider=key.provider,
                 labels=dict(key.labels),
                 fields={
-                    "kind": "compromised",
+                    "kind": "containment_blocked",
                     "source": e.source,
                     "location": e.location,
                     "masked": key.masked,
@@ -276,12 +286,8 @@ def _short(out: Outcome) -> str:
 
 
 def _with_admin(st: KeyState, admin: AdminState) -> KeyState:
-    from dataclasses import replace
-
     return replace(st, admin_state=admin)
 
 
 def _contained(c: Compromise, at: datetime) -> Compromise:
-    from dataclasses import replace
-
     return replace(c, contained_at=c.contained_at or at)

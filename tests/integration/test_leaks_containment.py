@@ -28,8 +28,11 @@ async def test_github_webhook_contains_a_managed_key_despite_a_full_blast_radius
         assert "deactivated at the provider" in alert.title
         assert h.sample("keywatch_leak_reports_total", {"source": "github", "matched": "true"}) == 1
         assert h.sample("keywatch_containment_seconds_count") == 1
-        # Later cycles neither undo it nor re-enable it.
+        assert h.daemon.tracker.snapshot()["k5"].compromised
+        # Later cycles neither undo it nor re-enable it, and the key stays marked compromised.
         await h.cycles(5)
+        text = b"".join(h.daemon.metrics.exposition_chunks()).decode()
+        assert 'keywatch_key_compromised{key="k5",provider="openrouter"} 1.0' in text
         assert h.admin("k5") == "disabled" and h.disabled_at_provider("k5")
         events = await asyncio.to_thread(h.daemon.store.events, "k5")
         assert not [e for e in events if e.kind == "action_done" and e.data.get("action") == "enable"]
