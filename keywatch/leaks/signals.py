@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -70,7 +71,7 @@ class ProviderSignals:
         except NotSupported:
             return
         except ProviderActionError as exc:
-            if not getattr(exc, "permanent", False) or "no " not in str(exc).lower():
+            if not _gone(exc):
                 return  # the management API is down or refuses: no news about the key
             now = GONE
         except Exception:
@@ -114,6 +115,11 @@ class ProviderSignals:
                     await self.sink.provider_exposure(
                         key.name, "aws_health", f"AWS Health {HEALTH_EVENT} ({arn[-60:]})"
                     )
+
+
+def _gone(exc: ProviderActionError) -> bool:
+    """The provider's key list no longer has the key (as opposed to the management API failing)."""
+    return exc.permanent and (exc.status == 404 or bool(re.search(r": no \w+ key (?:matches|with id)", str(exc))))
 
 
 def _health_exposed(account: Any, endpoint: str | None) -> list[tuple[str, str]]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -83,7 +84,7 @@ class LeakHarness:
         return await self.post("/hooks/github/secret-scanning", body, headers)
 
 
-def write_config(tmp: Path, sim_url: str, secrets: dict[str, str], extra: str, tag: str) -> Path:
+def write_config(tmp: Path, sim_url: str, secrets: dict[str, str], extra: str, tag: str, leaks: str = "") -> Path:
     os.environ[f"KW_LEAK_{tag}_MGMT"] = MANAGEMENT
     os.environ[f"KW_LEAK_{tag}_HOOK"] = HOOK_SECRET
     os.environ[f"KW_LEAK_{tag}_GH"] = GITHUB_TOKEN
@@ -123,6 +124,7 @@ def write_config(tmp: Path, sim_url: str, secrets: dict[str, str], extra: str, t
         "",
         "[leaks]",
         "max_body = 65536",
+        leaks.replace("{sim}", sim_url),
         "[leaks.github]",
         f'webhook_secret = "env:KW_LEAK_{tag}_HOOK"',
         f'token = "env:KW_LEAK_{tag}_GH"',
@@ -135,11 +137,21 @@ def write_config(tmp: Path, sim_url: str, secrets: dict[str, str], extra: str, t
         "",
     ]
     path = tmp / "keywatch.toml"
-    path.write_text("\n".join(lines) + "\n" + extra)
+    path.write_text("\n".join(lines) + "\n" + extra.replace("{sim}", sim_url))
     return path
 
 
-async def start(tmp: Path, n: int = 10, *, dead: int = 0, extra: str = "", tag: str = "A") -> LeakHarness:
+async def start(
+    tmp: Path,
+    n: int = 10,
+    *,
+    dead: int = 0,
+    extra: str = "",
+    tag: str = "A",
+    prepare: Callable[[Simulator], None] | None = None,
+    leaks: str = "",
+) -> LeakHarness:
+    """`extra` is appended to the config, `leaks` goes into its [leaks] table; `{sim}` is the simulator's URL."""
     """`dead` keys answer 401 and are disabled by keywatch as dead (the built-in policy, and the store for
     any the blast radius holds back) before the test begins."""
     sim = Simulator()
@@ -149,7 +161,9 @@ async def start(tmp: Path, n: int = 10, *, dead: int = 0, extra: str = "", tag: 
         sim.set_key(s, "openrouter", "invalid" if i < dead else "healthy", hash=f"{i:02d}" + "ab" * 31, name=name)
     sim.set_key(MANAGEMENT, "openrouter", "healthy", admin=True)
     gh.data(sim.state)["token"] = GITHUB_TOKEN
-    path = write_config(tmp, sim.url or "", secrets, extra, tag)
+    if prepare is not None:
+        prepare(sim)
+    path = write_config(tmp, sim.url or "", secrets, extra, tag, leaks)
     daemon = Daemon(path, metrics=Metrics(CollectorRegistry()))
     await daemon.start()
     assert daemon.scheduler is not None
