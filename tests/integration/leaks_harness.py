@@ -4,6 +4,7 @@ in a file pool, against the in-process simulator (which also plays GitHub)."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -29,7 +30,7 @@ GENERIC_HMAC = "kw-leak-hmac-" + "z9" * 12
 
 
 def router_secret(i: int, tag: str) -> str:
-    return "sk-or-v1-" + f"{tag}{i:04d}".encode().hex().ljust(64, "0")[:64]
+    return "sk-or-v1-" + hashlib.sha256(f"{tag}{i:04d}".encode()).hexdigest()
 
 
 @dataclass
