@@ -48,23 +48,33 @@ def _settings(rt: Runtime) -> LeaksSettings:
 
 
 async def _resolve(rt: Runtime, s: LeaksSettings) -> Resolved:
-    from keywatch.settings.secrets import resolve
+    """The receivers' secrets; one that cannot be read refuses the start, naming the field (as a key's
+    secret does), and never runs a receiver without its secret."""
+    from keywatch.settings.loader import ConfigError
+    from keywatch.settings.secrets import SecretError, resolve
 
     cfg = rt.inventory.config
     allow = cfg.daemon.allow_literal_secrets
+    problems: list[str] = []
 
-    async def one(ref: str | None) -> Secret | None:
+    async def one(ref: str | None, where: str) -> Secret | None:
         if ref is None:
             return None
-        return await asyncio.to_thread(resolve, ref, allow_literal=allow, stores=cfg.secret_stores)
+        try:
+            return await asyncio.to_thread(resolve, ref, allow_literal=allow, stores=cfg.secret_stores)
+        except SecretError as exc:
+            problems.append(f"{where}: {exc}")
+            return None
 
     out = Resolved()
     if s.github is not None:
-        out.github_secret = await one(s.github.webhook_secret)
-        out.github_token = await one(s.github.token)
+        out.github_secret = await one(s.github.webhook_secret, "leaks.github.webhook_secret")
+        out.github_token = await one(s.github.token, "leaks.github.token")
     if s.generic is not None:
-        out.generic_token = await one(s.generic.token)
-        out.generic_hmac = await one(s.generic.hmac_secret)
+        out.generic_token = await one(s.generic.token, "leaks.generic.token")
+        out.generic_hmac = await one(s.generic.hmac_secret, "leaks.generic.hmac_secret")
+    if problems:
+        raise ConfigError(rt.inventory.source, problems)
     REGISTRY.add(x.reveal() for x in vars(out).values() if x is not None)
     return out
 

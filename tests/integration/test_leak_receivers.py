@@ -163,3 +163,22 @@ async def test_generic_reports_by_token_and_by_hmac(h) -> None:
     await h.leaks.idle()
     assert h.disabled_at_provider("k0") and h.disabled_at_provider("k1")
     assert h.alerts_for("compromised:k1")[0].fields["location"] == "siem: proxy log 2026-01-05"
+
+
+async def test_a_receiver_secret_that_cannot_be_read_refuses_the_start_naming_the_field(tmp_path: Path) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from keywatch.daemon import Daemon
+    from keywatch.metrics import Metrics
+    from keywatch.settings.loader import ConfigError
+
+    cfg = tmp_path / "keywatch.toml"
+    cfg.write_text(f'[daemon]\ndatabase = "sqlite:///{tmp_path / "kw.db"}"\nlisten = "127.0.0.1:0"\n'
+                   '[leaks.github]\nwebhook_secret = "env:KW_LEAK_NOT_SET_ANYWHERE"\n')
+    daemon = Daemon(cfg, metrics=Metrics(CollectorRegistry()))
+    try:
+        with pytest.raises(ConfigError) as err:
+            await daemon.start()
+        assert "leaks.github.webhook_secret" in str(err.value) and "KW_LEAK_NOT_SET_ANYWHERE" in str(err.value)
+    finally:
+        await daemon.shutdown()

@@ -66,3 +66,58 @@ async def test_enable_of_a_compromised_key_needs_compromised_ok_and_records_who_
         assert any(e.kind == "compromise_cleared" and e.actor == "operator:alice" for e in events)
     finally:
         await stop(h)
+
+
+async def test_a_report_whose_secret_cannot_be_fetched_yet_survives_a_restart(tmp_path: Path) -> None:
+    from keywatch.sim.routes import github as gh
+
+    h = await start(tmp_path, 3, tag="RST")
+    gh.data(h.sim.state)["token"] = "a token keywatch does not have"  # GitHub answers 401 for now
+    assert (await h.github_leak("k2", 5))[0] == 202
+    await h.leaks.idle()
+    assert not h.disabled_at_provider("k2")
+    [pending] = await asyncio.to_thread(h.leaks.store.reports, None, "pending")
+    await stop(h)
+    secret = h.secrets["k2"]
+    # After the restart GitHub answers (the same alert, in a new simulator); the report is taken up at once.
+    h = await start(tmp_path, 3, tag="RST", prepare=lambda sim: gh.plant_alert(sim.state, "acme/shop", 5, secret))
+    try:
+        await h.cycles(1)
+        await h.leaks.idle()
+        assert h.disabled_at_provider("k2")
+        [alert] = h.alerts_for("compromised:k2")
+        assert "alert #5" in alert.fields["location"]
+        [report] = [r for r in await asyncio.to_thread(h.leaks.store.reports) if r.id == pending.id]
+        assert (report.state, report.key) == ("matched", "k2")
+    finally:
+        await stop(h)
+
+
+async def test_pattern_only_reports_are_contained_up_to_their_ceiling_and_every_block_alerts(tmp_path: Path) -> None:
+    import hashlib
+    import json
+
+    from tests.integration.leaks_harness import GENERIC_TOKEN
+
+    h = await start(tmp_path, 5, tag="PAT", leaks="pattern_limit_per_hour = 2")
+    try:
+        await h.cycles(1)
+        findings = [{"fingerprint": hashlib.sha256(h.secrets[f"k{i}"].encode()).hexdigest(),
+                     "location": f"proxy log line {i}", "confidence": "pattern"} for i in range(4)]
+        status, answer = await h.post("/api/v1/leaks", json.dumps(findings).encode(),
+                                      {"Content-Type": "application/json", "Authorization": f"Bearer {GENERIC_TOKEN}"})
+        assert (status, answer["matched"]) == (202, 4)
+        await h.leaks.idle()
+        contained = sorted(n for n in h.secrets if h.disabled_at_provider(n))
+        blocked = sorted(a.key for a in h.alerts if a.identity.startswith("containment_blocked:"))
+        assert len(contained) == 2 and len(blocked) == 2 and not set(contained) & set(blocked)
+        assert all(str(a.severity) == "critical" for a in h.alerts if a.identity.startswith("containment_blocked:"))
+        assert h.sample("keywatch_containment_blocked_total", {"source": "generic"}) == 2
+        # An exact match is never held back by that ceiling.
+        exact = json.dumps({"secret": h.secrets["k4"], "location": "ci"}).encode()
+        assert (await h.post("/api/v1/leaks", exact, {"Content-Type": "application/json",
+                                                     "Authorization": f"Bearer {GENERIC_TOKEN}"}))[0] == 202
+        await h.leaks.idle()
+        assert h.disabled_at_provider("k4")
+    finally:
+        await stop(h)
