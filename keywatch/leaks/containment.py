@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("keywatch.leaks")
 ACTOR = "leaks"
+_FREE = asyncio.Lock()
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,9 @@ class Containment:
             log.error("compromise_write_failed", key=key.name, error=type(exc).__name__)
         if out.provider_changed:
             self.metrics.containment.observe(max(0.0, time.monotonic() - e.received))
-        if out.result in ("ok", "partial"):
+        # Contained when the provider side is done or cannot be done; a provider that failed (partial,
+        # failed) is asked again at the next cycle (`retry_uncontained`).
+        if out.result == "ok":
             at = self.rt.clock()
             self.compromised[key.name] = _contained(c, at)
             try:
@@ -152,6 +155,19 @@ class Containment:
         rotation = await self._rotate(key, e)
         await self._alert(key, e, out, rotation, now)
         return out
+
+    async def retry_uncontained(self) -> list[str]:
+        """Contain again every key marked compromised whose provider side is not done (the provider failed,
+        or the process died between the mark and the call)."""
+        names = {k.name for k in self.rt.inventory.keys}
+        todo = [
+            c
+            for k, c in self.compromised.items()
+            if c.active and c.contained_at is None and k in names and not self._locks.get(k, _FREE).locked()
+        ]
+        for c in todo:
+            await self.contain(Exposure(c.key, c.source, c.location, "exact", c.report, time.monotonic()))
+        return [c.key for c in todo]
 
     def _pattern_allowed(self, now: datetime) -> bool:
         while self._pattern_times and now - self._pattern_times[0] >= timedelta(hours=1):

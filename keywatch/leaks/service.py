@@ -373,6 +373,7 @@ class LeakService:
     async def on_cycle(self, report: CycleReport) -> None:
         await self.containment.load()  # a `keywatch enable --compromised-ok` clears a mark from outside
         await self.signals.on_cycle(report)
+        await self.containment.retry_uncontained()
         now = self.rt.clock()
         try:
             pending = await asyncio.to_thread(self.store.reports, None, "pending", 100)

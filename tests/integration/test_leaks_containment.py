@@ -121,3 +121,26 @@ async def test_pattern_only_reports_are_contained_up_to_their_ceiling_and_every_
         assert h.disabled_at_provider("k4")
     finally:
         await stop(h)
+
+
+async def test_a_provider_that_fails_the_deactivation_is_asked_again_at_the_next_cycle(tmp_path: Path) -> None:
+    from tests.integration.leaks_harness import MANAGEMENT
+
+    h = await start(tmp_path, 3, tag="RTY")
+    try:
+        await h.cycles(1)
+        h.sim.set_key(MANAGEMENT, "openrouter", "server_error", admin=True)  # the management API is down
+        assert (await h.github_leak("k1", 11))[0] == 202
+        await h.leaks.idle()
+        assert not h.disabled_at_provider("k1")
+        [alert] = h.alerts_for("compromised:k1")
+        assert "provider deactivation FAILED" in alert.title
+        assert "k1" not in h.pooled()  # out of every pool all the same
+        h.sim.set_key(MANAGEMENT, "openrouter", "healthy", admin=True)
+        await h.cycles(1)
+        await h.leaks.idle()
+        assert h.disabled_at_provider("k1")
+        assert "deactivated at the provider" in h.alerts_for("compromised:k1")[-1].title
+        assert h.sample("keywatch_containment_seconds_count") == 1
+    finally:
+        await stop(h)
