@@ -144,3 +144,40 @@ async def test_a_provider_that_fails_the_deactivation_is_asked_again_at_the_next
         assert h.sample("keywatch_containment_seconds_count") == 1
     finally:
         await stop(h)
+
+
+async def test_containment_starts_a_rotation_where_the_key_has_destinations(tmp_path: Path) -> None:
+    import os
+
+    from tests.integration.leaks_harness import router_secret
+
+    secret = router_secret(99, "ROT")
+    os.environ["KW_LEAK_ROT_RK"] = secret
+    dest = tmp_path / "rk.key"
+    dest.write_text(secret + "\n")
+    extra = f"""
+[[keys]]
+name = "rk"
+provider = "openrouter"
+secret = "file:{dest}"
+base_url = "{{sim}}/openrouter/api/v1"
+account = "or"
+publish = ["file:{dest}"]
+"""
+
+    def prepare(sim) -> None:
+        sim.set_key(secret, "openrouter", hash="99" + "cd" * 31, name="rk")
+
+    h = await start(tmp_path, 2, tag="ROT", extra=extra, prepare=prepare)
+    try:
+        await h.cycles(1)
+        h.secrets["rk"] = secret
+        assert (await h.github_leak("rk", 21))[0] == 202
+        await h.leaks.idle()
+        assert h.disabled_at_provider("rk")
+        [alert] = h.alerts_for("compromised:rk")
+        assert "rotation" in alert.fields["action"] and "started" in alert.fields["action"], alert.fields["action"]
+        events = await asyncio.to_thread(h.daemon.store.events, "rk")
+        assert any(e.kind.startswith("rotation") for e in events), [e.kind for e in events]
+    finally:
+        await stop(h)
