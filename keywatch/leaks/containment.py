@@ -74,10 +74,22 @@ class Containment:
 
     # -- the board ------------------------------------------------------------------------------------
     async def load(self) -> None:
+        """The marks as stored; one made here whose write failed stays (and is written again), so a
+        database that was down at the mark never lets the key look clean."""
         try:
-            self.compromised = await asyncio.to_thread(self.store.compromised)
+            stored = await asyncio.to_thread(self.store.compromised, include_cleared=True)
         except Exception as exc:
             log.warning("compromised_keys_unavailable", error=type(exc).__name__)
+            self.publish_signal()
+            return
+        unwritten = [c for k, c in self.compromised.items() if c.active and k not in stored]
+        for c in unwritten:
+            try:
+                stored[c.key] = await asyncio.to_thread(self.store.mark_compromised, c)
+            except Exception as exc:
+                log.warning("compromise_write_failed", key=c.key, error=type(exc).__name__)
+                stored[c.key] = c
+        self.compromised = {k: c for k, c in stored.items() if c.active}
         self.publish_signal()
 
     def publish_signal(self) -> None:

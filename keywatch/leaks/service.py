@@ -192,7 +192,10 @@ class LeakService:
             key, item.source, item.location, item.confidence, report.id, received, item.validity, item.publicly_leaked
         )
         self.spawn(self.containment.contain(exposure))
-        await asyncio.to_thread(self.store.save_report, report)
+        if report_id is None:
+            await asyncio.to_thread(self.store.save_report, report)
+        else:  # its row exists already (pending): the update need not hold anything up
+            self.spawn(asyncio.to_thread(self.store.save_report, report))
         self.spawn(
             self.rt.events.write(
                 Event(

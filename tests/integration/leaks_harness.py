@@ -85,7 +85,9 @@ class LeakHarness:
         return await self.post("/hooks/github/secret-scanning", body, headers)
 
 
-def write_config(tmp: Path, sim_url: str, secrets: dict[str, str], extra: str, tag: str, leaks: str = "") -> Path:
+def write_config(
+    tmp: Path, sim_url: str, secrets: dict[str, str], extra: str, tag: str, leaks: str = "", timeout: str = "2s"
+) -> Path:
     os.environ[f"KW_LEAK_{tag}_MGMT"] = MANAGEMENT
     os.environ[f"KW_LEAK_{tag}_HOOK"] = HOOK_SECRET
     os.environ[f"KW_LEAK_{tag}_GH"] = GITHUB_TOKEN
@@ -97,7 +99,7 @@ def write_config(tmp: Path, sim_url: str, secrets: dict[str, str], extra: str, t
         'listen = "127.0.0.1:0"',
         "[probe]",
         'interval = "1h"',
-        'timeout = "2s"',
+        f'timeout = "{timeout}"',
         "jitter = 0",
         "",
         "[[accounts]]",
@@ -151,10 +153,11 @@ async def start(
     tag: str = "A",
     prepare: Callable[[Simulator], None] | None = None,
     leaks: str = "",
+    timeout: str = "2s",
 ) -> LeakHarness:
-    """`extra` is appended to the config, `leaks` goes into its [leaks] table; `{sim}` is the simulator's URL."""
-    """`dead` keys answer 401 and are disabled by keywatch as dead (the built-in policy, and the store for
-    any the blast radius holds back) before the test begins."""
+    """`extra` is appended to the config, `leaks` goes into its [leaks] table; `{sim}` is the simulator's URL;
+    `timeout` is probe.timeout (provider calls too). `dead` keys answer 401 and are disabled by keywatch as
+    dead (the built-in policy, and the store for any the blast radius holds back) before the test begins."""
     sim = Simulator()
     await sim.start()
     secrets = {f"k{i}": router_secret(i, tag) for i in range(n)}
@@ -164,7 +167,7 @@ async def start(
     gh.data(sim.state)["token"] = GITHUB_TOKEN
     if prepare is not None:
         prepare(sim)
-    path = write_config(tmp, sim.url or "", secrets, extra, tag, leaks)
+    path = write_config(tmp, sim.url or "", secrets, extra, tag, leaks, timeout)
     daemon = Daemon(path, metrics=Metrics(CollectorRegistry()))
     await daemon.start()
     assert daemon.scheduler is not None
