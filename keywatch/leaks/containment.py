@@ -71,6 +71,8 @@ class Containment:
         self.compromised: dict[str, Compromise] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._pattern_times: deque[datetime] = deque()
+        self._publishing = False
+        self._publish_again = False
 
     # -- the board ------------------------------------------------------------------------------------
     async def load(self) -> None:
@@ -160,13 +162,29 @@ class Containment:
                 await asyncio.to_thread(self.store.mark_contained, key.name, at)
             except Exception as exc:
                 log.error("compromise_write_failed", key=key.name, error=type(exc).__name__)
-        try:
-            await immediate.publish_pools()
-        except Exception:
-            log.exception("pool_publish_failed", key=key.name)
+        await self._publish_pools()
         rotation = await self._rotate(key, e)
         await self._alert(key, e, out, rotation, now)
         return out
+
+    async def _publish_pools(self) -> None:
+        """Publish the pools now; containments arriving while a publication runs share the next one (the
+        board already excludes their keys), so a burst of reports is a few publications, not one each."""
+        if self._publishing:
+            self._publish_again = True
+            return
+        self._publishing = True
+        try:
+            while True:
+                self._publish_again = False
+                try:
+                    await immediate.publish_pools()
+                except Exception:
+                    log.exception("pool_publish_failed")
+                if not self._publish_again:
+                    return
+        finally:
+            self._publishing = False
 
     async def retry_uncontained(self) -> list[str]:
         """Contain again every key marked compromised whose provider side is not done (the provider failed,
