@@ -55,6 +55,7 @@ class Exposure:
     received: float = 0.0  # time.monotonic() at arrival: containment_seconds counts from here
     validity: str | None = None
     publicly_leaked: bool | None = None
+    since: datetime | None = None  # a retry: when the key was first marked
 
 
 class Containment:
@@ -141,7 +142,7 @@ class Containment:
         if e.confidence == "pattern" and not self._pattern_allowed(now):
             await self._held_back(key, e, now)
             return None
-        c = Compromise(key.name, key.fingerprint, now, e.source, e.location, e.report)
+        c = Compromise(key.name, key.fingerprint, e.since or now, e.source, e.location, e.report)
         self.compromised[key.name] = c
         self.publish_signal()
         # The mark is written beside the provider call, not before it: the call does not wait for the disk.
@@ -151,8 +152,9 @@ class Containment:
             self.compromised[key.name] = await marking
         except Exception as exc:  # the database is down: contained anyway; the report row says what happened
             log.error("compromise_write_failed", key=key.name, error=type(exc).__name__)
-        if out.provider_changed:
-            self.metrics.containment.observe(max(0.0, time.monotonic() - e.received))
+        if out.provider_changed:  # a retry counts from the first report, not from itself
+            took = (self.rt.clock() - e.since).total_seconds() if e.since else time.monotonic() - e.received
+            self.metrics.containment.observe(max(0.0, took))
         # Contained when the provider side is done or cannot be done; a provider that failed (partial,
         # failed) is asked again at the next cycle (`retry_uncontained`).
         if out.result == "ok":
@@ -196,7 +198,9 @@ class Containment:
             if c.active and c.contained_at is None and k in names and not self._locks.get(k, _FREE).locked()
         ]
         for c in todo:
-            await self.contain(Exposure(c.key, c.source, c.location, "exact", c.report, time.monotonic()))
+            await self.contain(
+                Exposure(c.key, c.source, c.location, "exact", c.report, time.monotonic(), since=c.since)
+            )
         return [c.key for c in todo]
 
     def _pattern_allowed(self, now: datetime) -> bool:

@@ -17,6 +17,10 @@ REPO = re.compile(r"^[A-Za-z0-9_.-]{1,100}/[A-Za-z0-9_.-]{1,100}$")
 class GithubError(Exception):
     """A GitHub call failed; the message names the call and the status, never the token."""
 
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
 
 def _headers(token: Secret | None) -> dict[str, str]:
     h = {"Accept": "application/vnd.github+json", "X-GitHub-Api-Version": "2022-11-28", "User-Agent": "keywatch"}
@@ -31,7 +35,7 @@ async def _get(http: httpx2.AsyncClient, url: str, token: Secret | None, what: s
     except Exception as exc:
         raise GithubError(f"{what}: {type(exc).__name__}") from None
     if r.status_code != 200:
-        raise GithubError(f"{what}: HTTP {r.status_code}")
+        raise GithubError(f"{what}: HTTP {r.status_code}", r.status_code)
     try:
         return r.json()
     except ValueError:

@@ -331,7 +331,17 @@ class LeakService:
             return
         try:
             data = await fetch_alert(self._http, gh.api_url, token, repo, number)
-        except GithubError as exc:  # kept pending: taken up again at the next cycle
+        except GithubError as exc:
+            if exc.status == 404:  # no such alert (or not visible to the token): nothing to fetch, ever
+                await asyncio.to_thread(
+                    self.store.update_report,
+                    report.id,
+                    state="unmatched",
+                    detail={**report.detail, "why": "GitHub has no such alert (HTTP 404)"},
+                )
+                log.warning("github_alert_not_found", alert=report.detail["alert"])
+                return
+            # kept pending: taken up again at the next cycle
             log.warning("github_alert_fetch_failed", alert=report.detail["alert"], error=str(exc))
             return
         value = data.get("secret")
