@@ -105,6 +105,8 @@ def github_webhook(intake: Intake, secret: Secret, max_body: int) -> Callable[[w
         delivery = request.headers.get("X-GitHub-Delivery", "")
         if event == "ping":
             return answer(200, "pong")
+        if event == "secret_scanning_alert_location":  # where, again: the alert itself carries what is used
+            return answer(202, "secret_scanning_alert_location ignored (the secret_scanning_alert is used)")
         if event != "secret_scanning_alert":
             raise Refused(400, f"event {event[:60]!r} is not handled here (only secret_scanning_alert)")
         if not delivery or len(delivery) > 128:
