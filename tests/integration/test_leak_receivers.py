@@ -173,8 +173,10 @@ async def test_a_receiver_secret_that_cannot_be_read_refuses_the_start_naming_th
     from keywatch.settings.loader import ConfigError
 
     cfg = tmp_path / "keywatch.toml"
-    cfg.write_text(f'[daemon]\ndatabase = "sqlite:///{tmp_path / "kw.db"}"\nlisten = "127.0.0.1:0"\n'
-                   '[leaks.github]\nwebhook_secret = "env:KW_LEAK_NOT_SET_ANYWHERE"\n')
+    cfg.write_text(
+        f'[daemon]\ndatabase = "sqlite:///{tmp_path / "kw.db"}"\nlisten = "127.0.0.1:0"\n'
+        '[leaks.github]\nwebhook_secret = "env:KW_LEAK_NOT_SET_ANYWHERE"\n'
+    )
     daemon = Daemon(cfg, metrics=Metrics(CollectorRegistry()))
     try:
         with pytest.raises(ConfigError) as err:

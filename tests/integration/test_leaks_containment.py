@@ -102,10 +102,19 @@ async def test_pattern_only_reports_are_contained_up_to_their_ceiling_and_every_
     h = await start(tmp_path, 5, tag="PAT", leaks="pattern_limit_per_hour = 2")
     try:
         await h.cycles(1)
-        findings = [{"fingerprint": hashlib.sha256(h.secrets[f"k{i}"].encode()).hexdigest(),
-                     "location": f"proxy log line {i}", "confidence": "pattern"} for i in range(4)]
-        status, answer = await h.post("/api/v1/leaks", json.dumps(findings).encode(),
-                                      {"Content-Type": "application/json", "Authorization": f"Bearer {GENERIC_TOKEN}"})
+        findings = [
+            {
+                "fingerprint": hashlib.sha256(h.secrets[f"k{i}"].encode()).hexdigest(),
+                "location": f"proxy log line {i}",
+                "confidence": "pattern",
+            }
+            for i in range(4)
+        ]
+        status, answer = await h.post(
+            "/api/v1/leaks",
+            json.dumps(findings).encode(),
+            {"Content-Type": "application/json", "Authorization": f"Bearer {GENERIC_TOKEN}"},
+        )
         assert (status, answer["matched"]) == (202, 4)
         await h.leaks.idle()
         contained = sorted(n for n in h.secrets if h.disabled_at_provider(n))
@@ -115,8 +124,11 @@ async def test_pattern_only_reports_are_contained_up_to_their_ceiling_and_every_
         assert h.sample("keywatch_containment_blocked_total", {"source": "generic"}) == 2
         # An exact match is never held back by that ceiling.
         exact = json.dumps({"secret": h.secrets["k4"], "location": "ci"}).encode()
-        assert (await h.post("/api/v1/leaks", exact, {"Content-Type": "application/json",
-                                                     "Authorization": f"Bearer {GENERIC_TOKEN}"}))[0] == 202
+        assert (
+            await h.post(
+                "/api/v1/leaks", exact, {"Content-Type": "application/json", "Authorization": f"Bearer {GENERIC_TOKEN}"}
+            )
+        )[0] == 202
         await h.leaks.idle()
         assert h.disabled_at_provider("k4")
     finally:
