@@ -287,7 +287,7 @@ class Daemon:
         configured_db = inventory.config.daemon.database
         check_database_location(inventory.source, configured_db, configured_db or default_database_url())
         listen = inventory.config.daemon.listen
-        web = WebServer(listen, self.metrics.exposition_chunks, self.readiness)
+        web = WebServer(listen, self.metrics.exposition_chunks, self.readiness, routes=self.runtime.routes)
         web.add_status_page(StatusPage(self._page_source()), self._status_token(inventory))
         try:
             await web.start()  # before the database: /healthz answers while a slow database connects

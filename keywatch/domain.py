@@ -191,7 +191,7 @@ class Signal(StrEnum):
 
     BUDGET_EXHAUSTED = "budget_exhausted"  # keywatch's own budget for the key is spent
     COMPROMISED = "compromised"  # exposed: the provider says so (AWS quarantine) or a leak report matched
-    # usage far above the key's own baseline (leaks.anomaly): a warning; unlike the others it keeps the key
+    # usage far above the key's own baseline (usage.anomaly): a warning; unlike the others it keeps the key
     # in its pools, and acts only through a policy that names it
     USAGE_ANOMALY = "usage_anomaly"
 

@@ -12,8 +12,11 @@ cycle, and closes them in the reverse order. The order matters:
 3. usage: pulls usage, evaluates budgets and raises or clears `budget_exhausted` for the next cycle.
 4. leak_scan: scheduled scans of the `[scan]` paths; raises `compromised` for the next cycle (a job of
    its own, off without paths).
-5. rotation: last, so the alerts it raises reach the pipeline and the `rotate` action it serves is
+5. rotation: so the alerts it raises reach the pipeline and the `rotate` action it serves is
    registered; at start it resumes the rotations in flight (docs/rotation.md).
+6. leaks: last, so the receivers it mounts on the HTTP server only take reports once containment can use
+   everything it needs (the engine's pool publication, the rotation starter, the alert pipeline); its
+   cycle hook runs after the policies', and containment never waits for a cycle anyway.
 
 Adding a capability is adding a module and one line here.
 """
@@ -25,5 +28,6 @@ DAEMON_CAPABILITIES: list[tuple[str, str]] = [
     ("policies", "keywatch.engine.service"),
     ("usage", "keywatch.usage.service"),
     ("leak_scan", "keywatch.leaks.scan_service"),  # scheduled scans: compromised keys for the next cycle
-    ("rotation", "keywatch.rotation.service"),  # last: resumes rotations once alerts and policies are up
+    ("rotation", "keywatch.rotation.service"),  # resumes rotations once alerts and policies are up
+    ("leaks", "keywatch.leaks.service"),  # last: receivers open once containment has every part it uses
 ]

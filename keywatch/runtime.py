@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import structlog
 
 from keywatch.domain import Alert, Event, ProbeResult, Signal, Transition
+from keywatch.web import Routes
 
 if TYPE_CHECKING:
     from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -54,11 +55,16 @@ class SignalBoard:
 
     def __init__(self) -> None:
         self._keys: dict[Signal, frozenset[str]] = {}
+        self._by: dict[Signal, dict[str, frozenset[str]]] = {}  # signal -> raiser -> its keys
         self._outages: dict[str, datetime] = {}
 
-    def set(self, signal: Signal, keys: Iterable[str]) -> None:
-        """The keys carrying `signal` now (replaces the previous set: the raiser owns the whole set)."""
-        self._keys[signal] = frozenset(keys)
+    def set(self, signal: Signal, keys: Iterable[str], *, by: str = "") -> None:
+        """The keys carrying `signal` now, as raised by `by` (replaces that raiser's previous set). Several
+        raisers may raise one signal (the leak receivers and the scheduled scans both raise `compromised`):
+        a key carries it while any of them raises it."""
+        raisers = self._by.setdefault(signal, {})
+        raisers[by] = frozenset(keys)
+        self._keys[signal] = frozenset().union(*raisers.values())
 
     def keys_with(self, signal: Signal) -> frozenset[str]:
         return self._keys.get(signal, frozenset())
@@ -179,6 +185,7 @@ class Runtime:
     board: SignalBoard = field(default_factory=SignalBoard)
     alerts: AlertBus = field(default_factory=AlertBus)
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    routes: Routes = field(default_factory=Routes)  # POST paths on the daemon's HTTP server (leak receivers)
     cycle_hooks: list[tuple[str, CycleHook]] = field(default_factory=list)
     transition_listeners: list[TransitionListener] = field(default_factory=list)
     background: list[asyncio.Task[Any]] = field(default_factory=list)

@@ -1,7 +1,8 @@
 """The one HTTP server: /metrics, /healthz (alive), /readyz (config loaded, database reachable, first cycle done),
 and the read-only status page at / (keywatch/statuspage.py renders it).
 
-Other parts (webhook receivers) add routes to the same app before it starts.
+Other parts (the leak receivers) mount handlers on its `Routes` at any time, also after it started (the
+capabilities start after the server): each one a POST path of its own, unmounted when they close.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import errno
 import hmac
 import itertools
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -26,6 +27,30 @@ RenderFn = Callable[[], Iterator[bytes]]
 BATCH = 16  # chunks rendered per trip to the worker thread
 
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Routes:
+    """POST handlers mounted by path while the server runs (aiohttp's own router is frozen at start)."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, Handler] = {}
+
+    def mount(self, path: str, handler: Handler) -> None:
+        if path in self._handlers:
+            raise ValueError(f"{path} is already served by another receiver")
+        self._handlers[path] = handler
+
+    def unmount(self, path: str) -> None:
+        self._handlers.pop(path, None)
+
+    def get(self, path: str) -> Handler | None:
+        return self._handlers.get(path)
+
+    def paths(self) -> list[str]:
+        return sorted(self._handlers)
+
+
 class ListenError(Exception):
     """The server cannot listen on its address (in use, not this host's, a name that does not resolve)."""
 
@@ -36,7 +61,7 @@ class ListenError(Exception):
 
 
 class WebServer:
-    def __init__(self, listen: str, render: RenderFn, ready: ReadyFn) -> None:
+    def __init__(self, listen: str, render: RenderFn, ready: ReadyFn, routes: Routes | None = None) -> None:
         host, _, port = listen.rpartition(":")
         self.host = host.strip("[]")
         self.port = int(port)
@@ -50,6 +75,7 @@ class WebServer:
         self.bound_port: int | None = None
         self._page: StatusPage
         self._token: Secret | None = None
+        self.routes = routes or Routes()
 
     def add_status_page(self, page: StatusPage, token: Secret | None) -> None:
         """Serve `page` at `/`. Off loopback it answers only with `token` (Bearer, or as a Basic password)."""
@@ -87,7 +113,25 @@ class WebServer:
         return web.Response(status=401, text="The status page needs daemon.status_token.\n",
                             headers={**PAGE_HEADERS, "WWW-Authenticate": 'Basic realm="keywatch", charset="UTF-8"'})
 
+    async def _mounted(self, request: web.Request) -> web.StreamResponse:
+        handler = self.routes.get(request.path)
+        if handler is None:
+            raise web.HTTPNotFound()
+        if request.method != "POST":
+            raise web.HTTPMethodNotAllowed(request.method, ["POST"])
+        try:
+            return await handler(request)
+        except web.HTTPException:
+            raise
+        except Exception:  # a receiver's bug answers 500 without a trace of the request in the answer
+            import structlog
+
+            structlog.get_logger("keywatch.web").exception("receiver_failed", path=request.path)
+            return web.Response(status=500, text="internal error\n")
+
     async def start(self) -> None:
+        # Last, so every fixed route (and the status page at /) is matched first.
+        self.app.router.add_route("*", "/{tail:.*}", self._mounted)
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)

@@ -29,8 +29,11 @@ ADMIN_FAILED = "the change failed, was partial or a dry run (the message says)"
 def add_commands(sub: Any) -> None:
     _add_admin(sub, "disable", cmd_disable, "disable a key (operator decision; keywatch never re-enables it)",
                {"required": True}, "do not deactivate the key at the provider, only take it out of keywatch's pools")
-    _add_admin(sub, "enable", cmd_enable, "enable a key again (operator decision)",
-               {"default": "enabled by operator"}, "do not re-activate the key at the provider")
+    p = _add_admin(sub, "enable", cmd_enable, "enable a key again (operator decision)",
+                   {"default": "enabled by operator"}, "do not re-activate the key at the provider")
+    p.add_argument("--compromised-ok", action="store_true",
+                   help="enable a key marked compromised (a leak report or the provider said it is exposed); "
+                   "clears the mark, recording who (--by) and why (--reason)")
 
     p = add_command(sub, "events", cmd_events, "the audit trail: actions, outages, pool changes, with actor and reason")
     p.add_argument("--key", metavar="NAME", help="only events about this key")
@@ -40,13 +43,14 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
-def _add_admin(sub: Any, name: str, handler: Any, help: str, reason: dict[str, Any], keywatch_only: str) -> None:
+def _add_admin(sub: Any, name: str, handler: Any, help: str, reason: dict[str, Any], keywatch_only: str) -> Any:
     """`disable` and `enable`: the same arguments; `reason` is required, or has a default."""
     p = add_command(sub, name, handler, help, attention=ADMIN_FAILED)
     p.add_argument("key", metavar="KEY", help="key name")
     p.add_argument("--reason", **reason, help="why (recorded in the audit trail)")
     p.add_argument("--keywatch-only", action="store_true", help=keywatch_only)
     p.add_argument("--by", default=None, help="who (default: the current user)")
+    return p
 
 
 def _operator(by: str | None) -> str:
@@ -79,6 +83,8 @@ def _admin(args: argparse.Namespace, what: str) -> int:
         raise CliError(exc.args[0]) from None
     store = open_store(inventory.config, migrate=True)
     try:
+        if what == "enable":
+            _compromise_check(store, key.name, _operator(args.by), args.reason, args.compromised_ok)
         out = asyncio.run(
             _admin_async(inventory, store, key, what, _operator(args.by), args.reason, not args.keywatch_only)
         )
@@ -89,6 +95,33 @@ def _admin(args: argparse.Namespace, what: str) -> int:
         print(f"{key.name}: to enable it on keywatch's side only (back into its pools; the provider is not "
               f"asked): keywatch enable --keywatch-only -c {args.config} {key.name}")
     return EXIT_OK if out.result in ("ok", "noop") else EXIT_ATTENTION
+
+
+def _compromise_check(store: Any, name: str, actor: str, reason: str, ok: bool) -> None:
+    """A compromised key comes back only with --compromised-ok, which clears the mark with who and why."""
+    from keywatch.domain import Event
+    from keywatch.leaks.store import LeakStore
+
+    leaks = LeakStore(store.engine)
+    marked = leaks.compromised().get(name)
+    state = store.load_states().get(name)
+    flagged = state is not None and state.compromised
+    if marked is None and not flagged:
+        return
+    source = f"{marked.source} at {marked.location}" if marked else (state.compromise_reason or "the provider")
+    if not ok:
+        raise CliError(f"{name} is compromised (reported by {source}); nothing automatic re-enables it. If it is "
+                       f"safe again (rotated, or a false positive), run: keywatch enable {name} --compromised-ok "
+                       '--reason "why"')
+    now = datetime.now(UTC)
+    if marked is not None:
+        leaks.clear(name, actor, reason, now)
+    store.record_events([Event(now, "compromise_cleared", name, actor,
+                               f"{name}: compromise ({source}) cleared by {actor}: {reason}",
+                               {"source": marked.source if marked else "provider", "reason": reason})])
+    if flagged and marked is None:
+        print(f"{name}: the provider still flags it ({state.compromise_reason}); remove that first or the next "
+              "probe marks it compromised again")
 
 
 async def _admin_async(

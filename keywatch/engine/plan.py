@@ -98,6 +98,9 @@ class Builder:
         tag = tag_of(d)
         if action.admin and view.operator_holds:
             self.skipped.append(Skipped(d, "a person's decision stands"))
+        elif action.restores_key and "compromised" in view.all_signals:
+            self.skipped.append(Skipped(d, "compromised: only a person re-enables it (keywatch enable "
+                                           "--compromised-ok)"))
         elif not action.needed(d.action, view):
             self.skipped.append(Skipped(d, "already done"))
         elif (action.once_per_match or d.dry_run) and not self.first(d):
@@ -148,6 +151,7 @@ def plan_cycle(inputs: CycleInputs) -> CyclePlan:
     run, blocked = apply_limits(
         builder.wanted, ledger=inputs.ledger, now=inputs.now, policy_limits=limits, fleet_size=inputs.fleet_size,
         disabled_by_keywatch=disabled, max_disabled_percent=safety.max_disabled_percent,
+        contained=frozenset(k for k, v in inputs.views.items() if "compromised" in v.all_signals),
     )
     streaks = frozenset(tag_of(d) for d in decisions)
     return CyclePlan(

@@ -229,11 +229,15 @@ def apply_limits(
     fleet_size: int,
     disabled_by_keywatch: int,
     max_disabled_percent: float,
+    contained: frozenset[str] = frozenset(),
 ) -> tuple[list[Decision], list[Blocked]]:
     """Split wanted actions into allowed and blocked by the blast-radius catches.
 
     The fleet share is checked for the cycle as a whole: if this cycle's disables would take keywatch
     past the limit, none of them runs. A broken adapter calling every key invalid so disables nothing.
+
+    Keys in `contained` (compromised) are exempt: taking an exposed key out of service is containment, not
+    housekeeping, and has its own ceiling where the signal is raised (keywatch.leaks).
     """
     allowed: list[Decision] = []
     blocked: list[Blocked] = []
@@ -241,12 +245,12 @@ def apply_limits(
     from keywatch.engine import actions
 
     removes = {d.kind for d in decisions if actions.get(d.kind).removes_key}
-    new_disabled = {d.key for d in live if d.kind in removes}
+    new_disabled = {d.key for d in live if d.kind in removes and d.key not in contained}
     limit = disable_limit(fleet_size, max_disabled_percent)
     over_fleet = bool(new_disabled) and disabled_by_keywatch + len(new_disabled) > limit
     pending: dict[str, int] = {}
     for d in decisions:
-        if d.dry_run or not counted(d):
+        if d.dry_run or not counted(d) or (d.key in contained and d.kind in removes):
             allowed.append(d)
             continue
         if over_fleet and d.kind in removes:

@@ -19,7 +19,7 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from keywatch.domain import AdminInfo, Alert, Event, KeyState, Severity
-from keywatch.engine import actions
+from keywatch.engine import actions, immediate
 from keywatch.engine import outage as outage_mod
 from keywatch.engine.executor import Executor
 from keywatch.engine.model import ActionRequest, AlertWish, Decision, KeyView, Outcome
@@ -86,6 +86,7 @@ class PolicyEngine:
                                  on_state=self._on_state)
         self.last_plan: CyclePlan | None = None
         self.outcomes: dict[tuple[str, str], list[str]] = {}  # this cycle's actions, in title words
+        self._publishing = asyncio.Lock()
 
     # -- plumbing ----------------------------------------------------------------------------------------
     def _on_state(self, state: KeyState, actor: str, reason: str) -> None:
@@ -133,6 +134,7 @@ class PolicyEngine:
             log.warning("action_ledger_unavailable", error=type(exc).__name__)
 
     async def aclose(self) -> None:
+        immediate.attach(None)
         await self.pools.aclose()
 
     # -- the cycle ---------------------------------------------------------------------------------------
@@ -164,10 +166,18 @@ class PolicyEngine:
         if cfg.pools:
             await self._publish(cfg, inventory, plan, now)
 
-    async def _publish(self, cfg: Any, inventory: Any, plan: CyclePlan, now: datetime) -> None:
-        snapshot = self.rt.tracker.snapshot()
-        signals = self.rt.board.as_map()
-        changes = await self.pools.publish_all(cfg.pools, inventory.keys, snapshot, signals, plan.holds)
+    async def publish_now(self) -> None:
+        """Publish the pools between cycles (a key just contained leaves them at once)."""
+        inventory = self.rt.inventory
+        if inventory.config.pools:
+            await self._publish(inventory.config, inventory, self.last_plan, self.rt.clock())
+
+    async def _publish(self, cfg: Any, inventory: Any, plan: CyclePlan | None, now: datetime) -> None:
+        async with self._publishing:
+            snapshot = self.rt.tracker.snapshot()
+            signals = self.rt.board.as_map()
+            changes = await self.pools.publish_all(cfg.pools, inventory.keys, snapshot, signals,
+                                                   plan.holds if plan is not None else None)
         for pool, (joined, left) in changes.items():
             parts = [f"+{n}" for n in joined] + [
                 f"-{n} ({snapshot[n].health}, {snapshot[n].admin_state})" if n in snapshot else f"-{n}"
@@ -398,6 +408,7 @@ async def setup(rt: Runtime) -> PolicyEngine:
     engine = PolicyEngine(rt, PolicyMetrics(rt.registry))
     await engine.load()
     rt.on_cycle("policies", engine.on_cycle)
+    immediate.attach(engine.publish_now)
     cfg = rt.inventory.config
     policies = effective_policies(list(cfg.policies), cfg.safety)
     log.info("policies_ready", policies=[p.name for p in policies], pools=[p.name for p in cfg.pools],

@@ -69,7 +69,6 @@ class ScanService:
         self.rt = rt
         self.exposed: dict[str, set[str]] = {}  # key (or account:NAME) -> fingerprints of its secrets found
         self.unmanaged: set[str] = set()  # fingerprints of the unmanaged keys of the last scan
-        self._raised: frozenset[str] | set[str] = frozenset()  # the keys this capability put on the board
         self._restored = False
         self.last: ScanReport | None = None
         self._matcher: tuple[Any, SecretMatcher] | None = None
@@ -158,9 +157,7 @@ class ScanService:
         whose secret changed since (rotated) no longer carries it; nothing else takes it away."""
         current = {k.name: key_fingerprints(k) for k in self.rt.inventory.keys}
         active = {k for k, fps in self.exposed.items() if fps & current.get(k, set())}
-        board = self.rt.board
-        board.set(Signal.COMPROMISED, (board.keys_with(Signal.COMPROMISED) - self._raised) | active)
-        self._raised = active
+        self.rt.board.set(Signal.COMPROMISED, active, by="leak_scan")
 
     async def _managed(self, findings: list[Finding], now: datetime) -> None:
         self._restore()

@@ -268,6 +268,8 @@ SEVERITIES = {
     "KeywatchRotationFailed": Severity.CRITICAL,
     "KeywatchRotationDue": Severity.WARNING,
     "KeywatchSecretStore": Severity.WARNING,
+    "KeywatchLeakUnmanaged": Severity.WARNING,
+    "KeywatchContainmentBlocked": Severity.CRITICAL,
 }
 
 

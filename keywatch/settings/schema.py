@@ -20,6 +20,7 @@ from pydantic import (
 )
 
 from keywatch.engine.policy_config import OutageSettings, PolicyConfig, SafetySettings, policy_problems
+from keywatch.leaks.config import LeaksSettings
 from keywatch.leaks.scan_config import ScanSettings
 from keywatch.notify.config import AlertsConfig
 from keywatch.pools.config import Pools
@@ -336,6 +337,9 @@ class Config(Strict):
         default_factory=SecretStoreSettings, description="How aws-sm: and azure-kv: references reach their stores"
     )
     scan: ScanSettings = Field(default_factory=ScanSettings, description="Paths scanned for keys on a schedule")
+    leaks: LeaksSettings = Field(
+        default_factory=LeaksSettings, description="Leak receivers and containment of exposed keys"
+    )
 
     @model_validator(mode="after")
     def _cross_references(self) -> Config:

@@ -19,9 +19,9 @@ from typing import Any
 import structlog
 
 from keywatch.domain import Alert, Event, Severity, Signal
-from keywatch.leaks import anomaly
 from keywatch.providers import registry
 from keywatch.runtime import Runtime
+from keywatch.usage import anomaly
 from keywatch.usage import budgets as bmod
 from keywatch.usage.collectors import keyreport
 from keywatch.usage.collectors.base import PullContext, Source
@@ -223,7 +223,7 @@ class UsageService:
         return await keyreport.pull_balance(ctx, src, await asyncio.to_thread(history))
 
     async def watch_anomalies(self, now: datetime) -> list[anomaly.Anomaly]:
-        """Each key's recent hours against its own baseline (leaks.anomaly): warning alerts and the
+        """Each key's recent hours against its own baseline (usage.anomaly): warning alerts and the
         usage_anomaly signal. The database being down keeps the last verdict."""
         inventory = self.rt.inventory
         threshold = settings_of(inventory.config).anomaly_threshold

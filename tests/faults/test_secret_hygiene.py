@@ -307,3 +307,138 @@ url = "env:KW_HOOK"
     figure("rotation secret hygiene", f"{len(channels)} channels checked during and after a rotation done and one "
            "rolled back (debug log, /metrics, SQLite file and WAL, alert payloads, rotations, rotate, events), "
            f"{len(secrets)} secrets (old, new, management), leaks found = 0")
+async def test_no_reported_secret_nor_part_of_one_leaves_keywatch_through_the_leak_receivers(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], figure
+) -> None:
+    """Leak reports carry secrets by nature: managed ones (contained), unmanaged ones (recorded as unmanaged
+    leaks), quoted even in where they were found; the receivers' own secrets sign them. None of them, nor 8
+    characters in a row of one, shows in the receivers' answers, the alerts, the log, /metrics, the SQLite
+    file and WAL, `keywatch events` or `keywatch status --json`."""
+    import asyncio
+    import hashlib
+    import hmac as hmac_mod
+
+    from keywatch.sim.routes import github as gh
+    from tests.integration import leaks_harness as lh
+
+    h = await lh.start(tmp_path, 4, tag="HYG")
+    strangers = {
+        "github stranger": "sk-or-v1-" + token(n=64).lower(),
+        "partner stranger": token("sk-ant-api03-", 60),
+        "generic stranger": token("sk-proj-", 48),
+    }
+    answers: list[str] = []
+    try:
+        await h.cycles(1)
+        reader = sqlite3.connect(tmp_path / "kw.db")
+        # A managed key and a stranger reported by GitHub, the secret also in the path where it was found.
+        for n, secret in enumerate([h.secrets["k1"], strangers["github stranger"]]):
+            payload = gh.plant_alert(h.sim.state, "acme/shop", n + 1, secret, path=f"env/{secret}.txt")
+            answers.append(
+                json.dumps(await h.post("/hooks/github/secret-scanning", *gh.webhook(lh.HOOK_SECRET, payload)))
+            )
+        tokens = [
+            {"token": h.secrets["k2"], "type": "openrouter_api_key", "url": f"https://x/{h.secrets['k2']}"},
+            {"token": strangers["partner stranger"], "type": "anthropic_api_key", "source": "content"},
+        ]
+        answers.append(json.dumps(await h.post("/hooks/github/partner", *gh.partner_report(h.sim.state, tokens))))
+        finding = json.dumps(
+            [
+                {
+                    "secret": strangers["generic stranger"],
+                    "location": f"ci log: OPENAI_API_KEY={strangers['generic stranger']}",
+                },
+                {"secret": h.secrets["k3"], "location": f"siem: Authorization: Bearer {h.secrets['k3']}"},
+            ]
+        ).encode()
+        sig = "sha256=" + hmac_mod.new(lh.GENERIC_HMAC.encode(), finding, hashlib.sha256).hexdigest()
+        answers.append(
+            json.dumps(
+                await h.post(
+                    "/api/v1/leaks", finding, {"Content-Type": "application/json", "X-Keywatch-Signature-256": sig}
+                )
+            )
+        )
+        # Refusals quote nothing of what they were sent.
+        answers.append(
+            json.dumps(
+                await h.post(
+                    "/api/v1/leaks",
+                    finding,
+                    {"Content-Type": "application/json", "Authorization": f"Bearer {finding[:40]!r}"},
+                )
+            )
+        )
+        answers.append(
+            json.dumps(
+                await h.post(
+                    "/api/v1/leaks",
+                    b'{"secret": "' + h.secrets["k0"].encode(),
+                    {"Content-Type": "application/json", "Authorization": f"Bearer {lh.GENERIC_TOKEN}"},
+                )
+            )
+        )
+        await h.leaks.idle()
+        await h.cycles(1)
+        assert all(h.disabled_at_provider(k) for k in ("k1", "k2", "k3")) and not h.disabled_at_provider("k0")
+        assert len([a for a in h.alerts if a.identity.startswith("leak_unmanaged:")]) == 3
+        channels: dict[str, str | bytes] = {
+            "receiver answers": "\n".join(answers),
+            "alerts": json.dumps([[a.identity, a.title, a.summary, a.fields, a.labels] for a in h.alerts]),
+            "/metrics": b"".join(h.daemon.metrics.exposition_chunks()).decode(),
+        }
+        wal = Path(f"{tmp_path / 'kw.db'}-wal")
+        channels["sqlite WAL (daemon running)"] = wal.read_bytes() if wal.exists() else b""
+        reader.close()
+    finally:
+        await lh.stop(h)
+    channels["sqlite file"] = (tmp_path / "kw.db").read_bytes()
+    env = {**os.environ}
+    for name, argv in {
+        "keywatch events": ("events", "--since", "1h"),
+        "keywatch status --json": ("status", "--json"),
+    }.items():
+        out = await asyncio.to_thread(keywatch, *argv, "-c", str(tmp_path / "keywatch.toml"), env=env)
+        assert "Traceback" not in out.stdout + out.stderr, out.stderr
+        channels[name] = out.stdout + out.stderr
+    assert "unmanaged leak" in channels["keywatch events"] and "compromised" in channels["keywatch status --json"]
+    out, err = capfd.readouterr()
+    channels["log"] = out + err
+    secrets = {
+        **{f"managed {k}": v for k, v in h.secrets.items()},
+        **strangers,
+        "webhook secret": lh.HOOK_SECRET,
+        "github token": lh.GITHUB_TOKEN,
+        "generic token": lh.GENERIC_TOKEN,
+        "generic hmac": lh.GENERIC_HMAC,
+        "management key": lh.MANAGEMENT,
+    }
+    found = {
+        name: beyond_prefix(text.decode(errors="replace") if isinstance(text, bytes) else text, secrets)
+        for name, text in channels.items()
+    }
+    found = {k: v for k, v in found.items() if v}
+    assert not found, found
+    figure(
+        "leak secret hygiene",
+        f"{len(channels)} channels checked after GitHub, partner and generic reports "
+        f"({len(secrets)} secrets: managed keys, unmanaged leaked ones quoted in their locations, the "
+        "receivers' secrets), leaks found = 0",
+    )
+
+
+def beyond_prefix(text: str, secrets: dict[str, str]) -> list[str]:
+    """As `leaks`, but a window inside the public prefix a masked form keeps (`sk-or-v1-`, `sk-ant-api03-`)
+    is not a part of the secret."""
+    from keywatch.domain import mask
+
+    found = []
+    for name, s in secrets.items():
+        shown = mask(s).partition("...")[0]
+        keep = len(shown) if s.startswith(shown) else 0
+        for i in range(len(s) - PART + 1):
+            part = s[i : i + PART]
+            if i + PART > keep and part in text:
+                found.append(f"{name}: {part!r}")
+                break
+    return found

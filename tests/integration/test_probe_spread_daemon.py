@@ -20,7 +20,7 @@ KEYS = 12
 
 def last_cycle(d: DaemonProc) -> float:
     try:
-        status, body = http_get(d.url("/metrics"))
+        _, body = http_get(d.url("/metrics"))
     except OSError:
         return 0.0
     for line in body.splitlines():

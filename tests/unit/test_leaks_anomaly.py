@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from keywatch.leaks import anomaly
 from keywatch.sim.routes.usage_openai import seasonal_usage
+from keywatch.usage import anomaly
 
 START = datetime(2026, 2, 1, tzinfo=UTC)
 HOUR = timedelta(hours=1)

@@ -35,6 +35,8 @@ class Action:
     counted: ClassVar[bool] = False
     # Takes a key out of service: the fleet-share limit (safety.max_disabled_percent) applies.
     removes_key: ClassVar[bool] = False
+    # Puts a key back into service: never for a compromised key (only a person does that).
+    restores_key: ClassVar[bool] = False
     # Changes the key's admin state: a person's decision holds it back.
     admin: ClassVar[bool] = False
     # Runs once when its policy starts matching a key, not every cycle it matches (a hook).

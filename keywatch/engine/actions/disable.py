@@ -52,7 +52,7 @@ class Disable(Action):
 
     @classmethod
     def needed(cls, config: DisableAction, view: KeyView) -> bool:
-        return view.state.admin_state is not AdminState.DISABLED
+        return view.state.admin_state not in (AdminState.DISABLED, AdminState.RETIRED)
 
     @classmethod
     def needs_capability(cls, config: DisableAction) -> bool:

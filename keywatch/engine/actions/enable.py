@@ -29,10 +29,12 @@ class Enable(Action):
     capability = Capability.ENABLE
     counted = True
     admin = True
+    restores_key = True
 
     @classmethod
     def needed(cls, config: EnableAction, view: KeyView) -> bool:
-        return view.state.admin_state is AdminState.DISABLED
+        """Never for a compromised key: only a person brings one back (`keywatch enable --compromised-ok`)."""
+        return view.state.admin_state is AdminState.DISABLED and "compromised" not in view.all_signals
 
     @classmethod
     def needs_capability(cls, config: EnableAction) -> bool:

@@ -21,6 +21,11 @@ def attach(starter: Starter | None) -> None:
     _starter = starter
 
 
+def starter() -> Starter | None:
+    """How a rotation starts in this process, if the rotation capability runs (containment asks it)."""
+    return _starter
+
+
 class RotateAction(ActionConfig):
     type: Literal["rotate"] = "rotate"
 
