@@ -101,6 +101,7 @@ def write_config(
         'interval = "1h"',
         f'timeout = "{timeout}"',
         "jitter = 0",
+        "spread = 0",
         "",
         "[[accounts]]",
         'name = "or"',
