@@ -19,6 +19,7 @@ from pydantic import (
     model_validator,
 )
 
+from keywatch.cluster.config import ClusterSettings
 from keywatch.engine.policy_config import OutageSettings, PolicyConfig, SafetySettings, policy_problems
 from keywatch.notify.config import AlertsConfig
 from keywatch.pools.config import Pools
@@ -333,6 +334,9 @@ class Config(Strict):
     rotation: RotationSettings = Field(default_factory=RotationSettings, description="Key rotation: timers, limits")
     secret_stores: SecretStoreSettings = Field(
         default_factory=SecretStoreSettings, description="How aws-sm: and azure-kv: references reach their stores"
+    )
+    cluster: ClusterSettings = Field(
+        default_factory=ClusterSettings, description="Several instances on one PostgreSQL database (docs/cluster.md)"
     )
 
     @model_validator(mode="after")

@@ -1,0 +1,145 @@
+"""What the daemon does about the fleet: one instance on SQLite (a lock file refuses a second one), or a
+member of a PostgreSQL fleet (heartbeat, leadership, its share of the keys, the others' states)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from prometheus_client import CollectorRegistry, Gauge
+
+from keywatch.cluster.config import ClusterSettings
+from keywatch.cluster.leadership import PgLeadership, default_instance
+from keywatch.cluster.lockfile import AlreadyRunning, InstanceLock
+from keywatch.runtime import SOLO, Leadership, attach_leadership
+
+if TYPE_CHECKING:
+    from keywatch.domain import ManagedKey
+    from keywatch.state import StateTracker
+    from keywatch.store.repo import Store
+
+log = structlog.get_logger("keywatch.cluster")
+
+
+class ClusterRefused(RuntimeError):
+    """This instance cannot join (a second one on SQLite, a name already in use): a config problem."""
+
+
+class Node:
+    def __init__(self, settings: ClusterSettings, registry: CollectorRegistry) -> None:
+        self.settings = settings
+        self.leadership: Leadership = SOLO
+        self.pg: PgLeadership | None = None
+        self._lock: InstanceLock | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.gauge = Gauge(
+            "keywatch_leader",
+            "1 while this instance leads (acts on keys, sends alerts)",
+            ["instance"],
+            registry=registry,
+        )
+
+    # -- start ----------------------------------------------------------------------------------------
+    def lock_sqlite(self, url: str) -> None:
+        """Before anything else at start: refuse a second instance on one SQLite file."""
+        from sqlalchemy.engine import make_url
+
+        try:
+            parsed = make_url(url)
+        except Exception:
+            return  # the store reports an unparseable URL
+        db = parsed.database
+        if parsed.get_backend_name() != "sqlite" or not db or db == ":memory:" or db.startswith("file:"):
+            return
+        path = Path(db)
+        if not path.parent.is_dir():
+            return  # created later (or reported) by the database location check
+        lock = InstanceLock(path if path.is_absolute() else Path.cwd() / path)
+        try:
+            lock.acquire()
+        except AlreadyRunning as exc:
+            raise ClusterRefused(f"daemon.database: {exc}") from None
+        except OSError as exc:
+            log.warning("instance_lock_unavailable", file=str(lock.path), error=exc.strerror)
+            return
+        self._lock = lock
+
+    async def join(self, store: Store, on_change: Callable[[bool], None]) -> None:
+        """On PostgreSQL: a first heartbeat (which takes the lead when nobody holds it), then one per
+        `cluster.heartbeat`. A database that is down now is an outage like any other: the heartbeat task
+        keeps trying, and nothing acts until a heartbeat has confirmed the lead."""
+        if store.engine.dialect.name != "postgresql":
+            self.gauge.labels(self.settings.instance or default_instance()).set(1)
+            return
+        loop = asyncio.get_running_loop()
+
+        def changed(leading: bool) -> None:
+            self.gauge.labels(pg.instance).set(1 if leading else 0)
+            loop.call_soon_threadsafe(on_change, leading)
+
+        pg = PgLeadership(store.engine, self.settings, on_change=changed)
+        self.pg, self.leadership = pg, pg
+        attach_leadership(store.engine, pg)
+        self.gauge.labels(pg.instance).set(0)
+        try:
+            twin = await asyncio.to_thread(pg.duplicate)
+        except Exception:
+            twin = None  # the database is down: the heartbeat says so, and retries
+        if twin is not None:
+            raise ClusterRefused(
+                f"cluster.instance: another live instance is named {pg.instance!r} (host {twin.host}, pid "
+                f"{twin.pid}, heartbeat {twin.age_s:.1f}s ago); give each instance its own name"
+            )
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(pg.beat)
+        self._task = asyncio.create_task(pg.run(), name="cluster-heartbeat")
+
+    # -- each cycle -----------------------------------------------------------------------------------
+    @property
+    def clustered(self) -> bool:
+        return self.pg is not None
+
+    def share(self, keys: list[ManagedKey]) -> list[ManagedKey]:
+        """The keys this instance probes this cycle (all of them when alone)."""
+        if self.pg is None:
+            return keys
+        mine = self.pg.share([k.name for k in keys])
+        return [k for k in keys if k.name in mine]
+
+    def wants_fleet(self) -> bool:
+        """Read the others' states this cycle: the leader decides on the whole fleet; a follower shows it
+        on /metrics unless `cluster.metrics = "share"`."""
+        return self.pg is not None and (self.leadership.leading or self.settings.metrics == "fleet")
+
+    @staticmethod
+    def adopt_fleet(tracker: StateTracker, store: Store, probed: set[str]) -> int:
+        """Blocking: take the states of the keys the others probe from the shared database."""
+        stored = store.load_states()
+        others = [st for name, st in stored.items() if name not in probed]
+        tracker.adopt(others)
+        return len(others)
+
+    def details(self) -> dict[str, Any]:
+        d = self.leadership.details()
+        if self.pg is not None and self.pg.last_error:
+            d["error"] = self.pg.last_error
+        return d
+
+    def ready(self) -> bool:
+        """A member is ready once a heartbeat went through and none has failed since."""
+        return self.pg is None or (self.pg.last_error is None and bool(self.pg.member_rows))
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        if self.pg is not None:
+            await asyncio.to_thread(self.pg.close)
+            self.gauge.labels(self.pg.instance).set(0)
+        if self._lock is not None:
+            self._lock.release()
