@@ -9,17 +9,37 @@ from keywatch.cli.common import EXIT_OK, CliError, add_command, add_group, db_er
 
 
 def add_commands(sub: Any) -> None:
-    dsub = add_group(sub, "db", "database maintenance",
-                     "Database maintenance: the tables keywatch keeps its state, events and usage in.")
-    add_command(dsub, "upgrade", cmd_db_upgrade, "apply pending migrations (the daemon also does this at start)",
-                log_level="info")
-    p = add_command(dsub, "copy", cmd_db_copy, "copy every table of one database into another (SQLite to "
-                    "PostgreSQL)", config=False)
-    p.add_argument("--from", dest="source", required=True, metavar="URL",
-                   help="the database to read, e.g. sqlite:////var/lib/keywatch/keywatch.db")
-    p.add_argument("--to", dest="target", required=True, metavar="URL",
-                   help="the database to write (migrated first; must hold no keywatch state), e.g. "
-                        "postgresql+psycopg://keywatch@db/keywatch")
+    dsub = add_group(
+        sub,
+        "db",
+        "database maintenance",
+        "Database maintenance: the tables keywatch keeps its state, events and usage in.",
+    )
+    add_command(
+        dsub,
+        "upgrade",
+        cmd_db_upgrade,
+        "apply pending migrations (the daemon also does this at start)",
+        log_level="info",
+    )
+    p = add_command(
+        dsub, "copy", cmd_db_copy, "copy every table of one database into another (SQLite to PostgreSQL)", config=False
+    )
+    p.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        metavar="URL",
+        help="the database to read, e.g. sqlite:////var/lib/keywatch/keywatch.db",
+    )
+    p.add_argument(
+        "--to",
+        dest="target",
+        required=True,
+        metavar="URL",
+        help="the database to write (migrated first; must hold no keywatch state), e.g. "
+        "postgresql+psycopg://keywatch@db/keywatch",
+    )
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
@@ -66,8 +86,10 @@ def cmd_db_copy(args: argparse.Namespace) -> int:
     except CopyRefused as exc:
         raise CliError(f"--to {describe_url(args.target)}: {exc}") from None
     except Exception as exc:
-        raise CliError(f"copy from {describe_url(args.source)} to {describe_url(args.target)} failed, no row "
-                       f"was written: {db_error(exc)}") from None
+        raise CliError(
+            f"copy from {describe_url(args.source)} to {describe_url(args.target)} failed, no row "
+            f"was written: {db_error(exc)}"
+        ) from None
     finally:
         source.dispose()
         target.dispose()
