@@ -23,6 +23,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from keywatch import __version__
 from keywatch.cluster.node import ClusterRefused, Node
+from keywatch.cluster.store import migrating
 from keywatch.domain import Alert, Event, Health, ProbeResult, Secret, Severity, Transition
 from keywatch.engine.prober import Prober
 from keywatch.engine.workers import WorkerProber
@@ -674,7 +675,8 @@ class Daemon:
         if self._db_ready:
             return
         assert self.store is not None
-        applied = self.store.upgrade()
+        with migrating(self.store.engine):  # instances starting together migrate one at a time
+            applied = self.store.upgrade()
         stored = self.store.load_states()
         self.store.pin_file()
         if applied:

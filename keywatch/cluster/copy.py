@@ -46,8 +46,9 @@ def copy_database(source: Store, target: Store, progress: Callable[[Copied], Non
     with target.engine.connect() as c:
         busy = [t.name for t in tables() if c.execute(select(func.count()).select_from(t)).scalar_one()]
     if busy:
-        raise CopyRefused(f"the target already holds keywatch state (tables {', '.join(busy)}); copy into an "
-                          "empty database")
+        raise CopyRefused(
+            f"the target already holds keywatch state (tables {', '.join(busy)}); copy into an empty database"
+        )
     done: list[Copied] = []
     with source.engine.connect() as src, target.engine.begin() as dst:
         for t in tables():
@@ -76,6 +77,8 @@ def _reset_sequences(conn: object, t: Table) -> None:
     for col in t.primary_key.columns:
         if col.autoincrement is True:
             conn.execute(  # type: ignore[attr-defined]
-                text(f"SELECT setval(pg_get_serial_sequence('{t.name}', '{col.name}'), "  # noqa: S608
-                     f"COALESCE((SELECT max({col.name}) FROM {t.name}), 0) + 1, false)")
+                text(
+                    f"SELECT setval(pg_get_serial_sequence('{t.name}', '{col.name}'), "  # noqa: S608
+                    f"COALESCE((SELECT max({col.name}) FROM {t.name}), 0) + 1, false)"
+                )
             )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +16,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from keywatch.cluster.config import ClusterSettings
 from keywatch.cluster.leadership import PgLeadership, default_instance
 from keywatch.cluster.lockfile import AlreadyRunning, InstanceLock
+from keywatch.cluster.store import ClusterStore, Member
 from keywatch.runtime import SOLO, Leadership, attach_leadership
 
 if TYPE_CHECKING:
@@ -23,6 +25,8 @@ if TYPE_CHECKING:
     from keywatch.store.repo import Store
 
 log = structlog.get_logger("keywatch.cluster")
+
+FLEET_OVERLAP = 120.0  # seconds re-read at each fleet read: a cycle's late commit, clock skew between hosts
 
 
 class ClusterRefused(RuntimeError):
@@ -36,6 +40,7 @@ class Node:
         self.pg: PgLeadership | None = None
         self._lock: InstanceLock | None = None
         self._task: asyncio.Task[None] | None = None
+        self._fleet_read_at: datetime | None = None
         self.gauge = Gauge(
             "keywatch_leader",
             "1 while this instance leads (acts on keys, sends alerts)",
@@ -85,10 +90,7 @@ class Node:
         self.pg, self.leadership = pg, pg
         attach_leadership(store.engine, pg)
         self.gauge.labels(pg.instance).set(0)
-        try:
-            twin = await asyncio.to_thread(pg.duplicate)
-        except Exception:
-            twin = None  # the database is down: the heartbeat says so, and retries
+        twin = await self._live_twin(pg)
         if twin is not None:
             raise ClusterRefused(
                 f"cluster.instance: another live instance is named {pg.instance!r} (host {twin.host}, pid "
@@ -97,6 +99,20 @@ class Node:
         with contextlib.suppress(Exception):
             await asyncio.to_thread(pg.beat)
         self._task = asyncio.create_task(pg.run(), name="cluster-heartbeat")
+
+    @staticmethod
+    async def _live_twin(pg: PgLeadership) -> Member | None:
+        """A live instance under this name: its heartbeat is fresh and still advances. A fresh row that
+        stops advancing is this instance's own, from before a crash (systemd restarts it at once)."""
+        try:
+            first = await asyncio.to_thread(pg.duplicate)
+            if first is None:
+                return None
+            await asyncio.sleep(2.5 * pg.settings.heartbeat)
+            again = await asyncio.to_thread(pg.duplicate)
+        except Exception:
+            return None  # the database is down: the heartbeat says so, and retries
+        return again if again is not None and again.heartbeat_at > first.heartbeat_at else None
 
     # -- each cycle -----------------------------------------------------------------------------------
     @property
@@ -115,11 +131,12 @@ class Node:
         on /metrics unless `cluster.metrics = "share"`."""
         return self.pg is not None and (self.leadership.leading or self.settings.metrics == "fleet")
 
-    @staticmethod
-    def adopt_fleet(tracker: StateTracker, store: Store, probed: set[str]) -> int:
-        """Blocking: take the states of the keys the others probe from the shared database."""
-        stored = store.load_states()
-        others = [st for name, st in stored.items() if name not in probed]
+    def adopt_fleet(self, tracker: StateTracker, store: Store, probed: set[str]) -> int:
+        """Blocking: take the states of the keys the others probe from the shared database. Only rows
+        written since the last read (less FLEET_OVERLAP, for writes that commit late or come from a host
+        whose clock is behind) are read and converted."""
+        since = self._fleet_read_at - timedelta(seconds=FLEET_OVERLAP) if self._fleet_read_at else None
+        others, self._fleet_read_at = ClusterStore(store.engine).fleet_states(since, probed)
         tracker.adopt(others)
         return len(others)
 

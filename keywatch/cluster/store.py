@@ -6,14 +6,19 @@ Synchronous, like keywatch.store.repo (called from a worker thread). Times come 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, Engine, delete, func, select, text, update
+from sqlalchemy import Connection, Engine, delete, func, or_, select, text, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session, sessionmaker
 
 from keywatch.cluster.models import ClusterLeaderRow, ClusterMemberRow
+from keywatch.domain import KeyState
+from keywatch.store.models import KeyStateRow
+from keywatch.store.repo import _to_state
 
 # The advisory lock's key: one per database (b"keywatch" as a signed 64-bit integer).
 LOCK_KEY = int.from_bytes(b"keywatch", "big", signed=True)
@@ -40,6 +45,27 @@ class Leader:
 def application_name(instance: str) -> str:
     """What every database session of an instance is called (pg_stat_activity.application_name)."""
     return f"keywatch:{instance}"[:63]
+
+
+# Instances starting together on a new database migrate one at a time (another lock key than leadership's).
+MIGRATION_LOCK_KEY = LOCK_KEY + 1
+
+
+@contextmanager
+def migrating(engine: Engine) -> Iterator[None]:
+    """Hold the migration lock while the caller migrates (PostgreSQL; a no-op elsewhere): the second
+    instance then finds the tables the first created, instead of failing on them."""
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    with engine.connect() as conn:
+        conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
+        conn.commit()
+        try:
+            yield
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_LOCK_KEY})
+            conn.commit()
 
 
 class ClusterStore:
@@ -133,6 +159,18 @@ class ClusterStore:
             .with_for_update(read=True)
         ).first()
         return r is not None and r.instance == instance and int(r.token) == token
+
+    def fleet_states(self, since: datetime | None, skip: set[str]) -> tuple[list[KeyState], datetime]:
+        """The key states written since `since` (all of them when None) except the keys in `skip`, and the
+        database's time of the read (the next read's starting point, less an overlap)."""
+        t = KeyStateRow.__table__
+        q = select(t)
+        if since is not None:
+            q = q.where(or_(t.c.last_probe_at >= since, t.c.admin_changed_at >= since))
+        with self.engine.connect() as c:
+            now = c.execute(select(func.now())).scalar_one()
+            rows = c.execute(q).all()
+        return [_to_state(r) for r in rows if r.key not in skip], now
 
     def end_sessions(self, instance: str) -> int:
         """End every database session of `instance` (its lock connection included): a leader that stopped

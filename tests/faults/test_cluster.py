@@ -329,6 +329,29 @@ def test_kill9_of_the_leader_a_follower_takes_over_within_the_timeout(sim, pg_ur
             time.sleep(1.0)
             assert firing_told(rx)[f"key_health:{dead}"] == 1
             assert actions(pg_url) == [(dead, new.name)]
+            # Restarted at once under its name (as systemd does), the killed one joins again, as a follower.
+            old.start(fleet.env)
+            wait_until(settled(fleet, 3), "the restarted instance back among the members", timeout=15)
+            assert fleet.one_leader() is new
+            # A second live instance under a name in use is a config mistake: refused, exit 2.
+            twin_cfg = tmp_path / "twin.toml"
+            twin_cfg.write_text(new.config.read_text().replace(f"127.0.0.1:{new.port}", f"127.0.0.1:{free_port()}"))
+            twin = subprocess.run(
+                [sys.executable, "-m", "keywatch", "run", "-c", str(twin_cfg)],
+                env=fleet.env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert twin.returncode == 2 and f"another live instance is named '{new.name}'" in twin.stderr
+            status = subprocess.run(
+                [sys.executable, "-m", "keywatch", "status", "-c", str(new.config)],
+                env=fleet.env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert f"cluster: leader {new.name} (token {new.status()['token']})" in status.stdout
         finally:
             fleet.stop()
     figure("kill -9 of the leader (3 daemons)", f"new leader after {took:.2f}s (timeout 2s)")
