@@ -304,6 +304,8 @@ class Daemon:
             raise ConfigError(inventory.source, [str(exc)]) from None
         self.runtime.leadership = self.cluster.leadership
         web.details = self.cluster.details
+        if self.cluster.clustered and inventory.config.cluster.metrics == "share":
+            self.metrics.attach_state(self._shown_states)
         if self.runtime.leadership.leading:  # a follower starts them when it takes over
             await self._setup_extensions()
         self._scheduler = AsyncIOScheduler(timezone=UTC)
@@ -330,6 +332,15 @@ class Daemon:
             module = importlib.import_module(module_name)
             self.capabilities[name] = await module.setup(self.runtime)
         self._capability_metrics = [c for c in self.metrics.registry._collector_to_names if c not in before]
+
+    def _shown_states(self) -> dict[str, Any]:
+        """`cluster.metrics = "share"`: a follower's /metrics shows the keys it probes; the leader, which
+        decides on the whole fleet, shows them all."""
+        states = self.tracker.snapshot()
+        if self.runtime.leadership.leading:
+            return states
+        probed = self._probed
+        return {name: st for name, st in states.items() if name in probed}
 
     async def _close_extensions(self) -> None:
         """Close the capabilities (in reverse order) and forget what they registered, so they can start
@@ -624,11 +635,16 @@ class Daemon:
         spread = probe.spread * probe.interval if self.cycles else 0.0
         keys = self.cluster.share(inventory.keys) if self.cluster is not None else inventory.keys
         self._probed = {k.name for k in keys}
-        results = await prober.run(keys, on_result, spread=spread)
+        # The others' keys, as they wrote them (the leader decides on the whole fleet): read while this
+        # instance probes its own, so the read adds nothing to the cycle's length.
+        fleet = None
         if self.cluster is not None and self.cluster.wants_fleet() and self._db_ready:
-            assert self.store is not None
-            try:  # the others' keys, as they wrote them: the leader decides on the whole fleet
-                await asyncio.to_thread(self.cluster.adopt_fleet, self.tracker, self.store, self._probed)
+            fleet = asyncio.ensure_future(asyncio.to_thread(self.cluster.adopt_fleet, self.tracker, self.store,
+                                                            self._probed))
+        results = await prober.run(keys, on_result, spread=spread)
+        if fleet is not None:
+            try:
+                await fleet
             except Exception as exc:
                 log.warning("fleet_state_unavailable", error=_db_error(exc))
         report = CycleReport(started_at, results, transitions, inventory)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("keywatch.cluster")
 
+FOLLOWER_REFRESH = 10.0  # seconds: how often a follower refreshes the others' keys for its /metrics
 FLEET_OVERLAP = 120.0  # seconds re-read at each fleet read: a cycle's late commit, clock skew between hosts
 
 
@@ -41,6 +43,7 @@ class Node:
         self._lock: InstanceLock | None = None
         self._task: asyncio.Task[None] | None = None
         self._fleet_read_at: datetime | None = None
+        self._fleet_read_mono = -FOLLOWER_REFRESH
         self.gauge = Gauge(
             "keywatch_leader",
             "1 while this instance leads (acts on keys, sends alerts)",
@@ -89,6 +92,9 @@ class Node:
         pg = PgLeadership(store.engine, self.settings, on_change=changed)
         self.pg, self.leadership = pg, pg
         attach_leadership(store.engine, pg)
+        # From now on every session of this instance carries its name (a successor ends them all by it):
+        # the connections opened before (migration, first reads) are closed, not reused.
+        store.engine.dispose()
         self.gauge.labels(pg.instance).set(0)
         twin = await self._live_twin(pg)
         if twin is not None:
@@ -127,15 +133,23 @@ class Node:
         return [k for k in keys if k.name in mine]
 
     def wants_fleet(self) -> bool:
-        """Read the others' states this cycle: the leader decides on the whole fleet; a follower shows it
-        on /metrics unless `cluster.metrics = "share"`."""
-        return self.pg is not None and (self.leadership.leading or self.settings.metrics == "fleet")
+        """Read the others' states this cycle: the leader decides on the whole fleet, every cycle; a
+        follower shows it on /metrics (unless `cluster.metrics = "share"`), refreshed every cycle but at
+        most every FOLLOWER_REFRESH seconds."""
+        if self.pg is None:
+            return False
+        if self.leadership.leading:
+            return True
+        if self.settings.metrics != "fleet":
+            return False
+        return time.monotonic() - self._fleet_read_mono >= FOLLOWER_REFRESH
 
     def adopt_fleet(self, tracker: StateTracker, store: Store, probed: set[str]) -> int:
         """Blocking: take the states of the keys the others probe from the shared database. Only rows
         written since the last read (less FLEET_OVERLAP, for writes that commit late or come from a host
         whose clock is behind) are read and converted."""
         since = self._fleet_read_at - timedelta(seconds=FLEET_OVERLAP) if self._fleet_read_at else None
+        self._fleet_read_mono = time.monotonic()
         others, self._fleet_read_at = ClusterStore(store.engine).fleet_states(since, probed)
         tracker.adopt(others)
         return len(others)

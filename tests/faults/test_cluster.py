@@ -304,6 +304,29 @@ def test_three_daemons_probe_each_key_once_per_interval_and_alert_once(sim, pg_u
     )
 
 
+def test_share_metrics_show_a_follower_its_own_keys_and_the_leader_all(sim, pg_url, tmp_path: Path) -> None:
+    secrets, keys = keys_for(sim, "m", 40)
+    with ThreadedReceiver() as rx:
+        fleet = make_fleet(
+            tmp_path, pg_url, keys, ["a", "b"], extra='\n[cluster]\nmetrics = "share"\n', env=fleet_env(secrets, rx)
+        )
+        for i in fleet.instances:  # one [cluster] table: fold the test's settings into it
+            text = i.config.read_text().replace('\n[cluster]\nmetrics = "share"\n', "")
+            i.config.write_text(text.replace("[cluster]\n", '[cluster]\nmetrics = "share"\n'))
+        fleet.start()
+        try:
+            wait_until(settled(fleet, 2), "two members, one leader")
+            leader = fleet.one_leader()
+            follower = next(i for i in fleet.instances if i is not leader)
+            healthy = 'keywatch_keys_by_health{provider="openai",health="healthy"}'
+            wait_until(lambda: gauge(leader.port, healthy) == 40, "the leader to show every key")
+            shown = gauge(follower.port, healthy)
+            assert shown is not None and 0 < shown < 40  # its share only (rendezvous: about half)
+        finally:
+            codes = fleet.stop()
+    assert codes == [0, 0]
+
+
 def test_kill9_of_the_leader_a_follower_takes_over_within_the_timeout(sim, pg_url, tmp_path: Path, figure) -> None:
     secrets, keys = keys_for(sim, "k", 30)
     with ThreadedReceiver() as rx:
