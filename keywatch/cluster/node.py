@@ -155,6 +155,8 @@ class Node:
         return len(others)
 
     def details(self) -> dict[str, Any]:
+        if self.pg is None:  # alone: the name the keywatch_leader gauge carries
+            return {"instance": self.settings.instance or default_instance(), "leader": True, "mode": "single"}
         d = self.leadership.details()
         if self.pg is not None and self.pg.last_error:
             d["error"] = self.pg.last_error

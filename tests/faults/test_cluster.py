@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from keywatch.cluster.leadership import default_instance
 from tests.integration.conftest import PG_ADMIN, _pg_unavailable, free_port, toml_config, unique_secret
 from tests.integration.test_notify_delivery import ThreadedReceiver
 
@@ -515,7 +516,7 @@ def test_a_second_daemon_on_one_sqlite_file_is_refused(sim, tmp_path: Path) -> N
         assert "another keywatch" in second.stderr and str(db) in second.stderr and "PostgreSQL" in second.stderr
         assert (readyz(first_port) or {}).get("ready")  # the first one is untouched
         cluster = (readyz(first_port) or {}).get("cluster")
-        assert cluster == {"instance": "local", "leader": True, "mode": "single"}
+        assert cluster == {"instance": default_instance(), "leader": True, "mode": "single"}
     finally:
         first.send_signal(signal.SIGTERM)
         assert first.wait(30) == 0
