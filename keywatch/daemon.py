@@ -7,6 +7,7 @@ ends the process. Only a bad config at start does (exit 2), because then there i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import ctypes.util
 import functools
@@ -25,6 +26,8 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from keywatch import __version__
+from keywatch.cluster.node import ClusterRefused, Node
+from keywatch.cluster.store import migrating
 from keywatch.domain import Alert, Event, Health, ProbeResult, Secret, Severity, Transition
 from keywatch.engine.prober import Prober
 from keywatch.engine.workers import WorkerProber
@@ -33,7 +36,7 @@ from keywatch.metrics import Metrics
 from keywatch.providers.base import ProviderAdapter
 from keywatch.providers.clients import AdapterSet, make_http_client
 from keywatch.redact import REGISTRY
-from keywatch.runtime import Capability, CycleReport, EventLog, Runtime
+from keywatch.runtime import AlertBus, Capability, CycleReport, EventLog, Runtime
 from keywatch.settings.loader import ConfigError, Inventory, load_inventory
 from keywatch.settings.secrets import SecretError
 from keywatch.settings.secrets import resolve as resolve_secret
@@ -162,6 +165,11 @@ class Daemon:
         self._adapters: AdapterSet | None = None
         self._prober: Prober | WorkerProber | None = None
         self._stale_secret_alerts: set[str] = set()  # keys whose secret store was down at the last load
+        self.cluster: Node | None = None
+        self._probed: set[str] = set()  # the keys this instance probes (its share, when others share the DB)
+        self._role_lock = asyncio.Lock()
+        self._capability_metrics: list[Any] = []  # collectors the capabilities added (removed when they close)
+        self._role_tasks: set[asyncio.Future[None]] = set()
         self.metrics.attach_state(self.tracker.snapshot)
         self.runtime = Runtime(
             tracker=self.tracker,
@@ -216,6 +224,8 @@ class Daemon:
             "database_writable": status is not None and status.ok and not writer.stalled(STALL_AFTER),
             "first_cycle_done": self.first_cycle_done,
         }
+        if self.cluster is not None and self.cluster.clustered:
+            checks["cluster_heartbeat"] = self.cluster.ready()
         ok = all(checks.values())
         self.metrics.ready.set(1 if ok else 0)
         return ok, checks
@@ -296,6 +306,12 @@ class Daemon:
                 f"daemon.listen: {exc}; stop what uses it or set another host:port in daemon.listen",
             ]) from None
         self._web = web
+        self.cluster = Node(inventory.config.cluster, self.metrics.registry)
+        try:  # a second instance on one SQLite file is refused before it touches the database
+            self.cluster.lock_sqlite(configured_db or default_database_url())
+        except ClusterRefused as exc:
+            await web.stop()
+            raise ConfigError(inventory.source, [str(exc)]) from None
         self._use_inventory(inventory)
         url = inventory.config.daemon.database or default_database_url()
         self.store = Store(url, busy_timeout=BUSY_TIMEOUT)
@@ -303,7 +319,16 @@ class Daemon:
         self._writer = DatabaseWriter(self.store, on_status=self._db_status, on_drop=self._db_dropped,
                                       prepare=self._prepare_db)
         self._writer.start()
-        await self._setup_extensions()
+        try:
+            await self.cluster.join(self.store, self._leadership_changed)
+        except ClusterRefused as exc:
+            raise ConfigError(inventory.source, [str(exc)]) from None
+        self.runtime.leadership = self.cluster.leadership
+        web.details = self.cluster.details
+        if self.cluster.clustered and inventory.config.cluster.metrics == "share":
+            self.metrics.attach_state(self._shown_states)
+        if self.runtime.leadership.leading:  # a follower starts them when it takes over
+            await self._setup_extensions()
         self._scheduler = AsyncIOScheduler(timezone=UTC)
         probe = inventory.config.probe
         self._scheduler.add_job(
@@ -323,9 +348,68 @@ class Daemon:
     async def _setup_extensions(self) -> None:
         import importlib
 
+        before = set(self.metrics.registry._collector_to_names)
         for name, module_name in DAEMON_CAPABILITIES:
             module = importlib.import_module(module_name)
             self.capabilities[name] = await module.setup(self.runtime)
+        self._capability_metrics = [c for c in self.metrics.registry._collector_to_names if c not in before]
+
+    def _shown_states(self) -> dict[str, Any]:
+        """`cluster.metrics = "share"`: a follower's /metrics shows the keys it probes; the leader, which
+        decides on the whole fleet, shows them all."""
+        states = self.tracker.snapshot()
+        if self.runtime.leadership.leading:
+            return states
+        probed = self._probed
+        return {name: st for name, st in states.items() if name in probed}
+
+    async def _close_extensions(self) -> None:
+        """Close the capabilities (in reverse order) and forget what they registered, so they can start
+        again (an instance that loses the lead and later takes it back)."""
+        for name, capability in reversed(list(self.capabilities.items())):
+            try:
+                await capability.aclose()
+            except Exception:
+                log.exception("capability_close_failed", capability=name)
+        self.capabilities.clear()
+        self.runtime.cycle_hooks.clear()
+        self.runtime.transition_listeners.clear()
+        for task in self.runtime.background:
+            task.cancel()
+        self.runtime.background.clear()
+        self.runtime.alerts = AlertBus()
+        for collector in self._capability_metrics:
+            with contextlib.suppress(KeyError):
+                self.metrics.registry.unregister(collector)
+        self._capability_metrics = []
+        if self._scheduler is not None:
+            for job in self._scheduler.get_jobs():
+                if job.id != "probe":
+                    job.remove()
+
+    def _leadership_changed(self, leading: bool) -> None:
+        """From the heartbeat (on the loop): start the capabilities on taking the lead, close them on losing
+        it. Started fresh, they read the durable state (outbox, alert states, rotations) the last leader left."""
+        if self._stop.is_set():
+            return
+        task = asyncio.ensure_future(self._switch_role())
+        self._role_tasks.add(task)
+        task.add_done_callback(self._role_tasks.discard)
+
+    async def _switch_role(self) -> None:
+        async with self._role_lock:
+            if self._stop.is_set() or self._scheduler is None:
+                return
+            leading = self.runtime.leadership.leading
+            try:
+                if leading and not self.capabilities:
+                    log.info("acting", instance=self.runtime.leadership.instance, role="leader")
+                    await self._setup_extensions()
+                elif not leading and self.capabilities:
+                    log.info("acting_stopped", instance=self.runtime.leadership.instance, role="follower")
+                    await self._close_extensions()
+            except Exception:
+                log.exception("role_switch_failed", leading=leading)
 
     async def _secret_store_alerts(self, inventory: Inventory) -> None:
         """A key whose secret store was down at this load runs on its cached value: say so once, and resolve
@@ -421,13 +505,16 @@ class Daemon:
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=False)
             self._scheduler = None
-        for name, capability in reversed(list(self.capabilities.items())):
-            try:
-                await capability.aclose()
-            except Exception:
-                log.exception("capability_close_failed", capability=name)
+        async with self._role_lock:
+            for name, capability in reversed(list(self.capabilities.items())):
+                try:
+                    await capability.aclose()
+                except Exception:
+                    log.exception("capability_close_failed", capability=name)
         await self._persist([])  # after the capabilities: what they record while closing is written too
         await self._close_writer()
+        if self.cluster is not None:
+            await self.cluster.close()
         for task in self.runtime.background:
             task.cancel()
         if self._web is not None:
@@ -568,9 +655,23 @@ class Daemon:
         # picture of the fleet come as fast as the fleet answers.
         probe = inventory.config.probe
         spread = probe.spread * probe.interval if self.cycles else 0.0
-        results = await prober.run(inventory.keys, on_result, spread=spread, hurry=self._hurry)
+        keys = self.cluster.share(inventory.keys) if self.cluster is not None else inventory.keys
+        self._probed = {k.name for k in keys}
+        # The others' keys, as they wrote them (the leader decides on the whole fleet): read while this
+        # instance probes its own, so the read adds nothing to the cycle's length.
+        fleet = None
+        if self.cluster is not None and self.cluster.wants_fleet() and self._db_ready:
+            fleet = asyncio.ensure_future(asyncio.to_thread(self.cluster.adopt_fleet, self.tracker, self.store,
+                                                            self._probed))
+        results = await prober.run(keys, on_result, spread=spread, hurry=self._hurry)
+        if fleet is not None:
+            try:
+                await fleet
+            except Exception as exc:
+                log.warning("fleet_state_unavailable", error=_db_error(exc))
         report = CycleReport(started_at, results, transitions, inventory)
-        for name, hook in self.runtime.cycle_hooks:
+        hooks = list(self.runtime.cycle_hooks) if self.runtime.leadership.leading else []
+        for name, hook in hooks:
             try:
                 await hook(report)
             except Exception:
@@ -613,7 +714,8 @@ class Daemon:
         if self._db_ready:
             return
         assert self.store is not None
-        applied = self.store.upgrade()
+        with migrating(self.store.engine):  # instances starting together migrate one at a time
+            applied = self.store.upgrade()
         stored = self.store.load_states()
         self.store.pin_file()
         if applied:
@@ -637,6 +739,8 @@ class Daemon:
     # -- persistence: the writer thread writes, in order; a cycle never waits on a database that is behind --
     async def _persist(self, transitions: list[Transition]) -> None:
         states, rollups = self.tracker.drain()
+        if self.cluster is not None and self.cluster.clustered:
+            states = [st for st in states if st.key in self._probed]  # the others write their own keys
         events = self.runtime.events.take()
         if self._writer is None:  # not started: keep it for when it is
             self.tracker.restore(states, rollups)

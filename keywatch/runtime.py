@@ -10,6 +10,7 @@ audit trail.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,6 +24,7 @@ from keywatch.web import Routes
 if TYPE_CHECKING:
     from apscheduler.schedulers.asyncio import AsyncIOScheduler
     from prometheus_client import CollectorRegistry
+    from sqlalchemy.orm import Session
 
     from keywatch.providers.base import ProviderAdapter
     from keywatch.settings.loader import Inventory
@@ -165,6 +167,86 @@ class EventLog:
         self.pending = events + self.pending
 
 
+class NotLeader(RuntimeError):
+    """This instance does not lead (or no longer does): it must not act."""
+
+
+class Leadership(Protocol):
+    """Who may act. One instance alone always leads (`Solo`); instances sharing PostgreSQL elect one
+    (keywatch.cluster). Every acting path (an action's start, a rotation step, a usage pull, an outbox send)
+    calls `fence(session)` inside the transaction that records it: that raises NotLeader unless this
+    instance's fencing token is still the current one, so a deposed leader records, and does, nothing."""
+
+    instance: str
+
+    @property
+    def leading(self) -> bool: ...
+
+    @property
+    def token(self) -> int | None: ...
+
+    def fence(self, session: Session) -> None: ...
+
+    def details(self) -> dict[str, Any]: ...
+
+
+class Solo:
+    """The only instance: it always leads, nothing to check."""
+
+    instance = "local"
+    token = None
+    leading = True
+
+    def fence(self, session: Session) -> None:
+        return None
+
+    def details(self) -> dict[str, Any]:
+        return {"instance": self.instance, "leader": True, "mode": "single"}
+
+
+SOLO = Solo()
+_LEADERSHIP: weakref.WeakKeyDictionary[Any, Leadership] = weakref.WeakKeyDictionary()
+
+
+def attach_leadership(engine: Any, leadership: Leadership) -> None:
+    """Make `fence()` on sessions of `engine` ask `leadership` (the daemon does this once, at start)."""
+    _LEADERSHIP[engine] = leadership
+
+
+def leadership_of(bind: Any) -> Leadership:
+    """The leadership gate for an engine (or a connection of it); `SOLO` when none is attached."""
+    engine = getattr(bind, "engine", bind)
+    try:
+        return _LEADERSHIP.get(engine, SOLO)
+    except TypeError:
+        return SOLO
+
+
+def fence(session: Session) -> None:
+    """The one fencing check, inside the caller's transaction. Raises NotLeader."""
+    leadership_of(session.get_bind()).fence(session)
+
+
+def confirm_leading(session_factory: Any) -> bool:
+    """Blocking: True when this instance still leads, checked against the database (its own transaction).
+    For acting paths whose records are written by code of their own (rotation steps, usage pulls)."""
+    bind = getattr(session_factory, "kw", {}).get("bind")
+    lead = leadership_of(bind)
+    if lead is SOLO:
+        return True
+    if not lead.leading:
+        return False
+    try:
+        with session_factory.begin() as s:
+            lead.fence(s)
+    except NotLeader:
+        return False
+    except Exception:
+        log.warning("leadership_unconfirmed", reason="database")
+        return False
+    return True
+
+
 class AdapterLookup(Protocol):
     def __call__(self, provider: str) -> ProviderAdapter: ...
 
@@ -182,6 +264,7 @@ class Runtime:
     adapter: AdapterLookup
     current_scheduler: Callable[[], AsyncIOScheduler | None]
     events: EventLog
+    leadership: Leadership = field(default_factory=lambda: SOLO)
     board: SignalBoard = field(default_factory=SignalBoard)
     alerts: AlertBus = field(default_factory=AlertBus)
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
@@ -215,6 +298,12 @@ class Runtime:
 
     async def emit_alert(self, alert: Alert) -> None:
         await self.alerts.emit(alert)
+
+    async def still_leading(self) -> bool:
+        """True when this instance may act now, checked against the database when others share it."""
+        if self.leadership is SOLO:
+            return True
+        return await asyncio.to_thread(confirm_leading, self.store.session)
 
 
 class Capability(Protocol):

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from dataclasses import replace
 from datetime import datetime
 
@@ -86,6 +87,15 @@ class StateTracker:
         with self._lock:
             self.states[state.key] = state
             self._dirty.add(state.key)
+
+    def adopt(self, states: Iterable[KeyState]) -> None:
+        """States another instance probed (read from the shared database): taken as they are, not marked
+        for writing (their prober writes them), and only for keys of this inventory with the same secret."""
+        with self._lock:
+            for st in states:
+                cur = self.states.get(st.key)
+                if cur is not None and cur.fingerprint == st.fingerprint:
+                    self.states[st.key] = replace(st, labels=cur.labels, masked=cur.masked)
 
     def drain(self) -> tuple[list[KeyState], list[Rollup]]:
         """What changed since the last drain: states to write and rollups to add."""

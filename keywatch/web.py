@@ -15,6 +15,7 @@ import hmac
 import itertools
 import socket
 from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -76,6 +77,7 @@ class WebServer:
         self._page: StatusPage
         self._token: Secret | None = None
         self.routes = routes or Routes()
+        self.details: Callable[[], dict[str, Any]] | None = None  # more for /readyz (the cluster's view)
 
     def add_status_page(self, page: StatusPage, token: Secret | None) -> None:
         """Serve `page` at `/`. Off loopback it answers only with `token` (Bearer, or as a Basic password)."""
@@ -167,7 +169,10 @@ class WebServer:
 
     async def _readyz(self, _: web.Request) -> web.Response:
         ok, checks = self.ready()
-        return web.json_response({"ready": ok, "checks": checks}, status=200 if ok else 503)
+        body: dict[str, Any] = {"ready": ok, "checks": checks}
+        if self.details is not None:
+            body["cluster"] = self.details()
+        return web.json_response(body, status=200 if ok else 503)
 
 
 # No script may run on the page (it has none), nothing is cached, nothing frames it.

@@ -69,8 +69,32 @@ def cmd_status(args: argparse.Namespace) -> int:
                 detail_text(st.error_code, st.error_message),
             ])
         print_table(["KEY", "PROVIDER", "HEALTH", "SINCE", "LAST PROBE", "ADMIN", "KEY", "DETAIL"], rows)
+        fleet = _fleet_line(store, config)
+        if fleet:
+            print(fleet)
     bad = [n for n in names if not states[n].health.is_up or states[n].compromised]
     return EXIT_OK if not bad else EXIT_ATTENTION
+
+
+def _fleet_line(store: Any, config: Any) -> str | None:
+    """Who leads and who probes, when instances share a PostgreSQL database (None alone, or on SQLite)."""
+    if store.engine.dialect.name != "postgresql":
+        return None
+    from keywatch.cluster.store import ClusterStore
+
+    cluster = ClusterStore(store.engine)
+    try:
+        members = cluster.members()
+        leader = cluster.leader()
+    except Exception:
+        return None  # a database from before the cluster tables
+    if not members:
+        return None
+    timeout = config.cluster.takeover_timeout
+    shown = ", ".join(f"{m.instance} ({m.age_s:.1f}s ago{'' if m.age_s < timeout else ', gone'})" for m in members)
+    live = {m.instance for m in members if m.age_s < timeout}
+    lead = f"leader {leader.instance} (token {leader.token})" if leader.instance in live else "no live leader"
+    return f"cluster: {lead}; members {shown}"
 
 
 def _iso(dt: datetime | None) -> str | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,7 @@ from keywatch.domain import Alert, Event, KeyState, ManagedKey, Severity
 from keywatch.engine.model import ActionRequest, Outcome
 from keywatch.providers.base import Capability, NotSupported, ProviderActionError, ProviderAdapter
 from keywatch.redact import REGISTRY, redact_text
+from keywatch.runtime import SOLO, NotLeader, fence, leadership_of
 
 if TYPE_CHECKING:
     from keywatch.store.repo import Store
@@ -54,6 +56,35 @@ class Executor:
 
     async def _event(self, kind: str, key: str | None, actor: str, message: str, **data: Any) -> None:
         await self.record(Event(datetime.now(UTC), kind, key, actor, REGISTRY.redact(message), data))
+
+    @property
+    def fenced(self) -> bool:
+        """Several instances share the database: an action starts only in a transaction that proves this
+        instance still leads (keywatch.runtime.fence)."""
+        return self.store is not None and leadership_of(self.store.engine) is not SOLO
+
+    async def _start_fenced(self, started: Event) -> str | None:
+        """Write the action's start in the transaction that checks the fencing token. None: go on;
+        otherwise why not (this instance was deposed, or the database cannot confirm it leads)."""
+        store = self.store
+        assert store is not None
+
+        lead = leadership_of(store.engine)
+        # The audit line names the instance and its term, so the trail shows one actor per action.
+        started = replace(started, data={**started.data, "instance": lead.instance, "token": lead.token})
+
+        def write() -> None:
+            with store.session.begin() as s:
+                fence(s)
+                store._add_events(s, [started])
+
+        try:
+            await asyncio.to_thread(write)
+        except NotLeader as exc:
+            return str(exc)
+        except Exception as exc:
+            return f"leadership not confirmed ({type(exc).__name__})"
+        return None
 
     async def set_admin(self, state: KeyState, actor: str, reason: str) -> None:
         at = datetime.now(UTC)
@@ -144,15 +175,16 @@ class Executor:
         action_done event with the result. A provider action's done event carries `provider_changed` and
         repeats the reason; a hook's carries what the program did (its exit status) instead."""
         key, actor, reason, dry_run = req.key, req.actor, req.reason, req.dry_run
-        await self._event(
-            "action_started",
-            key.name,
-            actor,
-            f"{action} {subject}: {reason}",
-            action=action,
-            reason=reason,
-            dry_run=dry_run,
-        )
+        started = Event(datetime.now(UTC), "action_started", key.name, actor,
+                        REGISTRY.redact(f"{action} {subject}: {reason}"),
+                        {"action": action, "reason": reason, "dry_run": dry_run})
+        if not dry_run and self.fenced:
+            refused = await self._start_fenced(started)
+            if refused is not None:
+                log.warning("action_refused", key=key.name, action=action, reason=refused)
+                return Outcome("refused", f"not done: {refused}")
+        else:
+            await self.record(started)
         if dry_run:
             out = Outcome("dry_run", would or f"would {action} {subject} ({reason})")
         else:

@@ -21,6 +21,7 @@ import structlog
 from keywatch.notify.base import Message, Sink, SinkError, alert_from_dict, parse_time
 from keywatch.notify.outbox import AlertDB, OutboxItem
 from keywatch.notify.pipeline import AlertMetrics
+from keywatch.runtime import confirm_leading
 
 log = structlog.get_logger("keywatch.alerts")
 
@@ -153,6 +154,11 @@ class SinkSender:
                 log.warning("alert_outbox_write_failed", sink=name, error=type(exc).__name__)
                 await self._sleep(self.retry_base)
                 return
+        # Several instances on one database: only the leader sends, and it proves it leads (its fencing
+        # token is current) in a transaction just before each send; a deposed leader sends nothing.
+        if not await asyncio.to_thread(confirm_leading, self.db.session):
+            await self._sleep(self.retry_base)
+            return
         self.sending = True
         try:
             await sink.send(message_of(item, self.dashboard_url, str(delivery_id)))

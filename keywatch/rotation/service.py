@@ -244,6 +244,8 @@ class RotationService:
         self.tasks[r.key] = asyncio.ensure_future(self._run(r, key))
 
     async def _run(self, r: Rotation, key: ManagedKey) -> None:
+        if not await self.rt.still_leading():
+            return
         try:
             out = await self._machine(r, key).run(r, key)
         except Exception as exc:
@@ -365,7 +367,9 @@ class RotationService:
         ))
 
     async def check(self) -> None:
-        """Resume what is in flight, start what is due."""
+        """Resume what is in flight, start what is due (only on the instance that leads)."""
+        if not await self.rt.still_leading():
+            return
         now = self.rt.clock()
         active = {r.key: r for r in await asyncio.to_thread(self._in_flight)}
         for name, r in active.items():

@@ -19,6 +19,7 @@ from pydantic import (
     model_validator,
 )
 
+from keywatch.cluster.config import ClusterSettings
 from keywatch.engine.policy_config import OutageSettings, PolicyConfig, SafetySettings, policy_problems
 from keywatch.leaks.config import LeaksSettings
 from keywatch.leaks.scan_config import ScanSettings
@@ -339,6 +340,9 @@ class Config(Strict):
     scan: ScanSettings = Field(default_factory=ScanSettings, description="Paths scanned for keys on a schedule")
     leaks: LeaksSettings = Field(
         default_factory=LeaksSettings, description="Leak receivers and containment of exposed keys"
+    )
+    cluster: ClusterSettings = Field(
+        default_factory=ClusterSettings, description="Several instances on one PostgreSQL database (docs/cluster.md)"
     )
 
     @model_validator(mode="after")

@@ -147,6 +147,9 @@ class UsageService:
         self.ensure_job()
 
     async def scheduled(self) -> None:
+        if not await self.rt.still_leading():
+            log.info("usage_pull_skipped", reason="another instance leads")
+            return
         try:
             await self.run()
         except Exception:

@@ -25,6 +25,7 @@ HELP_EXIT_CODES = [
     (("config", "schema"), ALWAYS),
     (("db",), ALWAYS),
     (("db", "upgrade"), ALWAYS),
+    (("db", "copy"), ALWAYS),
     (("alert",), WITH_ATTENTION),
     (("alert", "test"), WITH_ATTENTION),
     (("silence",), ALWAYS),

@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0007_leaks"
-down_revision = "0005_rotations"
+down_revision = "0006_cluster"
 branch_labels = None
 depends_on = None
 
