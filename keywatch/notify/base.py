@@ -270,6 +270,9 @@ SEVERITIES = {
     "KeywatchSecretStore": Severity.WARNING,
     "KeywatchLeakUnmanaged": Severity.WARNING,
     "KeywatchContainmentBlocked": Severity.CRITICAL,
+    "KeywatchLeakScan": Severity.CRITICAL,
+    "KeywatchLeakScanUnmanaged": Severity.WARNING,
+    "KeywatchUsageAnomaly": Severity.WARNING,
 }
 
 

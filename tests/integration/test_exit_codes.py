@@ -215,16 +215,26 @@ def test_run_with_daemon_listen_in_use_names_the_setting_and_the_address(fleet) 
 @pytest.mark.parametrize("problem", ["missing", "unwritable"])
 def test_run_with_daemon_database_in_a_bad_directory_names_the_setting(fleet, problem: str) -> None:
     import os
+    import shutil
+    import subprocess
 
-    if problem == "unwritable" and os.geteuid() == 0:
-        pytest.skip("root writes in any directory: the unwritable case cannot be made here")
     tmp_path, _db, env = fleet
     folder = tmp_path / "no-such-dir" if problem == "missing" else tmp_path / "locked"
+    immutable = False
     if problem == "unwritable":
         folder.mkdir(mode=0o500)
+        if os.geteuid() == 0:  # root writes in any directory whatever its mode, but not in an immutable one
+            chattr = shutil.which("chattr")
+            if chattr is None or subprocess.run([chattr, "+i", str(folder)], capture_output=True).returncode:
+                pytest.skip("root writes in any directory and chattr +i is not available here")
+            immutable = True
     cfg = tmp_path / "dbdir.toml"
     cfg.write_text((tmp_path / "ok.toml").read_text().replace(str(tmp_path / "k.db"), str(folder / "k.db")))
-    out = _run(cfg, env)
+    try:
+        out = _run(cfg, env)
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
     assert out.returncode == EXIT_USAGE, out.output
     (line,) = error_lines(out.output)
     assert "daemon.database" in line and str(folder) in line, line
