@@ -13,7 +13,7 @@ import asyncio
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
@@ -31,6 +31,7 @@ from keywatch.redact import REGISTRY
 from keywatch.runtime import CycleReport, Runtime
 
 log = structlog.get_logger("keywatch.leaks")
+PRUNE_EVERY = timedelta(hours=1)
 
 
 @dataclass
@@ -92,6 +93,7 @@ class LeakService:
         self._paths: list[str] = []
         self._http: Any = None
         self._fetching: set[str] = set()  # pending reports whose fetch is under way
+        self._pruned_at: datetime | None = None
 
     # -- set-up ---------------------------------------------------------------------------------------
     def mount(self) -> None:
@@ -397,6 +399,11 @@ class LeakService:
             if r.source == "github" and "repo" in r.detail and r.id not in self._fetching:
                 self._fetching.add(r.id)
                 self.spawn(self._fetch_and_process(r, time.monotonic()))
+        # Old delivery ids are forgotten once an hour, not every cycle: a write each cycle would make every
+        # cycle wait on a database another process holds locked.
+        if self._pruned_at is not None and now - self._pruned_at < PRUNE_EVERY:
+            return
+        self._pruned_at = now
         keep = timedelta(seconds=float(_settings(self.rt).forget_deliveries_after))
         try:
             await asyncio.to_thread(self.store.forget_deliveries, now - keep)

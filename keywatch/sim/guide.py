@@ -17,6 +17,8 @@ BASE_URLS: tuple[tuple[str, str, str], ...] = (
     ("aws_bedrock", "base_url of the key", "/aws/bedrock"),
     ("aws_bedrock", "endpoint_url of the account (IAM)", "/aws/iam"),
     ("aws_iam", "endpoint_url of the key (STS)", "/aws/sts"),
+    ("aws_iam", "leaks.aws_health_endpoint_url (AWS Health)", "/aws-health"),
+    ("github", "leaks.github.api_url (secret scanning alerts)", "/github"),
 )
 
 

@@ -38,6 +38,8 @@ METRICS = {
     "keywatch_usage_last_success_timestamp_seconds",
     "keywatch_rotations_total", "keywatch_rotation_in_progress", "keywatch_key_rotation_due_timestamp_seconds",
     "keywatch_key_age_seconds",
+    "keywatch_leak_reports_total", "keywatch_leak_requests_refused_total", "keywatch_containment_seconds",
+    "keywatch_containment_blocked_total", "keywatch_leader",
 }
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 
