@@ -14,40 +14,19 @@ import sys
 import time
 import urllib.error
 import urllib.request
-import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from keywatch.cluster.leadership import default_instance
-from tests.integration.conftest import PG_ADMIN, _pg_unavailable, free_port, toml_config, unique_secret
+from tests.integration.conftest import free_port, fresh_database, toml_config, unique_secret
 from tests.integration.test_notify_delivery import ThreadedReceiver
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
-
-@contextmanager
-def fresh_database(prefix: str = "kw_ha") -> Iterator[str]:
-    """CREATE DATABASE <prefix>_<random>, yield its URL, drop it (sessions ended) afterwards."""
-    reason = _pg_unavailable()
-    if reason:
-        pytest.skip(reason)
-    from sqlalchemy import create_engine, text
-
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(text(f"CREATE DATABASE {name}"))
-    try:
-        yield PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as c:
-            c.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        admin.dispose()
 
 
 def wait_until(cond: Callable[[], object], what: str, timeout: float = 20.0, step: float = 0.05) -> float:

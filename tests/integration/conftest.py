@@ -9,7 +9,9 @@ import os
 import socket
 import sys
 import urllib.request
+import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx2
@@ -110,6 +112,26 @@ def _pg_unavailable() -> str | None:
             return None
     except OSError:
         return "no PostgreSQL server at 127.0.0.1:5432"
+
+
+@contextmanager
+def fresh_database(prefix: str = "kw_ha") -> Iterator[str]:
+    """CREATE DATABASE <prefix>_<random>, yield its URL, drop it (sessions ended) afterwards."""
+    reason = _pg_unavailable()
+    if reason:
+        pytest.skip(reason)
+    from sqlalchemy import create_engine, text
+
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f"CREATE DATABASE {name}"))
+    try:
+        yield PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as c:
+            c.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -14,28 +13,15 @@ from pathlib import Path
 import pytest
 
 from keywatch.domain import Event, Health, KeyState, ManagedKey, Rollup, Secret, Transition
-from tests.integration.conftest import PG_ADMIN, _pg_unavailable
+from tests.integration.conftest import fresh_database
 
 pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture
 def pg_url() -> Iterator[str]:
-    reason = _pg_unavailable()
-    if reason:
-        pytest.skip(reason)
-    from sqlalchemy import create_engine, text
-
-    name = f"kw_ha_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(text(f"CREATE DATABASE {name}"))
-    try:
-        yield PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as c:
-            c.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        admin.dispose()
+    with fresh_database() as url:
+        yield url
 
 
 def fill(url: str) -> None:

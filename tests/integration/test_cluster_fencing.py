@@ -5,7 +5,6 @@ timeout (its heartbeats stopped) can record nothing once it resumes, even while 
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -16,7 +15,7 @@ from keywatch.cluster.leadership import PgLeadership
 from keywatch.domain import Event
 from keywatch.runtime import NotLeader, attach_leadership, confirm_leading, fence
 from keywatch.store.repo import Store
-from tests.integration.conftest import PG_ADMIN, _pg_unavailable
+from tests.integration.conftest import fresh_database
 
 pytestmark = pytest.mark.postgres
 
@@ -25,21 +24,8 @@ SETTINGS = {"heartbeat": "100ms", "takeover_timeout": "600ms"}
 
 @pytest.fixture
 def pg_url() -> Iterator[str]:
-    reason = _pg_unavailable()
-    if reason:
-        pytest.skip(reason)
-    from sqlalchemy import create_engine, text
-
-    name = f"kw_ha_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(text(f"CREATE DATABASE {name}"))
-    try:
-        yield PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as c:
-            c.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        admin.dispose()
+    with fresh_database() as url:
+        yield url
 
 
 def member(url: str, name: str, changes: list[tuple[str, bool]]) -> tuple[Store, PgLeadership]:
