@@ -129,6 +129,7 @@ def fresh_database(prefix: str = "kw_ha") -> Iterator[str]:
     try:
         yield PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
     finally:
+        admin.dispose()  # a fresh connection: the server may have restarted under the pooled one
         with admin.connect() as c:
             c.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         admin.dispose()
