@@ -13,7 +13,7 @@ import asyncio
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
@@ -48,6 +48,27 @@ class CycleReport:
 CycleHook = Callable[["CycleReport"], Awaitable[None]]
 TransitionListener = Callable[[Transition], None]
 AlertSink = Callable[[Alert], Awaitable[None]]
+
+
+def keep_interval_job(scheduler: Any, job_id: str, func: Callable[[], Awaitable[None]], interval: float | None) -> None:
+    """Keep a capability's periodic job in step with the config (called at setup and after every cycle, so a
+    reload applies): added, first run now, when `interval` is set and the job is missing; rescheduled when
+    the interval changed; removed when `interval` is None. Nothing while the scheduler has not started."""
+    if scheduler is None:
+        return
+    job = scheduler.get_job(job_id)
+    if interval is None:
+        if job is not None:
+            scheduler.remove_job(job_id)
+        return
+    from apscheduler.triggers.interval import IntervalTrigger
+
+    trigger = IntervalTrigger(seconds=interval, timezone=UTC)
+    if job is None:
+        scheduler.add_job(func, trigger, id=job_id, next_run_time=datetime.now(UTC), max_instances=1, coalesce=True,
+                          misfire_grace_time=int(interval))
+    elif job.trigger.interval != timedelta(seconds=interval):
+        scheduler.reschedule_job(job_id, trigger=trigger)
 
 
 class SignalBoard:

@@ -13,7 +13,7 @@ skipped; the scan goes on.
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ import structlog
 from keywatch.domain import Alert, Event, Severity, Signal
 from keywatch.leaks.scan_config import ScanSettings
 from keywatch.leaks.scanner import Finding, Scanner, ScanReport, SecretMatcher, managed_secrets, toplevel
-from keywatch.runtime import Runtime
+from keywatch.runtime import Runtime, keep_interval_job
 
 log = structlog.get_logger("keywatch.leaks.scan")
 JOB_ID = "leak_scan"
@@ -72,7 +72,6 @@ class ScanService:
         self._restored = False
         self.last: ScanReport | None = None
         self._matcher: tuple[Any, SecretMatcher] | None = None
-        self._interval: float | None = None
         self._lock = asyncio.Lock()
 
     def matcher(self) -> SecretMatcher:
@@ -82,31 +81,8 @@ class ScanService:
         return self._matcher[1]
 
     def ensure_job(self) -> None:
-        scheduler = self.rt.scheduler
-        if scheduler is None:
-            return
-        from apscheduler.triggers.interval import IntervalTrigger
-
         settings = settings_of(self.rt.inventory.config)
-        if not settings.paths:
-            if scheduler.get_job(JOB_ID) is not None:
-                scheduler.remove_job(JOB_ID)
-            self._interval = None
-            return
-        trigger = IntervalTrigger(seconds=settings.interval, timezone=UTC)
-        if scheduler.get_job(JOB_ID) is None:
-            scheduler.add_job(
-                self.scheduled,
-                trigger,
-                id=JOB_ID,
-                next_run_time=datetime.now(UTC),
-                max_instances=1,
-                coalesce=True,
-                misfire_grace_time=int(settings.interval),
-            )
-        elif self._interval != settings.interval:
-            scheduler.reschedule_job(JOB_ID, trigger=trigger)
-        self._interval = settings.interval
+        keep_interval_job(self.rt.scheduler, JOB_ID, self.scheduled, settings.interval if settings.paths else None)
 
     async def on_cycle(self, report: Any) -> None:
         self.ensure_job()

@@ -20,7 +20,7 @@ import structlog
 
 from keywatch.domain import Alert, Event, Severity, Signal
 from keywatch.providers import registry
-from keywatch.runtime import Runtime
+from keywatch.runtime import Runtime, keep_interval_job
 from keywatch.usage import anomaly
 from keywatch.usage import budgets as bmod
 from keywatch.usage.collectors import keyreport
@@ -98,7 +98,6 @@ class UsageService:
         self._http: Any = None
         self._adapters: Any = None
         self._for_inventory: Any = None
-        self._interval: float | None = None
         self._lock = asyncio.Lock()
         self._closing: Any = None
         self.anomalies = anomaly.AnomalyWatch()
@@ -125,23 +124,8 @@ class UsageService:
         self._adapters = self._http = None
 
     def ensure_job(self) -> None:
-        scheduler = self.rt.scheduler
-        if scheduler is None:
-            return
-        from apscheduler.triggers.interval import IntervalTrigger
-
         settings = settings_of(self.rt.inventory.config)
-        if not settings.enabled:
-            if scheduler.get_job(JOB_ID) is not None:
-                scheduler.remove_job(JOB_ID)
-            return
-        trigger = IntervalTrigger(seconds=settings.interval, timezone=UTC)
-        if scheduler.get_job(JOB_ID) is None:
-            scheduler.add_job(self.scheduled, trigger, id=JOB_ID, next_run_time=datetime.now(UTC), max_instances=1,
-                              coalesce=True, misfire_grace_time=int(settings.interval))
-        elif self._interval != settings.interval:
-            scheduler.reschedule_job(JOB_ID, trigger=trigger)
-        self._interval = settings.interval
+        keep_interval_job(self.rt.scheduler, JOB_ID, self.scheduled, settings.interval if settings.enabled else None)
 
     async def on_cycle(self, report: Any) -> None:
         self.ensure_job()
