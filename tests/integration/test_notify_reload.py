@@ -222,6 +222,9 @@ async def test_a_removed_sink_keeps_its_unsent_alerts_and_says_how_many(harness:
         attempts = len(down.requests)
         await harness.daemon.emit_alert(alert(2))
         await wait_until(lambda: len(kept.accepted()) == 2, "alert 2 on the kept sink")
+        # The receiver answers before the sender records the delivery: wait for the kept sink's row to be
+        # marked sent before reading what is still pending.
+        await wait_until(lambda: "kept" not in [r.sink for r in harness.rows("pending")], "alert 2 recorded sent")
     finally:
         await down.stop()
         await kept.stop()
