@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from keywatch.store.models import Base
@@ -27,6 +27,10 @@ class OutboxRow(Base):
     next_attempt_at: Mapped[datetime | None]
     delivered_at: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)
+    # who took the message to send it, last: the instance and its fencing token (AlertDB.claim)
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    claimed_token: Mapped[int | None] = mapped_column(BigInteger)
+    claimed_at: Mapped[datetime | None]
 
 
 class AlertStateRow(Base):

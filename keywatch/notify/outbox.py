@@ -1,8 +1,9 @@
 """Every database read and write of alerting. Synchronous: callers run it in a worker thread.
 
 The outbox is the contract between deciding and delivering: a decision and its outbox rows are written in one
-transaction; a row is marked delivered in one statement right after the sink accepted it, so after a crash
-only rows never accepted are sent again.
+transaction; before a send, the sender claims the row (`claim`: the fencing check, the row still pending, who
+takes it, in one transaction); a row is marked delivered in one statement right after the sink accepted it, so
+after a crash only rows never accepted are sent again.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from keywatch.notify.ids import new_delivery_id
 from keywatch.notify.models import DELIVERED, DROPPED, PENDING, AlertStateRow, OutboxRow, SilenceRow
+from keywatch.runtime import fence, leadership_of
 
 
 @dataclass
@@ -133,6 +135,20 @@ class AlertDB:
                 row.payload = {**(row.payload or {}), "delivery_id": new}
         item.payload["delivery_id"] = new
         return new
+
+    def claim(self, row_id: int, at: datetime) -> bool:
+        """Just before a send: in one transaction, the fencing check (raises runtime.NotLeader when this
+        instance no longer leads), the row still pending (False when another instance delivered or dropped
+        it meanwhile: nothing to send), and the claim recorded (instance, token, time)."""
+        with self.session.begin() as s:
+            fence(s)
+            q = select(OutboxRow).where(OutboxRow.id == row_id)
+            row = s.scalars(q.with_for_update() if s.get_bind().dialect.name == "postgresql" else q).first()
+            if row is None or row.status != PENDING:
+                return False
+            lead = leadership_of(s.get_bind())
+            row.claimed_by, row.claimed_token, row.claimed_at = lead.instance, lead.token, at
+            return True
 
     def pending_count(self, sink: str) -> int:
         with self.session() as s:

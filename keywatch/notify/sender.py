@@ -21,7 +21,7 @@ import structlog
 from keywatch.notify.base import Message, Sink, SinkError, alert_from_dict, parse_time
 from keywatch.notify.outbox import AlertDB, OutboxItem
 from keywatch.notify.pipeline import AlertMetrics
-from keywatch.runtime import confirm_leading
+from keywatch.runtime import NotLeader
 
 log = structlog.get_logger("keywatch.alerts")
 
@@ -154,11 +154,20 @@ class SinkSender:
                 log.warning("alert_outbox_write_failed", sink=name, error=type(exc).__name__)
                 await self._sleep(self.retry_base)
                 return
-        # Several instances on one database: only the leader sends, and it proves it leads (its fencing
-        # token is current) in a transaction just before each send; a deposed leader sends nothing.
-        if not await asyncio.to_thread(confirm_leading, self.db.session):
+        # Several instances on one database: only the leader sends. Just before each send it claims the row
+        # (AlertDB.claim): its fencing token checked, the row still pending, the claim recorded, in one
+        # transaction; a deposed leader sends nothing, and a row its successor delivered is not sent again.
+        try:
+            claimed = await asyncio.to_thread(self.db.claim, item.id, datetime.now(UTC))
+        except NotLeader:
             await self._sleep(self.retry_base)
             return
+        except Exception as exc:
+            log.warning("alert_outbox_write_failed", sink=name, error=type(exc).__name__)
+            await self._sleep(self.retry_base)
+            return
+        if not claimed:
+            return  # delivered or dropped by another instance meanwhile: the next pending row is read again
         self.sending = True
         try:
             await sink.send(message_of(item, self.dashboard_url, str(delivery_id)))

@@ -73,6 +73,9 @@ class Machine:
     on_promote: Callable[[Rotation, ManagedKey], Awaitable[list[str] | None]] | None = None
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
     new: NewCredential | None = None  # in memory only; assisted mode: the value a person made
+    # before each step (its provider or store call): raises runtime.NotLeader when this instance no longer
+    # leads; the step's record is fenced too (RotationStore.save), so a deposed leader stops at once
+    guard: Callable[[], Awaitable[None]] | None = None
 
     async def _record(self, r: Rotation, **changes: Any) -> Rotation:
         r = updated(r, self.clock(), **changes)
@@ -103,6 +106,8 @@ class Machine:
         return r
 
     async def _advance(self, r: Rotation, key: ManagedKey) -> Rotation | None:
+        if self.guard is not None:
+            await self.guard()
         step = r.step
         if step == "started":
             return await self._create(r, key)

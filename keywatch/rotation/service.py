@@ -26,7 +26,7 @@ from keywatch.rotation.config import RotationSettings, rotate_every, seconds
 from keywatch.rotation.consumers import Promotion, tell
 from keywatch.rotation.machine import Machine, Policy, new_rotation
 from keywatch.rotation.store import Rotation, RotationStore
-from keywatch.runtime import Runtime
+from keywatch.runtime import NotLeader, Runtime
 
 log = structlog.get_logger("keywatch.rotation")
 JOB_ID = "rotation"
@@ -149,11 +149,15 @@ class RotationService:
                                                          + (f": {r.error}" if r.error else "")),
                                          {"rotation": r.id, "step": r.step, "state": r.state}))
 
+    async def _guard(self) -> None:
+        if not await self.rt.still_leading():
+            raise NotLeader(f"{self.rt.leadership.instance} does not lead")
+
     def _machine(self, r: Rotation, key: ManagedKey) -> Machine:
         m = self.machines.get(r.id)
         if m is None:
             m = Machine(_CurrentAdapter(self.rt, key.provider), self._destinations(key), self._save, self.rt.clock,
-                        policy_for(key, self._settings()), on_promote=self._promoted)
+                        policy_for(key, self._settings()), on_promote=self._promoted, guard=self._guard)
             self.machines[r.id] = m
         return m
 
@@ -233,7 +237,11 @@ class RotationService:
             m = self._machine(r, key)
             if new_secret is not None:
                 m.new = new_secret if isinstance(new_secret, NewCredential) else NewCredential("", new_secret, {})
-            await self._save(r)
+            try:
+                await self._save(r)
+            except NotLeader:
+                self.machines.pop(r.id, None)
+                return Started(False, f"{name}: this instance no longer leads; the leader starts rotations")
         self._drive(r, key)
         return Started(True, f"rotation {r.id[:8]} of {name} started ({support.mode})", r)
 
@@ -248,6 +256,10 @@ class RotationService:
             return
         try:
             out = await self._machine(r, key).run(r, key)
+        except NotLeader:  # another instance leads now: it resumes the rotation from its last record
+            self.machines.pop(r.id, None)
+            log.info("rotation_handed_over", rotation=r.id, key=r.key, step=r.step)
+            return
         except Exception as exc:
             log.exception("rotation_crashed", rotation=r.id, key=r.key)
             out = r

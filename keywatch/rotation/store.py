@@ -11,6 +11,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import sessionmaker
 
 from keywatch.rotation.models import RotationRow
+from keywatch.runtime import fence
 
 ACTIVE_STATES = ("running", "rolling_back")
 
@@ -63,7 +64,11 @@ class RotationStore:
         self.session = sessionmaker(engine, expire_on_commit=False)
 
     def save(self, r: Rotation) -> None:
+        """Record a step. The fencing check is in the same transaction (runtime.fence: raises NotLeader when
+        this instance no longer leads), and a step's provider call comes after its record, so a deposed
+        leader neither records nor calls anything."""
         with self.session.begin() as s:
+            fence(s)
             s.merge(_row(r))
 
     def get(self, rotation_id: str) -> Rotation | None:

@@ -20,7 +20,7 @@ import structlog
 
 from keywatch.domain import Alert, Event, Severity, Signal
 from keywatch.providers import registry
-from keywatch.runtime import Runtime, keep_interval_job
+from keywatch.runtime import NotLeader, Runtime, keep_interval_job
 from keywatch.usage import anomaly
 from keywatch.usage import budgets as bmod
 from keywatch.usage.collectors import keyreport
@@ -136,6 +136,8 @@ class UsageService:
             return
         try:
             await self.run()
+        except NotLeader:  # leadership passed during the run: the new leader pulls and records
+            log.info("usage_pull_stopped", reason="another instance leads")
         except Exception:
             log.exception("usage_run_failed")
 
@@ -177,6 +179,8 @@ class UsageService:
                 self.snapshot.balances[(b.account, b.provider, b.currency)] = b.balance
             try:
                 await asyncio.to_thread(self.store.apply, result, now)
+            except NotLeader:
+                raise
             except Exception as exc:
                 log.error("usage_write_failed", account=src.name, error=type(exc).__name__)
                 result.errors.append(f"database: {type(exc).__name__}")

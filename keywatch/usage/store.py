@@ -17,6 +17,7 @@ from sqlalchemy import Engine, and_, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
+from keywatch.runtime import fence
 from keywatch.usage.models import BudgetMarkRow, UsageBalanceRow, UsageRollupRow, UsageSourceRow
 from keywatch.usage.money import from_nanos, to_nanos
 from keywatch.usage.rows import Balance, PullResult, UsageRow, merge
@@ -74,9 +75,11 @@ class UsageStore:
 
     # -- writes ---------------------------------------------------------------------------------------
     def apply(self, result: PullResult, at: datetime) -> None:
-        """Replace the windows the pull owns with its rows, add its balances, record the pull's outcome."""
+        """Replace the windows the pull owns with its rows, add its balances, record the pull's outcome; the
+        fencing check (runtime.fence, NotLeader) in the same transaction: a deposed leader records nothing."""
         rows = merge(result.rows)
         with self.session.begin() as s:
+            fence(s)
             for r in result.replaces:
                 cond = [T.c.account == r.account, T.c.source == r.source, T.c.width == r.width,
                         T.c.bucket >= r.start, T.c.bucket < r.end]
@@ -200,5 +203,6 @@ class UsageStore:
         if not values:
             return
         with self.session.begin() as s:
+            fence(s)  # a mark is what stops the alert being sent twice: only the leader records one
             s.execute(ins.on_conflict_do_nothing(index_elements=["budget", "period_start", "mark"]), values)
 

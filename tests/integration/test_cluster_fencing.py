@@ -99,3 +99,71 @@ def test_a_leader_that_leaves_hands_over_at_the_next_heartbeat(pg_url: str) -> N
         b.close()
         sa.dispose()
         sb.dispose()
+
+
+def claim_of(store: Store, row: int) -> tuple[str, int, str]:
+    with store.engine.connect() as c:
+        r = c.exec_driver_sql(f"SELECT claimed_by, claimed_token, status FROM alert_outbox WHERE id = {row}").one()
+    return (r[0], r[1], r[2])
+
+
+def test_every_acting_record_is_fenced_in_its_own_transaction(pg_url: str) -> None:
+    """An outbox send's claim, a rotation step, a usage pull and a budget mark each check the token in the
+    transaction that records them: the deposed leader records none of them, its successor records all."""
+    from decimal import Decimal
+
+    from keywatch.domain import ManagedKey, Secret
+    from keywatch.notify.outbox import AlertDB
+    from keywatch.rotation.machine import new_rotation
+    from keywatch.rotation.store import RotationStore
+    from keywatch.usage.rows import PullResult
+    from keywatch.usage.store import UsageStore
+
+    Store(pg_url).upgrade()
+    changes: list[tuple[str, bool]] = []
+    (sa, a), (sb, b) = member(pg_url, "a", changes), member(pg_url, "b", changes)
+    try:
+        a.beat()
+        b.beat()
+        now = datetime.now(UTC)
+        db_a, db_b = AlertDB(sa.session), AlertDB(sb.session)
+        [row] = db_a.commit([], [("ops", {"title": "t"})], now)
+        assert db_a.claim(row, now) is True  # a leads: its claim is recorded with its token
+        assert claim_of(sa, row) == ("a", 1, "pending")
+        # a freezes; b takes over; a believes it still leads.
+        deadline = time.monotonic() + 5
+        while not b.leading and time.monotonic() < deadline:
+            b.beat()
+            time.sleep(0.1)
+        assert b.leading and b.token == 2
+        a._confirmed_at, a._token = time.monotonic(), 1
+
+        key = ManagedKey("app", "openrouter", Secret("sk-or-v1-" + "f" * 64), "env:X")
+        rot = new_rotation(key, "create", actor="timer", reason="due", at=now)
+        usage = PullResult("acct", "openai")
+        for acting in (
+            lambda: db_a.claim(row, now),
+            lambda: RotationStore(sa.engine).save(rot),
+            lambda: UsageStore(sa.engine).apply(usage, now),
+            lambda: UsageStore(sa.engine).add_marks("b1", now, ["50"], now, Decimal("0.5")),
+        ):
+            a._confirmed_at, a._token = time.monotonic(), 1
+            with pytest.raises(NotLeader):
+                acting()
+        assert RotationStore(sb.engine).get(rot.id) is None
+        assert UsageStore(sb.engine).sources() == {}
+        assert UsageStore(sb.engine).marks("b1", now) == set()
+        # the successor does each of them; a row it delivered is not claimed again by anyone
+        assert db_b.claim(row, now) is True
+        RotationStore(sb.engine).save(rot)
+        UsageStore(sb.engine).apply(usage, now)
+        UsageStore(sb.engine).add_marks("b1", now, ["50"], now, Decimal("0.5"))
+        assert RotationStore(sb.engine).get(rot.id) is not None and "acct" in UsageStore(sb.engine).sources()
+        db_b.mark_delivered(row, now)
+        assert db_b.claim(row, now) is False
+        assert claim_of(sb, row) == ("b", 2, "delivered")
+    finally:
+        a.close()
+        b.close()
+        sa.dispose()
+        sb.dispose()

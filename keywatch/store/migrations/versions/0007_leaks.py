@@ -1,7 +1,7 @@
 """leaks: leak reports, delivery ids (replays), compromised keys (never a secret)
 
 Revision ID: 0007_leaks
-Revises: 0005_rotations
+Revises: 0006_cluster
 """
 
 import sqlalchemy as sa
