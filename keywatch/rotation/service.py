@@ -13,7 +13,7 @@ import asyncio
 import os
 import signal
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
@@ -26,7 +26,7 @@ from keywatch.rotation.config import RotationSettings, rotate_every, seconds
 from keywatch.rotation.consumers import Promotion, tell
 from keywatch.rotation.machine import Machine, Policy, new_rotation
 from keywatch.rotation.store import Rotation, RotationStore
-from keywatch.runtime import NotLeader, Runtime
+from keywatch.runtime import NotLeader, Runtime, keep_interval_job
 
 log = structlog.get_logger("keywatch.rotation")
 JOB_ID = "rotation"
@@ -444,19 +444,8 @@ class RotationService:
             log.exception("rotation_check_failed")
 
     def ensure_job(self) -> None:
-        scheduler = self.rt.scheduler
-        if scheduler is None:
-            return
-        from apscheduler.triggers.interval import IntervalTrigger
-
-        settings = self._settings()
-        if not settings.enabled:
-            if scheduler.get_job(JOB_ID) is not None:
-                scheduler.remove_job(JOB_ID)
-            return
-        if scheduler.get_job(JOB_ID) is None:
-            scheduler.add_job(self.scheduled, IntervalTrigger(seconds=settings.check_interval, timezone=UTC),
-                              id=JOB_ID, next_run_time=datetime.now(UTC), max_instances=1, coalesce=True)
+        s = self._settings()
+        keep_interval_job(self.rt.scheduler, JOB_ID, self.scheduled, s.check_interval if s.enabled else None)
 
     async def on_cycle(self, report: Any) -> None:
         self.ensure_job()
