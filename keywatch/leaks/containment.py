@@ -56,6 +56,7 @@ class Exposure:
     validity: str | None = None
     publicly_leaked: bool | None = None
     since: datetime | None = None  # a retry: when the key was first marked
+    fingerprints: tuple[str, ...] = ()  # a scan's report: the fingerprints of the secrets it found
 
 
 class Containment:
@@ -304,6 +305,8 @@ class Containment:
             fields["validity"] = e.validity
         if e.publicly_leaked is not None:
             fields["publicly_leaked"] = str(e.publicly_leaked).lower()
+        if e.fingerprints:  # what a restarted scan reads back not to report the same secrets again
+            fields["fingerprints"] = ",".join(e.fingerprints)
         await self.rt.emit_alert(
             Alert(
                 identity=f"compromised:{key.name}",

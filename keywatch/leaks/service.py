@@ -19,6 +19,7 @@ from typing import Any
 import structlog
 
 from keywatch.domain import Alert, Event, Secret, Severity
+from keywatch.engine import immediate
 from keywatch.leaks.config import LeaksSettings
 from keywatch.leaks.containment import Containment, Exposure
 from keywatch.leaks.github import GithubError, PublicKeys, fetch_alert
@@ -128,6 +129,7 @@ class LeakService:
         log.info("leak_receiver_ready", receiver=name, path=path)
 
     async def aclose(self) -> None:
+        immediate.attach_exposure(None)
         for p in self._paths:
             self.rt.routes.unmount(p)
         for t in list(self._tasks):
@@ -191,7 +193,15 @@ class LeakService:
             return None
         # Containment starts at once, beside the report's write (which still ends before the answer).
         exposure = Exposure(
-            key, item.source, item.location, item.confidence, report.id, received, item.validity, item.publicly_leaked
+            key,
+            item.source,
+            item.location,
+            item.confidence,
+            report.id,
+            received,
+            item.validity,
+            item.publicly_leaked,
+            fingerprints=tuple(item.detail.get("fingerprints", ())),
         )
         self.spawn(self.containment.contain(exposure))
         if report_id is None:
@@ -217,6 +227,15 @@ class LeakService:
         )
         return key
 
+    async def found(self, items: list[Incoming]) -> None:
+        """Reports another capability matched itself (the scheduled scan): recorded and contained as the
+        receivers' are (engine.immediate.report_exposed)."""
+        for item in items:
+            try:
+                await self.process(item, time.monotonic())
+            except Exception:
+                log.exception("leak_report_failed", source=item.source)
+
     async def _unmanaged(self, item: Incoming, report: LeakReport) -> None:
         shown = item.masked or item.shown_fingerprint or "a secret"
         what = f" ({item.secret_type})" if item.secret_type else ""
@@ -230,6 +249,8 @@ class LeakService:
                 {"source": item.source, "report": report.id, "fingerprint": item.shown_fingerprint},
             )
         )
+        if item.prematched:  # the scan raises (and resolves, once no longer found) a warning of its own
+            return
         await self.rt.emit_alert(
             Alert(
                 identity=f"leak_unmanaged:{item.shown_fingerprint or report.id}",
@@ -438,6 +459,7 @@ async def setup(rt: Runtime) -> LeakService:
     store = LeakStore(rt.store.engine)
     svc = LeakService(rt, store, LeakMetrics(rt.registry), await _resolve(rt, s))
     await svc.containment.load()
+    immediate.attach_exposure(svc.found)
     svc.mount()
     rt.on_cycle("leaks", svc.on_cycle)
     return svc
