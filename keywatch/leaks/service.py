@@ -20,7 +20,7 @@ import structlog
 
 from keywatch.domain import Alert, Event, Secret, Severity
 from keywatch.engine import immediate
-from keywatch.leaks.config import LeaksSettings
+from keywatch.leaks.config import LeaksSettings, reference_problem, secret_references
 from keywatch.leaks.containment import Containment, Exposure
 from keywatch.leaks.github import GithubError, PublicKeys, fetch_alert
 from keywatch.leaks.intake import Incoming, KeyIndex, clean_location
@@ -59,22 +59,20 @@ async def _resolve(rt: Runtime, s: LeaksSettings) -> Resolved:
     allow = cfg.daemon.allow_literal_secrets
     problems: list[str] = []
 
-    async def one(ref: str | None, where: str) -> Secret | None:
-        if ref is None:
-            return None
+    async def one(ref: str, where: str) -> Secret | None:
         try:
             return await asyncio.to_thread(resolve, ref, allow_literal=allow, stores=cfg.secret_stores)
         except SecretError as exc:
-            problems.append(f"{where}: {exc}")
+            problems.append(reference_problem(where, ref, exc))
             return None
 
-    out = Resolved()
-    if s.github is not None:
-        out.github_secret = await one(s.github.webhook_secret, "leaks.github.webhook_secret")
-        out.github_token = await one(s.github.token, "leaks.github.token")
-    if s.generic is not None:
-        out.generic_token = await one(s.generic.token, "leaks.generic.token")
-        out.generic_hmac = await one(s.generic.hmac_secret, "leaks.generic.hmac_secret")
+    found = {where: await one(ref, where) for where, ref in secret_references(s)}
+    out = Resolved(
+        github_secret=found.get("leaks.github.webhook_secret"),
+        github_token=found.get("leaks.github.token"),
+        generic_token=found.get("leaks.generic.token"),
+        generic_hmac=found.get("leaks.generic.hmac_secret"),
+    )
     if problems:
         raise ConfigError(rt.inventory.source, problems)
     REGISTRY.add(x.reveal() for x in vars(out).values() if x is not None)
