@@ -20,6 +20,11 @@ cycle, and closes them in the reverse order. The order matters:
    cycle hook runs after the policies', and containment never waits for a cycle anyway.
 
 Adding a capability is adding a module and one line here.
+
+`EVERY_INSTANCE` lists what runs on every instance of a cluster, leading or not, from start to shutdown:
+each module defines `async def serve(runtime) -> Capability`, called before the capabilities start. The
+leak receivers are there: a webhook delivered to a follower (behind a load balancer) is verified and
+recorded by it, and the leader's `leaks` capability, which attaches to the same receivers, contains it.
 """
 
 from __future__ import annotations
@@ -31,4 +36,8 @@ DAEMON_CAPABILITIES: list[tuple[str, str]] = [
     ("leak_scan", "keywatch.leaks.scan_service"),  # scheduled scans: findings contained by leaks
     ("rotation", "keywatch.rotation.service"),  # resumes rotations once alerts and policies are up
     ("leaks", "keywatch.leaks.service"),  # last: receivers open once containment has every part it uses
+]
+
+EVERY_INSTANCE: list[tuple[str, str]] = [
+    ("leak_receivers", "keywatch.leaks.service"),  # record reports on every instance; the leader acts on them
 ]

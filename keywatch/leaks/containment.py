@@ -14,6 +14,7 @@ containment held back raises a critical alert.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -30,7 +31,7 @@ from keywatch.engine.actions.disable import DisableAction
 from keywatch.engine.actions.revoke import RevokeAction
 from keywatch.engine.executor import Executor
 from keywatch.engine.model import ActionRequest, Outcome
-from keywatch.leaks.store import Compromise, LeakStore
+from keywatch.leaks.store import Compromise, LeakReport, LeakStore
 from keywatch.providers.base import Capability
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("keywatch.leaks")
 ACTOR = "leaks"
+FAULT_ENV = "KEYWATCH_FAULT_CONTAINMENT"
 _FREE = asyncio.Lock()
 
 
@@ -57,6 +59,17 @@ class Exposure:
     publicly_leaked: bool | None = None
     since: datetime | None = None  # a retry: when the key was first marked
     fingerprints: tuple[str, ...] = ()  # a scan's report: the fingerprints of the secrets it found
+    # The report as it is stored once handled (state `matched`), written with the mark in one transaction,
+    # after `written` (the report's first write, under way beside the provider call) is done.
+    row: LeakReport | None = None
+    written: asyncio.Future[Any] | None = None
+
+
+def fault_at(point: str) -> None:
+    """The fault-injection point of the kill -9 tests: the process dies at `point` of a containment
+    (`recorded`: the report written, nothing else; `marked`: the compromise mark written too)."""
+    if os.environ.get(FAULT_ENV) == point:
+        os._exit(137)
 
 
 class Containment:
@@ -125,10 +138,12 @@ class Containment:
     async def _contain(self, e: Exposure) -> Outcome | None:
         key = next((k for k in self.rt.inventory.keys if k.name == e.key), None)
         if key is None:
+            await self._settle(e)
             return None
         now = self.rt.clock()
         current = self.compromised.get(e.key)
         if current is not None and current.active and current.contained_at is not None:
+            await self._settle(e)
             await self.rt.events.write(
                 Event(
                     now,
@@ -141,13 +156,20 @@ class Containment:
             )
             return None
         if e.confidence == "pattern" and not self._pattern_allowed(now):
+            await self._settle(e)
             await self._held_back(key, e, now)
             return None
         c = Compromise(key.name, key.fingerprint, e.since or now, e.source, e.location, e.report)
         self.compromised[key.name] = c
         self.publish_signal()
         # The mark is written beside the provider call, not before it: the call does not wait for the disk.
-        marking = asyncio.ensure_future(asyncio.to_thread(self.store.mark_compromised, c))
+        if os.environ.get(FAULT_ENV) and e.written is not None:
+            await asyncio.gather(e.written, return_exceptions=True)
+            fault_at("recorded")
+        marking = asyncio.ensure_future(self._mark(e, c))
+        if os.environ.get(FAULT_ENV):
+            await asyncio.gather(marking, return_exceptions=True)
+            fault_at("marked")
         out = await self._deactivate(key, e)
         try:
             self.compromised[key.name] = await marking
@@ -169,6 +191,24 @@ class Containment:
         rotation = await self._rotate(key, e)
         await self._alert(key, e, out, rotation, now)
         return out
+
+    async def _mark(self, e: Exposure, c: Compromise) -> Compromise:
+        if e.written is not None:
+            await asyncio.gather(e.written, return_exceptions=True)  # one that failed: the settle writes it
+        if e.row is None:
+            return await asyncio.to_thread(self.store.mark_compromised, c)
+        return await asyncio.to_thread(self.store.settle, e.row, c) or c
+
+    async def _settle(self, e: Exposure) -> None:
+        """The report handled without a mark (a repeat, held back, a key no longer configured)."""
+        if e.row is None:
+            return
+        if e.written is not None:
+            await asyncio.gather(e.written, return_exceptions=True)
+        try:
+            await asyncio.to_thread(self.store.settle, e.row, None)
+        except Exception as exc:
+            log.warning("leak_report_write_failed", error=type(exc).__name__)
 
     async def _publish_pools(self) -> None:
         """Publish the pools now; containments arriving while a publication runs share the next one (the

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, delete, select
+from sqlalchemy import Engine, delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import sessionmaker
 
@@ -93,6 +93,38 @@ class LeakStore:
     def save_report(self, r: LeakReport) -> None:
         with self.session.begin() as s:
             s.merge(_copy(r, LeakReportRow, _REPORT))
+
+    def settle(self, r: LeakReport, mark: Compromise | None) -> Compromise | None:
+        """The report as handled (`r`, typically `matched`) and, when given, the key's compromise mark, in one
+        transaction: a process killed before it leaves the report `queued` (taken up again), one killed after
+        leaves the mark (its containment tried again). Returns the mark as stored (the first one stands)."""
+        with self.session.begin() as s:
+            s.merge(_copy(r, LeakReportRow, _REPORT))
+            if mark is None:
+                return None
+            row = s.get(CompromisedKeyRow, mark.key)
+            if row is not None and row.cleared_at is None:
+                return _copy(row, Compromise, _COMPROMISE)
+            s.merge(_copy(mark, CompromisedKeyRow, _COMPROMISE))
+            return mark
+
+    def queued(self, limit: int = 100) -> list[LeakReport]:
+        """Reports recorded and not yet handled (by an instance that does not act, or by one killed first),
+        oldest first."""
+        with self.session() as s:
+            q = select(LeakReportRow).where(LeakReportRow.state == "queued")
+            q = q.order_by(LeakReportRow.received_at).limit(limit)
+            return [_copy(r, LeakReport, _REPORT) for r in s.scalars(q)]
+
+    def claim(self, report_id: str, state: str) -> bool:
+        """Move a queued report to `state`; False when another took it first."""
+        with self.session.begin() as s:
+            done = s.execute(
+                update(LeakReportRow)
+                .where(LeakReportRow.id == report_id, LeakReportRow.state == "queued")
+                .values(state=state)
+            )
+            return bool(done.rowcount)
 
     def update_report(self, report_id: str, **changes: Any) -> LeakReport | None:
         with self.session.begin() as s:
