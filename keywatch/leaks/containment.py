@@ -20,6 +20,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -31,8 +32,10 @@ from keywatch.engine.actions.disable import DisableAction
 from keywatch.engine.actions.revoke import RevokeAction
 from keywatch.engine.executor import Executor
 from keywatch.engine.model import ActionRequest, Outcome
-from keywatch.leaks.store import Compromise, LeakReport, LeakStore
+from keywatch.leaks.batch import Batcher
+from keywatch.leaks.store import Compromise, LeakReport, LeakStore, mark_contained_in, settle_in
 from keywatch.providers.base import Capability
+from keywatch.store.repo import Store
 
 if TYPE_CHECKING:
     from keywatch.leaks.config import LeaksSettings
@@ -80,9 +83,8 @@ class Containment:
         self.store = store
         self.metrics = metrics
         self.settings = settings
-        self.executor = Executor(
-            rt.adapter, rt.store, rt.events.write, emit_alert=rt.emit_alert, on_state=self._on_state
-        )
+        self.writes = Batcher(store.run_batch)
+        self.executor = Executor(rt.adapter, rt.store, self._record, emit_alert=rt.emit_alert, on_state=self._on_state)
         self.compromised: dict[str, Compromise] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._pattern_times: deque[datetime] = deque()
@@ -122,6 +124,18 @@ class Containment:
                 self.rt.tracker.set(
                     replace(st, compromised=True, compromise_reason=f"reported by {c.source} at {c.location}"[:300])
                 )
+
+    async def _record(self, event: Event) -> None:
+        """The executor's audit lines. An action's start must be written before the provider call: it goes
+        with the concurrent containments' starts, in one transaction ahead of everything else (leaks.batch),
+        not behind the daemon's writer queue; the rest as every audit line goes."""
+        if event.kind == "action_started":
+            try:
+                await self.writes.run(partial(Store._add_events, events=[event]), urgent=True)
+                return
+            except Exception as exc:
+                log.warning("audit_write_failed", error=type(exc).__name__)
+        await self.rt.events.write(event)
 
     def _on_state(self, state: KeyState, actor: str, reason: str) -> None:
         cur = self.rt.tracker.snapshot().get(state.key)
@@ -171,20 +185,20 @@ class Containment:
             await asyncio.gather(marking, return_exceptions=True)
             fault_at("marked")
         out = await self._deactivate(key, e)
+        if out.provider_changed:  # a retry counts from the first report, not from itself
+            took = (self.rt.clock() - e.since).total_seconds() if e.since else time.monotonic() - e.received
+            self.metrics.containment.observe(max(0.0, took))
         try:
             self.compromised[key.name] = await marking
         except Exception as exc:  # the database is down: contained anyway; the report row says what happened
             log.error("compromise_write_failed", key=key.name, error=type(exc).__name__)
-        if out.provider_changed:  # a retry counts from the first report, not from itself
-            took = (self.rt.clock() - e.since).total_seconds() if e.since else time.monotonic() - e.received
-            self.metrics.containment.observe(max(0.0, took))
         # Contained when the provider side is done or cannot be done; a provider that failed (partial,
         # failed) is asked again at the next cycle (`retry_uncontained`).
         if out.result == "ok":
             at = self.rt.clock()
             self.compromised[key.name] = _contained(c, at)
             try:
-                await asyncio.to_thread(self.store.mark_contained, key.name, at)
+                await self.writes.run(partial(mark_contained_in, key=key.name, at=at))
             except Exception as exc:
                 log.error("compromise_write_failed", key=key.name, error=type(exc).__name__)
         await self._publish_pools()
@@ -197,7 +211,7 @@ class Containment:
             await asyncio.gather(e.written, return_exceptions=True)  # one that failed: the settle writes it
         if e.row is None:
             return await asyncio.to_thread(self.store.mark_compromised, c)
-        return await asyncio.to_thread(self.store.settle, e.row, c) or c
+        return await self.writes.run(partial(settle_in, r=e.row, mark=c)) or c
 
     async def _settle(self, e: Exposure) -> None:
         """The report handled without a mark (a repeat, held back, a key no longer configured)."""
@@ -206,7 +220,7 @@ class Containment:
         if e.written is not None:
             await asyncio.gather(e.written, return_exceptions=True)
         try:
-            await asyncio.to_thread(self.store.settle, e.row, None)
+            await self.writes.run(partial(settle_in, r=e.row, mark=None))
         except Exception as exc:
             log.warning("leak_report_write_failed", error=type(exc).__name__)
 

@@ -14,9 +14,11 @@ import time
 import uuid
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import structlog
+from sqlalchemy.exc import IntegrityError
 
 from keywatch.domain import Alert, Event, Secret, Severity
 from keywatch.engine import immediate
@@ -27,7 +29,7 @@ from keywatch.leaks.intake import Incoming, KeyIndex, clean_location
 from keywatch.leaks.metrics import LeakMetrics
 from keywatch.leaks.receivers import generic, github_partner, github_webhook, guarded
 from keywatch.leaks.signals import ProviderSignals
-from keywatch.leaks.store import LeakReport, LeakStore
+from keywatch.leaks.store import LeakReport, LeakStore, receive_in, save_report_in
 from keywatch.redact import REGISTRY
 from keywatch.runtime import SOLO, CycleReport, Runtime
 
@@ -37,6 +39,7 @@ PRUNE_EVERY = timedelta(hours=1)
 # SQLite and PostgreSQL alike, survives a dropped connection without re-subscribing, and the same query takes
 # up the reports of a process killed before it handled them; an indexed read of a few rows a second.
 QUEUE_POLL = 1.0
+GITHUB_CONNECTIONS = 32
 
 
 @dataclass
@@ -109,7 +112,9 @@ class LeakService:
         s = _settings(self.rt)
         probe = self.rt.inventory.config.probe
         if s.github is not None or s.partner is not None:
-            self._http = make_http_client(4, probe.timeout, probe.max_body)
+            # GitHub alerts are fetched as their webhooks arrive: a burst of them must not queue on a few
+            # connections (the fetch is on the way to the provider call).
+            self._http = make_http_client(GITHUB_CONNECTIONS, probe.timeout, probe.max_body)
         if s.github is not None and self.secrets.github_secret is not None:
             self._mount(s.github.path, "github", github_webhook(self, self.secrets.github_secret, s.max_body))
         if s.partner is not None:
@@ -234,10 +239,12 @@ class LeakService:
         # Containment starts at once, beside the report's write (which still ends before the answer); the
         # report is written `queued` and becomes `matched` with the compromise mark, in one transaction.
         self._inflight.add(report.id)
-        written = asyncio.ensure_future(asyncio.to_thread(self.store.save_report, report))
+        if report_id is not None:  # its row exists (pending): written once, matched, with the mark
+            self._contain_report(report, received, None)
+            return key
+        written = asyncio.ensure_future(self.containment.writes.run(partial(save_report_in, r=report)))
         self._contain_report(report, received, written)
-        if report_id is None:
-            await written
+        await written
         return key
 
     def _contain_report(self, report: LeakReport, received: float, written: asyncio.Future[Any] | None) -> None:
@@ -255,31 +262,29 @@ class LeakService:
             row=replace(report, state="matched"),
             written=written,
         )
-        self.spawn(self._contain(exposure))
-        self.spawn(
-            self.rt.events.write(
-                Event(
-                    report.received_at,
-                    "leak_reported",
-                    report.key,
-                    "leaks",
-                    f"{report.key} reported exposed by {report.source} at {report.location}",
-                    {
-                        "source": report.source,
-                        "report": report.id,
-                        "confidence": report.confidence,
-                        "validity": report.validity,
-                    },
-                )
-            )
+        reported = Event(
+            report.received_at,
+            "leak_reported",
+            report.key,
+            "leaks",
+            f"{report.key} reported exposed by {report.source} at {report.location}",
+            {
+                "source": report.source,
+                "report": report.id,
+                "confidence": report.confidence,
+                "validity": report.validity,
+            },
         )
+        self.spawn(self._contain(exposure, reported))
 
-    async def _contain(self, e: Exposure) -> None:
+    async def _contain(self, e: Exposure, reported: Event) -> None:
+        """Contain, then the audit line of the report: after the provider call, which it must not delay."""
         try:
             await self.containment.contain(e)
         finally:
             if e.report is not None:
                 self._inflight.discard(e.report)
+            await self.rt.events.write(reported)
 
     async def take_queued(self) -> int:
         """Handle the reports recorded `queued` and not handled here: by a follower, or by this process
@@ -420,7 +425,9 @@ class LeakService:
             publicly_leaked=alert.get("publicly_leaked") if isinstance(alert.get("publicly_leaked"), bool) else None,
             detail={"alert": ref, "repo": repo, "number": number},
         )
-        if not await asyncio.to_thread(self.store.receive, "github", delivery, report):
+        try:  # with the other deliveries of a burst, in one transaction (a replay fails alone)
+            await self.containment.writes.run(partial(receive_in, source="github", delivery=delivery, report=report))
+        except IntegrityError:
             return None
         if not self.acting:
             return f"alert {ref} recorded"
