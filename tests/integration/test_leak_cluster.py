@@ -1,6 +1,7 @@
 """The leak receivers on every instance of a cluster: a report delivered to a follower (behind a load
 balancer) is verified and recorded durably by it, answered as the leader would, and contained by the leader
-only, exactly once; a GitHub delivery id is refused as a replay by every instance. Two daemons as processes
+only, exactly once, also when the leader was dead at the time (the next one takes it up); a GitHub
+delivery id is refused as a replay by every instance. Two daemons as processes
 on the PostgreSQL of this machine (a fresh database; skipped, with the reason, without one)."""
 
 from __future__ import annotations
@@ -62,5 +63,30 @@ def test_a_report_to_the_follower_is_contained_by_the_leader_exactly_once(sim, p
             # Only the leader acted.
             assert "key_contained" not in b.log.read_text()
             assert a.log.read_text().count("key_contained") == 2
+        finally:
+            fleet.stop()
+
+
+def test_a_report_recorded_while_the_leader_is_dead_is_contained_by_the_next_one(
+    sim, pg_url: str, tmp_path: Path
+) -> None:
+    with ThreadedReceiver() as rx:
+        fleet = LeakFleet(sim, tmp_path, pg_url, "CLK")
+        a, b = fleet.add("a", rx.url("/hook")), fleet.add("b", rx.url("/hook"))
+        try:
+            a.start(fleet.env)
+            wait_until(a.leading, "a leads")
+            b.start(fleet.env)
+            wait_until(b.ready, "b ready")
+            assert a.proc is not None
+            a.proc.kill()
+            a.proc.wait(10)
+            status, answer = post(b.port, "/api/v1/leaks", *fleet.generic("k3", "siem: proxy log"))
+            assert (status, answer["matched"]) == (202, 1), answer  # recorded by the follower, nobody leads
+            wait_until(b.leading, "b takes the lead")
+            wait_until(lambda: fleet.disable_calls("k3"), "k3 deactivated by the new leader")
+            wait_until(lambda: compromised_alerts(rx, "k3"), "the alert")
+            time.sleep(2)
+            assert fleet.disable_calls("k3") == 1 and compromised_alerts(rx, "k3") == 1
         finally:
             fleet.stop()
