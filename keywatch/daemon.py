@@ -12,6 +12,7 @@ import ctypes
 import ctypes.util
 import functools
 import gc
+import importlib
 import os
 import signal
 import socket
@@ -31,7 +32,7 @@ from keywatch.cluster.store import migrating
 from keywatch.domain import Alert, Event, Health, ProbeResult, Secret, Severity, Transition
 from keywatch.engine.prober import Prober
 from keywatch.engine.workers import WorkerProber
-from keywatch.extensions import DAEMON_CAPABILITIES
+from keywatch.extensions import DAEMON_CAPABILITIES, EVERY_INSTANCE
 from keywatch.metrics import Metrics
 from keywatch.providers.base import ProviderAdapter
 from keywatch.providers.clients import AdapterSet, make_http_client
@@ -144,6 +145,7 @@ class Daemon:
         self.store: Store | None = None
         self.tracker = StateTracker()
         self.capabilities: dict[str, Capability] = {}
+        self.everywhere: dict[str, Capability] = {}  # extensions.EVERY_INSTANCE, whether or not it leads
         self.first_cycle_done = False
         self.db_ok = False
         self.cycles = 0
@@ -327,6 +329,8 @@ class Daemon:
         web.details = self.cluster.details
         if self.cluster.clustered and inventory.config.cluster.metrics == "share":
             self.metrics.attach_state(self._shown_states)
+        for name, module_name in EVERY_INSTANCE:
+            self.everywhere[name] = await importlib.import_module(module_name).serve(self.runtime)
         if self.runtime.leadership.leading:  # a follower starts them when it takes over
             await self._setup_extensions()
         self._scheduler = AsyncIOScheduler(timezone=UTC)
@@ -509,6 +513,11 @@ class Daemon:
             for name, capability in reversed(list(self.capabilities.items())):
                 try:
                     await capability.aclose()
+                except Exception:
+                    log.exception("capability_close_failed", capability=name)
+            for name, part in reversed(list(self.everywhere.items())):
+                try:
+                    await part.aclose()
                 except Exception:
                     log.exception("capability_close_failed", capability=name)
         await self._persist([])  # after the capabilities: what they record while closing is written too

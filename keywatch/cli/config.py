@@ -28,10 +28,33 @@ def cmd_config_schema(args: argparse.Namespace) -> int:
 
 def cmd_config_validate(args: argparse.Namespace) -> int:
     """Check the config file and resolve every secret reference; no secret is printed."""
-    from keywatch.settings.loader import load_inventory
+    from keywatch.settings.loader import ConfigError, load, load_inventory
 
-    inventory = load_inventory(args.config)
+    try:
+        leaks = _leak_problems(load(args.config))
+    except ConfigError:
+        leaks = []  # the file does not validate: load_inventory says why
+    try:
+        inventory = load_inventory(args.config)
+    except ConfigError as exc:
+        raise ConfigError(exc.source, exc.problems + leaks) from None
+    if leaks:
+        raise ConfigError(inventory.source, leaks)
     for w in inventory.warnings:
         print(f"warning: {w}", file=sys.stderr)
     print(f"{inventory.source}: ok ({len(inventory.keys)} keys, {len(inventory.accounts)} accounts)")
     return EXIT_OK
+
+
+def _leak_problems(config: Any) -> list[str]:
+    """The `[leaks]` receivers' secret references, resolved as the daemon resolves them at start."""
+    from keywatch.leaks.config import reference_problem, secret_references
+    from keywatch.settings.secrets import SecretError, resolve
+
+    problems = []
+    for where, ref in secret_references(config.leaks):
+        try:
+            resolve(ref, allow_literal=config.daemon.allow_literal_secrets, stores=config.secret_stores)
+        except SecretError as exc:
+            problems.append(reference_problem(where, ref, exc))
+    return problems

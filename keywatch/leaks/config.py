@@ -103,3 +103,26 @@ class LeaksSettings(Strict):
     forget_deliveries_after: Duration = Field(
         "30d", description="How long delivery ids are remembered to refuse replays"
     )
+
+
+def secret_references(s: LeaksSettings) -> list[tuple[str, str]]:
+    """The receivers' secret references with the setting each is at, for the daemon (resolved at start) and
+    `keywatch config validate` (resolved the same way, so a reference that would refuse the start is
+    reported before)."""
+    out: list[tuple[str, str | None]] = []
+    if s.github is not None:
+        out += [("leaks.github.webhook_secret", s.github.webhook_secret), ("leaks.github.token", s.github.token)]
+    if s.generic is not None:
+        out += [("leaks.generic.token", s.generic.token), ("leaks.generic.hmac_secret", s.generic.hmac_secret)]
+    return [(where, ref) for where, ref in out if ref is not None]
+
+
+def reference_problem(where: str, ref: str, error: object) -> str:
+    """A reference that does not resolve, as the start and `config validate` say it: the setting and the
+    reference (`env:NAME`, `file:/path` ...), never a value (a literal is not shown)."""
+    from keywatch.settings.secrets import is_reference
+
+    shown = ref if is_reference(ref) else "a literal value"
+    hint = ("; or, to keep literal secrets in this file (not recommended), set daemon.allow_literal_secrets = true"
+            if "literal secret" in str(error) else "")
+    return f"{where} ({shown}): {error}{hint}"

@@ -14,11 +14,13 @@ containment held back raises a critical alert.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -30,8 +32,10 @@ from keywatch.engine.actions.disable import DisableAction
 from keywatch.engine.actions.revoke import RevokeAction
 from keywatch.engine.executor import Executor
 from keywatch.engine.model import ActionRequest, Outcome
-from keywatch.leaks.store import Compromise, LeakStore
+from keywatch.leaks.batch import Batcher
+from keywatch.leaks.store import Compromise, LeakReport, LeakStore, mark_contained_in, settle_in
 from keywatch.providers.base import Capability
+from keywatch.store.repo import Store
 
 if TYPE_CHECKING:
     from keywatch.leaks.config import LeaksSettings
@@ -40,6 +44,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("keywatch.leaks")
 ACTOR = "leaks"
+FAULT_ENV = "KEYWATCH_FAULT_CONTAINMENT"
 _FREE = asyncio.Lock()
 
 
@@ -56,6 +61,18 @@ class Exposure:
     validity: str | None = None
     publicly_leaked: bool | None = None
     since: datetime | None = None  # a retry: when the key was first marked
+    fingerprints: tuple[str, ...] = ()  # a scan's report: the fingerprints of the secrets it found
+    # The report as it is stored once handled (state `matched`), written with the mark in one transaction,
+    # after `written` (the report's first write, under way beside the provider call) is done.
+    row: LeakReport | None = None
+    written: asyncio.Future[Any] | None = None
+
+
+def fault_at(point: str) -> None:
+    """The fault-injection point of the kill -9 tests: the process dies at `point` of a containment
+    (`recorded`: the report written, nothing else; `marked`: the compromise mark written too)."""
+    if os.environ.get(FAULT_ENV) == point:
+        os._exit(137)
 
 
 class Containment:
@@ -66,9 +83,8 @@ class Containment:
         self.store = store
         self.metrics = metrics
         self.settings = settings
-        self.executor = Executor(
-            rt.adapter, rt.store, rt.events.write, emit_alert=rt.emit_alert, on_state=self._on_state
-        )
+        self.writes = Batcher(store.run_batch)
+        self.executor = Executor(rt.adapter, rt.store, self._record, emit_alert=rt.emit_alert, on_state=self._on_state)
         self.compromised: dict[str, Compromise] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._pattern_times: deque[datetime] = deque()
@@ -109,6 +125,18 @@ class Containment:
                     replace(st, compromised=True, compromise_reason=f"reported by {c.source} at {c.location}"[:300])
                 )
 
+    async def _record(self, event: Event) -> None:
+        """The executor's audit lines. An action's start must be written before the provider call: it goes
+        with the concurrent containments' starts, in one transaction ahead of everything else (leaks.batch),
+        not behind the daemon's writer queue; the rest as every audit line goes."""
+        if event.kind == "action_started":
+            try:
+                await self.writes.run(partial(Store._add_events, events=[event]), urgent=True)
+                return
+            except Exception as exc:
+                log.warning("audit_write_failed", error=type(exc).__name__)
+        await self.rt.events.write(event)
+
     def _on_state(self, state: KeyState, actor: str, reason: str) -> None:
         cur = self.rt.tracker.snapshot().get(state.key)
         if cur is not None:
@@ -124,10 +152,12 @@ class Containment:
     async def _contain(self, e: Exposure) -> Outcome | None:
         key = next((k for k in self.rt.inventory.keys if k.name == e.key), None)
         if key is None:
+            await self._settle(e)
             return None
         now = self.rt.clock()
         current = self.compromised.get(e.key)
         if current is not None and current.active and current.contained_at is not None:
+            await self._settle(e)
             await self.rt.events.write(
                 Event(
                     now,
@@ -140,34 +170,59 @@ class Containment:
             )
             return None
         if e.confidence == "pattern" and not self._pattern_allowed(now):
+            await self._settle(e)
             await self._held_back(key, e, now)
             return None
         c = Compromise(key.name, key.fingerprint, e.since or now, e.source, e.location, e.report)
         self.compromised[key.name] = c
         self.publish_signal()
         # The mark is written beside the provider call, not before it: the call does not wait for the disk.
-        marking = asyncio.ensure_future(asyncio.to_thread(self.store.mark_compromised, c))
+        if os.environ.get(FAULT_ENV) and e.written is not None:
+            await asyncio.gather(e.written, return_exceptions=True)
+            fault_at("recorded")
+        marking = asyncio.ensure_future(self._mark(e, c))
+        if os.environ.get(FAULT_ENV):
+            await asyncio.gather(marking, return_exceptions=True)
+            fault_at("marked")
         out = await self._deactivate(key, e)
+        if out.provider_changed:  # a retry counts from the first report, not from itself
+            took = (self.rt.clock() - e.since).total_seconds() if e.since else time.monotonic() - e.received
+            self.metrics.containment.observe(max(0.0, took))
         try:
             self.compromised[key.name] = await marking
         except Exception as exc:  # the database is down: contained anyway; the report row says what happened
             log.error("compromise_write_failed", key=key.name, error=type(exc).__name__)
-        if out.provider_changed:  # a retry counts from the first report, not from itself
-            took = (self.rt.clock() - e.since).total_seconds() if e.since else time.monotonic() - e.received
-            self.metrics.containment.observe(max(0.0, took))
         # Contained when the provider side is done or cannot be done; a provider that failed (partial,
         # failed) is asked again at the next cycle (`retry_uncontained`).
         if out.result == "ok":
             at = self.rt.clock()
             self.compromised[key.name] = _contained(c, at)
             try:
-                await asyncio.to_thread(self.store.mark_contained, key.name, at)
+                await self.writes.run(partial(mark_contained_in, key=key.name, at=at))
             except Exception as exc:
                 log.error("compromise_write_failed", key=key.name, error=type(exc).__name__)
         await self._publish_pools()
         rotation = await self._rotate(key, e)
         await self._alert(key, e, out, rotation, now)
         return out
+
+    async def _mark(self, e: Exposure, c: Compromise) -> Compromise:
+        if e.written is not None:
+            await asyncio.gather(e.written, return_exceptions=True)  # one that failed: the settle writes it
+        if e.row is None:
+            return await asyncio.to_thread(self.store.mark_compromised, c)
+        return await self.writes.run(partial(settle_in, r=e.row, mark=c)) or c
+
+    async def _settle(self, e: Exposure) -> None:
+        """The report handled without a mark (a repeat, held back, a key no longer configured)."""
+        if e.row is None:
+            return
+        if e.written is not None:
+            await asyncio.gather(e.written, return_exceptions=True)
+        try:
+            await self.writes.run(partial(settle_in, r=e.row, mark=None))
+        except Exception as exc:
+            log.warning("leak_report_write_failed", error=type(exc).__name__)
 
     async def _publish_pools(self) -> None:
         """Publish the pools now; containments arriving while a publication runs share the next one (the
@@ -304,6 +359,8 @@ class Containment:
             fields["validity"] = e.validity
         if e.publicly_leaked is not None:
             fields["publicly_leaked"] = str(e.publicly_leaked).lower()
+        if e.fingerprints:  # what a restarted scan reads back not to report the same secrets again
+            fields["fingerprints"] = ",".join(e.fingerprints)
         await self.rt.emit_alert(
             Alert(
                 identity=f"compromised:{key.name}",

@@ -53,6 +53,11 @@ class Incoming:
     validity: str | None = None
     publicly_leaked: bool | None = None
     detail: dict[str, Any] = field(default_factory=dict)
+    # Matched already by who reports it (the scanner compares the secrets themselves): `key` is the managed
+    # key, None for a secret keywatch does not manage; `masked_as` its masked form, the secret not carried.
+    prematched: bool = False
+    key: str | None = None
+    masked_as: str | None = None
 
     def __repr__(self) -> str:
         return f"Incoming({self.source!r}, {self.shown_fingerprint})"
@@ -67,7 +72,7 @@ class Incoming:
 
     @property
     def masked(self) -> str | None:
-        return self.secret.masked if self.secret is not None else None
+        return self.secret.masked if self.secret is not None else self.masked_as
 
 
 class KeyIndex:
@@ -86,6 +91,8 @@ class KeyIndex:
                 self._by["id:" + aws_id] = k.name  # an AWS key id alone names its key (pattern-found ids)
 
     def match(self, incoming: Incoming) -> str | None:
+        if incoming.prematched:
+            return incoming.key
         if incoming.secret is not None:
             value = incoming.secret.reveal()
             return self._by.get(full_digest(value)) or self._by.get("id:" + value)

@@ -12,8 +12,8 @@ class LeakMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.reports = Counter(
             "keywatch_leak_reports",
-            "Leak reports received, by source (github, github_partner, generic, aws_health, provider) and whether "
-            "they matched a managed key (true, false)",
+            "Leak reports received, by source (github, github_partner, generic, scan, aws_health, provider) and "
+            "whether they matched a managed key (true, false)",
             ["source", "matched"],
             registry=registry,
         )

@@ -23,7 +23,7 @@ class LeakReportRow(Base):
     received_at: Mapped[datetime] = mapped_column(index=True)
     source: Mapped[str] = mapped_column(String(32))
     delivery: Mapped[str | None] = mapped_column(String(128))
-    state: Mapped[str] = mapped_column(String(16), index=True)  # pending | matched | unmatched | resolved
+    state: Mapped[str] = mapped_column(String(16), index=True)  # queued | pending | matched | unmatched | resolved
     confidence: Mapped[str] = mapped_column(String(16))  # exact | pattern | provider
     key: Mapped[str | None] = mapped_column(String(128), index=True)
     fingerprint: Mapped[str | None] = mapped_column(String(80))

@@ -1,13 +1,16 @@
 """Scheduled scans of the `[scan]` paths inside the daemon (listed in keywatch.extensions).
 
 A scheduler job (`leak_scan`, every `[scan] interval`, first run at start) scans the configured paths with
-the same scanner as `keywatch scan`, in a worker thread. A managed key found there is exposed: it joins the
-`compromised` signal on the runtime's board (added to what others raised there; no later scan takes it
-away, only a new secret for the key, a rotation, does), a critical alert names the key and where it was
-found, and the audit trail records it. Each secret is announced once; the alerts still firing after a
-restart tell the capability what it had raised. An unmanaged provider key raises a warning per
-fingerprint, resolved when it is no longer found. A path that is missing or unreadable is logged and
-skipped; the scan goes on.
+the same scanner as `keywatch scan`, in a worker thread. A managed key found there is exposed: it is
+handed to the leak capability (engine.immediate.report_exposed), which records a leak report (source
+`scan`) and contains the key at once, as for a receiver's report: deactivated at the provider, out of every
+pool, rotated where it can be, a critical alert naming the key and where it was found. Without the leak
+capability in the process, and for account credentials (nothing to deactivate), the key joins the
+`compromised` signal on the board for the next cycle and a critical alert `leak_scan:<owner>` says where.
+Each secret is reported once; the alerts still firing after a restart tell the capability what it had
+reported. An unmanaged provider key is recorded as an unmanaged leak and raises a warning per fingerprint,
+resolved when it is no longer found. A path that is missing or unreadable is logged and skipped; the scan
+goes on.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from typing import Any
 import structlog
 
 from keywatch.domain import Alert, Event, Severity, Signal
+from keywatch.engine import immediate
+from keywatch.leaks.intake import Incoming, clean_location
 from keywatch.leaks.scan_config import ScanSettings
 from keywatch.leaks.scanner import Finding, Scanner, ScanReport, SecretMatcher, managed_secrets, toplevel
 from keywatch.runtime import Runtime, keep_interval_job
@@ -42,6 +47,27 @@ def key_fingerprints(k: Any) -> set[str]:
 
 def where(f: Finding) -> str:
     return f"{f.path}:{f.line}" + (f" (commit {f.commit[:12]})" if f.commit else "")
+
+
+def incoming(key: str | None, items: list[Finding], fps: set[str]) -> Incoming:
+    """What the scan found, as a leak report: matched by the scanner (the secret itself, so exact), where
+    (`path:line`, the commit for git history; the first five places)."""
+    first = items[0]
+    places = ", ".join(where(f) for f in items[:5]) + (f" and {len(items) - 5} more" if len(items) > 5 else "")
+    return Incoming(
+        "scan",
+        clean_location(places),
+        fingerprint=first.fingerprint,
+        confidence="exact" if key else "pattern",
+        secret_type=first.rule if key is None else None,
+        detail={
+            "where": [{"path": f.path, "line": f.line, "commit": f.commit} for f in items[:20]],
+            "fingerprints": sorted(fps),
+        },
+        prematched=True,
+        key=key,
+        masked_as=first.masked,
+    )
 
 
 def scan(matcher: SecretMatcher, settings: ScanSettings) -> ScanReport:
@@ -69,6 +95,7 @@ class ScanService:
         self.rt = rt
         self.exposed: dict[str, set[str]] = {}  # key (or account:NAME) -> fingerprints of its secrets found
         self.unmanaged: set[str] = set()  # fingerprints of the unmanaged keys of the last scan
+        self.handed: set[str] = set()  # keys whose findings went to containment (it holds the mark)
         self._restored = False
         self.last: ScanReport | None = None
         self._matcher: tuple[Any, SecretMatcher] | None = None
@@ -117,22 +144,28 @@ class ScanService:
             return report
 
     def _restore(self) -> None:
-        """What the alerts still firing (the pipeline keeps them across restarts) say this capability raised."""
+        """What the alerts still firing (the pipeline keeps them across restarts) say this capability raised,
+        or had contained."""
         if self._restored:
             return
         self._restored = True
         for a in self.rt.alerts.firing():
-            owner = a.identity.removeprefix("leak_scan:")
-            if a.identity.startswith("leak_scan:") and a.fields.get("fingerprints"):
-                self.exposed.setdefault(owner, set()).update(a.fields["fingerprints"].split(","))
+            fps = a.fields.get("fingerprints")
+            if a.identity.startswith("leak_scan:") and fps:
+                self.exposed.setdefault(a.identity.removeprefix("leak_scan:"), set()).update(fps.split(","))
+            elif a.identity.startswith("compromised:") and a.fields.get("source") == "scan" and fps:
+                owner = a.identity.removeprefix("compromised:")
+                self.exposed.setdefault(owner, set()).update(fps.split(","))
+                self.handed.add(owner)
             elif a.identity.startswith("leak_scan_unmanaged:"):
                 self.unmanaged.add(a.identity.removeprefix("leak_scan_unmanaged:"))
 
     def _raise(self) -> None:
-        """The keys whose current secret (or a companion) was found: onto the board's compromised set. A key
-        whose secret changed since (rotated) no longer carries it; nothing else takes it away."""
+        """The keys whose current secret (or a companion) was found, and that containment did not take:
+        onto the board's compromised set. A key whose secret changed since (rotated) no longer carries it;
+        nothing else takes it away."""
         current = {k.name: key_fingerprints(k) for k in self.rt.inventory.keys}
-        active = {k for k, fps in self.exposed.items() if fps & current.get(k, set())}
+        active = {k for k, fps in self.exposed.items() if k not in self.handed and fps & current.get(k, set())}
         self.rt.board.set(Signal.COMPROMISED, active, by="leak_scan")
 
     async def _managed(self, findings: list[Finding], now: datetime) -> None:
@@ -141,13 +174,23 @@ class ScanService:
         for f in findings:
             by_owner.setdefault(f.key or "", []).append(f)
         providers = {k.name: k.provider for k in self.rt.inventory.keys}
+        reports: list[tuple[str, Incoming]] = []
         for owner, items in sorted(by_owner.items()):
             fps = {f.fingerprint for f in items}
             known = self.exposed.setdefault(owner, set())
             if fps <= known:
                 continue  # already raised: the alert is firing, the signal set
             known |= fps
-            await self._announce(owner, items, known, providers.get(owner), now)
+            if owner in providers and immediate.exposure_attached():
+                reports.append((owner, incoming(owner, items, known)))
+            else:
+                await self._announce(owner, items, known, providers.get(owner), now)
+        if reports and await immediate.report_exposed([r for _, r in reports]):
+            self.handed.update(owner for owner, _ in reports)
+        else:
+            for owner, _ in reports:  # the leak capability went away meanwhile: the next cycle contains them
+                items = by_owner[owner]
+                await self._announce(owner, items, self.exposed[owner], providers.get(owner), now)
         self._raise()
 
     async def _announce(
@@ -202,11 +245,13 @@ class ScanService:
         by_fp: dict[str, list[Finding]] = {}
         for f in findings:
             by_fp.setdefault(f.fingerprint, []).append(f)
+        fresh: list[Incoming] = []
         for fp, items in sorted(by_fp.items()):
             if fp in self.unmanaged:
                 continue
             f = items[0]
             places = ", ".join(where(x) for x in items[:5])
+            fresh.append(incoming(None, items, {fp}))
             await self.rt.emit_alert(
                 Alert(
                     identity=f"leak_scan_unmanaged:{fp}",
@@ -220,6 +265,7 @@ class ScanService:
                     fields={"source": "scan", "rule": f.rule, "where": places, "masked": f.masked, "fingerprint": fp},
                 )
             )
+        await immediate.report_exposed(fresh)  # recorded as unmanaged leaks (nothing to contain)
         for fp in sorted(self.unmanaged - set(by_fp)):
             await self.rt.emit_alert(
                 Alert(
@@ -242,6 +288,7 @@ class ScanService:
 async def setup(rt: Runtime) -> ScanService:
     service = ScanService(rt)
     rt.on_cycle("leak_scan", service.on_cycle)
-    service.ensure_job()  # the scheduler starts after the capabilities: the first cycle's hook adds the job
+    # The job is added by the first cycle's hook, which runs once every capability is up: a scan that
+    # starts earlier (a follower taking the lead starts them one by one) would find no containment yet.
     log.info("leak_scan_ready", paths=settings_of(rt.inventory.config).paths)
     return service

@@ -12,26 +12,34 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import structlog
+from sqlalchemy.exc import IntegrityError
 
 from keywatch.domain import Alert, Event, Secret, Severity
-from keywatch.leaks.config import LeaksSettings
+from keywatch.engine import immediate
+from keywatch.leaks.config import LeaksSettings, reference_problem, secret_references
 from keywatch.leaks.containment import Containment, Exposure
 from keywatch.leaks.github import GithubError, PublicKeys, fetch_alert
 from keywatch.leaks.intake import Incoming, KeyIndex, clean_location
 from keywatch.leaks.metrics import LeakMetrics
 from keywatch.leaks.receivers import generic, github_partner, github_webhook, guarded
 from keywatch.leaks.signals import ProviderSignals
-from keywatch.leaks.store import LeakReport, LeakStore
+from keywatch.leaks.store import LeakReport, LeakStore, receive_in, save_report_in
 from keywatch.redact import REGISTRY
-from keywatch.runtime import CycleReport, Runtime
+from keywatch.runtime import SOLO, CycleReport, Runtime
 
 log = structlog.get_logger("keywatch.leaks")
 PRUNE_EVERY = timedelta(hours=1)
+# How often the leader looks for reports other instances recorded. A poll, not LISTEN/NOTIFY: it works on
+# SQLite and PostgreSQL alike, survives a dropped connection without re-subscribing, and the same query takes
+# up the reports of a process killed before it handled them; an indexed read of a few rows a second.
+QUEUE_POLL = 1.0
+GITHUB_CONNECTIONS = 32
 
 
 @dataclass
@@ -58,22 +66,20 @@ async def _resolve(rt: Runtime, s: LeaksSettings) -> Resolved:
     allow = cfg.daemon.allow_literal_secrets
     problems: list[str] = []
 
-    async def one(ref: str | None, where: str) -> Secret | None:
-        if ref is None:
-            return None
+    async def one(ref: str, where: str) -> Secret | None:
         try:
             return await asyncio.to_thread(resolve, ref, allow_literal=allow, stores=cfg.secret_stores)
         except SecretError as exc:
-            problems.append(f"{where}: {exc}")
+            problems.append(reference_problem(where, ref, exc))
             return None
 
-    out = Resolved()
-    if s.github is not None:
-        out.github_secret = await one(s.github.webhook_secret, "leaks.github.webhook_secret")
-        out.github_token = await one(s.github.token, "leaks.github.token")
-    if s.generic is not None:
-        out.generic_token = await one(s.generic.token, "leaks.generic.token")
-        out.generic_hmac = await one(s.generic.hmac_secret, "leaks.generic.hmac_secret")
+    found = {where: await one(ref, where) for where, ref in secret_references(s)}
+    out = Resolved(
+        github_secret=found.get("leaks.github.webhook_secret"),
+        github_token=found.get("leaks.github.token"),
+        generic_token=found.get("leaks.generic.token"),
+        generic_hmac=found.get("leaks.generic.hmac_secret"),
+    )
     if problems:
         raise ConfigError(rt.inventory.source, problems)
     REGISTRY.add(x.reveal() for x in vars(out).values() if x is not None)
@@ -93,7 +99,11 @@ class LeakService:
         self._paths: list[str] = []
         self._http: Any = None
         self._fetching: set[str] = set()  # pending reports whose fetch is under way
+        self._inflight: set[str] = set()  # reports this process is handling (the queue poll leaves them)
         self._pruned_at: datetime | None = None
+        self.acting = False  # this instance leads and contains; a follower only records (state `queued`)
+        self.served = False  # the receivers are served by `serve` (every instance), not by the capability
+        self._poller: asyncio.Task[None] | None = None
 
     # -- set-up ---------------------------------------------------------------------------------------
     def mount(self) -> None:
@@ -102,7 +112,9 @@ class LeakService:
         s = _settings(self.rt)
         probe = self.rt.inventory.config.probe
         if s.github is not None or s.partner is not None:
-            self._http = make_http_client(4, probe.timeout, probe.max_body)
+            # GitHub alerts are fetched as their webhooks arrive: a burst of them must not queue on a few
+            # connections (the fetch is on the way to the provider call).
+            self._http = make_http_client(GITHUB_CONNECTIONS, probe.timeout, probe.max_body)
         if s.github is not None and self.secrets.github_secret is not None:
             self._mount(s.github.path, "github", github_webhook(self, self.secrets.github_secret, s.max_body))
         if s.partner is not None:
@@ -127,14 +139,43 @@ class LeakService:
         self._paths.append(path)
         log.info("leak_receiver_ready", receiver=name, path=path)
 
-    async def aclose(self) -> None:
-        for p in self._paths:
-            self.rt.routes.unmount(p)
+    async def lead(self) -> None:
+        """This instance acts: containment from here on, and the reports others recorded (or this process
+        recorded and was killed before handling) are taken up at once and every `QUEUE_POLL` after."""
+        await self.containment.load()
+        immediate.attach_exposure(self.found)
+        self.rt.on_cycle("leaks", self.on_cycle)
+        self.acting = True
+        self._poller = asyncio.get_running_loop().create_task(self._poll_queue())
+
+    async def step_down(self) -> None:
+        """No longer acting (the lead lost, shutdown): the receivers stay up and only record."""
+        self.acting = False
+        immediate.attach_exposure(None)
+        if self._poller is not None:
+            self._poller.cancel()
+            await asyncio.gather(self._poller, return_exceptions=True)
+            self._poller = None
         for t in list(self._tasks):
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._fetching.clear()
+        self._inflight.clear()
+
+    async def aclose(self) -> None:
+        """The capability's close: it steps down; the receivers close with the process when `serve`
+        mounted them (`close`)."""
+        await self.step_down()
+        if not self.served:
+            await self.close()
+
+    async def close(self) -> None:
+        for p in self._paths:
+            self.rt.routes.unmount(p)
+        self._paths.clear()
         if self._http is not None:
             await self._http.aclose()
+            self._http = None
 
     def spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -165,13 +206,16 @@ class LeakService:
         return out
 
     async def process(self, item: Incoming, received: float, report_id: str | None = None) -> str | None:
+        """Record one report (durably, before the receiver answers) and, where this instance acts, handle it:
+        a matched key is contained in the background, an unmatched secret announced. A follower records the
+        report `queued`; the leader takes it up (`take_queued`)."""
         key = self.index().match(item)
         now = self.rt.clock()
         report = LeakReport(
             id=report_id or uuid.uuid4().hex,
             received_at=now,
             source=item.source,
-            state="matched" if key else "unmatched",
+            state="queued" if key or not self.acting else "unmatched",
             confidence=item.confidence,
             location=item.location,
             delivery=item.delivery,
@@ -185,37 +229,111 @@ class LeakService:
             detail=item.detail,
         )
         self.metrics.reports.labels(item.source, "true" if key else "false").inc()
+        if not self.acting:
+            await asyncio.to_thread(self.store.save_report, report)
+            return key
         if key is None:
             await asyncio.to_thread(self.store.save_report, report)
             await self._unmanaged(item, report)
             return None
-        # Containment starts at once, beside the report's write (which still ends before the answer).
-        exposure = Exposure(
-            key, item.source, item.location, item.confidence, report.id, received, item.validity, item.publicly_leaked
-        )
-        self.spawn(self.containment.contain(exposure))
-        if report_id is None:
-            await asyncio.to_thread(self.store.save_report, report)
-        else:  # its row exists already (pending): the update need not hold anything up
-            self.spawn(asyncio.to_thread(self.store.save_report, report))
-        self.spawn(
-            self.rt.events.write(
-                Event(
-                    now,
-                    "leak_reported",
-                    key,
-                    "leaks",
-                    f"{key} reported exposed by {item.source} at {item.location}",
-                    {
-                        "source": item.source,
-                        "report": report.id,
-                        "confidence": item.confidence,
-                        "validity": item.validity,
-                    },
-                )
-            )
-        )
+        # Containment starts at once, beside the report's write (which still ends before the answer); the
+        # report is written `queued` and becomes `matched` with the compromise mark, in one transaction.
+        self._inflight.add(report.id)
+        if report_id is not None:  # its row exists (pending): written once, matched, with the mark
+            self._contain_report(report, received, None)
+            return key
+        written = asyncio.ensure_future(self.containment.writes.run(partial(save_report_in, r=report)))
+        self._contain_report(report, received, written)
+        await written
         return key
+
+    def _contain_report(self, report: LeakReport, received: float, written: asyncio.Future[Any] | None) -> None:
+        assert report.key is not None
+        exposure = Exposure(
+            report.key,
+            report.source,
+            report.location,
+            report.confidence,
+            report.id,
+            received,
+            report.validity,
+            report.publicly_leaked,
+            fingerprints=tuple(report.detail.get("fingerprints", ())),
+            row=replace(report, state="matched"),
+            written=written,
+        )
+        reported = Event(
+            report.received_at,
+            "leak_reported",
+            report.key,
+            "leaks",
+            f"{report.key} reported exposed by {report.source} at {report.location}",
+            {
+                "source": report.source,
+                "report": report.id,
+                "confidence": report.confidence,
+                "validity": report.validity,
+            },
+        )
+        self.spawn(self._contain(exposure, reported))
+
+    async def _contain(self, e: Exposure, reported: Event) -> None:
+        """Contain, then the audit line of the report: after the provider call, which it must not delay."""
+        try:
+            await self.containment.contain(e)
+        finally:
+            if e.report is not None:
+                self._inflight.discard(e.report)
+            await self.rt.events.write(reported)
+
+    async def take_queued(self) -> int:
+        """Handle the reports recorded `queued` and not handled here: by a follower, or by this process
+        before it was killed. Returns how many were taken up."""
+        rows = await asyncio.to_thread(self.store.queued, 100)
+        taken = 0
+        for r in rows:
+            if r.id in self._inflight or r.id in self._fetching:
+                continue
+            at = r.received_at if r.received_at.tzinfo is not None else r.received_at.replace(tzinfo=UTC)
+            received = time.monotonic() - max(0.0, (self.rt.clock() - at).total_seconds())
+            if r.key is not None:
+                self._inflight.add(r.id)
+                self._contain_report(r, received, None)
+            elif r.source == "github" and "repo" in r.detail:  # a webhook: its secret is fetched from here
+                if not await asyncio.to_thread(self.store.claim, r.id, "pending"):
+                    continue
+                self._fetching.add(r.id)
+                self.spawn(self._fetch_and_process(replace(r, state="pending"), received))
+            else:
+                if not await asyncio.to_thread(self.store.claim, r.id, "unmatched"):
+                    continue
+                item = Incoming(
+                    r.source, r.location, fingerprint=r.fingerprint, secret_type=r.secret_type, masked_as=r.masked
+                )
+                await self._unmanaged(item, r)
+            taken += 1
+        return taken
+
+    async def _poll_queue(self) -> None:
+        """At the lead's start, then every QUEUE_POLL while others may record (a cluster)."""
+        while True:
+            try:
+                if await self.take_queued():
+                    log.info("leak_reports_taken_up")
+            except Exception as exc:
+                log.warning("leak_reports_unavailable", error=type(exc).__name__)
+            if self.rt.leadership is SOLO:
+                return  # alone: nothing but this process records reports
+            await asyncio.sleep(QUEUE_POLL)
+
+    async def found(self, items: list[Incoming]) -> None:
+        """Reports another capability matched itself (the scheduled scan): recorded and contained as the
+        receivers' are (engine.immediate.report_exposed)."""
+        for item in items:
+            try:
+                await self.process(item, time.monotonic())
+            except Exception:
+                log.exception("leak_report_failed", source=item.source)
 
     async def _unmanaged(self, item: Incoming, report: LeakReport) -> None:
         shown = item.masked or item.shown_fingerprint or "a secret"
@@ -230,6 +348,8 @@ class LeakService:
                 {"source": item.source, "report": report.id, "fingerprint": item.shown_fingerprint},
             )
         )
+        if item.prematched:  # the scan raises (and resolves, once no longer found) a warning of its own
+            return
         await self.rt.emit_alert(
             Alert(
                 identity=f"leak_unmanaged:{item.shown_fingerprint or report.id}",
@@ -295,7 +415,7 @@ class LeakService:
             uuid.uuid4().hex,
             now,
             "github",
-            "pending",
+            "pending" if self.acting else "queued",  # a follower's: the leader fetches it
             "exact",
             clean_location(f"{repo} alert #{number}"),
             delivery=delivery,
@@ -305,8 +425,12 @@ class LeakService:
             publicly_leaked=alert.get("publicly_leaked") if isinstance(alert.get("publicly_leaked"), bool) else None,
             detail={"alert": ref, "repo": repo, "number": number},
         )
-        if not await asyncio.to_thread(self.store.receive, "github", delivery, report):
+        try:  # with the other deliveries of a burst, in one transaction (a replay fails alone)
+            await self.containment.writes.run(partial(receive_in, source="github", delivery=delivery, report=report))
+        except IntegrityError:
             return None
+        if not self.acting:
+            return f"alert {ref} recorded"
         self._fetching.add(report.id)
         self.spawn(self._fetch_and_process(report, time.monotonic()))
         return f"alert {ref} recorded"
@@ -433,11 +557,40 @@ def _url(v: Any) -> str | None:
     return clean_location(v)[:500] if isinstance(v, str) and v.startswith("https://") else None
 
 
-async def setup(rt: Runtime) -> LeakService:
+_SERVED: dict[int, LeakService] = {}  # by id(runtime): the receivers `serve` mounted in this process
+
+
+async def _service(rt: Runtime) -> LeakService:
     s = _settings(rt)
-    store = LeakStore(rt.store.engine)
-    svc = LeakService(rt, store, LeakMetrics(rt.registry), await _resolve(rt, s))
-    await svc.containment.load()
+    return LeakService(rt, LeakStore(rt.store.engine), LeakMetrics(rt.registry), await _resolve(rt, s))
+
+
+class Served:
+    """The receivers as every instance serves them (extensions.EVERY_INSTANCE)."""
+
+    def __init__(self, svc: LeakService) -> None:
+        self.svc = svc
+
+    async def aclose(self) -> None:
+        _SERVED.pop(id(self.svc.rt), None)
+        await self.svc.step_down()
+        await self.svc.close()
+
+
+async def serve(rt: Runtime) -> Served:
+    """Every instance, from start to shutdown: the receivers verify and record; they contain only while the
+    `leaks` capability (the leader's) acts through them."""
+    svc = await _service(rt)
+    svc.served = True
     svc.mount()
-    rt.on_cycle("leaks", svc.on_cycle)
+    _SERVED[id(rt)] = svc
+    return Served(svc)
+
+
+async def setup(rt: Runtime) -> LeakService:
+    svc = _SERVED.get(id(rt))
+    if svc is None:  # no `serve` in this process (a runtime built without the daemon): mount them here
+        svc = await _service(rt)
+        svc.mount()
+    await svc.lead()
     return svc

@@ -12,6 +12,10 @@ provider. Figures, p50/p99/max in milliseconds:
 - keywatch_containment_seconds as the daemon itself records it (arrival to provider deactivation);
 - the floor, in the same run: the bare provider call (a fresh OpenRouter adapter finding the key by its
   label and disabling it, against the same simulator), and the ratio of the one-at-a-time p50 to it.
+
+Where a burst's time goes (the simulator runs in this process, on the same event loop): receiving and
+recording the webhooks, fetching the alerts (a pool of leaks.service.GITHUB_CONNECTIONS), the action's start
+line written, then the provider call (the simulator lists every key to find one by its label).
 """
 
 from __future__ import annotations

@@ -228,6 +228,8 @@ async def patch_key(request: web.Request) -> web.Response:
         if not isinstance(payload["disabled"], bool):
             return error(400, "disabled must be a boolean")
         found.extra["disabled"] = payload["disabled"]
+        if payload["disabled"]:  # how many times it was asked (tests count a containment's calls)
+            found.extra["disable_calls"] = found.extra.get("disable_calls", 0) + 1
     for field in ("name", "limit", "limit_reset"):
         if field in payload:
             found.extra[field] = payload[field]
