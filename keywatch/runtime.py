@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
-from keywatch.domain import Alert, Event, ProbeResult, Signal, Transition
+from keywatch.domain import Alert, Event, KeyState, ProbeResult, Signal, Transition
 from keywatch.web import Routes
 
 if TYPE_CHECKING:
@@ -293,6 +293,12 @@ class Runtime:
     cycle_hooks: list[tuple[str, CycleHook]] = field(default_factory=list)
     transition_listeners: list[TransitionListener] = field(default_factory=list)
     background: list[asyncio.Task[Any]] = field(default_factory=list)
+    # one lock per key for the executors of every capability (engine.executor.Executor): actions on a key
+    # run one at a time, each against the key's live state
+    key_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+
+    def live_state(self, key: str) -> KeyState | None:
+        return self.tracker.snapshot().get(key)
 
     @property
     def store(self) -> Store:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from keywatch.domain import Alert, Event, KeyState, ManagedKey, Severity
-from keywatch.engine.model import ActionRequest, Outcome
+from keywatch.engine.model import ActionRequest, KeyView, Outcome
 from keywatch.providers.base import Capability, NotSupported, ProviderActionError, ProviderAdapter
 from keywatch.redact import REGISTRY, redact_text
 from keywatch.runtime import SOLO, NotLeader, fence, leadership_of
@@ -45,12 +45,20 @@ class Executor:
         *,
         emit_alert: AlertFn | None = None,
         on_state: Callable[[KeyState, str, str], None] | None = None,
+        current: Callable[[str], KeyState | None] | None = None,
+        locks: dict[str, asyncio.Lock] | None = None,
     ) -> None:
         self.adapters = adapters
         self.store = store
         self.record = record
         self.emit_alert = emit_alert
         self.on_state = on_state
+        # The live state of a key and the per-key locks, shared by every executor of the process (the policy
+        # engine's and containment's): actions on one key run one at a time, and an action planned on a
+        # state that changed meanwhile (a containment disabled the key while the cycle was planning) is
+        # asked again whether it is needed, on the live state.
+        self.current = current
+        self.locks: dict[str, asyncio.Lock] = locks if locks is not None else {}
         # Admin decisions made while the database was down: written again every cycle until stored.
         self.pending_admin: dict[str, tuple[KeyState, str, str, datetime]] = {}
 
@@ -155,10 +163,21 @@ class Executor:
         return True, f"{call}d at {key.provider}"
 
     async def run(self, req: ActionRequest) -> Outcome:
-        """Run one action through its registered module."""
+        """Run one action through its registered module, one at a time per key. An action no longer needed
+        on the key's live state is not run: Outcome `already` (another path did it meanwhile)."""
         from keywatch.engine import actions
 
-        return await actions.get(req.config.type).execute(self, req)
+        action = actions.get(req.config.type)
+        lock = self.locks.setdefault(req.key.name, asyncio.Lock())
+        async with lock:
+            live = self.current(req.key.name) if self.current is not None else None
+            if live is not None and live.admin_state is not req.state.admin_state:
+                if not action.needed(req.config, KeyView(live)):
+                    log.info("action_done_meanwhile", key=req.key.name, action=req.config.type,
+                             admin_state=str(live.admin_state))
+                    return Outcome("already", f"{req.key.name} is {live.admin_state} already", None, live)
+                req = replace(req, state=live)
+            return await action.execute(self, req)
 
     async def framed(
         self,

@@ -111,7 +111,8 @@ class AlertWish:
 
 @dataclass
 class Outcome:
-    """What one action did. `result`: ok, partial (keywatch side done, provider side not), failed, dry_run."""
+    """What one action did. `result`: ok, partial (keywatch side done, provider side not), failed, dry_run,
+    already (not run: the key's live state shows it done meanwhile, e.g. by a containment)."""
 
     result: str
     message: str

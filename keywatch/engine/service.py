@@ -83,7 +83,7 @@ class PolicyEngine:
         self.streaks: frozenset[Tag] = frozenset()
         self.retry_after: dict[Tag, datetime] = {}
         self.executor = Executor(rt.adapter, rt.store, rt.events.write, emit_alert=rt.emit_alert,
-                                 on_state=self._on_state)
+                                 on_state=self._on_state, current=rt.live_state, locks=rt.key_locks)
         self.last_plan: CyclePlan | None = None
         self.outcomes: dict[tuple[str, str], list[str]] = {}  # this cycle's actions, in title words
         self._publishing = asyncio.Lock()
@@ -246,7 +246,7 @@ class PolicyEngine:
             out = await self._execute(d, keys[d.key], views[d.key].state)
             did.setdefault((d.policy, d.key), []).append(self._words(d, out))
             self.outcomes.setdefault((d.policy, d.key), []).append(self._outcome(d, out))
-            if d.dry_run:
+            if d.dry_run or out.result == "already":  # done meanwhile by another path: not this policy's act
                 continue
             self.ledger.add(d.policy, now)
             if out.result == "failed":
@@ -277,6 +277,8 @@ class PolicyEngine:
         """What one action came to, in the few words of an alert title."""
         if out.result == "dry_run":
             return f"dry run: would {d.kind}"
+        if out.result == "already":
+            return out.message
         if out.result == "failed":
             return f"{d.kind} FAILED"
         if d.kind == "disable":

@@ -84,7 +84,8 @@ class Containment:
         self.metrics = metrics
         self.settings = settings
         self.writes = Batcher(store.run_batch)
-        self.executor = Executor(rt.adapter, rt.store, self._record, emit_alert=rt.emit_alert, on_state=self._on_state)
+        self.executor = Executor(rt.adapter, rt.store, self._record, emit_alert=rt.emit_alert, on_state=self._on_state,
+                                 current=rt.live_state, locks=rt.key_locks)
         self.compromised: dict[str, Compromise] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._pattern_times: deque[datetime] = deque()
@@ -194,7 +195,7 @@ class Containment:
             log.error("compromise_write_failed", key=key.name, error=type(exc).__name__)
         # Contained when the provider side is done or cannot be done; a provider that failed (partial,
         # failed) is asked again at the next cycle (`retry_uncontained`).
-        if out.result == "ok":
+        if out.result in ("ok", "already"):  # already: the policy engine's disable of it ran just before
             at = self.rt.clock()
             self.compromised[key.name] = _contained(c, at)
             try:
@@ -381,6 +382,8 @@ class Containment:
 
 
 def _short(out: Outcome) -> str:
+    if out.result == "already":
+        return "already out of service (disabled by a policy just before), out of every pool"
     if out.result == "failed":
         return "containment FAILED at the provider (out of every pool)"
     if out.provider_changed and "revoked" in out.message:
