@@ -263,9 +263,9 @@ class Account:
         return f"Account({self.name!r}, {self.provider!r})"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ManagedKey:
-    """One key of the inventory, with its secret resolved."""
+    """One key of the inventory, with its secret resolved (slots: there are thousands)."""
 
     name: str
     provider: str

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import re
+import sys
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -261,10 +262,10 @@ def build_inventory(config: Config, source: str) -> Inventory:
                 options["access_key_id"] = key_id.reveal()
         keys.append(
             ManagedKey(
-                name=k.name, provider=k.provider, secret=secret, secret_ref=k.secret,
-                base_url=k.base_url, probe=k.probe, model=k.model,
+                name=k.name, provider=_shared(k.provider), secret=secret, secret_ref=k.secret,
+                base_url=_shared(k.base_url), probe=_shared(k.probe), model=_shared(k.model),
                 labels=shared_labels.setdefault(tuple(sorted(k.labels.items())), dict(k.labels)),
-                account=k.account, options=options or NO_OPTIONS,
+                account=_shared(k.account), options=options or NO_OPTIONS,
             )
         )
     if problems:
@@ -280,6 +281,11 @@ def build_inventory(config: Config, source: str) -> Inventory:
     settings = config.model_copy(update={"keys": []})
     return Inventory(config=settings, source=source, keys=keys, accounts=accounts, warnings=warnings,
                      stale_secrets=stale)
+
+
+def _shared(value: str | None) -> str | None:
+    """One string object for a value many keys repeat (provider, base URL, model ...), not one per key."""
+    return sys.intern(value) if value is not None else None
 
 
 def alert_sink_problems(config: Config) -> list[str]:

@@ -35,6 +35,7 @@ def default_database_url() -> str:
     return f"sqlite:///{base / 'keywatch.db'}"
 
 
+STATE_CHUNK = 1000  # key states written per statement
 RECYCLE_ON = ("readonly", "read-only", "disk i/o error", "unable to open database file")
 
 
@@ -196,14 +197,19 @@ class Store:
     def _save_cycle(
         self, s: Session, states: Sequence[KeyState], transitions: Sequence[Transition], rollups: Iterable[Rollup]
     ) -> None:
-        if states:
-            existing = set(s.scalars(select(KeyStateRow.key).where(KeyStateRow.key.in_([x.key for x in states]))))
-            new_rows = [_row_values(x) for x in states if x.key not in existing]
+        # In chunks: at thousands of keys the parameter rows of one statement would be the daemon's
+        # largest allocation of the cycle (same transaction, same result).
+        states = list(states)
+        for i in range(0, len(states), STATE_CHUNK):
+            chunk = states[i:i + STATE_CHUNK]
+            existing = set(s.scalars(select(KeyStateRow.key).where(KeyStateRow.key.in_([x.key for x in chunk]))))
+            new_rows = [_row_values(x) for x in chunk if x.key not in existing]
             if new_rows:
                 s.execute(KeyStateRow.__table__.insert(), new_rows)
-            upd = [_row_values(x, probe_only=True) for x in states if x.key in existing]
+            upd = [_row_values(x, probe_only=True) for x in chunk if x.key in existing]
             if upd:
                 s.execute(update(KeyStateRow), upd)
+            del new_rows, upd
         if transitions:
             s.execute(
                 TransitionRow.__table__.insert(),
