@@ -23,7 +23,7 @@ from keywatch.settings import secrets
 from keywatch.settings.schema import LABEL_NAME_PATTERN, NAME_PATTERN, Config, reference_problems
 from keywatch.settings.types import NAME_PATTERN as TYPES_NAME_PATTERN
 
-NO_OPTIONS: Any = MappingProxyType({})  # the options of every key that has none: one read-only mapping
+NO_OPTIONS: Any = MappingProxyType({})  # options or extra secrets of every key without any: one read-only mapping
 
 
 class ConfigError(Exception):
@@ -265,7 +265,7 @@ def build_inventory(config: Config, source: str) -> Inventory:
                 name=k.name, provider=_shared(k.provider), secret=secret, secret_ref=k.secret,
                 base_url=_shared(k.base_url), probe=_shared(k.probe), model=_shared(k.model),
                 labels=shared_labels.setdefault(tuple(sorted(k.labels.items())), dict(k.labels)),
-                account=_shared(k.account), options=options or NO_OPTIONS,
+                account=_shared(k.account), options=options or NO_OPTIONS, extra_secrets=NO_OPTIONS,
             )
         )
     if problems:

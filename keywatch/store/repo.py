@@ -156,10 +156,13 @@ class Store:
     # -- schema ---------------------------------------------------------------------------------
     def upgrade(self) -> list[str]:
         """Apply pending migrations; returns the revisions applied."""
-        from alembic import command
-        from alembic.config import Config as AlembicConfig
-        from alembic.runtime.migration import MigrationContext
-        from alembic.script import ScriptDirectory
+        from keywatch.logging import without_modules
+
+        with without_modules("pygments"):  # mako's template-error highlighting: 6 MB no migration uses
+            from alembic import command
+            from alembic.config import Config as AlembicConfig
+            from alembic.runtime.migration import MigrationContext
+            from alembic.script import ScriptDirectory
 
         cfg = AlembicConfig()
         cfg.set_main_option("script_location", str(MIGRATIONS))
