@@ -218,6 +218,7 @@ def build_inventory(config: Config, source: str) -> Inventory:
     # Keys with the same labels share one dict (read-only everywhere): at 100,000 keys of a few teams that is
     # a handful of dicts instead of one per key.
     shared_labels: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
+    shared_options: dict[str, dict[str, Any]] = {}
     for i, a in enumerate(config.accounts):
         owner = f"account {a.name!r}"
         admin = _resolve(a.admin_secret, f"accounts[{i}].admin_secret", owner, allow, problems, warnings) if (
@@ -265,7 +266,9 @@ def build_inventory(config: Config, source: str) -> Inventory:
                 name=k.name, provider=_shared(k.provider), secret=secret, secret_ref=k.secret,
                 base_url=_shared(k.base_url), probe=_shared(k.probe), model=_shared(k.model),
                 labels=shared_labels.setdefault(tuple(sorted(k.labels.items())), dict(k.labels)),
-                account=_shared(k.account), options=options or NO_OPTIONS, extra_secrets=NO_OPTIONS,
+                account=_shared(k.account), extra_secrets=NO_OPTIONS,
+                # Equal options are one dict (thousands of keys carry the same `publish = []`); never mutated.
+                options=shared_options.setdefault(repr(sorted(options.items())), options) if options else NO_OPTIONS,
             )
         )
     if problems:
