@@ -161,9 +161,9 @@ class AdminInfo:
     changed_at: datetime | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Rollup:
-    """Probe counts and latency of one key, one hour and one health."""
+    """Probe counts and latency of one key, one hour and one health (slots: one per key each cycle)."""
 
     key: str
     hour: datetime

@@ -225,7 +225,8 @@ class Store:
                     for t in transitions
                 ],
             )
-        rows = [r.__dict__ for r in rollups]
+        rows = [{"key": r.key, "hour": r.hour, "health": r.health, "count": r.count,
+                 "latency_sum_ms": r.latency_sum_ms, "latency_max_ms": r.latency_max_ms} for r in rollups]
         if rows:
             self._upsert_rollups(s, rows)
 
