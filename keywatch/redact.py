@@ -139,9 +139,11 @@ class _Index:
     def __init__(self, secrets: frozenset[str], parts: _Grams, tails: _Grams, chars: frozenset[str]) -> None:
         self.secrets = secrets
         self.parts = parts  # every MIN_PART-gram that masks as a part of a secret
-        self.tails = tails  # the last MIN_PART characters of each secret: where a whole one may end
+        # The last MIN_PART characters of each URL secret: where a whole one may end. Any other secret shown
+        # whole is covered by its parts, and the span they mask is then the secret itself.
+        self.tails = tails
         self.chars = chars
-        self.lengths = tuple(sorted({len(s) for s in secrets if len(s) >= MIN_PART}, reverse=True))
+        self.lengths = tuple(sorted({len(s) for s in secrets if len(s) >= MIN_PART and is_url(s)}, reverse=True))
         self.runs = re.compile(f"[{''.join(map(re.escape, sorted(chars)))}]{{{MIN_PART},}}") if chars else None
         shorts = sorted((s for s in secrets if len(s) < MIN_PART), key=len, reverse=True)
         self.short = re.compile("|".join(map(re.escape, shorts))) if shorts else None
@@ -160,8 +162,9 @@ class _Index:
                 if len(part) >= MIN_PART:
                     chars.update(part)
                 parts.add(part)
-            tails.add(s[-MIN_PART:])
-            chars.update(s[-MIN_PART:])
+            if is_url(s):  # masked by its pieces only: where the whole URL ends must be known on its own
+                tails.add(s[-MIN_PART:])
+                chars.update(s[-MIN_PART:])
         return cls(old | values, parts, tails, frozenset(chars))
 
     def redact(self, text: str) -> str:
@@ -170,28 +173,30 @@ class _Index:
         if self.runs is None or len(text) < MIN_PART:
             return text
         secrets, lengths = self.secrets, self.lengths
-        # _Grams.__contains__ for both sets, inlined: this loop runs once per character of the text.
+        # _Grams.__contains__, inlined: this loop runs once per character of the text.
         pt, pm, tt, tm = self.parts.table, self.parts.mask, self.tails.table, self.tails.mask
+        urls = self.tails.count > 0
         hits: list[tuple[int, int, str | None]] = []  # (start, end, the whole secret there or None)
         for m in self.runs.finditer(text):
             start, end = m.span()
             for i in range(start, end - MIN_PART + 1):
                 h = hash(text[i : i + MIN_PART]) or 1
-                j = h & tm
-                while v := tt[j]:
-                    if v == h:
-                        last = i + MIN_PART
-                        for n in lengths:
-                            if n <= last and (whole := text[last - n : last]) in secrets:
-                                hits.append((last - n, last, whole))
-                        break
-                    j = (j + 1) & tm
                 j = h & pm
                 while v := pt[j]:
                     if v == h:
                         hits.append((i, i + MIN_PART, None))
                         break
                     j = (j + 1) & pm
+                if urls:
+                    j = h & tm
+                    while v := tt[j]:
+                        if v == h:
+                            last = i + MIN_PART
+                            for n in lengths:
+                                if n <= last and (whole := text[last - n : last]) in secrets:
+                                    hits.append((last - n, last, whole))
+                            break
+                        j = (j + 1) & tm
         if not hits:
             return text
         hits.sort(key=lambda h: (h[0], -h[1]))
@@ -205,7 +210,7 @@ class _Index:
                 j += 1
             span = text[start:end]
             out.append(text[done:start])
-            if any(w == span for _, _, w in hits[group:j]):
+            if span in secrets or any(w == span for _, _, w in hits[group:j]):
                 out.append(mask(span))
             elif is_public_prefix(span):  # `sk-proj-`, as every masked form shows it
                 out.append(span)
