@@ -2,6 +2,9 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
+# First: it loads structlog without the extras keywatch never uses (logging.without_modules).
+from keywatch import logging as _logging  # noqa: F401
+
 try:
     __version__ = version("keywatch")
 except PackageNotFoundError:  # running from a source tree without installation

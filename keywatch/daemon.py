@@ -239,6 +239,7 @@ class Daemon:
     # -- lifecycle ----------------------------------------------------------------------------------
     def load(self, *, alert_sinks: bool = True) -> Inventory:
         inventory = load_inventory(self.config_path, alert_sinks=alert_sinks)
+        release_freed_memory()  # parsing and validating thousands of [[keys]] peaks well above what is kept
         for w in inventory.warnings:
             log.warning("config_warning", problem=w)
         return inventory
@@ -344,6 +345,7 @@ class Daemon:
         # collector's full passes, which otherwise rescan them during every busy cycle.
         gc.collect()
         gc.freeze()
+        release_freed_memory()
         self.runtime.events.record(Event(datetime.now(UTC), "daemon_started", None, "keywatch",
                                           f"keywatch {__version__} started with {len(inventory.keys)} keys"))
         log.info("started", version=__version__, keys=len(inventory.keys), listen=f"{self._web.host}:{self.web_port}",

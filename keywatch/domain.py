@@ -161,9 +161,9 @@ class AdminInfo:
     changed_at: datetime | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Rollup:
-    """Probe counts and latency of one key, one hour and one health."""
+    """Probe counts and latency of one key, one hour and one health (slots: one per key each cycle)."""
 
     key: str
     hour: datetime
@@ -263,9 +263,9 @@ class Account:
         return f"Account({self.name!r}, {self.provider!r})"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ManagedKey:
-    """One key of the inventory, with its secret resolved."""
+    """One key of the inventory, with its secret resolved (slots: there are thousands)."""
 
     name: str
     provider: str

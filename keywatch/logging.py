@@ -6,13 +6,35 @@ reaches stderr unredacted.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+from collections.abc import Iterator
 from typing import Any
 
-import structlog
 
-from keywatch.redact import REGISTRY
+@contextlib.contextmanager
+def without_modules(*names: str) -> Iterator[None]:
+    """Imports inside see `names` as not installed (unless already loaded); after it, they import as before.
+
+    For libraries that load a heavy optional extra at their own import, for a feature keywatch never uses:
+    structlog loads rich and pygments for pretty tracebacks (`setup` formats them plainly), alembic's mako
+    loads pygments to highlight template errors. Hidden, they cost ~10 MB and 100 modules less."""
+    hidden = [n for n in names if n not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        for name in hidden:
+            if name in sys.modules and sys.modules[name] is None:
+                del sys.modules[name]
+
+
+with without_modules("rich", "pygments", "better_exceptions"):
+    import structlog
+
+from keywatch.redact import REGISTRY  # noqa: E402
 
 
 def _redact(value: Any) -> Any:

@@ -6,9 +6,10 @@ provider key (for secrets keywatch never loaded, e.g. echoed back in an error bo
 A loaded secret is masked whole (`mask`: public prefix and last four) and in part: any run of MIN_PART or
 more of its characters becomes `****`, so an error that quotes the first 20 characters of a key, or a
 webhook's answer that quotes the path of its URL, shows nothing of it. The index behind that holds every
-MIN_PART-gram of every loaded secret; one pass over a text looks up the grams of each run of characters
-that secrets are made of (words shorter than MIN_PART, spaces and punctuation are skipped by a regular
-expression), so the cost grows with the text, not with the number of secrets.
+MIN_PART-gram of every loaded secret (as a 64-bit hash in a flat table, `_Grams`: 16 bytes a gram); one
+pass over a text looks up the grams of each run of characters that secrets are made of (words shorter than
+MIN_PART, spaces and punctuation are skipped by a regular expression), so the cost grows with the text, not
+with the number of secrets.
 
 A URL (a sink's, say) is masked whole, and in part by its token-like pieces only (`url_secrets`: user info,
 path segments and query values that look like tokens): `https://`, a host name or `/api` are not secret.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import functools
 import re
 import threading
+from array import array
 from collections.abc import Iterable
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -73,18 +75,76 @@ def url_secrets(url: str) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+class _Grams:
+    """A set of MIN_PART-grams kept as their 64-bit string hashes in one flat array (open addressing), 16
+    bytes a gram instead of a string and a dict entry: a 160-character key has 150 of them. A text's
+    window that hashes like a gram of no secret would be masked as one; at 2^-64 a window, never seen."""
+
+    __slots__ = ("count", "mask", "table")
+
+    def __init__(self, base: _Grams | None = None) -> None:
+        if base is None:
+            self.table, self.mask, self.count = array("q", bytes(8 * 64)), 63, 0
+        else:
+            self.table, self.mask, self.count = array("q", base.table), base.mask, base.count
+
+    def add(self, text: str) -> None:
+        """Every MIN_PART-gram of `text` (one loop, inlined: a fleet's secrets have millions)."""
+        table, m, count = self.table, self.mask, self.count
+        for k in range(len(text) - MIN_PART + 1):
+            h = hash(text[k : k + MIN_PART]) or 1  # 0 marks an empty slot
+            i = h & m
+            while (v := table[i]) != 0:
+                if v == h:
+                    break
+                i = (i + 1) & m
+            else:
+                table[i] = h
+                count += 1
+                if count * 2 > m:
+                    self.count = count
+                    self._grow()
+                    table, m = self.table, self.mask
+        self.count = count
+
+    def _grow(self) -> None:
+        old = self.table
+        m = (self.mask + 1) * 2 - 1
+        table = array("q", bytes(8 * (m + 1)))
+        for h in old:
+            if h:
+                i = h & m
+                while table[i] != 0:
+                    i = (i + 1) & m
+                table[i] = h
+        self.table, self.mask = table, m
+
+    def __contains__(self, gram: str) -> bool:
+        h = hash(gram) or 1
+        table, m = self.table, self.mask
+        i = h & m
+        while (v := table[i]) != 0:
+            if v == h:
+                return True
+            i = (i + 1) & m
+        return False
+
+
 class _Index:
     """The loaded secrets arranged for one fast pass over a text; immutable once built (redact reads it
     without a lock while a reload builds the next one)."""
 
-    __slots__ = ("grams", "runs", "secrets", "short")
+    __slots__ = ("chars", "lengths", "parts", "runs", "secrets", "short", "tails")
 
-    def __init__(self, secrets: frozenset[str], grams: dict[str, tuple[bool, tuple[str, ...]]]) -> None:
+    def __init__(self, secrets: frozenset[str], parts: _Grams, tails: _Grams, chars: frozenset[str]) -> None:
         self.secrets = secrets
-        # gram -> (whether it masks as a part, the secrets that end with it: masked whole when all of one shows)
-        self.grams = grams
-        chars = sorted({c for g in grams for c in g})
-        self.runs = re.compile(f"[{''.join(map(re.escape, chars))}]{{{MIN_PART},}}") if chars else None
+        self.parts = parts  # every MIN_PART-gram that masks as a part of a secret
+        # The last MIN_PART characters of each URL secret: where a whole one may end. Any other secret shown
+        # whole is covered by its parts, and the span they mask is then the secret itself.
+        self.tails = tails
+        self.chars = chars
+        self.lengths = tuple(sorted({len(s) for s in secrets if len(s) >= MIN_PART and is_url(s)}, reverse=True))
+        self.runs = re.compile(f"[{''.join(map(re.escape, sorted(chars)))}]{{{MIN_PART},}}") if chars else None
         shorts = sorted((s for s in secrets if len(s) < MIN_PART), key=len, reverse=True)
         self.short = re.compile("|".join(map(re.escape, shorts))) if shorts else None
 
@@ -92,41 +152,51 @@ class _Index:
     def build(cls, secrets: Iterable[str], base: _Index | None = None) -> _Index:
         values = frozenset(s for s in secrets if s and len(s) >= MIN_SECRET)
         old = base.secrets if base is not None else frozenset()
-        grams = dict(base.grams) if base is not None else {}
+        parts = _Grams(base.parts if base is not None else None)
+        tails = _Grams(base.tails if base is not None else None)
+        chars = set(base.chars) if base is not None else set()
         for s in values - old:
             if len(s) < MIN_PART:
                 continue
             for part in url_secrets(s) if is_url(s) else [s]:
-                for i in range(len(part) - MIN_PART + 1):
-                    g = part[i : i + MIN_PART]
-                    covers, tails = grams.get(g, (False, ()))
-                    if not covers:
-                        grams[g] = (True, tails)
-            tail = s[-MIN_PART:]
-            covers, tails = grams.get(tail, (False, ()))
-            grams[tail] = (covers, (*tails, s))
-        return cls(old | values, grams)
+                if len(part) >= MIN_PART:
+                    chars.update(part)
+                parts.add(part)
+            if is_url(s):  # masked by its pieces only: where the whole URL ends must be known on its own
+                tails.add(s[-MIN_PART:])
+                chars.update(s[-MIN_PART:])
+        return cls(old | values, parts, tails, frozenset(chars))
 
     def redact(self, text: str) -> str:
         if self.short is not None:
             text = self.short.sub(PART_MASK, text)
         if self.runs is None or len(text) < MIN_PART:
             return text
-        grams = self.grams
+        secrets, lengths = self.secrets, self.lengths
+        # _Grams.__contains__, inlined: this loop runs once per character of the text.
+        pt, pm, tt, tm = self.parts.table, self.parts.mask, self.tails.table, self.tails.mask
+        urls = self.tails.count > 0
         hits: list[tuple[int, int, str | None]] = []  # (start, end, the whole secret there or None)
         for m in self.runs.finditer(text):
             start, end = m.span()
             for i in range(start, end - MIN_PART + 1):
-                hit = grams.get(text[i : i + MIN_PART])
-                if hit is None:
-                    continue
-                covers, tails = hit
-                for s in tails:
-                    first = i + MIN_PART - len(s)
-                    if first >= 0 and text.startswith(s, first):
-                        hits.append((first, i + MIN_PART, s))
-                if covers:
-                    hits.append((i, i + MIN_PART, None))
+                h = hash(text[i : i + MIN_PART]) or 1
+                j = h & pm
+                while v := pt[j]:
+                    if v == h:
+                        hits.append((i, i + MIN_PART, None))
+                        break
+                    j = (j + 1) & pm
+                if urls:
+                    j = h & tm
+                    while v := tt[j]:
+                        if v == h:
+                            last = i + MIN_PART
+                            for n in lengths:
+                                if n <= last and (whole := text[last - n : last]) in secrets:
+                                    hits.append((last - n, last, whole))
+                            break
+                        j = (j + 1) & tm
         if not hits:
             return text
         hits.sort(key=lambda h: (h[0], -h[1]))
@@ -140,7 +210,7 @@ class _Index:
                 j += 1
             span = text[start:end]
             out.append(text[done:start])
-            if any(w == span for _, _, w in hits[group:j]):
+            if span in secrets or any(w == span for _, _, w in hits[group:j]):
                 out.append(mask(span))
             elif is_public_prefix(span):  # `sk-proj-`, as every masked form shows it
                 out.append(span)
@@ -151,7 +221,7 @@ class _Index:
         return "".join(out)
 
 
-_EMPTY = _Index(frozenset(), {})
+_EMPTY = _Index.build(())
 
 
 class SecretRegistry:

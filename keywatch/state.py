@@ -57,19 +57,17 @@ class StateTracker:
             if old is None:  # removed from the inventory while its probe was in flight
                 return None
             changed = old.health != r.health
-            new = replace(
-                old,
-                health=r.health,
+            # Built field by field rather than by dataclasses.replace: this runs once per probe.
+            new = KeyState(
+                key=old.key, provider=old.provider, fingerprint=old.fingerprint, masked=old.masked,
+                health=r.health, admin_state=old.admin_state,
                 health_since=r.checked_at if changed or old.health_since is None else old.health_since,
                 last_probe_at=r.checked_at,
                 consecutive=1 if changed else old.consecutive + 1,
-                http_status=r.http_status,
-                error_code=r.error_code,
-                error_message=r.error_message,
+                http_status=r.http_status, error_code=r.error_code, error_message=r.error_message,
                 latency_ms=r.latency_ms,
                 ratelimit=r.ratelimit if r.ratelimit is not None else (old.ratelimit if not changed else None),
-                compromised=r.compromised,
-                compromise_reason=r.compromise_reason,
+                compromised=r.compromised, compromise_reason=r.compromise_reason, labels=old.labels,
             )
             self.states[r.key] = new
             self._dirty.add(r.key)

@@ -128,6 +128,8 @@ def _secrets(key: ManagedKey) -> list[str]:
 def scrubbed(result: ProbeResult, key: ManagedKey) -> ProbeResult:
     """The result with every text a provider chose masked, the error code too: a hostile or careless
     provider may put the key, or part of it, anywhere in its answer (`"code": "key_<secret>_denied"`)."""
+    if not (result.error_code or result.error_message or result.compromise_reason):
+        return result  # a healthy answer: nothing the provider wrote is kept
     secrets = _secrets(key)
     texts = {f: getattr(result, f) for f in ("error_code", "error_message", "compromise_reason")}
     clean = {f: redact_text(v, secrets) for f, v in texts.items() if v}

@@ -200,8 +200,10 @@ class ProviderAdapter:
         retry_after_seconds: float | None = None,
         **details: Any,
     ) -> ProbeResult:
-        secrets = [key.secret.reveal()] if key.secret else []
-        secrets += [s.reveal() for s in key.extra_secrets.values()]
+        if error_message:
+            secrets = [key.secret.reveal()] if key.secret else []
+            secrets += [s.reveal() for s in key.extra_secrets.values()]
+            error_message = redact_text(error_message[:500], secrets)
         return ProbeResult(
             key=key.name,
             provider=key.provider,
@@ -210,7 +212,7 @@ class ProviderAdapter:
             latency_ms=round((time.perf_counter() - started) * 1000, 2),
             http_status=http_status,
             error_code=error_code,
-            error_message=redact_text(error_message[:500], secrets) if error_message else None,
+            error_message=error_message or None,
             ratelimit=ratelimit,
             retry_after_seconds=retry_after_seconds,
             details=details,

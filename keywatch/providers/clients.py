@@ -6,8 +6,10 @@ each build an `AdapterSet` over a client from `make_http_client`.
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
+import aiohttp
 import httpx2
 import structlog
 
@@ -20,7 +22,85 @@ from keywatch.providers.transport import MAX_BODY, BoundedTransport
 log = structlog.get_logger("keywatch.providers")
 
 
-def make_http_client(concurrency: int, timeout: float, max_body: int = MAX_BODY) -> httpx2.AsyncClient:
+class _Session:
+    """The aiohttp session every probe's connection comes from, made at first use (inside the loop)."""
+
+    def __init__(self, limits: httpx2.Limits, ssl_context: ssl.SSLContext) -> None:
+        self.limits, self.ssl_context = limits, ssl_context
+        self.session: aiohttp.ClientSession | None = None
+
+    def __call__(self) -> aiohttp.ClientSession:
+        if self.session is None:
+            limit = {"limit": self.limits.max_connections} if self.limits.max_connections is not None else {}
+            connector = aiohttp.TCPConnector(keepalive_timeout=self.limits.keepalive_expiry, ssl=self.ssl_context,
+                                             **limit)  # type: ignore[arg-type]
+            # One session carries every key's requests: a cookie one key's answer set must never ride
+            # along with another key's request.
+            self.session = aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
+        return self.session
+
+    async def aclose(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+
+
+class _SdkTransport(httpx2.AsyncBaseTransport):
+    """The openai SDK's aiohttp transport on `session` (through `proxy`, if any), built at the first request
+    that needs it: the SDK is imported only then."""
+
+    def __init__(self, *, session: _Session, proxy: httpx2.Proxy | None = None,
+                 limits: httpx2.Limits, ssl_context: ssl.SSLContext) -> None:
+        self.session, self.proxy, self.limits, self.ssl_context = session, proxy, limits, ssl_context
+        self.inner: httpx2.AsyncBaseTransport | None = None
+
+    def _built(self) -> httpx2.AsyncBaseTransport:
+        if self.inner is None:
+            from openai._vendor.httpx_aiohttp import AiohttpTransport
+
+            self.inner = AiohttpTransport(verify=self.ssl_context, limits=self.limits, proxy=self.proxy,
+                                          client=self.session())
+        return self.inner
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        return await self._built().handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self.session.aclose()  # the SDK's transport holds nothing else
+
+
+class SharedClient(httpx2.AsyncClient):
+    """The shared client (see `make_http_client`); `keywatch_lean` is its lean path, None through a proxy."""
+
+    keywatch_lean: LeanHttp | None = None
+    _max_body: int = MAX_BODY
+    _deadline: float = 10.0
+
+    def __init__(self, *, max_body: int, deadline: float, **kwargs: Any) -> None:
+        self._max_body, self._deadline = max_body, deadline  # read by the _init_* hooks super() calls
+        super().__init__(**kwargs)
+
+    def _init_transport(self, verify: Any = True, cert: Any = None, trust_env: bool = True,
+                        limits: httpx2.Limits = httpx2.Limits(), transport: httpx2.AsyncBaseTransport | None = None,
+                        **kwargs: Any) -> httpx2.AsyncBaseTransport:
+        if transport is not None:
+            return transport
+        ssl_context = httpx2.create_ssl_context(verify=verify, cert=cert, trust_env=trust_env)
+        session = _Session(limits, ssl_context)
+        self.keywatch_lean = LeanHttp(session, timeout=self._deadline, max_body=self._max_body)
+        inner = _SdkTransport(session=session, limits=limits, ssl_context=ssl_context)
+        return BoundedTransport(inner, max_body=self._max_body, deadline=self._deadline)
+
+    def _init_proxy_transport(self, proxy: httpx2.Proxy, verify: Any = True, cert: Any = None,
+                              trust_env: bool = True, limits: httpx2.Limits = httpx2.Limits(),
+                              **kwargs: Any) -> httpx2.AsyncBaseTransport:
+        ssl_context = httpx2.create_ssl_context(verify=verify, cert=cert, trust_env=trust_env)
+        inner = _SdkTransport(session=_Session(limits, ssl_context), proxy=proxy, limits=limits,
+                              ssl_context=ssl_context)
+        return BoundedTransport(inner, max_body=self._max_body, deadline=self._deadline)
+
+
+def make_http_client(concurrency: int, timeout: float, max_body: int = MAX_BODY) -> SharedClient:
     """One connection pool for every probe (the SDKs receive it; they never build their own).
 
     The client speaks the httpx2 API every adapter and the openai SDK expect, over the openai SDK's own
@@ -30,37 +110,14 @@ def make_http_client(concurrency: int, timeout: float, max_body: int = MAX_BODY)
     followed: a provider that answers 3xx is answered as a provider error, its Location never visited.
 
     Its `keywatch_lean` is the lean probe path (providers.lean) on the same aiohttp session, hence the same
-    pool: the zero-token probes take it, everything else goes through the SDKs. A client that sends its
-    requests through a proxy (`HTTPS_PROXY` ...) has none, and every probe takes the SDK path.
+    pool: the zero-token probes take it, everything else goes through the SDKs. The session is made here,
+    the SDK's transport around it only at the first request that goes through the client, so a fleet of
+    zero-token probes never imports the SDK. A client that sends its requests through a proxy
+    (`HTTPS_PROXY` ...) has no lean path, and every probe takes the SDK path.
     """
-    import aiohttp
-    import openai
-
-    class BoundedClient(openai.DefaultAioHttpClient):  # type: ignore[misc,valid-type]
-        keywatch_lean: LeanHttp | None = None
-
-        def _init_transport(self, *args: Any, **kwargs: Any) -> httpx2.AsyncBaseTransport:
-            inner = super()._init_transport(*args, **kwargs)
-
-            def session() -> aiohttp.ClientSession:
-                if not isinstance(inner.client, aiohttp.ClientSession):  # made at first use, in the loop
-                    made = inner.get_client()
-                    # One session carries every key's requests: a cookie one key's answer set must never
-                    # ride along with another key's request.
-                    made._cookie_jar = aiohttp.DummyCookieJar()
-                    inner.client = made
-                return inner.client
-
-            if hasattr(inner, "get_client"):
-                self.keywatch_lean = LeanHttp(session, timeout=timeout, max_body=max_body)
-            return BoundedTransport(inner, max_body=max_body, deadline=timeout)
-
-        def _init_proxy_transport(self, *args: Any, **kwargs: Any) -> httpx2.AsyncBaseTransport:
-            inner = super()._init_proxy_transport(*args, **kwargs)
-            return BoundedTransport(inner, max_body=max_body, deadline=timeout)
-
     limits = httpx2.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    client = BoundedClient(limits=limits, timeout=httpx2.Timeout(timeout), follow_redirects=False)
+    client = SharedClient(max_body=max_body, deadline=timeout, limits=limits, timeout=httpx2.Timeout(timeout),
+                          follow_redirects=False)
     # Proxies from the environment: their transports, not this session, must carry the probes.
     if any(t is not None for t in client._mounts.values()):
         client.keywatch_lean = None

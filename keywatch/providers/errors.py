@@ -6,6 +6,7 @@ key (401, 402, 403, quota) may blame the key. 5xx, timeouts and refused connecti
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -117,18 +118,46 @@ def _duration(value: str | None) -> float | None:
         return None
 
 
-def openai_ratelimit(headers: httpx2.Headers | dict[str, str]) -> RateLimit | None:
-    """`x-ratelimit-*` headers (OpenAI, Azure, many gateways); resets are Go durations."""
-    h = {k.lower(): v for k, v in headers.items()}
-    rl = RateLimit(
-        requests_limit=_int(h.get("x-ratelimit-limit-requests")),
-        requests_remaining=_int(h.get("x-ratelimit-remaining-requests")),
-        requests_reset_seconds=_duration(h.get("x-ratelimit-reset-requests")),
-        tokens_limit=_int(h.get("x-ratelimit-limit-tokens")),
-        tokens_remaining=_int(h.get("x-ratelimit-remaining-tokens")),
-        tokens_reset_seconds=_duration(h.get("x-ratelimit-reset-tokens")),
+_OPENAI_RATELIMIT = ("x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests",
+                     "x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens")
+RATELIMIT_CACHE = 4096  # parsed header sets kept: at thousands of keys a cycle most answers repeat one
+_ratelimits: dict[tuple[str | None, ...], RateLimit | None] = {}
+
+
+def _case_blind(headers: httpx2.Headers | Mapping[str, str]) -> Mapping[str, str]:
+    """`headers` as a mapping whose `get` ignores case: httpx2's and aiohttp's already do."""
+    return {k.lower(): v for k, v in headers.items()} if isinstance(headers, dict) else headers
+
+
+def openai_ratelimit(headers: httpx2.Headers | Mapping[str, str]) -> RateLimit | None:
+    """`x-ratelimit-*` headers (OpenAI, Azure, many gateways); resets are Go durations.
+
+    The same header values give the same (immutable) RateLimit, parsed once and shared by every key's
+    state that shows them."""
+    h = _case_blind(headers)
+    raw = tuple(h.get(name) for name in _OPENAI_RATELIMIT)
+    try:
+        return _ratelimits[raw]
+    except KeyError:
+        pass
+    rl: RateLimit | None = RateLimit(
+        requests_limit=_int(raw[0]),
+        requests_remaining=_int(raw[1]),
+        requests_reset_seconds=_duration(raw[2]),
+        tokens_limit=_int(raw[3]),
+        tokens_remaining=_int(raw[4]),
+        tokens_reset_seconds=_duration(raw[5]),
     )
-    return None if rl == RateLimit() else rl
+    if rl == _NO_RATELIMIT:
+        rl = None
+    if sum(len(v) for v in raw if v) <= 200:  # real values are short; a hostile header is not kept
+        if len(_ratelimits) >= RATELIMIT_CACHE:
+            _ratelimits.clear()
+        _ratelimits[raw] = rl
+    return rl
+
+
+_NO_RATELIMIT = RateLimit()
 
 
 def _rfc3339_in(value: str | None, now: datetime | None = None) -> float | None:

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx2
-import openai
 
 from keywatch.domain import Account, Health, ManagedKey, ProbeResult
 from keywatch.providers.base import (
@@ -29,6 +28,9 @@ from keywatch.providers.base import (
 from keywatch.providers.errors import UnreadableBody, classify_status, openai_ratelimit, retry_after
 from keywatch.providers.lean import LeanHttp, lean_of
 from keywatch.providers.openai_admin import NO_DEACTIVATE, OpenAIAdmin
+
+if TYPE_CHECKING:
+    import openai
 
 # error code (or type) -> health, from the documented error table (README, "OpenAI errors").
 CODE_HEALTH: dict[str, Health] = {
@@ -135,6 +137,8 @@ class OpenAIAdapter(ProviderAdapter):
         cache_key = (base_url or "", org or "", project or "")
         client = self._clients.get(cache_key)
         if client is None:
+            import openai  # the SDK is loaded by the first probe or call that needs it
+
             client = openai.AsyncOpenAI(
                 api_key="per-request",  # replaced by each request's Authorization header
                 base_url=base_url,
@@ -155,6 +159,8 @@ class OpenAIAdapter(ProviderAdapter):
         lean = lean_of(self.http)
         if lean is not None and key.probe != "completion":
             return await self._lean_probe(lean, key, started)
+        import openai
+
         client = self.client(key)
         auth = {"Authorization": f"Bearer {key.secret.reveal()}"}
         try:

@@ -8,10 +8,9 @@ so it needs the account's explicit opt-in.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx2
-import openai
 
 from keywatch.domain import Account, ManagedKey, Secret
 from keywatch.providers import mgmt
@@ -24,6 +23,9 @@ from keywatch.providers.base import (
     RotationSupport,
 )
 from keywatch.redact import REGISTRY, redact_text
+
+if TYPE_CHECKING:
+    import openai
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 PAGE = 100
@@ -51,6 +53,8 @@ class OpenAIAdmin:
         cache_key = (account.name, fingerprint, base_url)
         client = self._clients.get(cache_key)
         if client is None:
+            import openai  # the SDK is loaded by the first call that needs it (clients.make_http_client)
+
             client = openai.AsyncOpenAI(
                 api_key="unused-admin-only",  # never sent; keeps OPENAI_API_KEY from the environment out
                 admin_api_key=secret,
@@ -188,6 +192,8 @@ class OpenAIAdmin:
 
     async def _guard(self, account: Account, key: ManagedKey, what: str, awaitable: Any) -> Any:
         """SDK errors as ProviderActionError: permanent when a person must change something, masked always."""
+        import openai
+
         secrets = [s.reveal() for s in (account.admin_secret, key.secret) if s is not None]
         try:
             return await awaitable

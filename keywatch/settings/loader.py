@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import re
+import sys
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ from keywatch.settings import secrets
 from keywatch.settings.schema import LABEL_NAME_PATTERN, NAME_PATTERN, Config, reference_problems
 from keywatch.settings.types import NAME_PATTERN as TYPES_NAME_PATTERN
 
-NO_OPTIONS: Any = MappingProxyType({})  # the options of every key that has none: one read-only mapping
+NO_OPTIONS: Any = MappingProxyType({})  # options or extra secrets of every key without any: one read-only mapping
 
 
 class ConfigError(Exception):
@@ -217,6 +218,7 @@ def build_inventory(config: Config, source: str) -> Inventory:
     # Keys with the same labels share one dict (read-only everywhere): at 100,000 keys of a few teams that is
     # a handful of dicts instead of one per key.
     shared_labels: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
+    shared_options: dict[str, dict[str, Any]] = {}
     for i, a in enumerate(config.accounts):
         owner = f"account {a.name!r}"
         admin = _resolve(a.admin_secret, f"accounts[{i}].admin_secret", owner, allow, problems, warnings) if (
@@ -261,10 +263,12 @@ def build_inventory(config: Config, source: str) -> Inventory:
                 options["access_key_id"] = key_id.reveal()
         keys.append(
             ManagedKey(
-                name=k.name, provider=k.provider, secret=secret, secret_ref=k.secret,
-                base_url=k.base_url, probe=k.probe, model=k.model,
+                name=k.name, provider=_shared(k.provider), secret=secret, secret_ref=k.secret,
+                base_url=_shared(k.base_url), probe=_shared(k.probe), model=_shared(k.model),
                 labels=shared_labels.setdefault(tuple(sorted(k.labels.items())), dict(k.labels)),
-                account=k.account, options=options or NO_OPTIONS,
+                account=_shared(k.account), extra_secrets=NO_OPTIONS,
+                # Equal options are one dict (thousands of keys carry the same `publish = []`); never mutated.
+                options=shared_options.setdefault(repr(sorted(options.items())), options) if options else NO_OPTIONS,
             )
         )
     if problems:
@@ -280,6 +284,11 @@ def build_inventory(config: Config, source: str) -> Inventory:
     settings = config.model_copy(update={"keys": []})
     return Inventory(config=settings, source=source, keys=keys, accounts=accounts, warnings=warnings,
                      stale_secrets=stale)
+
+
+def _shared(value: str | None) -> str | None:
+    """One string object for a value many keys repeat (provider, base URL, model ...), not one per key."""
+    return sys.intern(value) if value is not None else None
 
 
 def alert_sink_problems(config: Config) -> list[str]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from sqlalchemy import Engine, create_engine, event, func, select, text, update
+from sqlalchemy import Engine, bindparam, create_engine, event, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
@@ -35,6 +35,7 @@ def default_database_url() -> str:
     return f"sqlite:///{base / 'keywatch.db'}"
 
 
+STATE_CHUNK = 1000  # key states written per statement
 RECYCLE_ON = ("readonly", "read-only", "disk i/o error", "unable to open database file")
 
 
@@ -155,10 +156,13 @@ class Store:
     # -- schema ---------------------------------------------------------------------------------
     def upgrade(self) -> list[str]:
         """Apply pending migrations; returns the revisions applied."""
-        from alembic import command
-        from alembic.config import Config as AlembicConfig
-        from alembic.runtime.migration import MigrationContext
-        from alembic.script import ScriptDirectory
+        from keywatch.logging import without_modules
+
+        with without_modules("pygments"):  # mako's template-error highlighting: 6 MB no migration uses
+            from alembic import command
+            from alembic.config import Config as AlembicConfig
+            from alembic.runtime.migration import MigrationContext
+            from alembic.script import ScriptDirectory
 
         cfg = AlembicConfig()
         cfg.set_main_option("script_location", str(MIGRATIONS))
@@ -196,14 +200,19 @@ class Store:
     def _save_cycle(
         self, s: Session, states: Sequence[KeyState], transitions: Sequence[Transition], rollups: Iterable[Rollup]
     ) -> None:
-        if states:
-            existing = set(s.scalars(select(KeyStateRow.key).where(KeyStateRow.key.in_([x.key for x in states]))))
-            new_rows = [_row_values(x) for x in states if x.key not in existing]
+        # In chunks: at thousands of keys the parameter rows of one statement would be the daemon's
+        # largest allocation of the cycle (same transaction, same result).
+        states = list(states)
+        for i in range(0, len(states), STATE_CHUNK):
+            chunk = states[i:i + STATE_CHUNK]
+            existing = set(s.scalars(select(KeyStateRow.key).where(KeyStateRow.key.in_([x.key for x in chunk]))))
+            new_rows = [_row_values(x) for x in chunk if x.key not in existing]
             if new_rows:
                 s.execute(KeyStateRow.__table__.insert(), new_rows)
-            upd = [_row_values(x, probe_only=True) for x in states if x.key in existing]
+            upd = [_row_values(x, probe_only=True) for x in chunk if x.key in existing]
             if upd:
-                s.execute(update(KeyStateRow), upd)
+                s.execute(_PROBE_UPDATE, upd)
+            del new_rows, upd
         if transitions:
             s.execute(
                 TransitionRow.__table__.insert(),
@@ -216,7 +225,8 @@ class Store:
                     for t in transitions
                 ],
             )
-        rows = [r.__dict__ for r in rollups]
+        rows = [{"key": r.key, "hour": r.hour, "health": r.health, "count": r.count,
+                 "latency_sum_ms": r.latency_sum_ms, "latency_max_ms": r.latency_max_ms} for r in rollups]
         if rows:
             self._upsert_rollups(s, rows)
 
@@ -362,9 +372,16 @@ def _row_values(st: KeyState, probe_only: bool = False) -> dict[str, Any]:
         "tokens_remaining": rl.tokens_remaining if rl else None,
         "compromised": st.compromised, "compromise_reason": st.compromise_reason, "labels": st.labels,
     }
-    if not probe_only:
+    if probe_only:
+        values["b_key"] = values.pop("key")  # the row to update (_PROBE_UPDATE), not a column to set
+    else:
         values["admin_state"] = str(st.admin_state)
     return values
+
+
+# A cycle's probe results, one executemany on the table itself: the ORM's bulk update by primary key does
+# the same statement with several times the CPU per row (at 10,000 keys, most of a cycle's write).
+_PROBE_UPDATE = KeyStateRow.__table__.update().where(KeyStateRow.__table__.c.key == bindparam("b_key"))
 
 
 def _to_state(r: KeyStateRow) -> KeyState:

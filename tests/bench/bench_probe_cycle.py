@@ -4,14 +4,16 @@ Not part of the test suite; it prints its figures. Run (sizes: 1k, 10k, 50k, 100
 
     .venv/bin/python tests/bench/bench_probe_cycle.py --keys 10k [--cycles 20] [--latency-ms 50] [--concurrency 100]
 
-What it does, in one process (the simulator runs in another, as a provider would):
+What it does (the simulator runs in a process of its own, as a provider would):
 
-1. The floor: a bare aiohttp client makes the same GET per key over `concurrency` pooled connections, the
-   least any Python prober can do; its wall time and CPU per probe are measured three times (median).
-2. The daemon, with every secret in a file of its own (`file:` references; nothing in the environment),
-   runs `--cycles` full cycles (at least 20 for a steady state; fewer only for a smoke run). The figures are
-   the medians of the cycles after the first five; settled RSS is measured after the last cycle, peak RSS
-   is the process's high-water mark.
+1. The floor, in a process of its own: a bare aiohttp client makes the same GET per key over `concurrency`
+   pooled connections, the least any Python prober can do; its wall time and CPU per probe are measured
+   three times (median).
+2. The daemon, in this process (which imports nothing else of weight, so its RSS is the daemon's; "before
+   the daemon" is this process with keywatch.daemon imported), with every secret in a file of its own
+   (`file:` references; nothing in the environment), runs `--cycles` full cycles (at least 20 for a steady
+   state; fewer only for a smoke run). The figures are the medians of the cycles after the first five;
+   settled RSS is measured after the last cycle, peak RSS is the process's high-water mark.
 3. /metrics is scraped from another process while idle, then while a cycle runs (every scrape during one
    cycle is timed, and that cycle's length is compared with the steady cycles').
 
@@ -36,6 +38,8 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+SECRET = "sk-proj-bench{:08d}" + "x" * 40  # the fleet's secrets, by index (the floor makes the same ones)
 
 SCRAPER = r"""
 import sys, time, urllib.request
@@ -87,18 +91,23 @@ def register_keys(url: str, secrets: list[str]) -> None:
         urllib.request.urlopen(req, timeout=120).read()
 
 
-async def floor(url: str, secrets: list[str], concurrency: int) -> tuple[float, float]:
-    """(wall seconds, CPU ms per probe) of a bare aiohttp client doing the probes' GETs."""
-    import aiohttp
+FLOOR = r"""
+import asyncio, resource, sys, time
+import aiohttp
 
-    target = f"{url}/openai/v1/models"
+def cpu_seconds():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+async def main(target, keys, concurrency):
+    secrets = [SECRET.format(i) for i in range(keys)]
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
-        async def one(secret: str) -> None:
+        async def one(secret):
             async with session.get(target, headers={"Authorization": f"Bearer {secret}"}) as r:
                 await r.read()
                 assert r.status == 200, r.status
 
-        async def drain(queue: list[str]) -> None:
+        async def drain(queue):
             while queue:
                 await one(queue.pop())
 
@@ -107,9 +116,25 @@ async def floor(url: str, secrets: list[str], concurrency: int) -> tuple[float, 
             queue = list(secrets)
             cpu0, t0 = cpu_seconds(), time.perf_counter()
             await asyncio.gather(*(drain(queue) for _ in range(concurrency)))
-            runs.append((time.perf_counter() - t0, (cpu_seconds() - cpu0) * 1000 / len(secrets)))
+            runs.append((time.perf_counter() - t0, (cpu_seconds() - cpu0) * 1000 / keys))
     runs.sort()
-    return runs[1]
+    print(*runs[1])
+
+asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
+""".replace("SECRET", repr(SECRET))
+
+
+def bench_secret(i: int) -> str:
+    return SECRET.format(i)
+
+
+def floor(url: str, keys: int, concurrency: int) -> tuple[float, float]:
+    """(wall seconds, CPU ms per probe) of a bare aiohttp client doing the probes' GETs, in a process of its
+    own: neither its imports nor its allocations are counted in the daemon's RSS."""
+    out = subprocess.run([sys.executable, "-c", FLOOR, f"{url}/openai/v1/models", str(keys), str(concurrency)],
+                         check=True, capture_output=True, text=True).stdout
+    wall, cpu = out.split()
+    return float(wall), float(cpu)
 
 
 async def scrape(port: int, seconds: float) -> tuple[list[float], int]:
@@ -149,9 +174,9 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
     sim, url = start_simulator(args.latency_ms)
     daemon = None
     try:
-        secrets = [f"sk-proj-bench{i:08d}{'x' * 40}" for i in range(args.keys)]
+        secrets = [bench_secret(i) for i in range(args.keys)]
         register_keys(url, secrets)
-        f["floor_s"], f["floor_cpu_ms"] = await floor(url, secrets, args.concurrency)
+        f["floor_s"], f["floor_cpu_ms"] = floor(url, args.keys, args.concurrency)
         cfg = write_config(tmp, url, secrets, args)
         del secrets
         gc.collect()

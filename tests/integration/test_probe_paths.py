@@ -164,3 +164,36 @@ async def test_a_thousand_waits_share_one_timer() -> None:
     gate.set()
     await asyncio.gather(*tasks)
     assert counted == [1]
+
+
+SDK_FREE = r"""
+import asyncio, sys
+from keywatch.domain import ManagedKey, Secret
+from keywatch.providers.clients import AdapterSet, make_http_client
+
+async def main(url):
+    http = make_http_client(4, 5.0)
+    adapters = AdapterSet(http, {}, timeout=5.0, completion_model="gpt-4o-mini")
+    key = ManagedKey(name="k", provider="openai", secret=Secret("sk-proj-" + "a" * 40), secret_ref="env:K",
+                     base_url=url + "/v1")
+    first = await adapters.get("openai").probe(key)
+    loaded = [m for m in ("openai", "rich", "pygments") if m in sys.modules]
+    completion = ManagedKey(name="c", provider="openai", secret=Secret("sk-proj-" + "b" * 40), secret_ref="env:C",
+                            base_url=url + "/v1", probe="completion")
+    await adapters.get("openai").probe(completion)
+    print(first.health, ",".join(loaded) or "-", "openai" in sys.modules)
+    await adapters.aclose()
+    await http.aclose()
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+async def test_a_zero_token_probe_never_loads_the_sdk_and_a_completion_probe_does(server: Recorder) -> None:
+    import sys
+
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", SDK_FREE, server.url,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert out.decode().split() == ["healthy", "-", "True"]
