@@ -110,10 +110,11 @@ def test_a_url_is_masked_whole_and_by_its_token_like_pieces() -> None:
         REGISTRY.replace([])
 
 
-def test_redacting_the_log_path_stays_cheap_with_many_secrets() -> None:
+def test_the_log_path_masks_prefixes_of_secrets_among_many() -> None:
+    """1,000 managed secrets, 2,000 log lines quoting 20-character prefixes: none survives (the cost is
+    measured by tests/bench/bench_redact.py, not here)."""
     import random
     import string
-    import time
 
     rng = random.Random(1)
     secrets = ["gw-" + "".join(rng.choices(string.ascii_letters + string.digits, k=40)) for _ in range(1000)]
@@ -122,11 +123,8 @@ def test_redacting_the_log_path_stays_cheap_with_many_secrets() -> None:
     lines = [json.dumps({"event": "probe_result", "key": f"key-{i:05d}", "masked": mask(secrets[i % 1000]),
                          "fingerprint": fingerprint(secrets[i % 1000]), "error": f"401 bad key {secrets[i % 1000][:20]}"
                          if i % 10 == 0 else "ok", "timestamp": "2025-01-01T00:00:00.000000Z"}) for i in range(2000)]
-    t0 = time.perf_counter()
     out = [registry.redact(line) for line in lines]
-    took = time.perf_counter() - t0
     assert not any(s[:20] in line for s, line in zip(secrets * 2, out, strict=False))
-    assert took < 1.0, f"{took:.2f}s for 2,000 lines"  # about 0.03 s; tests/bench/bench_redact.py measures it
 
 
 def test_every_text_of_a_probe_result_is_masked_the_error_code_too() -> None:
