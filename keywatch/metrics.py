@@ -1,8 +1,10 @@
 """Prometheus metrics.
 
-Current state (per key) is built fresh at every scrape from the in-memory snapshot, so a removed key
-leaves no stale series and a scrape never touches the database or a provider. Events (probes, cycle
-timing) are ordinary counters and histograms. No label ever holds a secret or part of one.
+Current state (per key) is rendered from the in-memory snapshot, never from the database or a provider, so a
+removed key leaves no stale series. An HTTP scrape gets the per-key part as rendered at most MAX_AGE (1 s)
+before it arrived (kept between scrapes, re-rendered where a state changed) and the registry read at once;
+iterating `exposition_chunks()` renders everything fresh. Events (probes, cycle timing) are ordinary counters
+and histograms. No label ever holds a secret or part of one.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 
+import structlog
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -30,6 +33,8 @@ from prometheus_client.samples import Sample
 
 from keywatch import __version__
 from keywatch.domain import PROBED_HEALTH_VALUES, AdminState, Health, KeyState
+
+log = structlog.get_logger("keywatch.metrics")
 
 # No `<counter>_created` series: they double the counters' series and no rule or dashboard reads them.
 disable_created_metrics()
@@ -540,22 +545,40 @@ class _ScrapeCache:
 
     A refresh reads one snapshot and renders, on the event loop, one run of keys per step, letting the
     probes' callbacks run between steps; it re-renders only the runs where a state changed. Scrapes that
-    arrive meanwhile wait for it and send what it made; one refresh runs at a time.
+    arrive meanwhile wait for it and send what it made; one refresh runs at a time. A scrape served a
+    rendering older than half of MAX_AGE starts the next refresh behind it, so scrapers that come often
+    (several a second) never wait for one, and one that comes every 15 s waits for the runs a cycle changed.
     """
 
     def __init__(self) -> None:
         self._renderer = KeyStateRenderer()
         self._current: _Rendering | None = None
         self._lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
+        self._ahead: asyncio.Task[_Rendering] | None = None
 
     async def current(self, snapshot: SnapshotFn, mode: str) -> _Rendering:
         asked = time.monotonic()
+        cur = self._current
+        if cur is not None and cur.mode == mode and cur.taken_at >= asked - MAX_AGE:
+            if asked - cur.taken_at > MAX_AGE / 2 and self._ahead is None:
+                self._ahead = asyncio.get_running_loop().create_task(self._refreshed(snapshot, mode, asked))
+                self._ahead.add_done_callback(self._ahead_done)
+            return cur
+        return await self._refreshed(snapshot, mode, asked - MAX_AGE)
+
+    def _ahead_done(self, task: asyncio.Task[_Rendering]) -> None:
+        self._ahead = None
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.warning("metrics_refresh_failed", error=type(exc).__name__)  # the next scrape tries again
+
+    async def _refreshed(self, snapshot: SnapshotFn, mode: str, oldest: float) -> _Rendering:
+        """The current rendering if its snapshot was read at `oldest` or later, else a new one."""
         loop = asyncio.get_running_loop()
         if self._lock is None or self._lock[0] is not loop:
             self._lock = (loop, asyncio.Lock())
         async with self._lock[1]:
             cur = self._current
-            if cur is not None and cur.mode == mode and cur.taken_at >= asked - MAX_AGE:
+            if cur is not None and cur.mode == mode and cur.taken_at >= oldest:
                 return cur
             taken_at = time.monotonic()
             states = list(snapshot().values())

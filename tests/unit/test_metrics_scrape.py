@@ -242,3 +242,23 @@ async def test_concurrent_scrapes_share_one_refresh(monkeypatch) -> None:
     await asyncio.sleep(MAX_AGE + 0.05)
     await scrape(m)
     assert sum(renders) == 4 * SEGMENT  # only the run holding the probed key was rendered again
+
+
+async def test_a_scraper_that_comes_often_never_waits_for_a_render(monkeypatch) -> None:
+    t, m = fleet(2 * SEGMENT)
+    await scrape(m)
+    in_scrape, rendered_inside, rendered_behind = False, [], []
+    original = metrics_module.KeyStateRenderer._render
+
+    def watched(self, run):
+        (rendered_inside if in_scrape else rendered_behind).append(len(run))
+        return original(self, run)
+
+    monkeypatch.setattr(metrics_module.KeyStateRenderer, "_render", watched)
+    for i in range(8):
+        t.apply(result("k00003", (Health.HEALTHY, Health.INVALID)[i % 2], T0 + timedelta(seconds=i)))
+        in_scrape = True
+        await scrape(m)
+        in_scrape = False
+        await asyncio.sleep(MAX_AGE / 3)
+    assert rendered_behind and not rendered_inside
