@@ -300,7 +300,9 @@ class KeyStateRenderer:
         for i in range(n):
             run = tuple(states[i * SEGMENT:(i + 1) * SEGMENT])
             if i < len(self._segments):
-                if self._segments[i].states == run:  # identity first, then value: same text
+                seg = self._segments[i]
+                if seg.states == run:  # identity first, then value: the same text
+                    seg.states = run  # and the replaced states are not kept alive for it
                     continue
                 self._segments[i] = self._render(run)
             else:
@@ -322,6 +324,8 @@ class KeyStateRenderer:
         return self.blocks()
 
     def _render(self, run: tuple[KeyState, ...]) -> _Segment:
+        if not self._families:
+            return _Segment(run, [], _counts(run))
         extra_cache = self._extra
         bases, fulls = [], []
         for st in run:
@@ -524,13 +528,26 @@ class _Rendering:
         return [GZIP_HEADER, *parts, end, struct.pack("<II", zlib.crc32(tail, crc), (size + len(tail)) & 0xFFFFFFFF)]
 
 
+DEFLATE_RUN = 4 << 20  # bytes joined per zlib call: each call gives the interpreter lock back and takes it again
+
+
 def _deflate(blocks: list[bytes]) -> tuple[list[bytes], int, int]:
+    """Raw deflate of the blocks, flushed to a byte boundary, with their CRC-32 and length. Runs in a worker
+    thread: zlib works without the interpreter lock, and retaking it waits for a busy event loop to let go,
+    so the blocks go to zlib a few megabytes at a time, not one by one."""
     c = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
-    parts, crc, size = [], 0, 0
-    for b in blocks:
-        parts.append(c.compress(b))
-        crc = zlib.crc32(b, crc)
-        size += len(b)
+    parts, crc, size, run, run_size = [], 0, 0, [], 0
+    for b in [*blocks, b""]:
+        if b and run_size < DEFLATE_RUN:
+            run.append(b)
+            run_size += len(b)
+            continue
+        if run:
+            data = b"".join(run)
+            parts.append(c.compress(data))
+            crc = zlib.crc32(data, crc)
+            size += len(data)
+            run, run_size = ([b], len(b)) if b else ([], 0)
     parts.append(c.flush(zlib.Z_SYNC_FLUSH))
     return [p for p in parts if p], crc, size
 

@@ -262,3 +262,13 @@ async def test_a_scraper_that_comes_often_never_waits_for_a_render(monkeypatch) 
         in_scrape = False
         await asyncio.sleep(MAX_AGE / 3)
     assert rendered_behind and not rendered_inside
+
+
+async def test_gzip_of_a_rendering_zlib_gets_in_several_runs(monkeypatch) -> None:
+    monkeypatch.setattr(metrics_module, "DEFLATE_RUN", 5000)
+    t, m = fleet(SEGMENT + 1)
+    t.apply(result("k00000", Health.FORBIDDEN, T0))
+    compressed, encoding = await m.prepared(True)
+    plain, _ = await m.prepared(False)
+    assert encoding == "gzip"
+    assert gzip.decompress(b"".join(compressed)) == b"".join(plain)
