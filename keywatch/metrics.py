@@ -517,12 +517,19 @@ class _Rendering:
         self.mode = mode
         self._deflated: asyncio.Future[tuple[list[bytes], int, int]] | None = None
 
+    def deflate(self) -> asyncio.Future[tuple[list[bytes], int, int]]:
+        if self._deflated is None:
+            self._deflated = asyncio.ensure_future(asyncio.to_thread(_deflate, self.blocks))
+        return self._deflated
+
+    @property
+    def deflating(self) -> bool:
+        return self._deflated is not None
+
     async def gzip(self, tail: bytes) -> list[bytes]:
         """One gzip member: the blocks' deflate stream (made once, flushed to a byte boundary), then `tail`
         compressed on its own and the whole text's CRC and length."""
-        if self._deflated is None:
-            self._deflated = asyncio.ensure_future(asyncio.to_thread(_deflate, self.blocks))
-        parts, crc, size = await asyncio.shield(self._deflated)
+        parts, crc, size = await asyncio.shield(self.deflate())
         c = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
         end = c.compress(tail) + c.flush()
         return [GZIP_HEADER, *parts, end, struct.pack("<II", zlib.crc32(tail, crc), (size + len(tail)) & 0xFFFFFFFF)]
@@ -601,5 +608,8 @@ class _ScrapeCache:
             states = list(snapshot().values())
             for _ in self._renderer.steps(states, mode):
                 await asyncio.sleep(0)
-            cur = self._current = _Rendering(self._renderer.blocks(), taken_at, mode)
-            return cur
+            new = _Rendering(self._renderer.blocks(), taken_at, mode)
+            if cur is not None and cur.deflating:
+                new.deflate()  # gzip scrapers come: compress it before the next one asks
+            self._current = new
+            return new
