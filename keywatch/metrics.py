@@ -438,9 +438,8 @@ class Metrics:
             self._collector.mode = mode
 
     def exposition_chunks(self) -> Exposition:
-        """The /metrics body: iterated, it is rendered fresh (every registered metric, then the per-key
-        families), in pieces as they are taken, from one thread at a time; the HTTP server sends its
-        `prepared` form instead."""
+        """The /metrics body: iterated (from one thread at a time), it is rendered fresh, every registered
+        metric then the per-key families; the HTTP server sends its `prepared` form instead."""
         return Exposition(self)
 
     def exposition(self) -> bytes:
