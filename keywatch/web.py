@@ -15,7 +15,7 @@ import hmac
 import itertools
 import socket
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -24,6 +24,18 @@ from keywatch.domain import Secret
 from keywatch.statuspage import EVENTS, BadQuery, Query, StatusPage, is_loopback
 
 ReadyFn = Callable[[], tuple[bool, dict[str, bool]]]
+
+
+@runtime_checkable
+class Prepared(Protocol):
+    """What `render` may return instead of chunks to render: a body made ahead, as blocks to send and the
+    Content-Encoding they are in (None: plain text)."""
+
+    def __iter__(self) -> Iterator[bytes]: ...
+
+    async def prepared(self, gzip: bool) -> tuple[list[bytes], str | None]: ...
+
+
 RenderFn = Callable[[], Iterator[bytes]]
 BATCH = 16  # chunks rendered per trip to the worker thread
 
@@ -152,10 +164,24 @@ class WebServer:
             self._runner = None
 
     async def _metrics(self, request: web.Request) -> web.StreamResponse:
-        # Rendering thousands of series is CPU work: it runs in a worker thread, a few chunks at a time,
+        chunks = self.render()
+        if isinstance(chunks, Prepared):
+            # Ready-made blocks (the metrics' own rendering, kept between scrapes): written as they are,
+            # with their length, compressed when the scraper asks for gzip (Prometheus does).
+            blocks, encoding = await chunks.prepared(_accepts_gzip(request))
+            headers = {"Content-Type": CONTENT_TYPE_LATEST, "Vary": "Accept-Encoding"}
+            if encoding:
+                headers["Content-Encoding"] = encoding
+            response = web.StreamResponse(headers=headers)
+            response.content_length = sum(len(b) for b in blocks)
+            await response.prepare(request)
+            for block in blocks:
+                await response.write(block)
+            await response.write_eof()
+            return response
+        # Chunks rendered on demand are CPU work: they are made in a worker thread, a few at a time,
         # and each piece is written out as it comes, so the body never exists whole in memory.
         loop = asyncio.get_running_loop()
-        chunks = self.render()
         response = web.StreamResponse(headers={"Content-Type": CONTENT_TYPE_LATEST})
         await response.prepare(request)
         while batch := await loop.run_in_executor(None, _take, chunks, BATCH):
@@ -214,3 +240,19 @@ def _bind_reason(exc: OSError) -> str:
 
 def _take(chunks: Iterator[bytes], n: int) -> list[bytes]:
     return list(itertools.islice(chunks, n))
+
+
+def _accepts_gzip(request: web.Request) -> bool:
+    for item in request.headers.get("Accept-Encoding", "").split(","):
+        coding, _, params = item.partition(";")
+        if coding.strip().lower() in ("gzip", "x-gzip", "*"):
+            q = params.strip().lower()
+            return not (q.startswith("q=") and _q(q[2:]) == 0)
+    return False
+
+
+def _q(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return 1.0
