@@ -6,7 +6,6 @@ PostgreSQL server of this machine (a fresh database per test; skipped, with the 
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -23,6 +22,7 @@ import pytest
 
 from keywatch.cluster.leadership import default_instance
 from tests.integration.conftest import free_port, fresh_database, toml_config, unique_secret
+from tests.integration.daemon_process import DaemonProcess, readyz
 from tests.integration.test_notify_delivery import ThreadedReceiver
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
@@ -40,16 +40,6 @@ def wait_until(cond: Callable[[], object], what: str, timeout: float = 20.0, ste
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def readyz(port: int) -> dict | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
-            return json.loads(r.read())
-    except urllib.error.HTTPError as exc:
-        return json.loads(exc.read())
-    except OSError:
-        return None
-
-
 def gauge(port: int, line_start: str) -> float | None:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
@@ -61,46 +51,7 @@ def gauge(port: int, line_start: str) -> float | None:
     return None
 
 
-@dataclass
-class Instance:
-    name: str
-    port: int
-    config: Path
-    log: Path
-    proc: subprocess.Popen | None = None
-
-    def start(self, env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "keywatch", "run", "-c", str(self.config)],
-            env=env,
-            stdout=self.log.open("a"),
-            stderr=subprocess.STDOUT,
-        )
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def status(self) -> dict:
-        return (readyz(self.port) or {}).get("cluster") or {}
-
-    def leading(self) -> bool:
-        return self.alive and bool(self.status().get("leader"))
-
-    def signal(self, sig: int) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-
-    def stop(self) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else None
-        self.proc.send_signal(signal.SIGCONT)
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(10)
+Instance = DaemonProcess
 
 
 @dataclass

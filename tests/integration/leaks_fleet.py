@@ -7,8 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -19,6 +17,7 @@ from typing import Any
 
 from keywatch.sim.routes import github as gh
 from tests.integration.conftest import free_port
+from tests.integration.daemon_process import DaemonProcess
 from tests.integration.leaks_harness import GENERIC_TOKEN, GITHUB_TOKEN, HOOK_SECRET, MANAGEMENT, router_secret
 from tests.integration.leaks_harness import write_config as leak_config
 
@@ -47,51 +46,7 @@ def post(port: int, path: str, body: bytes, headers: dict[str, str]) -> tuple[in
         return exc.code, json.loads(exc.read() or b"null")
 
 
-def readyz(port: int) -> dict:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
-            return json.loads(r.read())
-    except urllib.error.HTTPError as exc:
-        return json.loads(exc.read())
-    except OSError:
-        return {}
-
-
-@dataclass
-class Daemon:
-    name: str
-    port: int
-    config: Path
-    log: Path
-    proc: subprocess.Popen | None = None
-
-    def start(self, env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "keywatch", "run", "-c", str(self.config)],
-            env=env,
-            stdout=self.log.open("a"),
-            stderr=subprocess.STDOUT,
-        )
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def ready(self) -> bool:
-        return self.alive and bool(readyz(self.port).get("ready"))
-
-    def leading(self) -> bool:
-        return self.alive and bool((readyz(self.port).get("cluster") or {}).get("leader"))
-
-    def stop(self) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else None
-        self.proc.terminate()
-        try:
-            return self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(10)
+Daemon = DaemonProcess
 
 
 @dataclass
