@@ -14,7 +14,6 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,22 +21,12 @@ import pytest
 
 from keywatch.cluster.leadership import default_instance
 from tests.integration.conftest import free_port, fresh_database, toml_config, unique_secret
-from tests.integration.daemon_process import DaemonProcess, readyz
+from tests.integration.daemon_process import DaemonProcess, readyz, wait_until
 from tests.integration.test_notify_delivery import ThreadedReceiver
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 FLEET_KEYS = int(os.environ.get("KEYWATCH_TEST_FLEET_KEYS", "1000"))  # the fleet the acceptance names
 
-
-
-def wait_until(cond: Callable[[], object], what: str, timeout: float = 20.0, step: float = 0.05) -> float:
-    """Seconds it took; fails naming `what` after `timeout`."""
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if cond():
-            return time.monotonic() - t0
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def gauge(port: int, line_start: str) -> float | None:

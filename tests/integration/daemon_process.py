@@ -7,10 +7,22 @@ import json
 import signal
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+
+def wait_until(cond: Callable[[], object], what: str, timeout: float = 30.0, step: float = 0.05) -> float:
+    """Seconds it took; fails naming `what` after `timeout`."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if cond():
+            return time.monotonic() - t0
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def readyz(port: int) -> dict:

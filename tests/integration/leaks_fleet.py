@@ -7,10 +7,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,15 +24,6 @@ ALERTS = (
     '\n[[alerts.sinks]]\nname = "hook"\ntype = "webhook"\nurl = "env:KW_LEAKFLEET_HOOK"\n'
     'secret = "env:KW_LEAKFLEET_HMAC"\n'
 )
-
-
-def wait_until(cond: Callable[[], object], what: str, timeout: float = 30.0, step: float = 0.05) -> float:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if cond():
-            return time.monotonic() - t0
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def post(port: int, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, Any]:

@@ -15,7 +15,8 @@ from sqlalchemy import create_engine
 
 from keywatch.leaks.store import LeakStore
 from tests.integration.conftest import fresh_database
-from tests.integration.leaks_fleet import LeakFleet, compromised_alerts, post, wait_until
+from tests.integration.daemon_process import wait_until
+from tests.integration.leaks_fleet import LeakFleet, compromised_alerts, post
 from tests.integration.test_notify_delivery import ThreadedReceiver
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
