@@ -5,6 +5,7 @@ Calls are synchronous; the daemon runs them in a worker thread so a slow databas
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
@@ -73,6 +74,12 @@ def make_engine(url: str, busy_timeout: float = 30.0, may_create: Callable[[], b
             # after the cause is fixed: treat these errors like a lost connection, so the pool is recycled.
             if any(m in str(ctx.original_exception).lower() for m in RECYCLE_ON):
                 ctx.is_disconnect = True
+                # SQLAlchemy leaves the cursor of a "disconnect" open; its statement would keep the closed
+                # connection (and the file's read-only shared memory) alive until garbage collection.
+                cursor = getattr(ctx.execution_context, "cursor", None)
+                if cursor is not None:
+                    with contextlib.suppress(Exception):
+                        cursor.close()
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _: Any) -> None:

@@ -217,6 +217,60 @@ def test_sqlite_read_only_then_fixed_recovers_and_loses_nothing(sim, tmp_path: P
            f"still read-only), recovered {recovered_s:.1f}s after the fix, {false_disables} false disables")
 
 
+STORE_WRITES_READ_ONLY = """
+import gc, os, sys
+from sqlalchemy import text
+from keywatch.store.repo import make_engine
+db = sys.argv[1]
+gc.disable()  # what the failed writes leave behind must be closed by them, not by a later collection
+engine = make_engine(f"sqlite:///{db}")
+failed = 0
+for _ in range(3):
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("insert into t values (1)"))
+    except Exception:
+        failed += 1
+def held():
+    n = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            n += os.readlink(f"/proc/self/fd/{fd}") == db
+        except OSError:
+            pass
+    return n
+print(failed, held(), flush=True)
+sys.stdin.readline()  # the test makes the file writable again
+with engine.begin() as conn:
+    conn.execute(text("insert into t values (2)"))
+print("written", flush=True)
+"""
+
+
+def test_failed_writes_on_a_read_only_file_leave_nothing_open(tmp_path: Path) -> None:
+    """A write refused because the file is read-only closes its connection at once: one left open keeps the
+    file's shared memory read-only for the whole process, so writes would go on failing after the fix."""
+    db = tmp_path / "k.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("create table t (x)")
+    keep = sqlite3.connect(db)  # the -wal and -shm files exist while the file is read-only, as under a daemon
+    keep.execute("select * from t").fetchall()
+    set_mode(db, 0o444, 0o555)
+    try:
+        proc = subprocess.Popen([*unprivileged(), sys.executable, "-c", STORE_WRITES_READ_ONLY, str(db)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+        line = proc.stdout.readline()
+    finally:
+        set_mode(db, 0o644, 0o755)
+        keep.close()
+    out, err = proc.communicate("fixed\n", timeout=30)
+    assert line.split() == ["3", "0"], err  # three writes refused, no descriptor of the file left open
+    assert out.strip() == "written", err
+    assert rows(db, "select x from t") == [(2,)]
+
+
 def test_sqlite_locked_by_another_process_does_not_stall_probing(sim, tmp_path: Path, figure, cleanup) -> None:
     db = tmp_path / "k.db"
     d = Daemon(tmp_path, sim, ["k0", "k1", "k2", "k3"], db)
