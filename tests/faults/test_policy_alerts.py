@@ -50,6 +50,9 @@ def test_a_policy_alert_firing_before_a_restart_is_resolved_after_it(sim, tmp_pa
         first = run(cfg, env, log)
         try:
             wait_for(lambda: ("key_health:k0", True) in told(rx), "the alert for the dead key")
+            # Killed once the delivery is recorded: a message the sink took but the daemon had not yet marked
+            # sent is sent again after kill -9 (at least once, same webhook-id); this test is about the restart.
+            wait_for(lambda: '"alert_delivered"' in log.read_text(), "the delivery recorded")
         finally:
             first.send_signal(how)
             first.wait(30)
