@@ -667,7 +667,8 @@ class Daemon:
         probe = inventory.config.probe
         spread = probe.spread * probe.interval if self.cycles else 0.0
         keys = self.cluster.share(inventory.keys) if self.cluster is not None else inventory.keys
-        self._probed = {k.name for k in keys}
+        if self.cluster is not None and self.cluster.clustered:  # alone, every key is its own: no set of names
+            self._probed = {k.name for k in keys}
         # The others' keys, as they wrote them (the leader decides on the whole fleet): read while this
         # instance probes its own, so the read adds nothing to the cycle's length.
         fleet = None

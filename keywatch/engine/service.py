@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from keywatch.domain import AdminInfo, Alert, Event, KeyState, Severity
+from keywatch.domain import AdminInfo, AdminState, Alert, Event, KeyState, Severity
 from keywatch.engine import actions, immediate
 from keywatch.engine import outage as outage_mod
 from keywatch.engine.executor import Executor
@@ -32,6 +32,7 @@ from keywatch.runtime import CycleReport, Runtime
 
 log = structlog.get_logger("keywatch.policy")
 RETRY_FAILED_AFTER = timedelta(minutes=15)
+NO_DECISION = AdminInfo(AdminState.ACTIVE, None, None, None)  # what a key nothing was decided about reads as
 MASS_ALERTS = 3  # this many keys of one policy firing in one cycle are grouped into one message
 
 
@@ -96,17 +97,22 @@ class PolicyEngine:
         self.admin[state.key] = AdminInfo(state.admin_state, actor, reason, datetime.now(UTC))
 
     async def refresh_admin(self) -> None:
+        await self.executor.flush_pending()  # first, so the read sees what was waiting to be written
         try:
             rows = await asyncio.to_thread(self.rt.store.admin_decisions)
         except Exception as exc:
             log.warning("admin_state_read_failed", error=type(exc).__name__)
             return
-        await self.executor.flush_pending()
         snapshot = self.rt.tracker.snapshot()
+        for key in [k for k in self.admin if k not in rows]:  # its decision is no longer stored: none now
+            rows[key] = NO_DECISION
         for key, info in rows.items():
             if key in self.executor.pending_admin:
                 continue
-            self.admin[key] = info
+            if info == NO_DECISION:
+                self.admin.pop(key, None)  # reads as no decision (key_views); kept only for decided keys
+            else:
+                self.admin[key] = info
             st = snapshot.get(key)
             if st is not None and st.admin_state is not info.state:
                 log.info("admin_state_changed", key=key, state=str(info.state), actor=info.actor)

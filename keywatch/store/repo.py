@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from sqlalchemy import Engine, bindparam, create_engine, event, func, select, text, update
+from sqlalchemy import Engine, bindparam, create_engine, event, func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
@@ -277,14 +277,17 @@ class Store:
             )
 
     def admin_decisions(self) -> dict[str, AdminInfo]:
-        """Every key's admin decision as stored: the daemon re-reads it each cycle, so `keywatch disable`
-        works while the daemon runs."""
+        """The admin decision of every key that has one, as stored: the daemon re-reads it each cycle, so
+        `keywatch disable` works while the daemon runs. A key nothing was ever decided about (active, no
+        actor, no time) is left out: it reads as no decision, and a large fleet's read is the decided few."""
         cols = (KeyStateRow.key, KeyStateRow.admin_state, KeyStateRow.admin_actor, KeyStateRow.admin_reason,
                 KeyStateRow.admin_changed_at)
+        decided = or_(KeyStateRow.admin_state != str(AdminState.ACTIVE), KeyStateRow.admin_actor.is_not(None),
+                      KeyStateRow.admin_changed_at.is_not(None))
         with self.session() as s:
             return {
                 k: AdminInfo(AdminState(state), actor, reason, changed)
-                for k, state, actor, reason, changed in s.execute(select(*cols))
+                for k, state, actor, reason, changed in s.execute(select(*cols).where(decided))
             }
 
     def write_admin(self, state: KeyState, actor: str, reason: str, at: datetime) -> None:

@@ -68,6 +68,11 @@ def test_state_round_trips_and_admin_decisions_survive_probe_writes(store: Store
     assert states["k0"].last_probe_at == at + timedelta(minutes=5)
     assert states["k1"].admin_state is AdminState.DISABLED
     assert store.admin_info("k1")["actor"] == "operator:alice"
+    # The daemon's per-cycle read holds the decided keys only; k0, never decided about, reads as no decision.
+    decided = store.admin_decisions()
+    assert list(decided) == ["k1"] and decided["k1"].state is AdminState.DISABLED
+    store.set_admin_state("k1", AdminState.ACTIVE, "operator:bob", "paid", at + timedelta(minutes=6))
+    assert store.admin_decisions()["k1"].actor == "operator:bob"  # enabled is still a decision, by whom
 
 
 def test_rollup_upsert_adds_up_across_writes(store: Store) -> None:
