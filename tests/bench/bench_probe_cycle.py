@@ -13,7 +13,9 @@ What it does (the simulator runs in a process of its own, as a provider would):
    the daemon" is this process with keywatch.daemon imported), with every secret in a file of its own
    (`file:` references; nothing in the environment), runs `--cycles` full cycles (at least 20 for a steady
    state; fewer only for a smoke run). The figures are the medians of the cycles after the first five;
-   settled RSS is measured after the last cycle, peak RSS is the process's high-water mark.
+   settled RSS is measured after the last cycle, peak RSS is the process's high-water mark. Beside it, what
+   the heap holds: Python objects alive and the free space left inside the small-object allocator's arenas
+   (sys._debugmallocstats), and glibc malloc in use (mallinfo2), each per key since before the daemon.
 3. /metrics is scraped from another process while idle, then while a cycle runs (every scrape during one
    cycle is timed, and that cycle's length is compared with the steady cycles').
 
@@ -70,6 +72,45 @@ def peak_rss_mb() -> float:
 def cpu_seconds() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
+
+
+def heap_mb() -> dict[str, float]:
+    """Where the RSS is: Python's small-object allocator (live blocks, and free space inside its arenas,
+    from sys._debugmallocstats) and glibc malloc (in use and free, from mallinfo2), in MB."""
+    import ctypes
+    import re
+
+    with tempfile.TemporaryFile("w+") as out:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(out.fileno(), 2)
+        try:
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        out.seek(0)
+        text = out.read()
+
+    def stat(pattern: str) -> float:
+        m = re.search(pattern + r"\s*=\s*([\d,]+)", text)
+        return int(m.group(1).replace(",", "")) / 1e6 if m else 0.0
+
+    f = {"py_live": stat(r"# bytes in allocated blocks"), "py_arenas": stat(r"arenas \* \d+ bytes/arena")}
+    f["py_free"] = f["py_arenas"] - f["py_live"]
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                    "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+    try:
+        mallinfo2 = ctypes.CDLL(None).mallinfo2
+    except (OSError, AttributeError):  # not glibc >= 2.33
+        return f
+    mallinfo2.restype = MallInfo2
+    m = mallinfo2()
+    f["malloc_used"], f["malloc_free"] = (m.uordblks + m.hblkhd) / 1e6, m.fordblks / 1e6
+    return f
 
 
 def start_simulator(latency_ms: float) -> tuple[subprocess.Popen[str], str]:
@@ -181,6 +222,7 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
         del secrets
         gc.collect()
         f["rss_before_mb"] = rss_mb()
+        f.update({f"before_{k}": v for k, v in heap_mb().items()})
 
         daemon = Daemon(cfg)
         await daemon.start()
@@ -200,6 +242,7 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
         f["healthy"] = healthy
         gc.collect()
         f["rss_settled_mb"] = rss_mb()
+        f.update({f"settled_{k}": v for k, v in heap_mb().items()})
 
         idle, f["scrape_bytes"] = await scrape(daemon.web_port, 0)
         f["scrape_idle_s"] = statistics.median(idle)
@@ -245,6 +288,14 @@ def main() -> None:
     print(f"RSS: settled {f['rss_settled_mb']:.0f} MB after {args.cycles} cycles (target {budget:.0f} MB = "
           f"60 MB + 2 KB/key), peak {f['peak_rss_mb']:.0f} MB, after start-up {f['rss_started_mb']:.0f} MB "
           f"(before the daemon {f['rss_before_mb']:.0f} MB)")
+    if "settled_malloc_used" in f:
+        grown = {k: (f[f"settled_{k}"] - f[f"before_{k}"]) * 1e6 / n / 1e3 for k in ("py_live", "py_free",
+                                                                                 "malloc_used")}
+        print(f"heap, settled: Python objects {f['settled_py_live']:.0f} MB live + {f['settled_py_free']:.0f} MB "
+              f"free in the allocator's arenas, malloc {f['settled_malloc_used']:.0f} MB in use + "
+              f"{f['settled_malloc_free']:.0f} MB free; per key since before the daemon: "
+              f"{grown['py_live']:.2f} KB live objects, {grown['py_free']:.2f} KB free in arenas, "
+              f"{grown['malloc_used']:.2f} KB malloc in use")
     print(f"/metrics: idle median {f['scrape_idle_s'] * 1000:.1f} ms, during a cycle median "
           f"{f['scrape_during_s'] * 1000:.1f} ms (max {f['scrape_during_max_s'] * 1000:.1f} ms, "
           f"{int(f['scrapes_during'])} scrapes), {f['scrape_bytes'] / 1e6:.2f} MB; the scraped cycle took "
