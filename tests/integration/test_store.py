@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from sqlalchemy import text
 
 from keywatch.domain import AdminState, Event, Health, ManagedKey, ProbeResult, Secret
 from keywatch.state import StateTracker
-from keywatch.store.repo import Store
+from keywatch.store.repo import MIGRATIONS, Store, head_revision
 
 
 def keys(n: int) -> list[ManagedKey]:
@@ -33,7 +37,27 @@ def count(store: Store, table: str) -> int:
 
 def test_migrations_apply_once(store: Store) -> None:
     assert store.upgrade()
+    assert store.revision() == head_revision()
     assert store.upgrade() == []
+
+
+def test_the_newest_revision_is_read_from_the_migration_files_as_alembic_reads_it() -> None:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    assert head_revision() == ScriptDirectory.from_config(cfg).get_current_head()
+
+
+def test_a_database_at_the_newest_revision_is_opened_without_loading_alembic(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'k.db'}"
+    Store(url).upgrade()
+    probe = ("import sys; from keywatch.store.repo import Store; applied = Store(sys.argv[1]).upgrade(); "
+             "print(applied, sorted(m for m in sys.modules if m.split('.')[0] in ('alembic', 'mako')))")
+    out = subprocess.run([sys.executable, "-c", probe, url], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+    assert out.stdout.split() == ["[]", "[]"], out.stderr
 
 
 def test_database_grows_with_changes_not_with_probes(store: Store) -> None:
