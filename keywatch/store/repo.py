@@ -37,7 +37,7 @@ def default_database_url() -> str:
     return f"sqlite:///{base / 'keywatch.db'}"
 
 
-STATE_CHUNK = 1000  # key states written per statement
+STATE_CHUNK = 1000  # key states (and rollups) written per statement
 RECYCLE_ON = ("readonly", "read-only", "disk i/o error", "unable to open database file")
 
 
@@ -263,10 +263,11 @@ class Store:
                     for t in transitions
                 ],
             )
-        rows = [{"key": r.key, "hour": r.hour, "health": r.health, "count": r.count,
-                 "latency_sum_ms": r.latency_sum_ms, "latency_max_ms": r.latency_max_ms} for r in rollups]
-        if rows:
-            self._upsert_rollups(s, rows)
+        rollups = list(rollups)
+        for i in range(0, len(rollups), STATE_CHUNK):  # in chunks too: one parameter row per key each cycle
+            self._upsert_rollups(s, [{"key": r.key, "hour": r.hour, "health": r.health, "count": r.count,
+                                      "latency_sum_ms": r.latency_sum_ms, "latency_max_ms": r.latency_max_ms}
+                                     for r in rollups[i:i + STATE_CHUNK]])
 
     def write_batch(
         self,

@@ -287,7 +287,7 @@ def main() -> None:
     budget = 60 + 2 * n / 1000
     print(f"RSS: settled {f['rss_settled_mb']:.0f} MB after {args.cycles} cycles (target {budget:.0f} MB = "
           f"60 MB + 2 KB/key), peak {f['peak_rss_mb']:.0f} MB, after start-up {f['rss_started_mb']:.0f} MB "
-          f"(before the daemon {f['rss_before_mb']:.0f} MB)")
+          f"(peak by then {f['peak_started_mb']:.0f} MB; before the daemon {f['rss_before_mb']:.0f} MB)")
     if "settled_malloc_used" in f:
         grown = {k: (f[f"settled_{k}"] - f[f"before_{k}"]) * 1e6 / n / 1e3 for k in ("py_live", "py_free",
                                                                                  "malloc_used")}

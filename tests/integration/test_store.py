@@ -12,7 +12,7 @@ from sqlalchemy import text
 
 from keywatch.domain import AdminState, Event, Health, ManagedKey, ProbeResult, Secret
 from keywatch.state import StateTracker
-from keywatch.store.repo import MIGRATIONS, Store, head_revision
+from keywatch.store.repo import MIGRATIONS, STATE_CHUNK, Store, head_revision
 
 
 def keys(n: int) -> list[ManagedKey]:
@@ -108,6 +108,20 @@ def test_rollup_upsert_adds_up_across_writes(store: Store) -> None:
     run_cycle(tracker, store, at + timedelta(minutes=1), {"k0": Health.HEALTHY})
     (r,) = store.rollups("k0")
     assert r.count == 2 and r.latency_sum_ms == 40.0 and r.latency_max_ms == 20.0
+
+
+def test_a_fleet_larger_than_one_statement_is_written_whole(store: Store) -> None:
+    """States and rollups go out in statements of STATE_CHUNK rows: every key of a larger fleet is stored."""
+    store.upgrade()
+    tracker = StateTracker()
+    n = 2 * STATE_CHUNK + 7
+    tracker.sync_inventory(keys(n))
+    at = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
+    for minute in (0, 1):
+        run_cycle(tracker, store, at + timedelta(minutes=minute), {f"k{i}": Health.HEALTHY for i in range(n)})
+    assert len(store.load_states()) == n
+    rollups = store.rollups()
+    assert len(rollups) == n and {r.count for r in rollups} == {2}
 
 
 def test_events_are_kept_in_order(store: Store) -> None:
