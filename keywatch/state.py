@@ -19,6 +19,7 @@ class StateTracker:
         self.states: dict[str, KeyState] = dict(initial or {})
         self._rollups: dict[tuple[str, datetime, str], list[float]] = {}
         self._dirty: set[str] = set()
+        self._hour: datetime | None = None
 
     def snapshot(self) -> dict[str, KeyState]:
         with self._lock:
@@ -72,7 +73,11 @@ class StateTracker:
             self.states[r.key] = new
             self._dirty.add(r.key)
             hour = r.checked_at.replace(minute=0, second=0, microsecond=0)
-            acc = self._rollups.setdefault((r.key, hour, str(r.health)), [0, 0.0, 0.0])
+            if hour == self._hour:
+                hour = self._hour  # one datetime for the hour a cycle's probes share, not one per probe
+            else:
+                self._hour = hour
+            acc = self._rollups.setdefault((r.key, hour, r.health.value), [0, 0.0, 0.0])
             acc[0] += 1
             acc[1] += r.latency_ms
             acc[2] = max(acc[2], r.latency_ms)
