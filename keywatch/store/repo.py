@@ -263,11 +263,7 @@ class Store:
                     for t in transitions
                 ],
             )
-        rollups = list(rollups)
-        for i in range(0, len(rollups), STATE_CHUNK):  # in chunks too: one parameter row per key each cycle
-            self._upsert_rollups(s, [{"key": r.key, "hour": r.hour, "health": r.health, "count": r.count,
-                                      "latency_sum_ms": r.latency_sum_ms, "latency_max_ms": r.latency_max_ms}
-                                     for r in rollups[i:i + STATE_CHUNK]])
+        self._upsert_rollups(s, list(rollups))
 
     def write_batch(
         self,
@@ -282,7 +278,9 @@ class Store:
             self._save_cycle(s, states, transitions, rollups)
             self._add_events(s, events)
 
-    def _upsert_rollups(self, s: Session, rows: list[dict[str, Any]]) -> None:
+    def _upsert_rollups(self, s: Session, rollups: list[Rollup]) -> None:
+        if not rollups:
+            return
         table = ProbeRollupRow.__table__
         dialect = self.engine.dialect.name
         if dialect not in ("sqlite", "postgresql"):
@@ -298,7 +296,10 @@ class Store:
                 else func.greatest(table.c.latency_max_ms, ins.excluded.latency_max_ms),
             },
         )
-        s.execute(stmt, rows)
+        for i in range(0, len(rollups), STATE_CHUNK):  # in chunks too: one parameter row per key each cycle
+            s.execute(stmt, [{"key": r.key, "hour": r.hour, "health": r.health, "count": r.count,
+                              "latency_sum_ms": r.latency_sum_ms, "latency_max_ms": r.latency_max_ms}
+                             for r in rollups[i:i + STATE_CHUNK]])
 
     def set_admin_state(self, key: str, state: AdminState, actor: str, reason: str, at: datetime) -> None:
         with self.session.begin() as s:
