@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from keywatch.cluster.models import ClusterLeaderRow, ClusterMemberRow
 from keywatch.domain import KeyState
 from keywatch.store.models import KeyStateRow
-from keywatch.store.repo import _to_state
+from keywatch.store.repo import _to_state, without_lock_timeout
 
 # The advisory lock's key: one per database (b"keywatch" as a signed 64-bit integer).
 LOCK_KEY = int.from_bytes(b"keywatch", "big", signed=True)
@@ -59,6 +59,7 @@ def migrating(engine: Engine) -> Iterator[None]:
         yield
         return
     with engine.connect() as conn:
+        without_lock_timeout(conn)  # another instance's migration may take longer than a write may wait
         conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
         conn.commit()
         try:

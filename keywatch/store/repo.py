@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from sqlalchemy import Engine, bindparam, create_engine, event, func, or_, select, text, update
+from sqlalchemy import Connection, Engine, bindparam, create_engine, event, func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
@@ -46,7 +46,8 @@ class DatabaseLost(RuntimeError):
 
 
 def make_engine(url: str, busy_timeout: float = 30.0, may_create: Callable[[], bool] | None = None) -> Engine:
-    """`busy_timeout`: how long a SQLite statement waits for a lock another connection holds.
+    """`busy_timeout`: how long a statement waits for a lock another connection holds (SQLite's busy
+    timeout; PostgreSQL's lock_timeout, in seconds).
     `may_create`: asked before each new SQLite connection; when it answers False the file must exist
     (a connection never creates an empty database in its place)."""
     if url.startswith("sqlite"):
@@ -91,7 +92,23 @@ def make_engine(url: str, busy_timeout: float = 30.0, may_create: Callable[[], b
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    engine = create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+    @event.listens_for(engine, "do_connect")
+    def _lock_timeout(_dialect: Any, _rec: Any, _cargs: list[Any], cparams: dict[str, Any]) -> None:
+        # A row lock held by a transaction that never ends (its client stuck, its network gone) would
+        # otherwise hold a write, and whatever waits for it, forever: the statement fails and is retried.
+        # The URL's own `options` are kept; a later `-c lock_timeout` in them (or SET) wins.
+        cparams["options"] = f"-c lock_timeout={round(busy_timeout * 1000)} {cparams.get('options', '')}".strip()
+
+    return engine
+
+
+def without_lock_timeout(conn: Connection) -> None:
+    """For the current transaction, wait for locks as long as it takes (migrations, the migration lock:
+    another instance's schema change or its transactions may take longer than a write may wait)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SET LOCAL lock_timeout = 0"))
 
 
 def create_private(path: str | Path) -> None:
@@ -206,6 +223,7 @@ class Store:
         cfg.set_main_option("script_location", str(MIGRATIONS))
         script = ScriptDirectory.from_config(cfg)
         with self.engine.begin() as conn:
+            without_lock_timeout(conn)
             current = MigrationContext.configure(conn).get_current_revision()
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -153,3 +154,85 @@ def test_a_new_sqlite_database_and_its_wal_and_shm_are_readable_by_the_owner_onl
     finally:
         os.umask(old)
     assert modes == dict.fromkeys(modes, "0o600"), modes
+
+
+def test_a_write_behind_a_lock_never_released_fails_instead_of_waiting_forever(store: Store) -> None:
+    """A transaction elsewhere holding the key's row (its client stuck, its network gone) costs a write its
+    lock timeout, then an error the daemon retries: never a write, and a cycle or action behind it, hung."""
+    import threading
+
+    from sqlalchemy.exc import OperationalError
+
+    store.upgrade()
+    tracker = StateTracker()
+    tracker.sync_inventory(keys(1))
+    at = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
+    run_cycle(tracker, store, at, {"k0": Health.INVALID})
+    writer = Store(store.url, busy_timeout=0.5)
+    state = replace(tracker.snapshot()["k0"], admin_state=AdminState.DISABLED)
+    outcome: list[BaseException | None] = []
+
+    def disable() -> None:
+        try:
+            writer.write_admin(state, "policy:dead", "invalid", at)
+            outcome.append(None)
+        except BaseException as exc:  # the test reads it
+            outcome.append(exc)
+
+    holder = store.engine.connect()
+    try:
+        if store.engine.dialect.name == "sqlite":
+            holder.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            holder.execute(text("SELECT * FROM key_state WHERE key = 'k0' FOR UPDATE"))
+        t = threading.Thread(target=disable, daemon=True)
+        t.start()
+        t.join(30)
+        assert not t.is_alive(), "the write waited on the lock past its timeout"
+        assert isinstance(outcome[0], OperationalError), outcome
+        assert "k0" not in store.admin_decisions()  # nothing half-written
+    finally:
+        holder.rollback()
+        holder.close()
+    writer.write_admin(state, "policy:dead", "invalid", at)  # the lock gone, the retry goes through
+    assert store.admin_decisions()["k0"].state is AdminState.DISABLED
+    writer.dispose()
+
+
+def test_instances_starting_together_wait_for_each_others_migration_past_the_lock_timeout(store: Store) -> None:
+    """The migration lock is the one wait without a timeout: a second instance waits for the first one's
+    migration however long it takes, instead of failing at start."""
+    import threading
+    import time
+
+    from keywatch.cluster.store import MIGRATION_LOCK_KEY, migrating
+
+    if store.engine.dialect.name != "postgresql":
+        import pytest
+
+        pytest.skip("the migration lock is PostgreSQL's (SQLite serialises migrations on its file lock)")
+    second = Store(store.url, busy_timeout=0.2)
+    holder = store.engine.connect()
+    holder.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
+    holder.commit()
+    done: list[BaseException | None] = []
+
+    def start() -> None:
+        try:
+            with migrating(second.engine):
+                second.upgrade()
+            done.append(None)
+        except BaseException as exc:  # the test reads it
+            done.append(exc)
+
+    t = threading.Thread(target=start, daemon=True)
+    t.start()
+    time.sleep(1.0)  # five lock timeouts
+    assert t.is_alive() and not done  # still waiting, not failed
+    holder.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": MIGRATION_LOCK_KEY})
+    holder.commit()
+    holder.close()
+    t.join(30)
+    assert done == [None]
+    assert second.revision() == head_revision()
+    second.dispose()
