@@ -263,8 +263,8 @@ class Store:
             chunk = states[i:i + STATE_CHUNK]
             existing = set(s.scalars(select(KeyStateRow.key).where(KeyStateRow.key.in_([x.key for x in chunk]))))
             new_rows = [_row_values(x) for x in chunk if x.key not in existing]
-            if new_rows:
-                s.execute(KeyStateRow.__table__.insert(), new_rows)
+            if new_rows:  # an upsert: another transaction (a containment, an action) may write the row first
+                s.execute(self._insert_states(), new_rows)
             upd = [_row_values(x, probe_only=True) for x in chunk if x.key in existing]
             if upd:
                 s.execute(_PROBE_UPDATE, upd)
@@ -296,14 +296,26 @@ class Store:
             self._save_cycle(s, states, transitions, rollups)
             self._add_events(s, events)
 
+    def _insert(self, table: Any) -> Any:
+        """The dialect's INSERT, which has ON CONFLICT."""
+        dialect = self.engine.dialect.name
+        if dialect not in ("sqlite", "postgresql"):
+            raise RuntimeError(f"unsupported database {dialect}: use SQLite or PostgreSQL")
+        return (sqlite.insert if dialect == "sqlite" else postgresql.insert)(table)
+
+    def _insert_states(self) -> Any:
+        """New keys' rows; a row written meanwhile by another transaction gets the probe columns, as an
+        existing row would (its admin decision is kept)."""
+        ins = self._insert(KeyStateRow.__table__)
+        return ins.on_conflict_do_update(index_elements=["key"],
+                                         set_={c: ins.excluded[c] for c in _PROBE_COLUMNS})
+
     def _upsert_rollups(self, s: Session, rollups: list[Rollup]) -> None:
         if not rollups:
             return
         table = ProbeRollupRow.__table__
         dialect = self.engine.dialect.name
-        if dialect not in ("sqlite", "postgresql"):
-            raise RuntimeError(f"unsupported database {dialect}: use SQLite or PostgreSQL")
-        ins = (sqlite.insert if dialect == "sqlite" else postgresql.insert)(table)
+        ins = self._insert(table)
         stmt = ins.on_conflict_do_update(
             index_elements=["key", "hour", "health"],
             set_={
@@ -439,6 +451,9 @@ def _row_values(st: KeyState, probe_only: bool = False) -> dict[str, Any]:
         values["admin_state"] = str(st.admin_state)
     return values
 
+
+# The columns a probe sets: all but the key and the admin decision (the operator's and the policies').
+_PROBE_COLUMNS = tuple(c.name for c in KeyStateRow.__table__.c if c.name != "key" and not c.name.startswith("admin_"))
 
 # A cycle's probe results, one executemany on the table itself: the ORM's bulk update by primary key does
 # the same statement with several times the CPU per row (at 10,000 keys, most of a cycle's write).

@@ -236,3 +236,40 @@ def test_instances_starting_together_wait_for_each_others_migration_past_the_loc
     assert done == [None]
     assert second.revision() == head_revision()
     second.dispose()
+
+
+def test_a_new_keys_row_written_meanwhile_by_another_transaction_is_updated_not_refused(store: Store) -> None:
+    """The writer's batch and a containment may both write a key's first row: the one that commits second
+    updates the row (probe columns only; the decision stays), instead of failing on the primary key."""
+    import threading
+
+    if store.engine.dialect.name != "postgresql":
+        import pytest
+
+        pytest.skip("on SQLite the file lock serialises the two transactions whole")
+    store.upgrade()
+    tracker = StateTracker()
+    tracker.sync_inventory(keys(1))
+    at = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
+    tracker.apply(ProbeResult(key="k0", provider="openai", health=Health.INVALID, checked_at=at, latency_ms=5.0))
+    state = tracker.snapshot()["k0"]
+    other = Store(store.url)
+    errors: list[BaseException] = []
+    with store.session.begin() as first:  # the containment: the row inserted, not yet committed
+        store._save_cycle(first, [replace(state, admin_state=AdminState.DISABLED)], [], [])
+
+        def writer() -> None:
+            try:
+                other.save_cycle([replace(state, consecutive=7)], [], [])  # waits on the row, then conflicts
+            except BaseException as exc:  # the test reads it
+                errors.append(exc)
+
+        t = threading.Thread(target=writer, daemon=True)
+        t.start()
+        t.join(0.5)
+        assert t.is_alive()  # waiting for the first transaction
+    t.join(30)
+    assert errors == []
+    row = store.load_states()["k0"]
+    assert row.consecutive == 7 and row.health is Health.INVALID and row.admin_state is AdminState.DISABLED
+    other.dispose()
