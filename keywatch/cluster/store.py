@@ -12,13 +12,12 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import Connection, Engine, delete, func, or_, select, text, update
-from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session, sessionmaker
 
 from keywatch.cluster.models import ClusterLeaderRow, ClusterMemberRow
 from keywatch.domain import KeyState
 from keywatch.store.models import KeyStateRow
-from keywatch.store.repo import _to_state, without_lock_timeout
+from keywatch.store.repo import _to_state, dialect_insert, without_lock_timeout
 
 # The advisory lock's key: one per database (b"keywatch" as a signed 64-bit integer).
 LOCK_KEY = int.from_bytes(b"keywatch", "big", signed=True)
@@ -77,7 +76,7 @@ class ClusterStore:
     # -- members --------------------------------------------------------------------------------------
     def heartbeat(self, instance: str, host: str, pid: int, started_at: datetime) -> None:
         t = ClusterMemberRow.__table__
-        ins = postgresql.insert(t).values(
+        ins = dialect_insert(self.engine, t).values(
             instance=instance, host=host, pid=pid, started_at=started_at, heartbeat_at=func.now()
         )
         stmt = ins.on_conflict_do_update(

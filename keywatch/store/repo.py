@@ -15,7 +15,6 @@ from typing import Any
 from urllib.parse import quote
 
 from sqlalchemy import Connection, Engine, bindparam, create_engine, event, func, or_, select, text, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
@@ -109,6 +108,19 @@ def without_lock_timeout(conn: Connection) -> None:
     another instance's schema change or its transactions may take longer than a write may wait)."""
     if conn.dialect.name == "postgresql":
         conn.execute(text("SET LOCAL lock_timeout = 0"))
+
+
+def dialect_insert(engine: Engine, table: Any) -> Any:
+    """The database's own INSERT for `table`, which has ON CONFLICT. The dialect module is imported on first
+    use: a daemon on SQLite never loads PostgreSQL's (2.4 MB)."""
+    dialect = engine.dialect.name
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    elif dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        raise RuntimeError(f"unsupported database {dialect}: use SQLite or PostgreSQL")
+    return insert(table)
 
 
 def create_private(path: str | Path) -> None:
@@ -297,11 +309,7 @@ class Store:
             self._add_events(s, events)
 
     def _insert(self, table: Any) -> Any:
-        """The dialect's INSERT, which has ON CONFLICT."""
-        dialect = self.engine.dialect.name
-        if dialect not in ("sqlite", "postgresql"):
-            raise RuntimeError(f"unsupported database {dialect}: use SQLite or PostgreSQL")
-        return (sqlite.insert if dialect == "sqlite" else postgresql.insert)(table)
+        return dialect_insert(self.engine, table)
 
     def _insert_states(self) -> Any:
         """New keys' rows; a row written meanwhile by another transaction gets the probe columns, as an

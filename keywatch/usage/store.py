@@ -14,10 +14,10 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import Engine, and_, delete, func, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from keywatch.runtime import fence
+from keywatch.store.repo import dialect_insert
 from keywatch.usage.models import BudgetMarkRow, UsageBalanceRow, UsageRollupRow, UsageSourceRow
 from keywatch.usage.money import from_nanos, to_nanos
 from keywatch.usage.rows import Balance, PullResult, UsageRow, merge
@@ -118,8 +118,7 @@ class UsageStore:
 
     def _insert_balances(self, s: Session, balances: list[Balance]) -> None:
         table = UsageBalanceRow.__table__
-        dialect = self.engine.dialect.name
-        ins = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+        ins = dialect_insert(self.engine, table)
         s.execute(
             ins.on_conflict_do_nothing(index_elements=["account", "currency", "at"]),
             [{"account": b.account, "currency": b.currency, "at": b.at, "provider": b.provider,
@@ -196,8 +195,7 @@ class UsageStore:
         self, budget: str, period_start: datetime, marks: Iterable[str], at: datetime, ratio: Decimal
     ) -> None:
         table = BudgetMarkRow.__table__
-        dialect = self.engine.dialect.name
-        ins = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+        ins = dialect_insert(self.engine, table)
         values = [{"budget": budget, "period_start": period_start, "mark": m, "announced_at": at,
                    "ratio_ppm": int(min(ratio, Decimal(1000)) * 1_000_000)} for m in marks]
         if not values:
