@@ -727,7 +727,7 @@ class Daemon:
             return
         assert self.store is not None
         with migrating(self.store.engine):  # instances starting together migrate one at a time
-            applied = self.store.upgrade()
+            applied = self.store.upgrade_apart()  # alembic never loads into the daemon
         stored = self.store.load_states()
         self.store.pin_file()
         if applied:

@@ -303,3 +303,33 @@ def test_a_new_keys_row_written_meanwhile_by_another_transaction_is_updated_not_
     row = store.load_states()["k0"]
     assert row.consecutive == 7 and row.health is Health.INVALID and row.admin_state is AdminState.DISABLED
     other.dispose()
+
+
+APART = r"""
+import sys
+from keywatch.store.repo import MigrationFailed, Store
+try:
+    applied = Store(sys.argv[1]).upgrade_apart()
+    print(len(applied) > 0, sorted({m.split('.')[0] for m in sys.modules} & {'alembic', 'mako'}))
+except MigrationFailed as exc:
+    print("failed:", exc)
+"""
+
+
+def test_the_daemon_migrates_in_a_child_process_and_keeps_alembic_out_of_its_memory(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'k.db'}"
+
+    def apart() -> str:
+        return subprocess.run([sys.executable, "-c", APART, url], capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}).stdout.strip()
+
+    assert apart() == "True []"  # migrated (a new file), and neither alembic nor mako loaded here
+    store = Store(url)
+    assert store.revision() == head_revision()
+    assert (tmp_path / "k.db").stat().st_mode & 0o777 == 0o600  # created by the child as the daemon would
+    # A database from a newer keywatch: the child's error, with the revision it does not know, comes back.
+    with store.engine.begin() as c:
+        c.execute(text("UPDATE alembic_version SET version_num = 'f00dfeed1234'"))
+    store.dispose()
+    out = apart()
+    assert out.startswith("failed:") and "f00dfeed1234" in out, out
