@@ -12,6 +12,7 @@ only what keywatch itself did (the key leaves the pools).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -61,6 +62,9 @@ class Executor:
         self.locks: dict[str, asyncio.Lock] = locks if locks is not None else {}
         # Admin decisions made while the database was down: written again every cycle until stored.
         self.pending_admin: dict[str, tuple[KeyState, str, str, datetime]] = {}
+        # time.monotonic() when each key's last provider call succeeded: a containment's time ends there,
+        # not after the writes that follow it (one float per key ever acted on).
+        self.provider_done: dict[str, float] = {}
 
     async def _event(self, kind: str, key: str | None, actor: str, message: str, **data: Any) -> None:
         await self.record(Event(datetime.now(UTC), kind, key, actor, REGISTRY.redact(message), data))
@@ -160,6 +164,7 @@ class Executor:
             return False, REGISTRY.redact(str(exc))
         except Exception as exc:
             return False, REGISTRY.redact(f"{type(exc).__name__}: {exc}")[:300]
+        self.provider_done[key.name] = time.monotonic()
         return True, f"{call}d at {key.provider}"
 
     async def run(self, req: ActionRequest) -> Outcome:

@@ -187,8 +187,10 @@ class Containment:
             fault_at("marked")
         out = await self._deactivate(key, e)
         if out.provider_changed:  # a retry counts from the first report, not from itself
+            # Up to the provider's answer: the admin-state write and events after it are not containment.
+            after = time.monotonic() - self.executor.provider_done.pop(key.name, time.monotonic())
             took = (self.rt.clock() - e.since).total_seconds() if e.since else time.monotonic() - e.received
-            self.metrics.containment.observe(max(0.0, took))
+            self.metrics.containment.observe(max(0.0, took - after))
         try:
             self.compromised[key.name] = await marking
         except Exception as exc:  # the database is down: contained anyway; the report row says what happened

@@ -193,3 +193,28 @@ publish = ["file:{dest}"]
         assert any(e.kind.startswith("rotation") for e in events), [e.kind for e in events]
     finally:
         await stop(h)
+
+
+async def test_containment_time_ends_at_the_providers_answer_not_after_the_writes_behind_it(tmp_path: Path) -> None:
+    """keywatch_containment_seconds is arrival to deactivation at the provider: a slow database (here every
+    admin-state write takes 1.5 s) slows what follows the deactivation, not the figure the alert reads."""
+    import time
+
+    h = await start(tmp_path, 4, tag="SLOW")
+    try:
+        await h.cycles(1)
+        store = h.daemon.store
+        plain = store.write_admin
+
+        def slow_write(*args, **kwargs):
+            time.sleep(1.5)
+            return plain(*args, **kwargs)
+
+        store.write_admin = slow_write
+        assert (await h.github_leak("k2", 4))[0] == 202
+        await h.leaks.idle()
+        assert h.disabled_at_provider("k2") and h.admin("k2") == "disabled"
+        assert h.sample("keywatch_containment_seconds_count") == 1
+        assert h.sample("keywatch_containment_seconds_sum") < 1.5
+    finally:
+        await stop(h)
