@@ -13,11 +13,14 @@ What it does (the simulator runs in a process of its own, as a provider would):
    the daemon" is this process with keywatch.daemon imported), with every secret in a file of its own
    (`file:` references; nothing in the environment), runs `--cycles` full cycles (at least 20 for a steady
    state; fewer only for a smoke run). The figures are the medians of the cycles after the first five;
-   settled RSS is measured after the last cycle, peak RSS is the process's high-water mark. Beside it, what
-   the heap holds: Python objects alive and the free space left inside the small-object allocator's arenas
-   (sys._debugmallocstats), and glibc malloc in use (mallinfo2), each per key since before the daemon.
-3. /metrics is scraped from another process while idle, then while a cycle runs (every scrape during one
-   cycle is timed, and that cycle's length is compared with the steady cycles').
+   settled RSS is measured after the last cycle, once its batch is written; peak RSS is the process's
+   high-water mark. Beside it, what the heap holds: Python objects alive and the free space left inside
+   the small-object allocator's arenas (sys._debugmallocstats), and glibc malloc in use (mallinfo2), each
+   per key since before the daemon. The fixed part is compared with the RSS of a process that imports only
+   the packages keywatch is built on (the least any daemon on this stack starts from).
+3. /metrics is scraped from another process while idle (for 2 s; the first scrape, which renders what the
+   cycle changed, is printed too), then while a cycle runs (every scrape during one cycle is timed, and that
+   cycle's length is compared with the steady cycles').
 
 Targets at 10,000 keys, 50 ms, concurrency 100: cycle <= 1.1x the floor's, CPU <= 2x the floor's per probe,
 settled RSS <= 60 MB + 2 KB per key, /metrics <= 50 ms idle and during a cycle. The temporary directory
