@@ -9,6 +9,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from sqlalchemy import text
 
 from keywatch.domain import AdminState, Event, Health, ManagedKey, ProbeResult, Secret
@@ -229,6 +230,7 @@ def test_a_write_behind_a_lock_never_released_fails_instead_of_waiting_forever(s
     writer.dispose()
 
 
+@pytest.mark.parametrize("store", ["postgresql"], indirect=True)  # the migration lock is PostgreSQL's
 def test_instances_starting_together_wait_for_each_others_migration_past_the_lock_timeout(store: Store) -> None:
     """The migration lock is the one wait without a timeout: a second instance waits for the first one's
     migration however long it takes, instead of failing at start."""
@@ -237,10 +239,6 @@ def test_instances_starting_together_wait_for_each_others_migration_past_the_loc
 
     from keywatch.cluster.store import MIGRATION_LOCK_KEY, migrating
 
-    if store.engine.dialect.name != "postgresql":
-        import pytest
-
-        pytest.skip("the migration lock is PostgreSQL's (SQLite serialises migrations on its file lock)")
     second = Store(store.url, busy_timeout=0.2)
     holder = store.engine.connect()
     holder.execute(text("SELECT pg_advisory_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
@@ -268,15 +266,12 @@ def test_instances_starting_together_wait_for_each_others_migration_past_the_loc
     second.dispose()
 
 
+@pytest.mark.parametrize("store", ["postgresql"], indirect=True)  # SQLite serialises the two transactions whole
 def test_a_new_keys_row_written_meanwhile_by_another_transaction_is_updated_not_refused(store: Store) -> None:
     """The writer's batch and a containment may both write a key's first row: the one that commits second
     updates the row (probe columns only; the decision stays), instead of failing on the primary key."""
     import threading
 
-    if store.engine.dialect.name != "postgresql":
-        import pytest
-
-        pytest.skip("on SQLite the file lock serialises the two transactions whole")
     store.upgrade()
     tracker = StateTracker()
     tracker.sync_inventory(keys(1))
