@@ -43,7 +43,7 @@ from keywatch.settings.secrets import SecretError
 from keywatch.settings.secrets import resolve as resolve_secret
 from keywatch.state import StateTracker
 from keywatch.statuspage import PageSource, StatusPage, spend_by_key
-from keywatch.store.repo import Store, default_database_url, describe_url
+from keywatch.store.repo import Store, db_error, default_database_url, describe_url
 from keywatch.store.writer import DatabaseWriter, WriteStatus
 from keywatch.web import ListenError, WebServer
 
@@ -680,7 +680,7 @@ class Daemon:
             try:
                 await fleet
             except Exception as exc:
-                log.warning("fleet_state_unavailable", error=_db_error(exc))
+                log.warning("fleet_state_unavailable", error=db_error(exc))
         report = CycleReport(started_at, results, transitions, inventory)
         hooks = list(self.runtime.cycle_hooks) if self.runtime.leadership.leading else []
         for name, hook in hooks:
@@ -716,7 +716,7 @@ class Daemon:
         except Exception as exc:
             self.db_ok = False
             self.metrics.db_up.set(0)
-            log.error("database_unavailable", database=describe_url(self.store.url), error=_db_error(exc))
+            log.error("database_unavailable", database=describe_url(self.store.url), error=db_error(exc))
             return False
         return True
 
@@ -825,7 +825,3 @@ class Daemon:
                       at=t.at.isoformat(), http_status=t.http_status, error_code=t.error_code)
 
 
-def _db_error(exc: BaseException) -> str:
-    """A database error without the statement parameters (they may hold labels or messages)."""
-    orig = getattr(exc, "orig", None)
-    return f"{type(exc).__name__}: {orig if orig is not None else exc}".splitlines()[0][:300]

@@ -157,7 +157,7 @@ def new_store(config: Any, *, create: bool = True) -> Any:
 def open_store(config: Any, *, migrate: bool) -> Any:
     """The Store, checked (or migrated, with `migrate`); a CliError when the database cannot be used. Without
     `migrate` the database must exist already."""
-    from keywatch.store.repo import describe_url
+    from keywatch.store.repo import db_error, describe_url
 
     store = new_store(config, create=migrate)
     try:
@@ -172,7 +172,3 @@ def open_store(config: Any, *, migrate: bool) -> Any:
     return store
 
 
-def db_error(exc: BaseException) -> str:
-    """A database error in one line, without statement parameters (they may hold labels or messages)."""
-    orig = getattr(exc, "orig", None)
-    return f"{type(exc).__name__}: {orig if orig is not None else exc}".splitlines()[0][:300]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from keywatch.cli.common import EXIT_OK, CliError, add_command, add_group, db_error, new_store
+from keywatch.cli.common import EXIT_OK, CliError, add_command, add_group, new_store
 
 
 def add_commands(sub: Any) -> None:
@@ -45,7 +45,7 @@ def add_commands(sub: Any) -> None:
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     """Apply the pending database migrations (the daemon also does this when it starts)."""
     from keywatch.settings.loader import load
-    from keywatch.store.repo import describe_url
+    from keywatch.store.repo import db_error, describe_url
 
     store = new_store(load(args.config))
     try:
@@ -69,7 +69,7 @@ def cmd_db_copy(args: argparse.Namespace) -> int:
 
     from keywatch.cluster.copy import CopyRefused, copy_database
     from keywatch.settings.schema import check_database_url
-    from keywatch.store.repo import Store, describe_url
+    from keywatch.store.repo import Store, db_error, describe_url
 
     for flag, url in (("--from", args.source), ("--to", args.target)):
         try:

@@ -117,6 +117,12 @@ def without_lock_timeout(conn: Connection) -> None:
         conn.execute(text("SET LOCAL lock_timeout = 0"))
 
 
+def db_error(exc: BaseException) -> str:
+    """A database error in one line, without statement parameters (they may hold labels or messages)."""
+    orig = getattr(exc, "orig", None)
+    return f"{type(exc).__name__}: {orig if orig is not None else exc}".splitlines()[0][:300]
+
+
 def _upgrade_child() -> None:
     """The migration child process (`Store.upgrade_apart`): the URL on stdin, one JSON line on stdout."""
     try:
@@ -124,8 +130,7 @@ def _upgrade_child() -> None:
         answer: dict[str, Any] = {"applied": store.upgrade()}
         store.dispose()
     except Exception as exc:
-        orig = getattr(exc, "orig", None)  # a database error without the statement parameters
-        answer = {"error": f"{type(exc).__name__}: {orig if orig is not None else exc}".splitlines()[0][:300]}
+        answer = {"error": db_error(exc)}
     print(json.dumps(answer), flush=True)
     sys.exit(1 if "error" in answer else 0)
 
@@ -354,13 +359,10 @@ class Store:
             self._save_cycle(s, states, transitions, rollups)
             self._add_events(s, events)
 
-    def _insert(self, table: Any) -> Any:
-        return dialect_insert(self.engine, table)
-
     def _insert_states(self) -> Any:
         """New keys' rows; a row written meanwhile by another transaction gets the probe columns, as an
         existing row would (its admin decision is kept)."""
-        ins = self._insert(KeyStateRow.__table__)
+        ins = dialect_insert(self.engine, KeyStateRow.__table__)
         return ins.on_conflict_do_update(index_elements=["key"],
                                          set_={c: ins.excluded[c] for c in _PROBE_COLUMNS})
 
@@ -369,7 +371,7 @@ class Store:
             return
         table = ProbeRollupRow.__table__
         dialect = self.engine.dialect.name
-        ins = self._insert(table)
+        ins = dialect_insert(self.engine, table)
         stmt = ins.on_conflict_do_update(
             index_elements=["key", "hour", "health"],
             set_={

@@ -25,7 +25,7 @@ from datetime import datetime
 import structlog
 
 from keywatch.domain import Event, KeyState, Rollup, Transition
-from keywatch.store.repo import DatabaseLost, Store
+from keywatch.store.repo import DatabaseLost, Store, db_error
 
 log = structlog.get_logger("keywatch.daemon")
 
@@ -73,10 +73,6 @@ class _Queue:
         self.waiters.extend(newer.waiters)
 
 
-def _error(exc: BaseException) -> str:
-    """A database error without the statement parameters (they may hold labels or messages)."""
-    orig = getattr(exc, "orig", None)
-    return f"{type(exc).__name__}: {orig if orig is not None else exc}".splitlines()[0][:300]
 
 
 class DatabaseWriter:
@@ -224,7 +220,7 @@ class DatabaseWriter:
                     self._bound(batch)
                     self._pause = min(self.max_pause, self._pause * 2 or self.first_pause)
                     self._retry_at = time.monotonic() + self._pause
-                self._report(WriteStatus(ok=False, error=str(exc) if lost else _error(exc), lost=lost))
+                self._report(WriteStatus(ok=False, error=str(exc) if lost else db_error(exc), lost=lost))
                 continue
             with self._cond:
                 self._busy_since = None
