@@ -32,6 +32,12 @@ def run_cycle(tracker: StateTracker, store: Store, at: datetime, health: dict[st
     store.save_cycle(states, transitions, rollups)
 
 
+def in_a_fresh_process(script: str, url: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """`script` run with the database URL as its argument, in a new interpreter (what it imports is its own)."""
+    return subprocess.run([sys.executable, "-c", script, url], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+
+
 def count(store: Store, table: str) -> int:
     with store.engine.connect() as c:
         return c.execute(text(f"SELECT count(*) FROM {table}")).scalar_one()
@@ -57,8 +63,7 @@ def test_a_database_at_the_newest_revision_is_opened_without_loading_alembic(tmp
     Store(url).upgrade()
     probe = ("import sys; from keywatch.store.repo import Store; applied = Store(sys.argv[1]).upgrade(); "
              "print(applied, sorted(m for m in sys.modules if m.split('.')[0] in ('alembic', 'mako')))")
-    out = subprocess.run([sys.executable, "-c", probe, url], capture_output=True, text=True, timeout=60,
-                         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+    out = in_a_fresh_process(probe, url)
     assert out.stdout.split() == ["[]", "[]"], out.stderr
 
 
@@ -88,8 +93,7 @@ def test_a_daemon_on_sqlite_never_loads_postgresql_s_dialect(tmp_path: Path) -> 
     """Its upserts (states, rollups, usage, marks) take the dialect of the database in use: 2.4 MB less."""
     url = f"sqlite:///{tmp_path / 'k.db'}"
     Store(url).upgrade()  # as after the first start (alembic loads both dialects)
-    out = subprocess.run([sys.executable, "-c", SQLITE_CYCLE, url], capture_output=True, text=True, timeout=60,
-                         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+    out = in_a_fresh_process(SQLITE_CYCLE, url)
     assert out.stdout.split() == ["3", "[]"], out.stderr[-2000:]
 
 def test_database_grows_with_changes_not_with_probes(store: Store) -> None:
@@ -315,8 +319,7 @@ def test_the_daemon_migrates_in_a_child_process_and_keeps_alembic_out_of_its_mem
     url = f"sqlite:///{tmp_path / 'k.db'}"
 
     def apart() -> str:
-        return subprocess.run([sys.executable, "-c", APART, url], capture_output=True, text=True, timeout=120,
-                              env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}).stdout.strip()
+        return in_a_fresh_process(APART, url, timeout=120).stdout.strip()
 
     assert apart() == "True []"  # migrated (a new file), and neither alembic nor mako loaded here
     store = Store(url)
