@@ -262,37 +262,106 @@ def _fast_families(mode: str) -> list[tuple[str, str, _Family]]:
 Counts = tuple[dict[tuple[str, str], int], dict[tuple[str, str], int], dict[str, int]]
 
 
+class _Piece:
+    """One block of text deflated on its own (raw deflate, flushed to a byte boundary, no final block), with
+    the text's CRC-32, its length and x^(8 * length) mod the CRC polynomial: pieces laid end to end are one
+    deflate stream, and their CRCs fold into the whole text's (`_crc_fold`), so a gzip body is built from the
+    kept pieces without the text."""
+
+    __slots__ = ("crc", "data", "shift", "size")
+
+    def __init__(self, text: bytes) -> None:
+        c = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
+        self.data = c.compress(text) + c.flush(zlib.Z_SYNC_FLUSH)
+        self.crc = zlib.crc32(text)
+        self.size = len(text)
+        self.shift = _crc_shift(len(text))
+
+
+_CRC_POLY = 0xEDB88320  # CRC-32 (gzip's), bit-reflected
+_ZEROS = bytes(1 << 16)
+
+
+def _crc_shift(n: int) -> int:
+    """x^(8n) modulo the CRC-32 polynomial, bit-reflected: the linear part of crc32 over n zero bytes,
+    applied to 1 (zlib's own crc32 does the work: crc32(zeros, v) ^ crc32(zeros, 0) is that part at v)."""
+    v = 1 << 31
+    while n:
+        zeros = memoryview(_ZEROS)[:min(n, len(_ZEROS))]
+        v = zlib.crc32(zeros, v) ^ zlib.crc32(zeros)
+        n -= len(zeros)
+    return v
+
+
+def _multmodp(a: int, b: int) -> int:
+    """a * b modulo the CRC-32 polynomial, both bit-reflected (zlib's multmodp)."""
+    m, p = 1 << 31, 0
+    while a:
+        if a & m:
+            p ^= b
+            a ^= m
+        m >>= 1
+        b = (b >> 1) ^ _CRC_POLY if b & 1 else b >> 1
+    return p
+
+
+def _crc_fold(pieces: Iterable[_Piece]) -> tuple[int, int]:
+    """The CRC-32 and length of the pieces' texts end to end (zlib's crc32_combine, piece by piece)."""
+    crc = size = 0
+    for piece in pieces:
+        crc = _multmodp(piece.shift, crc) ^ piece.crc
+        size += piece.size
+    return crc, size
+
+
 class _Segment:
-    """SEGMENT keys' text, one block per family, with the states it was rendered from and their fleet counts."""
+    """SEGMENT keys' text, one block per family, with the states it was rendered from and their fleet counts.
+    Once `pack`ed, the blocks are kept deflated (a scrape's gzip body is made of them; the text is about 20
+    times their size) and the text is dropped."""
 
-    __slots__ = ("blocks", "counts", "states")
+    __slots__ = ("counts", "packed", "states", "text")
 
-    def __init__(self, states: tuple[KeyState, ...], blocks: list[bytes], counts: Counts) -> None:
+    def __init__(self, states: tuple[KeyState, ...], text: list[bytes], counts: Counts) -> None:
         self.states = states
-        self.blocks = blocks
+        self.text: list[bytes] | None = text
+        self.packed: list[_Piece | None] = []
         self.counts = counts
+
+    def pack(self) -> None:
+        """Deflate the blocks and let go of the text. CPU work without the interpreter lock (zlib lets go of
+        it): the scrape cache runs it in a worker thread."""
+        if self.text is not None:
+            self.packed = [_Piece(b) if b else None for b in self.text]
+            self.text = None
 
 
 class KeyStateRenderer:
     """Prometheus text for the per-key families and the fleet aggregates, from a snapshot of the states.
 
-    The keys are cut in runs of SEGMENT (in the snapshot's order); each run is kept as one block of bytes per
-    family, with the states it was made from. A refresh re-renders only the runs where a state changed (a
-    KeyState is immutable: a probe replaces it), so the cache is a few hundred large bytes objects, about the
-    size of the text itself, and an idle refresh renders nothing.
+    The keys are cut in runs of SEGMENT (in the snapshot's order); each run is kept as one block per family,
+    with the states it was made from. A refresh re-renders only the runs where a state changed (a KeyState is
+    immutable: a probe replaces it), and an idle refresh renders nothing. The scrape cache packs each run it
+    renders (`_Segment.pack`), so what it keeps between scrapes is the deflated text, a twentieth of its size;
+    `render` (a fresh rendering, read once) keeps the text as it is.
     """
 
     def __init__(self) -> None:
         self._mode: str | None = None
         self._families: list[tuple[str, str, _Family]] = []
+        self._heads: list[bytes] = []
+        self._packed_heads: list[_Piece] = []
         self._segments: list[_Segment] = []
         self._extra: dict[tuple[tuple[str, str], ...], str] = {}
 
-    def steps(self, states: list[KeyState], mode: str) -> Iterator[None]:
-        """Bring the blocks up to `states`, one run of keys per step: the caller may let other work run
-        between steps. `blocks()` is complete once the iterator is exhausted."""
+    def steps(self, states: list[KeyState], mode: str) -> Iterator[_Segment]:
+        """Bring the blocks up to `states`, yielding each run of keys rendered again (the caller may pack it,
+        and let other work run between steps). `blocks()` and `pieces()` are complete once the iterator is
+        exhausted."""
         if mode != self._mode:
             self._mode, self._families, self._segments = mode, _fast_families(mode), []
+            self._heads = [f"# HELP {name} {help_text}\n# TYPE {name} gauge\n".encode()
+                           for name, help_text, _ in self._families]
+            self._packed_heads = [_Piece(h) for h in self._heads]
         if len(self._extra) > 2 * len(states) + 100:
             self._extra.clear()  # label sets no key has any more: rebuild lazily
         n = (len(states) + SEGMENT - 1) // SEGMENT
@@ -304,19 +373,38 @@ class KeyStateRenderer:
                 if seg.states == run:  # identity first, then value: the same text
                     seg.states = run  # and the replaced states are not kept alive for it
                     continue
-                self._segments[i] = self._render(run)
+                seg = self._segments[i] = self._render(run)
             else:
-                self._segments.append(self._render(run))
-            yield
+                seg = self._render(run)
+                self._segments.append(seg)
+            yield seg
 
     def blocks(self) -> list[bytes]:
-        """The whole text, per-key families then fleet aggregates, as the blocks kept (no copy)."""
+        """The whole text, per-key families then fleet aggregates, as the blocks kept (no copy) of a renderer
+        whose runs were not packed."""
         out = []
-        for f, (name, help_text, _) in enumerate(self._families):
-            out.append(f"# HELP {name} {help_text}\n# TYPE {name} gauge\n".encode())
-            out += [seg.blocks[f] for seg in self._segments if seg.blocks[f]]
-        out.append(_fleet_text(self._segments))
+        for f, head in enumerate(self._heads):
+            out.append(head)
+            for seg in self._segments:
+                if seg.text is None:
+                    raise RuntimeError("the runs are packed: read pieces()")
+                if seg.text[f]:
+                    out.append(seg.text[f])
+        out.append(self.fleet_text())
         return out
+
+    def pieces(self) -> list[_Piece]:
+        """The per-key families as the packed pieces kept, in the order of the text (no copy)."""
+        for seg in self._segments:
+            seg.pack()  # runs a refresh cut short rendered, never packed
+        out = []
+        for f, head in enumerate(self._packed_heads):
+            out.append(head)
+            out += [piece for seg in self._segments if (piece := seg.packed[f]) is not None]
+        return out
+
+    def fleet_text(self) -> bytes:
+        return _fleet_text(self._segments)
 
     def render(self, states: Iterable[KeyState], mode: str = "all") -> list[bytes]:
         for _ in self.steps(list(states), mode):
@@ -464,9 +552,10 @@ class Metrics:
 
     async def prepared(self, gzip: bool) -> tuple[list[bytes], str | None]:
         """What an HTTP scrape sends: the per-key families and fleet aggregates as rendered at most MAX_AGE
-        before the scrape arrived (kept between scrapes, re-rendered only where a state changed, in steps on
-        the event loop), then every registered metric, read now. gzip-compressed when `gzip` (the per-key
-        part compressed once per rendering, in a worker thread: zlib lets go of the interpreter lock)."""
+        before the scrape arrived (kept between scrapes, deflated; re-rendered only where a state changed, in
+        steps on the event loop, each run deflated in a worker thread), then every registered metric, read
+        now. gzip-compressed when `gzip`, made of the kept pieces; otherwise the pieces are inflated for the
+        scrape."""
         collector = self._collector
         rendering = None
         if collector is not None:
@@ -475,8 +564,8 @@ class Metrics:
         if rendering is None:
             return ([_gzip_whole(head)], "gzip") if gzip else ([head], None)
         if gzip:
-            return await rendering.gzip(head), "gzip"
-        return [*rendering.blocks, head], None
+            return rendering.gzip(head), "gzip"
+        return await rendering.text(head), None
 
     def observe_probe(self, provider: str, health: str, seconds: float) -> None:
         self.probe_duration.labels(provider).observe(seconds)
@@ -504,58 +593,39 @@ class Exposition:
 
 
 GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # deflate, no name, no time, unknown OS
-GZIP_LEVEL = 1  # the text is repetitive: level 1 makes it about 25 times smaller, at a third of level 6's time
+GZIP_LEVEL = 1  # the text is repetitive: level 1 makes it about 20 times smaller, at a third of level 6's time
 
 
 class _Rendering:
-    """One complete rendering of the per-key part, kept while it is fresh enough to serve."""
+    """One complete rendering of the per-key part, kept while it is fresh enough to serve: the packed
+    pieces of the per-key families (shared with the renderer, no copy), their CRC and length, and the fleet
+    aggregates' text."""
 
-    def __init__(self, blocks: list[bytes], taken_at: float, mode: str) -> None:
-        self.blocks = blocks
+    def __init__(self, pieces: list[_Piece], fleet: bytes, taken_at: float, mode: str) -> None:
+        self.pieces = [p.data for p in pieces]
+        self.crc, self.size = _crc_fold(pieces)
+        self.fleet = fleet
         self.taken_at = taken_at  # time.monotonic() when the snapshot was read
         self.mode = mode
-        self._deflated: asyncio.Future[tuple[list[bytes], int, int]] | None = None
 
-    def deflate(self) -> asyncio.Future[tuple[list[bytes], int, int]]:
-        if self._deflated is None:
-            self._deflated = asyncio.ensure_future(asyncio.to_thread(_deflate, self.blocks))
-        return self._deflated
-
-    @property
-    def deflating(self) -> bool:
-        return self._deflated is not None
-
-    async def gzip(self, tail: bytes) -> list[bytes]:
-        """One gzip member: the blocks' deflate stream (made once, flushed to a byte boundary), then `tail`
-        compressed on its own and the whole text's CRC and length."""
-        parts, crc, size = await asyncio.shield(self.deflate())
+    def gzip(self, tail: bytes) -> list[bytes]:
+        """One gzip member: the pieces (one deflate stream, end to end), then the fleet aggregates and `tail`
+        compressed and ending the stream, and the whole text's CRC and length."""
+        rest = self.fleet + tail
         c = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
-        end = c.compress(tail) + c.flush()
-        return [GZIP_HEADER, *parts, end, struct.pack("<II", zlib.crc32(tail, crc), (size + len(tail)) & 0xFFFFFFFF)]
+        end = c.compress(rest) + c.flush()
+        crc = _multmodp(_crc_shift(len(rest)), self.crc) ^ zlib.crc32(rest)
+        return [GZIP_HEADER, *self.pieces, end, struct.pack("<II", crc, (self.size + len(rest)) & 0xFFFFFFFF)]
+
+    async def text(self, tail: bytes) -> list[bytes]:
+        """The text itself, for a scraper that does not take gzip: the pieces inflated one by one, in a worker
+        thread (zlib lets go of the interpreter lock), for this scrape only."""
+        return [*await asyncio.to_thread(_inflate, self.pieces), self.fleet, tail]
 
 
-DEFLATE_RUN = 4 << 20  # bytes joined per zlib call: each call gives the interpreter lock back and takes it again
-
-
-def _deflate(blocks: list[bytes]) -> tuple[list[bytes], int, int]:
-    """Raw deflate of the blocks, flushed to a byte boundary, with their CRC-32 and length. Runs in a worker
-    thread: zlib works without the interpreter lock, and retaking it waits for a busy event loop to let go,
-    so the blocks go to zlib a few megabytes at a time, not one by one."""
-    c = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
-    parts, crc, size, run, run_size = [], 0, 0, [], 0
-    for b in [*blocks, b""]:
-        if b and run_size < DEFLATE_RUN:
-            run.append(b)
-            run_size += len(b)
-            continue
-        if run:
-            data = b"".join(run)
-            parts.append(c.compress(data))
-            crc = zlib.crc32(data, crc)
-            size += len(data)
-            run, run_size = ([b], len(b)) if b else ([], 0)
-    parts.append(c.flush(zlib.Z_SYNC_FLUSH))
-    return [p for p in parts if p], crc, size
+def _inflate(pieces: list[bytes]) -> list[bytes]:
+    d = zlib.decompressobj(-zlib.MAX_WBITS)  # one stream: each piece ends on a flush, so it comes out whole
+    return [d.decompress(p) for p in pieces]
 
 
 def _gzip_whole(data: bytes) -> bytes:
@@ -605,10 +675,8 @@ class _ScrapeCache:
                 return cur
             taken_at = time.monotonic()
             states = list(snapshot().values())
-            for _ in self._renderer.steps(states, mode):
-                await asyncio.sleep(0)
-            new = _Rendering(self._renderer.blocks(), taken_at, mode)
-            if cur is not None and cur.deflating:
-                new.deflate()  # gzip scrapers come: compress it before the next one asks
+            for seg in self._renderer.steps(states, mode):
+                await asyncio.to_thread(seg.pack)  # the event loop goes on meanwhile
+            new = _Rendering(self._renderer.pieces(), self._renderer.fleet_text(), taken_at, mode)
             self._current = new
             return new

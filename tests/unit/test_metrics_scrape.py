@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import gzip
 import re
+import sys
 import time
+import tracemalloc
 import zlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -258,17 +260,36 @@ async def test_a_scraper_that_comes_often_never_waits_for_a_render(monkeypatch) 
     for i in range(8):
         t.apply(result("k00003", (Health.HEALTHY, Health.INVALID)[i % 2], T0 + timedelta(seconds=i)))
         in_scrape = True
-        await scrape(m)
+        await scrape(m, gzip_=True)  # as Prometheus asks: nothing to wait for once a rendering is kept
         in_scrape = False
         await asyncio.sleep(MAX_AGE / 3)
     assert rendered_behind and not rendered_inside
 
 
-async def test_gzip_of_a_rendering_zlib_gets_in_several_runs(monkeypatch) -> None:
-    monkeypatch.setattr(metrics_module, "DEFLATE_RUN", 5000)
-    t, m = fleet(SEGMENT + 1)
-    t.apply(result("k00000", Health.FORBIDDEN, T0))
-    compressed, encoding = await m.prepared(True)
-    plain, _ = await m.prepared(False)
-    assert encoding == "gzip"
-    assert gzip.decompress(b"".join(compressed)) == b"".join(plain)
+@pytest.mark.parametrize("sizes", [[0, 1, 5], [70_000, 3, 200_000], [17] * 40])
+def test_pieces_deflated_apart_are_one_gzip_member_with_the_whole_texts_crc(sizes: list[int]) -> None:
+    texts = [bytes((i * 7 + j) % 251 for j in range(n)) for i, n in enumerate(sizes)]
+    pieces = [metrics_module._Piece(t) for t in texts if t]
+    rendering = metrics_module._Rendering(pieces, b"fleet\n", time.monotonic(), "all")
+    body = b"".join(rendering.gzip(b"head\n"))
+    d = zlib.decompressobj(16 + zlib.MAX_WBITS)  # one member, its CRC and length checked by zlib itself
+    assert d.decompress(body) == b"".join(texts) + b"fleet\nhead\n"
+    assert d.eof and not d.unused_data
+
+
+async def test_what_a_scrape_keeps_is_a_fraction_of_the_text() -> None:
+    """Between scrapes the daemon keeps the per-key text deflated, not the text itself (at 10,000 keys the
+    text is about 16 MB)."""
+    t, m = fleet(4 * SEGMENT)
+    for i in range(0, 4 * SEGMENT, 3):
+        t.apply(result(f"k{i:05d}", Health.RATE_LIMITED, T0 + timedelta(seconds=i),
+                       ratelimit=RateLimit(requests_remaining=i, tokens_remaining=i * 10)))
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        text = await scrape(m, gzip_=True)
+        kept = tracemalloc.get_traced_memory()[0] - before - sys.getsizeof(text)
+    finally:
+        tracemalloc.stop()
+    assert samples(text) == samples(m.exposition().decode())
+    assert len(text) > 1_000_000 and kept * 5 < len(text), (kept, len(text))
