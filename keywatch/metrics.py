@@ -171,6 +171,7 @@ def _escape(value: str) -> str:
 _COMMON = {0.0: "0.0", 1.0: "1.0"}
 SEGMENT = 500  # keys per rendered block: what a probe invalidates, and what one step of a refresh renders
 MAX_AGE = 1.0  # seconds: the per-key values an HTTP scrape gets were read at most this long before it arrived
+MAX_SCRAPERS = 16  # scrapers (by address) whose interval is followed, to have their rendering made before they come
 
 
 def _num(value: float) -> str:
@@ -550,16 +551,17 @@ class Metrics:
         finally:
             collector.fast.active = False
 
-    async def prepared(self, gzip: bool) -> tuple[list[bytes], str | None]:
+    async def prepared(self, gzip: bool, scraper: str | None = None) -> tuple[list[bytes], str | None]:
         """What an HTTP scrape sends: the per-key families and fleet aggregates as rendered at most MAX_AGE
         before the scrape arrived (kept between scrapes, deflated; re-rendered only where a state changed, in
         steps on the event loop, each run deflated in a worker thread), then every registered metric, read
         now. gzip-compressed when `gzip`, made of the kept pieces; otherwise the pieces are inflated for the
-        scrape."""
+        scrape. `scraper` (its address) lets a scraper that comes at a steady interval find its rendering
+        made before it comes."""
         collector = self._collector
         rendering = None
         if collector is not None:
-            rendering = await self._cache.current(collector.snapshot, self.per_key)
+            rendering = await self._cache.current(collector.snapshot, self.per_key, scraper)
         head = self._head(collector)
         if rendering is None:
             return ([_gzip_whole(head)], "gzip") if gzip else ([head], None)
@@ -588,8 +590,8 @@ class Exposition:
             self._chunks = self._metrics._fresh_chunks()
         return next(self._chunks)
 
-    async def prepared(self, gzip: bool) -> tuple[list[bytes], str | None]:
-        return await self._metrics.prepared(gzip)
+    async def prepared(self, gzip: bool, scraper: str | None = None) -> tuple[list[bytes], str | None]:
+        return await self._metrics.prepared(gzip, scraper)
 
 
 GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # deflate, no name, no time, unknown OS
@@ -638,9 +640,16 @@ class _ScrapeCache:
 
     A refresh reads one snapshot and renders, on the event loop, one run of keys per step, letting the
     probes' callbacks run between steps; it re-renders only the runs where a state changed. Scrapes that
-    arrive meanwhile wait for it and send what it made; one refresh runs at a time. A scrape served a
-    rendering older than half of MAX_AGE starts the next refresh behind it, so scrapers that come often
-    (several a second) never wait for one, and one that comes every 15 s waits for the runs a cycle changed.
+    arrive meanwhile wait for it and send what it made; one refresh runs at a time. Two ways keep a scrape
+    from waiting for one:
+
+    - a scraper that comes at a steady interval longer than 2 x MAX_AGE (Prometheus: every 15 s or so) is
+      expected: the refresh starts shortly before its next scrape is due (`_lead` ahead), so the scrape finds
+      the rendering made, less than MAX_AGE old;
+    - a scrape served a rendering older than half of MAX_AGE starts the next refresh behind it, so scrapers
+      that come often (several a second) find it made.
+
+    A scraper that comes at no steady interval waits for the runs that changed since the last refresh.
     """
 
     def __init__(self) -> None:
@@ -648,16 +657,52 @@ class _ScrapeCache:
         self._current: _Rendering | None = None
         self._lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
         self._ahead: asyncio.Task[_Rendering] | None = None
+        self._render_s = 0.0  # how long the last refresh took
+        self._last_scrape: dict[str, float] = {}  # scraper -> time.monotonic() of its last scrape
+        self._expected: dict[str, asyncio.TimerHandle] = {}  # scraper -> the refresh before its next scrape
 
-    async def current(self, snapshot: SnapshotFn, mode: str) -> _Rendering:
+    async def current(self, snapshot: SnapshotFn, mode: str, scraper: str | None = None) -> _Rendering:
         asked = time.monotonic()
+        steady = scraper is not None and self._expect(scraper, asked, snapshot, mode)
         cur = self._current
         if cur is not None and cur.mode == mode and cur.taken_at >= asked - MAX_AGE:
-            if asked - cur.taken_at > MAX_AGE / 2 and self._ahead is None:
-                self._ahead = asyncio.get_running_loop().create_task(self._refreshed(snapshot, mode, asked))
-                self._ahead.add_done_callback(self._ahead_done)
+            if not steady and asked - cur.taken_at > MAX_AGE / 2:
+                self._refresh_behind(snapshot, mode)
             return cur
         return await self._refreshed(snapshot, mode, asked - MAX_AGE)
+
+    def _expect(self, scraper: str, asked: float, snapshot: SnapshotFn, mode: str) -> bool:
+        """Note a scrape; when this scraper's last one came more than 2 x MAX_AGE ago, start the refresh for
+        its next scrape, due after as long again. True when it was so expected."""
+        last = self._last_scrape.pop(scraper, None)
+        self._last_scrape[scraper] = asked
+        if (timer := self._expected.pop(scraper, None)) is not None:
+            timer.cancel()
+        while len(self._last_scrape) > MAX_SCRAPERS:  # the scrapers not seen for longest are forgotten
+            gone = next(iter(self._last_scrape))
+            del self._last_scrape[gone]
+            if (timer := self._expected.pop(gone, None)) is not None:
+                timer.cancel()
+        if last is None or asked - last <= 2 * MAX_AGE:
+            return False
+        self._expected[scraper] = asyncio.get_running_loop().call_later(
+            max(0.0, asked - last - self._lead()), self._before_scrape, scraper, snapshot, mode)
+        return True
+
+    def _lead(self) -> float:
+        """How long before an expected scrape its refresh starts: time to render, well within MAX_AGE (the
+        rendering must still be fresh enough when the scrape comes)."""
+        return min(0.9 * MAX_AGE, 0.3 + 2 * self._render_s)
+
+    def _before_scrape(self, scraper: str, snapshot: SnapshotFn, mode: str) -> None:
+        self._expected.pop(scraper, None)
+        self._refresh_behind(snapshot, mode)
+
+    def _refresh_behind(self, snapshot: SnapshotFn, mode: str) -> None:
+        if self._ahead is None:
+            self._ahead = asyncio.get_running_loop().create_task(
+                self._refreshed(snapshot, mode, time.monotonic()))
+            self._ahead.add_done_callback(self._ahead_done)
 
     def _ahead_done(self, task: asyncio.Task[_Rendering]) -> None:
         self._ahead = None
@@ -679,4 +724,5 @@ class _ScrapeCache:
                 await asyncio.to_thread(seg.pack)  # the event loop goes on meanwhile
             new = _Rendering(self._renderer.pieces(), self._renderer.fleet_text(), taken_at, mode)
             self._current = new
+            self._render_s = time.monotonic() - taken_at
             return new

@@ -29,11 +29,11 @@ ReadyFn = Callable[[], tuple[bool, dict[str, bool]]]
 @runtime_checkable
 class Prepared(Protocol):
     """What `render` may return instead of chunks to render: a body made ahead, as blocks to send and the
-    Content-Encoding they are in (None: plain text)."""
+    Content-Encoding they are in (None: plain text). `scraper` is the scraping client's address."""
 
     def __iter__(self) -> Iterator[bytes]: ...
 
-    async def prepared(self, gzip: bool) -> tuple[list[bytes], str | None]: ...
+    async def prepared(self, gzip: bool, scraper: str | None = None) -> tuple[list[bytes], str | None]: ...
 
 
 RenderFn = Callable[[], Iterator[bytes]]
@@ -168,7 +168,7 @@ class WebServer:
         if isinstance(chunks, Prepared):
             # Ready-made blocks (the metrics' own rendering, kept between scrapes): written as they are,
             # with their length, compressed when the scraper asks for gzip (Prometheus does).
-            blocks, encoding = await chunks.prepared(_accepts_gzip(request))
+            blocks, encoding = await chunks.prepared(_accepts_gzip(request), request.remote)
             headers = {"Content-Type": CONTENT_TYPE_LATEST, "Vary": "Accept-Encoding"}
             if encoding:
                 headers["Content-Encoding"] = encoding

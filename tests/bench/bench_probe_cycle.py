@@ -21,7 +21,8 @@ What it does (the simulator runs in a process of its own, as a provider would):
 3. /metrics is scraped from another process as Prometheus scrapes it (asking for gzip) while idle (for 2 s;
    the first scrape, which renders what the cycle changed, is printed too), then without gzip (1 s), then
    while a cycle runs (every scrape during one cycle is timed, and that cycle's length is compared with the
-   steady cycles'). The RSS is read again after these scrapes: in production /metrics is scraped all the
+   steady cycles'), then at a steady interval (every 2.5 s, as Prometheus scrapes every 15 s) during two
+   cycles. The RSS is read again after these scrapes: in production /metrics is scraped all the
    time, so what a scrape keeps (the rendered per-key text) is part of the daemon's settled memory.
 
 Targets at 10,000 keys, 50 ms, concurrency 100: cycle <= 1.1x the floor's, CPU <= 2x the floor's per probe,
@@ -46,11 +47,12 @@ import time
 import urllib.request
 from pathlib import Path
 
+PERIODIC = 2.5  # seconds between the steady scraper's scrapes
 SECRET = "sk-proj-bench{:08d}" + "x" * 40  # the fleet's secrets, by index (the floor makes the same ones)
 
 SCRAPER = r"""
 import gzip, sys, time, urllib.request
-url, until, encoding = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+url, until, encoding, every = sys.argv[1], float(sys.argv[2]), sys.argv[3], float(sys.argv[4])
 headers = {"Accept-Encoding": "gzip"} if encoding == "gzip" else {}  # as Prometheus asks (enable_compression)
 req = urllib.request.Request(url, headers=headers)
 times, size, sent = [], 0, 0
@@ -59,6 +61,8 @@ while True:
     times.append(time.perf_counter() - t); sent = len(body)
     if time.time() >= until and len(times) >= 3:
         break
+    if every:  # at a steady interval, as Prometheus scrapes
+        time.sleep(max(0.0, t + every - time.perf_counter()))
 size = len(gzip.decompress(body)) if encoding == "gzip" else sent
 print(" ".join(f"{x:.6f}" for x in times), size, sent)
 """
@@ -199,12 +203,14 @@ def floor(url: str, keys: int, concurrency: int) -> tuple[float, float]:
     return float(wall), float(cpu)
 
 
-async def scrape(port: int, seconds: float, encoding: str = "gzip") -> tuple[list[float], int, int]:
-    """Scrapes from another process (the client's memory is not keywatch's) for about `seconds`: each scrape's
-    time to the whole body, the text's size and the bytes sent (gzip, as Prometheus asks, or identity)."""
+async def scrape(port: int, seconds: float, encoding: str = "gzip",
+                 every: float = 0.0) -> tuple[list[float], int, int]:
+    """Scrapes from another process (the client's memory is not keywatch's) for about `seconds`, back to back
+    or one every `every` seconds: each scrape's time to the whole body, the text's size and the bytes sent
+    (gzip, as Prometheus asks, or identity)."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", SCRAPER, f"http://127.0.0.1:{port}/metrics", str(time.time() + seconds), encoding,
-        stdout=asyncio.subprocess.PIPE)
+        str(every), stdout=asyncio.subprocess.PIPE)
     out, _ = await proc.communicate()
     *times, size, sent = out.split()
     return [float(t) for t in times], int(size), int(sent)
@@ -279,6 +285,15 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
         during, _, _ = await scraper
         f["scrape_during_s"], f["scrape_during_max_s"] = statistics.median(during), max(during)
         f["scrapes_during"] = len(during)
+        # A scraper at a steady interval, as Prometheus (every 15 s, here every PERIODIC s), over two cycles:
+        # its first two scrapes show the interval, the ones after it are timed.
+        periodic = asyncio.create_task(scrape(daemon.web_port, 2 * f["cycle_s"] + 2 * PERIODIC, every=PERIODIC))
+        for _ in range(2):
+            await daemon.cycle()
+        steady_scrapes, _, _ = await periodic
+        f["scrape_periodic_s"], f["scrape_periodic_max_s"] = (statistics.median(steady_scrapes[2:]),
+                                                               max(steady_scrapes[2:]))
+        f["scrapes_periodic"] = len(steady_scrapes) - 2
         # As in production, where /metrics is scraped every cycle: what the scrapes keep is part of the RSS.
         await scrape(daemon.web_port, 0.0)
         await asyncio.wrap_future(daemon._writer.submit())
@@ -337,6 +352,9 @@ def main() -> None:
           f"{int(f['scrapes_during'])} scrapes), {f['scrape_bytes'] / 1e6:.2f} MB of text in "
           f"{f['scrape_sent'] / 1e6:.2f} MB; without gzip idle median {f['scrape_plain_s'] * 1000:.1f} ms; the "
           f"scraped cycle took {f['cycle_scraped_s']:.2f}s vs {f['cycle_s']:.2f}s")
+    print(f"/metrics scraped every {PERIODIC:g} s during two cycles (as Prometheus, at its interval): median "
+          f"{f['scrape_periodic_s'] * 1000:.1f} ms, max {f['scrape_periodic_max_s'] * 1000:.1f} ms "
+          f"({int(f['scrapes_periodic'])} scrapes after the first two)")
     print(f"database: {f['db_bytes'] / 1e6:.1f} MB")
     print("targets (10k): cycle <= 1.1x floor, cpu <= 2x floor, settled RSS <= 60 MB + 2 KB/key, "
           "/metrics <= 50 ms idle and during a cycle")

@@ -266,6 +266,35 @@ async def test_a_scraper_that_comes_often_never_waits_for_a_render(monkeypatch) 
     assert rendered_behind and not rendered_inside
 
 
+async def test_a_scraper_at_a_steady_interval_finds_its_rendering_made(monkeypatch) -> None:
+    """As Prometheus scrapes (every 15 s or so): once its interval is seen, the runs that changed are rendered
+    before its next scrape comes, so the scrape does not wait for them, and it still shows every change made
+    more than MAX_AGE before it."""
+    t, m = fleet(2 * SEGMENT)
+    in_scrape, rendered_inside, rendered_behind = False, [], []
+    original = metrics_module.KeyStateRenderer._render
+
+    def watched(self, run):
+        (rendered_inside if in_scrape else rendered_behind).append(len(run))
+        return original(self, run)
+
+    monkeypatch.setattr(metrics_module.KeyStateRenderer, "_render", watched)
+    interval, health = 3 * MAX_AGE, "unknown"
+    for i in range(5):
+        if i == 2:  # its interval is known from here on
+            rendered_inside.clear()
+            rendered_behind.clear()
+        in_scrape = True
+        blocks, _ = await m.prepared(True, scraper="10.0.0.7")
+        in_scrape = False
+        assert samples(gzip.decompress(b"".join(blocks)).decode())[
+            ("keywatch_key_health", (("health", health), ("key", "k00003"), ("provider", "openai")))] == 1.0
+        health = ("healthy", "invalid")[i % 2]
+        t.apply(result("k00003", Health(health), T0 + timedelta(seconds=i)))
+        await asyncio.sleep(interval)
+    assert rendered_behind and not rendered_inside
+
+
 @pytest.mark.parametrize("sizes", [[0, 1, 5], [70_000, 3, 200_000], [17] * 40])
 def test_pieces_deflated_apart_are_one_gzip_member_with_the_whole_texts_crc(sizes: list[int]) -> None:
     texts = [bytes((i * 7 + j) % 251 for j in range(n)) for i, n in enumerate(sizes)]
