@@ -20,6 +20,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from keywatch.daemon import Daemon
     from keywatch.settings.loader import load
 
-    config = load(args.config)
+    config = load(args.config)  # refused before anything starts; the daemon loads it again, as on a reload
     kwlog.setup(config.daemon.log_format, config.daemon.log_level)
+    del config  # this frame lives as long as the daemon: the validated [[keys]] must not stay with it
     return aio.run(Daemon(args.config).run())
