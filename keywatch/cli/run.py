@@ -18,9 +18,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from keywatch import aio
     from keywatch import logging as kwlog
     from keywatch.daemon import Daemon
-    from keywatch.settings.loader import load
+    from keywatch.settings.loader import load_settings
 
-    config = load(args.config)  # refused before anything starts; the daemon loads it again, as on a reload
-    kwlog.setup(config.daemon.log_format, config.daemon.log_level)
-    del config  # this frame lives as long as the daemon: the validated [[keys]] must not stay with it
+    # Refused before anything starts; the daemon loads it again, as on a reload. `load_settings` keeps no [[keys]]
+    # models: this frame lives as long as the daemon.
+    daemon = load_settings(args.config).daemon
+    kwlog.setup(daemon.log_format, daemon.log_level)
     return aio.run(Daemon(args.config).run())

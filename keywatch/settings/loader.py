@@ -20,7 +20,14 @@ from pydantic import ValidationError
 from keywatch.domain import Account, ManagedKey
 from keywatch.providers import registry
 from keywatch.settings import secrets
-from keywatch.settings.schema import LABEL_NAME_PATTERN, NAME_PATTERN, Config, reference_problems
+from keywatch.settings.schema import (
+    KEYS_APART,
+    LABEL_NAME_PATTERN,
+    NAME_PATTERN,
+    Config,
+    KeyConfig,
+    reference_problems,
+)
 from keywatch.settings.types import NAME_PATTERN as TYPES_NAME_PATTERN
 
 NO_OPTIONS: Any = MappingProxyType({})  # options or extra secrets of every key without any: one read-only mapping
@@ -173,17 +180,29 @@ def parse(text: str, source: str = "<config>") -> Config:
         raise ConfigError(source, format_validation_error(exc)) from None
 
 
-def load(path: str | Path) -> Config:
+def _read(path: str | Path) -> str:
     p = Path(path)
     try:
-        text = p.read_text()
+        return p.read_text()
     except FileNotFoundError:
         raise ConfigError(str(p), ["file not found"]) from None
     except OSError as exc:
         raise ConfigError(str(p), [f"cannot be read: {exc.strerror}"]) from None
     except UnicodeDecodeError as exc:
         raise ConfigError(str(p), [f"is not UTF-8 text (byte {exc.start}); save it as UTF-8"]) from None
-    return parse(text, str(p))
+
+
+def load(path: str | Path) -> Config:
+    return parse(_read(path), str(Path(path)))
+
+
+def load_settings(path: str | Path) -> Config:
+    """The config at `path` validated as `load` does, without its keys (`Config.keys` is empty): for a
+    caller that needs the other settings and must not hold every [[keys]] model. Raises ConfigError."""
+    lean = _lean(path, resolve=False, alert_sinks=False)
+    if lean is not None:
+        return lean[0]
+    return load(path).model_copy(update={"keys": []})
 
 
 def _resolve(ref: str, where: str, owner: str, allow_literal: bool, problems: list[str], warnings: list[str],
@@ -209,81 +228,163 @@ def _resolve(ref: str, where: str, owner: str, allow_literal: bool, problems: li
     return value
 
 
-def build_inventory(config: Config, source: str) -> Inventory:
-    allow = config.daemon.allow_literal_secrets
-    problems: list[str] = []
-    warnings: list[str] = []
-    stale: dict[str, str] = {}
-    accounts: dict[str, Account] = {}
-    # Keys with the same labels share one dict (read-only everywhere): at 100,000 keys of a few teams that is
-    # a handful of dicts instead of one per key.
-    shared_labels: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
-    shared_options: dict[str, dict[str, Any]] = {}
-    for i, a in enumerate(config.accounts):
-        owner = f"account {a.name!r}"
-        admin = _resolve(a.admin_secret, f"accounts[{i}].admin_secret", owner, allow, problems, warnings) if (
-            a.admin_secret
-        ) else None
-        options: dict[str, Any] = a.model_dump(
-            exclude={"name", "provider", "admin_secret", "base_url", "allow_destructive", "client_secret"},
-            exclude_none=True,
-        )
-        if a.client_secret:
-            cs = _resolve(a.client_secret, f"accounts[{i}].client_secret", owner, allow, problems, warnings)
-            if cs:
-                options["client_secret"] = cs
-        accounts[a.name] = Account(
-            name=a.name, provider=a.provider, admin_secret=admin, base_url=a.base_url,
-            allow_destructive=a.allow_destructive, options=options,
-        )
-    keys: list[ManagedKey] = []
-    for i, k in enumerate(config.keys):
+class _Builder:
+    """Resolved accounts and keys of a validated Config, one [[keys]] entry at a time (`add`), collecting
+    every problem and warning; `inventory()` ends it."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.allow = config.daemon.allow_literal_secrets
+        self.problems: list[str] = []
+        self.warnings: list[str] = []
+        self.stale: dict[str, str] = {}
+        self.keys: list[ManagedKey] = []
+        # Keys with the same labels share one dict (read-only everywhere): at 100,000 keys of a few teams that
+        # is a handful of dicts instead of one per key.
+        self._labels: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
+        self._options: dict[str, dict[str, Any]] = {}
+        self.accounts = self._accounts()
+
+    def _accounts(self) -> dict[str, Account]:
+        problems, warnings, allow = self.problems, self.warnings, self.allow
+        accounts: dict[str, Account] = {}
+        for i, a in enumerate(self.config.accounts):
+            owner = f"account {a.name!r}"
+            admin = _resolve(a.admin_secret, f"accounts[{i}].admin_secret", owner, allow, problems, warnings) if (
+                a.admin_secret
+            ) else None
+            options: dict[str, Any] = a.model_dump(
+                exclude={"name", "provider", "admin_secret", "base_url", "allow_destructive", "client_secret"},
+                exclude_none=True,
+            )
+            if a.client_secret:
+                cs = _resolve(a.client_secret, f"accounts[{i}].client_secret", owner, allow, problems, warnings)
+                if cs:
+                    options["client_secret"] = cs
+            accounts[a.name] = Account(
+                name=a.name, provider=a.provider, admin_secret=admin, base_url=a.base_url,
+                allow_destructive=a.allow_destructive, options=options,
+            )
+        return accounts
+
+    def add(self, i: int, k: KeyConfig) -> None:
+        """`keys[i]`, resolved into a ManagedKey when it is enabled (a disabled key's secret may be gone
+        already; it is not needed)."""
         if not k.enabled:
-            continue  # a disabled key's secret may be gone already; it is not needed
+            return
+        problems, warnings, config = self.problems, self.warnings, self.config
         scheme = secrets.scheme_of(k.secret)
         if scheme in secrets.DEFERRED_SCHEMES:
             able = [p for p in registry.names() if scheme in registry.info(p).secret_schemes]
             if scheme not in registry.info(k.provider).secret_schemes:
                 problems.append(f"keys[{i}].secret: key {k.name!r}: {scheme}: references work only for "
                                 f"{', '.join(able)} keys")
-                continue
+                return
             if not k.account:
                 problems.append(f"keys[{i}].secret: key {k.name!r}: {scheme}: references need `account` on the key")
-                continue
-        secret = _resolve(k.secret, f"keys[{i}].secret", f"key {k.name!r}", allow, problems, warnings,
-                          config.secret_stores, stale, k.name)
+                return
+        secret = _resolve(k.secret, f"keys[{i}].secret", f"key {k.name!r}", self.allow, problems, warnings,
+                          config.secret_stores, self.stale, k.name)
         options = k.model_dump(
             exclude={"name", "provider", "secret", "base_url", "probe", "model", "labels", "account", "enabled"},
             exclude_none=True,
         )
         if k.access_key_id and secrets.is_reference(k.access_key_id):  # beside the secret, rotated with it
             key_id = _resolve(k.access_key_id, f"keys[{i}].access_key_id", f"key {k.name!r}", False, problems,
-                              warnings, config.secret_stores, stale, k.name)
+                              warnings, config.secret_stores, self.stale, k.name)
             if key_id is not None:
                 options["access_key_id"] = key_id.reveal()
-        keys.append(
+        self.keys.append(
             ManagedKey(
                 name=k.name, provider=_shared(k.provider), secret=secret, secret_ref=k.secret,
                 base_url=_shared(k.base_url), probe=_shared(k.probe), model=_shared(k.model),
-                labels=shared_labels.setdefault(tuple(sorted(k.labels.items())), dict(k.labels)),
+                labels=self._labels.setdefault(tuple(sorted(k.labels.items())), dict(k.labels)),
                 account=_shared(k.account), extra_secrets=NO_OPTIONS,
                 # Equal options are one dict (thousands of keys carry the same `publish = []`); never mutated.
-                options=shared_options.setdefault(repr(sorted(options.items())), options) if options else NO_OPTIONS,
+                options=self._options.setdefault(repr(sorted(options.items())), options) if options else NO_OPTIONS,
             )
         )
-    if problems:
-        raise ConfigError(source, problems)
-    from keywatch.engine import capabilities
 
-    warnings += capabilities.warnings(config.policies, keys, config.safety)
-    if config.alerts is not None and "default_key_alerts" in config.alerts.model_fields_set:
-        warnings.append("alerts.default_key_alerts has no effect: key alerts are decided by policies, the built-in "
-                        "ones included (safety.default_policies); remove the setting")
-    # The key list lives once, resolved, in Inventory.keys: at thousands of keys the validated models
-    # would double the daemon's memory for nothing.
-    settings = config.model_copy(update={"keys": []})
-    return Inventory(config=settings, source=source, keys=keys, accounts=accounts, warnings=warnings,
-                     stale_secrets=stale)
+    def inventory(self, source: str) -> Inventory:
+        if self.problems:
+            raise ConfigError(source, self.problems)
+        from keywatch.engine import capabilities
+
+        config, warnings = self.config, self.warnings
+        warnings += capabilities.warnings(config.policies, self.keys, config.safety)
+        if config.alerts is not None and "default_key_alerts" in config.alerts.model_fields_set:
+            warnings.append("alerts.default_key_alerts has no effect: key alerts are decided by policies, the "
+                            "built-in ones included (safety.default_policies); remove the setting")
+        # The key list lives once, resolved, in Inventory.keys: at thousands of keys the validated models
+        # would double the daemon's memory for nothing.
+        settings = config.model_copy(update={"keys": []}) if config.keys else config
+        return Inventory(config=settings, source=source, keys=self.keys, accounts=self.accounts,
+                         warnings=warnings, stale_secrets=self.stale)
+
+
+def build_inventory(config: Config, source: str) -> Inventory:
+    builder = _Builder(config)
+    for i, k in enumerate(config.keys):
+        builder.add(i, k)
+    return builder.inventory(source)
+
+
+class _KeyRef:
+    """What the checks across sections read of a disabled key (an enabled one is its ManagedKey)."""
+
+    __slots__ = ("account", "enabled", "labels", "name", "provider")
+
+    def __init__(self, k: KeyConfig) -> None:
+        self.name, self.provider, self.account, self.labels, self.enabled = (
+            k.name, k.provider, k.account, k.labels, k.enabled)
+
+
+def _lean(path: str | Path, *, resolve: bool, alert_sinks: bool) -> tuple[Config, Inventory | None] | None:
+    """The config validated one [[keys]] entry at a time, each model let go once its key is made (the
+    settings without keys, the resolved keys and, when `resolve`, the Inventory): at 100,000 keys the models
+    of the whole list at once would be about 190 MB more at start. None when anything is wrong: the whole
+    file is then validated at once (`load`, `build_inventory`), which reports every problem in one pass, in
+    the schema's order."""
+    try:
+        data = tomllib.loads(_read(path))
+    except tomllib.TOMLDecodeError:
+        return None
+    raw = data.pop("keys", [])
+    if not isinstance(raw, list):
+        return None
+    try:  # the checks that read every key (capabilities, references) are made below, with the keys made
+        config = Config.model_validate({**data, "keys": []}, context=KEYS_APART)
+    except ValidationError:
+        return None
+    del data
+    builder = _Builder(config) if resolve else None
+    refs: list[Any] = []
+    for i, entry in enumerate(raw):
+        raw[i] = None  # the TOML table goes as its key is made
+        try:
+            k = KeyConfig.model_validate(entry)
+        except ValidationError:
+            return None
+        if builder is not None and k.enabled:
+            builder.add(i, k)
+            if builder.problems:
+                return None
+            refs.append(builder.keys[-1])
+        else:
+            refs.append(_KeyRef(k))
+    from keywatch.engine.capabilities import errors_for_config
+
+    if reference_problems(refs, config.accounts, config.budgets) or errors_for_config(config.policies,
+                                                                                       {"keys": refs}):
+        return None
+    del refs
+    if alert_sinks and alert_sink_problems(config):
+        return None
+    if builder is None:
+        return config, None
+    if builder.problems:
+        return None
+    return config, builder.inventory(str(path))
 
 
 def _shared(value: str | None) -> str | None:
@@ -308,7 +409,10 @@ def load_inventory(path: str | Path, *, alert_sinks: bool = True) -> Inventory:
     """The config at `path`, validated, with every secret reference resolved. `alert_sinks=False` leaves the
     alert sinks' references to the alerts capability (on a reload, a sink that fails keeps the running
     [alerts] config while the rest of the new config applies)."""
-    try:
+    lean = _lean(path, resolve=True, alert_sinks=alert_sinks)
+    if lean is not None and lean[1] is not None:
+        return lean[1]
+    try:  # something is wrong: the whole file at once, for every problem in one report
         config = load(path)
     except ConfigError as exc:
         # The file does not validate: still say which secret references cannot be resolved, in the same pass.
@@ -342,8 +446,8 @@ def _raw_secret_problems(path: str | Path) -> list[str]:
         if not isinstance(entries, list):
             continue
         for i, entry in enumerate(entries):
-            if not isinstance(entry, dict):
-                continue
+            if not isinstance(entry, dict) or entry.get("enabled") is False:
+                continue  # a disabled key's secret is never read (it may be gone already)
             owner = f"{section.rstrip('s')} {entry.get('name')!r}"
             for name in fields:
                 ref = entry.get(name)

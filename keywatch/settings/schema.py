@@ -46,12 +46,23 @@ def _same_family(a: str, b: str) -> bool:
         return False
 
 
+# Validation context: the [[keys]] are validated apart (settings.loader, one at a time), so the checks that
+# read every key (the policies' capabilities, the cross references) are the loader's to make.
+KEYS_APART = {"keys_apart": True}
+
+
+def _keys_apart(info: ValidationInfo) -> bool:
+    return bool(info.context and info.context.get("keys_apart"))
+
+
 def _check_policies(policies: list[PolicyConfig], info: ValidationInfo) -> list[PolicyConfig]:
     """Every problem of the policies in one message: names, pools, and actions the selected keys'
     providers cannot do (the one place the schema reaches into a capability: engine.capabilities)."""
     from keywatch.engine.capabilities import errors_for_config
 
-    problems = policy_problems(policies, info) + errors_for_config(policies, info.data)
+    problems = policy_problems(policies, info)
+    if not _keys_apart(info):
+        problems += errors_for_config(policies, info.data)
     if problems:
         raise ValueError("; ".join(problems))
     return policies
@@ -346,7 +357,9 @@ class Config(Strict):
     )
 
     @model_validator(mode="after")
-    def _cross_references(self) -> Config:
+    def _cross_references(self, info: ValidationInfo) -> Config:
+        if _keys_apart(info):
+            return self
         problems = reference_problems(self.keys, self.accounts, self.budgets)
         if problems:
             raise ValueError("\n".join(problems))

@@ -91,3 +91,13 @@ def test_a_reference_problem_alone_is_reported_once(tmp_path: Path, capsys: pyte
     assert main(["config", "validate", "-c", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert err.count("no account named 'orgg'") == 1 and err.count("no key named 'nope'") == 1
+
+
+def test_a_disabled_keys_secret_is_not_a_problem_in_a_file_that_does_not_validate(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KW_TEST_NOT_SET_ANYWHERE", raising=False)
+    cfg = tmp_path / "kw.toml"
+    cfg.write_text(CONFIG + "enabled = false\n")  # key b: its secret is never read, so its reference is no problem
+    assert main(["config", "validate", "-c", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "probe.intervall" in err and "KW_TEST_NOT_SET_ANYWHERE" not in err
