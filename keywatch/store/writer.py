@@ -225,7 +225,10 @@ class DatabaseWriter:
             with self._cond:
                 self._busy_since = None
                 self._pause = self._retry_at = 0.0
-            for fut in batch.waiters:
+            # Let go of the batch before its waiters hear it is stored: it is not kept while the thread waits for
+            # the next one (every probed key's rollups and states).
+            waiters, batch = batch.waiters, None
+            for fut in waiters:
                 if not fut.done():
                     fut.set_result(None)
             self._report(WriteStatus(ok=True))

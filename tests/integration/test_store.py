@@ -331,3 +331,30 @@ def test_the_daemon_migrates_in_a_child_process_and_keeps_alembic_out_of_its_mem
     store.dispose()
     out = apart()
     assert out.startswith("failed:") and "f00dfeed1234" in out, out
+
+
+def test_the_writer_keeps_nothing_of_a_batch_once_it_is_stored(store: Store) -> None:
+    """Between cycles the writer waits for the next batch: the last one (every probed key's rollups, about
+    160 bytes a key) must not stay in memory meanwhile."""
+    import gc
+
+    from keywatch.domain import Rollup
+    from keywatch.store.writer import DatabaseWriter
+
+    store.upgrade()
+    tracker = StateTracker()
+    tracker.sync_inventory(keys(50))
+    at = datetime(2026, 1, 1, 12, tzinfo=UTC)
+    for k in tracker.snapshot():
+        tracker.apply(ProbeResult(key=k, provider="openai", health=Health.HEALTHY, checked_at=at, latency_ms=20.0))
+    states, rollups = tracker.drain()
+    writer = DatabaseWriter(store, on_status=lambda status: None, on_drop=lambda kind, n: None)
+    writer.start()
+    try:
+        writer.submit(states, (), rollups).result(timeout=30)
+        del states, rollups
+        gc.collect()
+        assert [o for o in gc.get_objects() if isinstance(o, Rollup)] == []
+    finally:
+        writer.close(10)
+    assert count(store, "key_state") == 50
