@@ -246,24 +246,38 @@ async def test_concurrent_scrapes_share_one_refresh(monkeypatch) -> None:
     assert sum(renders) == 4 * SEGMENT  # only the run holding the probed key was rendered again
 
 
+class RenderWatch:
+    """The runs rendered while a scrape waited (`inside`) and those rendered behind the scrapes (`behind`)."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.waiting, self.inside, self.behind = False, [], []
+        original = metrics_module.KeyStateRenderer._render
+
+        def watched(renderer, run):
+            (self.inside if self.waiting else self.behind).append(len(run))
+            return original(renderer, run)
+
+        monkeypatch.setattr(metrics_module.KeyStateRenderer, "_render", watched)
+
+    async def scrape(self, m: Metrics, scraper: str | None = None) -> str:
+        """A gzip scrape, as Prometheus asks: once a rendering is kept, nothing to wait for."""
+        self.waiting = True
+        try:
+            blocks, _ = await m.prepared(True, scraper)
+        finally:
+            self.waiting = False
+        return gzip.decompress(b"".join(blocks)).decode()
+
+
 async def test_a_scraper_that_comes_often_never_waits_for_a_render(monkeypatch) -> None:
     t, m = fleet(2 * SEGMENT)
     await scrape(m)
-    in_scrape, rendered_inside, rendered_behind = False, [], []
-    original = metrics_module.KeyStateRenderer._render
-
-    def watched(self, run):
-        (rendered_inside if in_scrape else rendered_behind).append(len(run))
-        return original(self, run)
-
-    monkeypatch.setattr(metrics_module.KeyStateRenderer, "_render", watched)
+    watch = RenderWatch(monkeypatch)
     for i in range(8):
         t.apply(result("k00003", (Health.HEALTHY, Health.INVALID)[i % 2], T0 + timedelta(seconds=i)))
-        in_scrape = True
-        await scrape(m, gzip_=True)  # as Prometheus asks: nothing to wait for once a rendering is kept
-        in_scrape = False
+        await watch.scrape(m)
         await asyncio.sleep(MAX_AGE / 3)
-    assert rendered_behind and not rendered_inside
+    assert watch.behind and not watch.inside
 
 
 async def test_a_scraper_at_a_steady_interval_finds_its_rendering_made(monkeypatch) -> None:
@@ -271,28 +285,19 @@ async def test_a_scraper_at_a_steady_interval_finds_its_rendering_made(monkeypat
     before its next scrape comes, so the scrape does not wait for them, and it still shows every change made
     more than MAX_AGE before it."""
     t, m = fleet(2 * SEGMENT)
-    in_scrape, rendered_inside, rendered_behind = False, [], []
-    original = metrics_module.KeyStateRenderer._render
-
-    def watched(self, run):
-        (rendered_inside if in_scrape else rendered_behind).append(len(run))
-        return original(self, run)
-
-    monkeypatch.setattr(metrics_module.KeyStateRenderer, "_render", watched)
+    watch = RenderWatch(monkeypatch)
     interval, health = 3 * MAX_AGE, "unknown"
     for i in range(5):
         if i == 2:  # its interval is known from here on
-            rendered_inside.clear()
-            rendered_behind.clear()
-        in_scrape = True
-        blocks, _ = await m.prepared(True, scraper="10.0.0.7")
-        in_scrape = False
-        assert samples(gzip.decompress(b"".join(blocks)).decode())[
+            watch.inside.clear()
+            watch.behind.clear()
+        text = await watch.scrape(m, scraper="10.0.0.7")
+        assert samples(text)[
             ("keywatch_key_health", (("health", health), ("key", "k00003"), ("provider", "openai")))] == 1.0
         health = ("healthy", "invalid")[i % 2]
         t.apply(result("k00003", Health(health), T0 + timedelta(seconds=i)))
         await asyncio.sleep(interval)
-    assert rendered_behind and not rendered_inside
+    assert watch.behind and not watch.inside
 
 
 @pytest.mark.parametrize("sizes", [[0, 1, 5], [70_000, 3, 200_000], [17] * 40])
