@@ -657,7 +657,7 @@ class _ScrapeCache:
         self._current: _Rendering | None = None
         self._lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
         self._ahead: asyncio.Task[_Rendering] | None = None
-        self._render_s = 0.0  # how long the last refresh took
+        self._render_s = 0.0  # how long recent refreshes took (the slowest, decaying)
         self._last_scrape: dict[str, float] = {}  # scraper -> time.monotonic() of its last scrape
         self._expected: dict[str, asyncio.TimerHandle] = {}  # scraper -> the refresh before its next scrape
 
@@ -690,9 +690,10 @@ class _ScrapeCache:
         return True
 
     def _lead(self) -> float:
-        """How long before an expected scrape its refresh starts: time to render, well within MAX_AGE (the
-        rendering must still be fresh enough when the scrape comes)."""
-        return min(0.9 * MAX_AGE, 0.3 + 2 * self._render_s)
+        """How long before an expected scrape its refresh starts: twice the time recent refreshes took, and
+        within MAX_AGE with room to spare (the rendering must still be fresh enough when the scrape comes,
+        a little early or late)."""
+        return min(0.8 * MAX_AGE, 0.3 + 2 * self._render_s)
 
     def _before_scrape(self, scraper: str, snapshot: SnapshotFn, mode: str) -> None:
         self._expected.pop(scraper, None)
@@ -724,5 +725,6 @@ class _ScrapeCache:
                 await asyncio.to_thread(seg.pack)  # the event loop goes on meanwhile
             new = _Rendering(self._renderer.pieces(), self._renderer.fleet_text(), taken_at, mode)
             self._current = new
-            self._render_s = time.monotonic() - taken_at
+            # The slowest of the recent refreshes (an idle one renders nothing): what the next may take.
+            self._render_s = max(time.monotonic() - taken_at, 0.9 * self._render_s)
             return new
