@@ -693,7 +693,7 @@ class _ScrapeCache:
         """How long before an expected scrape its refresh starts: twice the time recent refreshes took, and
         within MAX_AGE with room to spare (the rendering must still be fresh enough when the scrape comes,
         a little early or late)."""
-        return min(0.8 * MAX_AGE, 0.3 + 2 * self._render_s)
+        return min(0.8 * MAX_AGE, 0.5 + 2 * self._render_s)
 
     def _before_scrape(self, scraper: str, snapshot: SnapshotFn, mode: str) -> None:
         self._expected.pop(scraper, None)
