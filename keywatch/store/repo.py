@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
 from keywatch.domain import AdminInfo, AdminState, Event, Health, KeyState, RateLimit, Rollup, Transition
+from keywatch.store.bulk import Bulk
 from keywatch.store.models import (
     EventRow,
     KeyStateRow,
@@ -193,6 +194,7 @@ class Store:
         self.engine = make_engine(url, busy_timeout, lambda: self.may_create)
         self.session = sessionmaker(self.engine, expire_on_commit=False)
         self._identity: tuple[int, int] | None = None
+        self._bulks: dict[str, Bulk] = {}
 
     # -- the file under a running daemon ----------------------------------------------------------
     @property
@@ -322,16 +324,22 @@ class Store:
         # In chunks: at thousands of keys the parameter rows of one statement would be the daemon's
         # largest allocation of the cycle (same transaction, same result).
         states = list(states)
+        conn = s.connection()
+        update_rows = self._bulk("probe_update", lambda: (_PROBE_UPDATE, (*_PROBE_COLUMNS, "b_key")))
         for i in range(0, len(states), STATE_CHUNK):
             chunk = states[i:i + STATE_CHUNK]
+            # The rows are updated first; only a chunk in which the database counts fewer rows than were
+            # given (a new key, a row removed meanwhile) is looked up, and its missing rows inserted.
+            changed = update_rows.run(conn, [_row_values(x, probe_only=True) for x in chunk])
+            if changed == len(chunk):
+                continue
             existing = set(s.scalars(select(KeyStateRow.key).where(KeyStateRow.key.in_([x.key for x in chunk]))))
             new_rows = [_row_values(x) for x in chunk if x.key not in existing]
             if new_rows:  # an upsert: another transaction (a containment, an action) may write the row first
                 s.execute(self._insert_states(), new_rows)
-            upd = [_row_values(x, probe_only=True) for x in chunk if x.key in existing]
-            if upd:
-                s.execute(_PROBE_UPDATE, upd)
-            del new_rows, upd
+            if changed is None:  # the driver does not count an executemany's rows: the update is done again
+                update_rows.run(conn, [_row_values(x, probe_only=True) for x in chunk if x.key in existing])
+            del new_rows
         if transitions:
             s.execute(
                 TransitionRow.__table__.insert(),
@@ -369,8 +377,15 @@ class Store:
     def _upsert_rollups(self, s: Session, rollups: list[Rollup]) -> None:
         if not rollups:
             return
+        upsert = self._bulk("rollup_upsert", self._rollup_upsert)
+        conn = s.connection()
+        for i in range(0, len(rollups), STATE_CHUNK):  # in chunks too: one parameter row per key each cycle
+            upsert.run(conn, [{"key": r.key, "hour": r.hour, "health": r.health, "count": r.count,
+                               "latency_sum_ms": r.latency_sum_ms, "latency_max_ms": r.latency_max_ms}
+                              for r in rollups[i:i + STATE_CHUNK]])
+
+    def _rollup_upsert(self) -> tuple[Any, tuple[str, ...]]:
         table = ProbeRollupRow.__table__
-        dialect = self.engine.dialect.name
         ins = dialect_insert(self.engine, table)
         stmt = ins.on_conflict_do_update(
             index_elements=["key", "hour", "health"],
@@ -378,14 +393,19 @@ class Store:
                 "count": table.c.count + ins.excluded.count,
                 "latency_sum_ms": table.c.latency_sum_ms + ins.excluded.latency_sum_ms,
                 "latency_max_ms": func.max(table.c.latency_max_ms, ins.excluded.latency_max_ms)
-                if dialect == "sqlite"
+                if self.engine.dialect.name == "sqlite"
                 else func.greatest(table.c.latency_max_ms, ins.excluded.latency_max_ms),
             },
         )
-        for i in range(0, len(rollups), STATE_CHUNK):  # in chunks too: one parameter row per key each cycle
-            s.execute(stmt, [{"key": r.key, "hour": r.hour, "health": r.health, "count": r.count,
-                              "latency_sum_ms": r.latency_sum_ms, "latency_max_ms": r.latency_max_ms}
-                             for r in rollups[i:i + STATE_CHUNK]])
+        return stmt, ("key", "hour", "health", "count", "latency_sum_ms", "latency_max_ms")
+
+    def _bulk(self, name: str, build: Callable[[], tuple[Any, Sequence[str]]]) -> Bulk:
+        """The cycle's statements, compiled once for this database (store/bulk.py)."""
+        bulk = self._bulks.get(name)
+        if bulk is None:
+            stmt, names = build()
+            bulk = self._bulks[name] = Bulk(stmt, self.engine.dialect, names)
+        return bulk
 
     def set_admin_state(self, key: str, state: AdminState, actor: str, reason: str, at: datetime) -> None:
         with self.session.begin() as s:

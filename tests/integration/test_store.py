@@ -358,3 +358,78 @@ def test_the_writer_keeps_nothing_of_a_batch_once_it_is_stored(store: Store) -> 
     finally:
         writer.close(10)
     assert count(store, "key_state") == 50
+
+
+def test_a_key_whose_row_was_removed_meanwhile_is_written_whole_at_the_next_cycle(store: Store) -> None:
+    """A cycle's states are updated in one executemany; a chunk in which the database changed fewer rows than
+    it was given (a row deleted by hand, a new key beside known ones) gets its missing rows inserted."""
+    store.upgrade()
+    tracker = StateTracker()
+    tracker.sync_inventory(keys(5))
+    at = datetime(2026, 3, 1, 10, 0, tzinfo=UTC)
+    everyone = {f"k{i}": Health.HEALTHY for i in range(5)}
+    run_cycle(tracker, store, at, everyone)
+    with store.engine.begin() as c:
+        c.execute(text("DELETE FROM key_state WHERE key = 'k2'"))
+    tracker.sync_inventory(keys(6))  # and a new key joins
+    run_cycle(tracker, store, at + timedelta(minutes=1), {**everyone, "k5": Health.INVALID})
+    states = store.load_states()
+    assert sorted(states) == [f"k{i}" for i in range(6)]
+    assert states["k2"].health is Health.HEALTHY and states["k2"].consecutive == 2
+    assert states["k2"].fingerprint == tracker.snapshot()["k2"].fingerprint
+    assert states["k5"].health is Health.INVALID and states["k5"].last_probe_at == at + timedelta(minutes=1)
+
+
+def test_times_are_stored_as_the_orm_stores_them_and_queries_by_time_find_them(store: Store) -> None:
+    """The cycle's statements hand the driver their values directly: a time with or without microseconds, in
+    UTC or in another zone, is stored so that it reads back as the same instant and compares as the ORM's
+    own queries compare it (a rollup's hour, `since`)."""
+    from datetime import timezone
+
+    from keywatch.domain import KeyState
+
+    store.upgrade()
+    tracker = StateTracker()
+    tracker.sync_inventory(keys(3))
+    times = {"k0": datetime(2026, 3, 1, 10, 7, 3, 123456, tzinfo=UTC),
+             "k1": datetime(2026, 3, 1, 10, 7, 3, tzinfo=UTC),
+             "k2": datetime(2026, 3, 1, 12, 7, 3, 5, tzinfo=timezone(timedelta(hours=2)))}
+    for name, at in times.items():  # twice: the first write inserts, the second updates
+        for _ in range(2):
+            tracker.apply(ProbeResult(key=name, provider="openai", health=Health.HEALTHY, checked_at=at,
+                                      latency_ms=20.0))
+    states, rollups = tracker.drain()
+    store.save_cycle(states, [], rollups)
+    store.save_cycle(states, [], rollups)
+    stored = store.load_states()
+    for name, at in times.items():
+        assert stored[name].last_probe_at == at and stored[name].last_probe_at.tzinfo is UTC
+    hour = datetime(2026, 3, 1, 10, tzinfo=UTC)
+    assert {r.key for r in store.rollups(since=hour)} == {"k0", "k1", "k2"}
+    assert store.rollups(since=hour + timedelta(seconds=1)) == []
+    # The same state written through the ORM's own statement is stored identically, column for column.
+    with store.engine.connect() as c:
+        fast = c.execute(text("SELECT * FROM key_state WHERE key = 'k0'")).one()
+    with store.session.begin() as s:
+        s.execute(text("DELETE FROM key_state WHERE key = 'k0'"))
+    store.write_admin(KeyState(**{f: getattr(stored["k0"], f) for f in KeyState.__slots__}), "x", "y", hour)
+    with store.engine.connect() as c:
+        orm = c.execute(text("SELECT * FROM key_state WHERE key = 'k0'")).one()
+    columns = [c for c in fast._fields if not c.startswith("admin_")]
+    assert [getattr(fast, c) for c in columns] == [getattr(orm, c) for c in columns]
+
+
+def test_the_shortcut_for_times_is_not_taken_where_it_would_store_other_text() -> None:
+    """The cycle's statements convert UTC times without SQLAlchemy's general path only where the result is
+    the same as SQLAlchemy's; a database whose storage differs gets SQLAlchemy's own conversion."""
+    from sqlalchemy.dialects import sqlite
+
+    from keywatch.store.bulk import _utc_datetime
+
+    at = datetime(2026, 3, 1, 10, 7, 3, 5, tzinfo=UTC)
+    def as_sqlalchemy(d: datetime) -> str:
+        return d.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+    assert _utc_datetime(sqlite.dialect(), as_sqlalchemy)(at) == "2026-03-01 10:07:03.000005"
+    def other(d: datetime) -> str:
+        return d.strftime("%Y%m%dT%H%M%S")
+    assert _utc_datetime(sqlite.dialect(), other)(at) == "20260301T100703"
