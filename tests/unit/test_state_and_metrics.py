@@ -44,6 +44,45 @@ def test_rollups_aggregate_per_hour_and_health_and_drain_once() -> None:
     assert t.drain() == ([], [])
 
 
+def counted(t: StateTracker) -> dict[tuple[str, datetime, str], tuple[int, float, float]]:
+    return {(r.key, r.hour, r.health): (r.count, r.latency_sum_ms, r.latency_max_ms) for r in t.drain()[1]}
+
+
+def test_every_probe_is_counted_in_its_hour_and_health_whatever_happened_to_the_key_before_the_drain() -> None:
+    """A key probed once since the last drain is counted from its state; probed again, replaced by a
+    containment, given a new secret, removed, or put back after a failed write, every probe still counts once,
+    with the health and hour it had."""
+    from dataclasses import replace
+
+    from keywatch.domain import AdminState
+
+    t = StateTracker()
+    t.sync_inventory([key("a"), key("b"), key("c"), key("d"), key("e")])
+    late = T0 + timedelta(minutes=59)
+    for name in "abcde":
+        t.apply(ProbeResult(key=name, provider="openai", health=Health.HEALTHY, checked_at=late, latency_ms=10.0))
+    # a: probed again, in the next hour and with another health; b: disabled by a containment;
+    # c: a new secret (its health starts over); d: removed from the inventory; e: nothing more.
+    t.apply(ProbeResult(key="a", provider="openai", health=Health.INVALID, checked_at=late + timedelta(minutes=2),
+                        latency_ms=30.0))
+    t.set(replace(t.states["b"], admin_state=AdminState.DISABLED, health=Health.INVALID))
+    t.sync_inventory([key("a"), key("b"), key("c", secret="sk-proj-bbbbbbbbbbbbbbbbbbbb2222"), key("e")])
+    assert t.states["c"].health is Health.UNKNOWN
+    hour, next_hour = T0, T0 + timedelta(hours=1)
+    first = counted(t)
+    assert first == {("a", hour, "healthy"): (1, 10.0, 10.0), ("a", next_hour, "invalid"): (1, 30.0, 30.0),
+                     ("b", hour, "healthy"): (1, 10.0, 10.0), ("c", hour, "healthy"): (1, 10.0, 10.0),
+                     ("d", hour, "healthy"): (1, 10.0, 10.0), ("e", hour, "healthy"): (1, 10.0, 10.0)}
+    assert counted(t) == {}  # drained once
+    # A failed write puts a drain back; a probe meanwhile adds to it.
+    t.apply(ProbeResult(key="e", provider="openai", health=Health.HEALTHY, checked_at=next_hour, latency_ms=20.0))
+    states, rollups = t.drain()
+    t.apply(ProbeResult(key="e", provider="openai", health=Health.HEALTHY, checked_at=next_hour + timedelta(minutes=1),
+                        latency_ms=40.0))
+    t.restore(states, rollups)
+    assert counted(t) == {("e", next_hour, "healthy"): (2, 60.0, 40.0)}
+
+
 def test_new_secret_under_same_name_resets_health() -> None:
     t = StateTracker()
     t.sync_inventory([key("a")])
