@@ -12,12 +12,11 @@ from collections.abc import Coroutine, Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-import httpx2
 import structlog
 from pydantic import Field
 
 from keywatch.domain import Alert
-from keywatch.notify.base import Message, Sink, SinkContext, SinkError, alert_labels
+from keywatch.notify.base import Message, Sink, SinkContext, SinkError, SinkHttp, alert_labels
 from keywatch.notify.http_sink import HttpSink, HttpSinkConfig
 from keywatch.settings.types import Duration
 
@@ -76,7 +75,7 @@ class AlertmanagerSink(HttpSink):
     config = AlertmanagerSinkConfig
 
     def __init__(
-        self, name: str, url: str, http: httpx2.AsyncClient, *, resend_interval: float = 60.0, **kw: Any
+        self, name: str, url: str, http: SinkHttp, *, resend_interval: float = 60.0, **kw: Any
     ) -> None:
         super().__init__(name, url.rstrip("/"), http, **kw)
         self.resend_interval = resend_interval

@@ -103,6 +103,12 @@ class SinkContext(Protocol):
         ...
 
 
+class SinkHttp(Protocol):
+    """What an HTTP sink needs of the pool the sinks share (registry.SinkClient; an httpx2 client in tests)."""
+
+    async def post(self, url: str, **kwargs: Any) -> Any: ...
+
+
 class Sink(Protocol):
     name: str
     type: str

@@ -17,8 +17,9 @@ import httpx2
 from pydantic import Field, ValidationError
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from keywatch.notify.base import Sink, SinkBase, SinkConfigBase
+from keywatch.notify.base import Sink, SinkBase, SinkConfigBase, SinkHttp
 from keywatch.redact import is_url, url_secrets
+from keywatch.tls import verified_context
 
 if TYPE_CHECKING:
     from keywatch.notify.config import AlertsConfig
@@ -93,13 +94,35 @@ class SinkConfigError(Exception):
         self.problems = problems
 
 
-def make_http_client() -> httpx2.AsyncClient:
-    """Sinks share one pool; redirects are refused so a webhook URL cannot bounce a signed body elsewhere."""
-    return httpx2.AsyncClient(
-        timeout=httpx2.Timeout(10.0),
-        follow_redirects=False,
-        limits=httpx2.Limits(max_connections=20, max_keepalive_connections=10),
-    )
+class SinkClient:
+    """The pool the sinks share, opened at their first request: a daemon whose alerts go to the log only
+    never builds it (httpx2's transport with httpcore2, h11 and anyio stay unloaded, about 1 MB). Redirects
+    are refused, so a webhook URL cannot bounce a signed body elsewhere."""
+
+    def __init__(self) -> None:
+        self._client: httpx2.AsyncClient | None = None
+
+    def _open(self) -> httpx2.AsyncClient:
+        if self._client is None:
+            self._client = httpx2.AsyncClient(
+                timeout=httpx2.Timeout(10.0),
+                follow_redirects=False,
+                limits=httpx2.Limits(max_connections=20, max_keepalive_connections=10),
+                verify=verified_context(),
+            )
+        return self._client
+
+    async def post(self, url: str, **kwargs: Any) -> httpx2.Response:
+        return await self._open().post(url, **kwargs)
+
+    async def aclose(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+
+def make_http_client() -> SinkClient:
+    return SinkClient()
 
 
 @dataclass(frozen=True)
@@ -138,7 +161,7 @@ class SinkSpec:
         out += [p for v in values if is_url(v) for p in url_secrets(v)]
         return list(dict.fromkeys(out))
 
-    def build(self, http: httpx2.AsyncClient) -> Sink:
+    def build(self, http: SinkHttp) -> Sink:
         return SINK_CLASSES[self.config.type].from_config(self.config, dict(self.resolved), http)
 
 
@@ -185,7 +208,7 @@ def resolve_sinks(config: AlertsConfig, *, allow_literal: bool = False) -> list[
 
 
 def build_sinks(
-    config: AlertsConfig, http: httpx2.AsyncClient, *, allow_literal: bool = False
+    config: AlertsConfig, http: SinkHttp, *, allow_literal: bool = False
 ) -> tuple[list[Sink], list[str]]:
     """The sinks and the secret values they hold (for the log redactor). Raises SinkConfigError."""
     specs = resolve_sinks(config, allow_literal=allow_literal)

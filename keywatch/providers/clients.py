@@ -18,6 +18,7 @@ from keywatch.providers import registry
 from keywatch.providers.base import ProviderAdapter
 from keywatch.providers.lean import LeanHttp
 from keywatch.providers.transport import MAX_BODY, BoundedTransport
+from keywatch.tls import verified_context
 
 log = structlog.get_logger("keywatch.providers")
 
@@ -85,7 +86,7 @@ class SharedClient(httpx2.AsyncClient):
                         **kwargs: Any) -> httpx2.AsyncBaseTransport:
         if transport is not None:
             return transport
-        ssl_context = httpx2.create_ssl_context(verify=verify, cert=cert, trust_env=trust_env)
+        ssl_context = _tls(verify, cert, trust_env)
         session = _Session(limits, ssl_context)
         self.keywatch_lean = LeanHttp(session, timeout=self._deadline, max_body=self._max_body)
         inner = _SdkTransport(session=session, limits=limits, ssl_context=ssl_context)
@@ -94,10 +95,16 @@ class SharedClient(httpx2.AsyncClient):
     def _init_proxy_transport(self, proxy: httpx2.Proxy, verify: Any = True, cert: Any = None,
                               trust_env: bool = True, limits: httpx2.Limits = httpx2.Limits(),
                               **kwargs: Any) -> httpx2.AsyncBaseTransport:
-        ssl_context = httpx2.create_ssl_context(verify=verify, cert=cert, trust_env=trust_env)
+        ssl_context = _tls(verify, cert, trust_env)
         inner = _SdkTransport(session=_Session(limits, ssl_context), proxy=proxy, limits=limits,
                               ssl_context=ssl_context)
         return BoundedTransport(inner, max_body=self._max_body, deadline=self._deadline)
+
+
+def _tls(verify: Any, cert: Any, trust_env: bool) -> ssl.SSLContext:
+    if verify is True and cert is None and trust_env:  # the default: the daemon's one context (keywatch.tls)
+        return verified_context()
+    return httpx2.create_ssl_context(verify=verify, cert=cert, trust_env=trust_env)
 
 
 def make_http_client(concurrency: int, timeout: float, max_body: int = MAX_BODY) -> SharedClient:
