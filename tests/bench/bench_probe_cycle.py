@@ -6,6 +6,8 @@ Not part of the test suite; it prints its figures. Run (sizes: 1k, 10k, 50k, 100
 
 What it does (the simulator runs in a process of its own, as a provider would):
 
+Both the daemon and the floor run on the event loop `keywatch run` uses (uvloop where it is installed).
+
 1. The floor, in a process of its own: a bare aiohttp client makes the same GET per key over `concurrency`
    pooled connections, the least any Python prober can do; its wall time and CPU per probe are measured
    three times (median).
@@ -66,6 +68,18 @@ while True:
 size = len(gzip.decompress(body)) if encoding == "gzip" else sent
 print(" ".join(f"{x:.6f}" for x in times), size, sent)
 """
+
+
+def _loop() -> str:
+    """The event loop `keywatch run` runs on (keywatch.aio): the daemon and the floor are both measured on it."""
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return "asyncio"
+    return "uvloop"
+
+
+LOOP = _loop()
 
 
 def size_arg(text: str) -> int:
@@ -173,7 +187,11 @@ async def main(target, keys, concurrency):
     runs.sort()
     print(*runs[1])
 
-asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
+if sys.argv[4] == "uvloop":
+    import uvloop
+    uvloop.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
+else:
+    asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
 """.replace("SECRET", repr(SECRET))
 
 
@@ -197,7 +215,8 @@ def bench_secret(i: int) -> str:
 def floor(url: str, keys: int, concurrency: int) -> tuple[float, float]:
     """(wall seconds, CPU ms per probe) of a bare aiohttp client doing the probes' GETs, in a process of its
     own: neither its imports nor its allocations are counted in the daemon's RSS."""
-    out = subprocess.run([sys.executable, "-c", FLOOR, f"{url}/openai/v1/models", str(keys), str(concurrency)],
+    out = subprocess.run([sys.executable, "-c", FLOOR, f"{url}/openai/v1/models", str(keys), str(concurrency),
+                          LOOP],
                          check=True, capture_output=True, text=True).stdout
     wall, cpu = out.split()
     return float(wall), float(cpu)
@@ -312,6 +331,8 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
 
 
 def main() -> None:
+    from keywatch import aio
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--keys", type=size_arg, default=10_000, help="fleet size: 1k, 10k, 50k, 100k or a number")
     p.add_argument("--cycles", type=int, default=20, help="full cycles (>= 20 for a steady state)")
@@ -321,9 +342,9 @@ def main() -> None:
     p.add_argument("--metrics-per-key", default="all", choices=["all", "minimal", "none"],
                    help="daemon.metrics_per_key")
     args = p.parse_args()
-    f = asyncio.run(run(args))
+    f = aio.run(run(args))  # the event loop `keywatch run` uses
     n = args.keys
-    print(f"keys={n} latency={args.latency_ms:g}ms concurrency={args.concurrency} workers={args.workers} "
+    print(f"keys={n} latency={args.latency_ms:g}ms concurrency={args.concurrency} workers={args.workers} loop={LOOP} "
           f"cycles={args.cycles} metrics_per_key={args.metrics_per_key}")
     print(f"floor (bare aiohttp): {f['floor_s']:.2f}s  {f['floor_cpu_ms']:.3f} CPU-ms/probe")
     print(f"keywatch steady cycle: {f['cycle_s']:.2f}s ({f['cycle_s'] / f['floor_s']:.2f}x the floor)  "
