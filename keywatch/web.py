@@ -26,14 +26,22 @@ from keywatch.statuspage import EVENTS, BadQuery, Query, StatusPage, is_loopback
 ReadyFn = Callable[[], tuple[bool, dict[str, bool]]]
 
 
-@runtime_checkable
-class Prepared(Protocol):
-    """What `render` may return instead of chunks to render: a body made ahead, as blocks to send and the
-    Content-Encoding they are in (None: plain text). `scraper` is the scraping client's address."""
+class Body(Protocol):
+    """A body to send: its length in bytes, and its blocks, which may be made as they are taken."""
+
+    length: int
 
     def __iter__(self) -> Iterator[bytes]: ...
 
-    async def prepared(self, gzip: bool, scraper: str | None = None) -> tuple[list[bytes], str | None]: ...
+
+@runtime_checkable
+class Prepared(Protocol):
+    """What `render` may return instead of chunks to render: a body made ahead, and the Content-Encoding
+    it is in (None: plain text). `scraper` is the scraping client's address."""
+
+    def __iter__(self) -> Iterator[bytes]: ...
+
+    async def prepared(self, gzip: bool, scraper: str | None = None) -> tuple[Body, str | None]: ...
 
 
 RenderFn = Callable[[], Iterator[bytes]]
@@ -168,14 +176,14 @@ class WebServer:
         if isinstance(chunks, Prepared):
             # Ready-made blocks (the metrics' own rendering, kept between scrapes): written as they are,
             # with their length, compressed when the scraper asks for gzip (Prometheus does).
-            blocks, encoding = await chunks.prepared(_accepts_gzip(request), request.remote)
+            body, encoding = await chunks.prepared(_accepts_gzip(request), request.remote)
             headers = {"Content-Type": CONTENT_TYPE_LATEST, "Vary": "Accept-Encoding"}
             if encoding:
                 headers["Content-Encoding"] = encoding
             response = web.StreamResponse(headers=headers)
-            response.content_length = sum(len(b) for b in blocks)
+            response.content_length = body.length
             await response.prepare(request)
-            for block in blocks:
+            for block in body:  # a block at a time: a plain-text body is inflated as it goes out
                 await response.write(block)
             await response.write_eof()
             return response

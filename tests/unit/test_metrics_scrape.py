@@ -314,6 +314,32 @@ def test_pieces_deflated_apart_are_one_gzip_member_with_the_whole_texts_crc(size
     assert d.eof and not d.unused_data
 
 
+async def test_a_plain_text_scrape_is_inflated_as_it_is_sent_never_whole(served) -> None:
+    """A scraper that does not take gzip (curl, a script) gets the whole text with its length, while the
+    daemon holds a small part of it at a time (81 MB of text at 50,000 keys). What the peak counts beside it
+    is the sockets' buffers, the client's included (about 1 MB)."""
+    _tracker, m = fleet(10 * SEGMENT)
+    url = await served(m)
+    async with aiohttp.ClientSession(auto_decompress=False) as http:
+        async with http.get(url, headers={"Accept-Encoding": "gzip"}) as r:  # the rendering, kept
+            expected = gzip.decompress(await r.read())
+        tracemalloc.start()
+        try:
+            tracemalloc.reset_peak()
+            base = tracemalloc.get_traced_memory()[0]
+            size, crc = 0, 0
+            async with http.get(url, headers={"Accept-Encoding": "identity"}) as r:
+                assert r.headers.get("Content-Encoding") is None
+                length = int(r.headers["Content-Length"])
+                async for chunk in r.content.iter_chunked(1 << 16):
+                    size, crc = size + len(chunk), zlib.crc32(chunk, crc)
+            peak = tracemalloc.get_traced_memory()[1] - base
+        finally:
+            tracemalloc.stop()
+    assert size == length == len(expected) and crc == zlib.crc32(expected)
+    assert len(expected) > 5_000_000 and peak * 3 < len(expected), (peak, len(expected))
+
+
 async def test_what_a_scrape_keeps_is_a_fraction_of_the_text() -> None:
     """Between scrapes the daemon keeps the per-key text deflated, not the text itself (at 10,000 keys the
     text is about 16 MB)."""
