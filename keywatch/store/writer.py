@@ -44,19 +44,39 @@ class WriteStatus:
 @dataclass
 class _Queue:
     states: dict[str, KeyState] = field(default_factory=dict)
+    # One cycle's rollups as they came (the usual batch: written as they are), or, once a second lot joins
+    # them (the writer behind, the database down), summed per key, hour and health, so the queue grows with
+    # keys and hours, not with cycles. The store adds up rows of the same key, hour and health either way.
+    fresh: list[Rollup] = field(default_factory=list)
     rollups: dict[tuple[str, datetime, str], Rollup] = field(default_factory=dict)
     transitions: deque[Transition] = field(default_factory=deque)
     events: deque[Event] = field(default_factory=deque)
     waiters: list[Future[None]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.states or self.rollups or self.transitions or self.events or self.waiters)
+        return bool(self.states or self.fresh or self.rollups or self.transitions or self.events or self.waiters)
 
     def counts(self) -> dict[str, int]:
-        return {"states": len(self.states), "transitions": len(self.transitions), "rollups": len(self.rollups),
-                "events": len(self.events)}
+        return {"states": len(self.states), "transitions": len(self.transitions),
+                "rollups": len(self.fresh) + len(self.rollups), "events": len(self.events)}
+
+    def all_rollups(self) -> list[Rollup]:
+        return self.fresh or list(self.rollups.values())
 
     def add_rollups(self, rollups: Iterable[Rollup]) -> None:
+        if not self.fresh and not self.rollups:
+            self.fresh = list(rollups)
+            return
+        self._sum(self.fresh)
+        self.fresh = []
+        self._sum(rollups)
+
+    def summed(self) -> dict[tuple[str, datetime, str], Rollup]:
+        self._sum(self.fresh)
+        self.fresh = []
+        return self.rollups
+
+    def _sum(self, rollups: Iterable[Rollup]) -> None:
         for r in rollups:
             k = (r.key, r.hour, r.health)
             old = self.rollups.get(k)
@@ -67,7 +87,7 @@ class _Queue:
     def put_back(self, newer: _Queue) -> None:
         """`self` is a batch that failed; `newer` what came while it was tried. Keeps the order."""
         self.states.update(newer.states)
-        self.add_rollups(newer.rollups.values())
+        self.add_rollups(newer.all_rollups())
         self.transitions.extend(newer.transitions)
         self.events.extend(newer.events)
         self.waiters.extend(newer.waiters)
@@ -178,11 +198,14 @@ class DatabaseWriter:
                 for _ in range(over):
                     items.popleft()
                 self.on_drop(kind, over)
-        over = len(q.rollups) - self.limit
+        over = len(q.fresh) + len(q.rollups) - self.limit
         if over > 0:
-            for k in sorted(q.rollups, key=lambda k: k[1])[:over]:  # the oldest hours first
-                del q.rollups[k]
-            self.on_drop("rollups", over)
+            summed = q.summed()
+            over = len(summed) - self.limit
+            for k in sorted(summed, key=lambda k: k[1])[:max(over, 0)]:  # the oldest hours first
+                del summed[k]
+            if over > 0:
+                self.on_drop("rollups", over)
 
     def _take(self) -> _Queue | None:
         """The next batch, or None to end the thread."""
@@ -208,7 +231,7 @@ class DatabaseWriter:
                     self.prepare()
                 self.store.check_file()
                 self.store.write_batch(list(batch.states.values()), list(batch.transitions),
-                                       list(batch.rollups.values()), list(batch.events))
+                                       batch.all_rollups(), list(batch.events))
             except Exception as exc:
                 lost = isinstance(exc, DatabaseLost)
                 with contextlib.suppress(Exception):

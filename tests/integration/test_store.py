@@ -433,3 +433,57 @@ def test_the_shortcut_for_times_is_not_taken_where_it_would_store_other_text() -
     def other(d: datetime) -> str:
         return d.strftime("%Y%m%dT%H%M%S")
     assert _utc_datetime(sqlite.dialect(), other)(at) == "20260301T100703"
+
+
+def test_while_the_database_is_down_the_writer_queue_grows_with_keys_and_hours_not_with_cycles(
+        store: Store, monkeypatch) -> None:
+    """Each cycle's rollups are queued as they come; while writes fail, further cycles are summed into them
+    per key, hour and health, past the limit the oldest hours go first, and once the database is back every
+    probe is counted."""
+    import time
+
+    from keywatch.store.writer import DatabaseWriter
+
+    store.upgrade()
+    down = {"on": True}
+    real = store.write_batch
+
+    def write_batch(*args, **kwargs):
+        if down["on"]:
+            raise RuntimeError("database unavailable")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(store, "write_batch", write_batch)
+    drops: list[tuple[str, int]] = []
+    writer = DatabaseWriter(store, on_status=lambda status: None, on_drop=lambda kind, n: drops.append((kind, n)),
+                            limit=12, first_pause=0.05, max_pause=0.05)
+    tracker = StateTracker()
+    tracker.sync_inventory(keys(5))
+    hour = datetime(2026, 3, 1, 10, tzinfo=UTC)
+    writer.start()
+    try:
+        for cycle in range(6):  # three cycles in each of two hours
+            at = hour + timedelta(minutes=20 * cycle)
+            for k in tracker.snapshot():
+                tracker.apply(ProbeResult(key=k, provider="openai", health=Health.HEALTHY, checked_at=at,
+                                          latency_ms=10.0 + cycle))
+            states, rollups = tracker.drain()
+            writer.submit(states, (), rollups, wait=False)
+            time.sleep(0.1)  # a failed attempt or two in between
+            assert writer.pending()["rollups"] <= 12
+        assert writer.pending()["rollups"] == 10 and drops == []  # 5 keys x 2 hours
+        # A third hour puts it over the limit: the first hour's rows go.
+        at = hour + timedelta(hours=2)
+        for k in tracker.snapshot():
+            tracker.apply(ProbeResult(key=k, provider="openai", health=Health.HEALTHY, checked_at=at, latency_ms=1.0))
+        states, rollups = tracker.drain()
+        writer.submit(states, (), rollups, wait=False)
+        assert writer.pending()["rollups"] == 12 and drops == [("rollups", 3)]
+        down["on"] = False
+        writer.submit(wait=True).result(timeout=30)
+    finally:
+        writer.close(10)
+    stored = {(r.key, r.hour): (r.count, r.latency_sum_ms, r.latency_max_ms) for r in store.rollups()}
+    assert stored[("k0", hour + timedelta(hours=1))] == (3, 13.0 + 14.0 + 15.0, 15.0)
+    assert stored[("k4", hour + timedelta(hours=2))] == (1, 1.0, 1.0)
+    assert sum(1 for k, h in stored if h == hour) == 2  # three of the first hour's five dropped, oldest first
