@@ -272,11 +272,17 @@ class _Piece:
     __slots__ = ("crc", "data", "shift", "size")
 
     def __init__(self, text: bytes) -> None:
-        c = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
-        self.data = c.compress(text) + c.flush(zlib.Z_SYNC_FLUSH)
+        self.data = _deflate(text, zlib.Z_SYNC_FLUSH)
         self.crc = zlib.crc32(text)
         self.size = len(text)
         self.shift = _crc_shift(len(text))
+
+
+def _deflate(text: bytes, flush: int) -> bytes:
+    """`text` as raw deflate (no header, no trailer: gzip's body): flushed to a byte boundary with
+    Z_SYNC_FLUSH, so more can follow it in the same stream; ending the stream with Z_FINISH."""
+    c = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return c.compress(text) + c.flush(flush)
 
 
 _CRC_POLY = 0xEDB88320  # CRC-32 (gzip's), bit-reflected
@@ -614,8 +620,7 @@ class _Rendering:
         """One gzip member: the pieces (one deflate stream, end to end), then the fleet aggregates and `tail`
         compressed and ending the stream, and the whole text's CRC and length."""
         rest = self.fleet + tail
-        c = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS)
-        end = c.compress(rest) + c.flush()
+        end = _deflate(rest, zlib.Z_FINISH)
         crc = _multmodp(_crc_shift(len(rest)), self.crc) ^ zlib.crc32(rest)
         return [GZIP_HEADER, *self.pieces, end, struct.pack("<II", crc, (self.size + len(rest)) & 0xFFFFFFFF)]
 
