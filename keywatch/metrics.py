@@ -496,6 +496,7 @@ class Metrics:
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
         self.probes = Counter("keywatch_probes", "Probes made, by result", ["provider", "health"], registry=r)
+        self._probe_children: dict[tuple[str, str], tuple[Histogram, Counter]] = {}
         self.transitions = Counter("keywatch_transitions", "Changes of key health", ["provider", "to"], registry=r)
         self.build_info = Gauge("keywatch_build_info", "Always 1; the running version", ["version"], registry=r)
         self.build_info.labels(__version__).set(1)
@@ -576,8 +577,12 @@ class Metrics:
         return rendering.text(head), None
 
     def observe_probe(self, provider: str, health: str, seconds: float) -> None:
-        self.probe_duration.labels(provider).observe(seconds)
-        self.probes.labels(provider, health).inc()
+        children = self._probe_children.get((provider, health))
+        if children is None:  # labels() takes a lock and builds a key each time: once a provider and health
+            children = self._probe_children[(provider, health)] = (self.probe_duration.labels(provider),
+                                                                   self.probes.labels(provider, health))
+        children[0].observe(seconds)
+        children[1].inc()
 
 
 class Exposition:

@@ -136,3 +136,18 @@ def test_metrics_endpoint_text_matches_the_registry_samples() -> None:
     assert samples(fast) == samples(generic)
     assert len(samples(fast)) > 40
     assert fast.count("# TYPE keywatch_key_health gauge") == 1
+
+
+def test_every_probe_is_counted_by_provider_and_health_and_timed_by_provider() -> None:
+    registry = CollectorRegistry()
+    m = Metrics(registry)
+    for provider, health, seconds in [("openai", "healthy", 0.02), ("openai", "healthy", 0.3),
+                                      ("openai", "invalid", 0.04), ("anthropic", "healthy", 0.07)]:
+        m.observe_probe(provider, health, seconds)
+    value = registry.get_sample_value
+    assert value("keywatch_probes_total", {"provider": "openai", "health": "healthy"}) == 2
+    assert value("keywatch_probes_total", {"provider": "openai", "health": "invalid"}) == 1
+    assert value("keywatch_probes_total", {"provider": "anthropic", "health": "healthy"}) == 1
+    assert value("keywatch_probe_duration_seconds_count", {"provider": "openai"}) == 3
+    assert value("keywatch_probe_duration_seconds_sum", {"provider": "openai"}) == 0.02 + 0.3 + 0.04
+    assert value("keywatch_probe_duration_seconds_bucket", {"provider": "openai", "le": "0.05"}) == 2
