@@ -342,9 +342,10 @@ class _KeyRef:
 def _lean(path: str | Path, *, resolve: bool, alert_sinks: bool) -> tuple[Config, Inventory | None] | None:
     """The config validated one [[keys]] entry at a time, each model let go once its key is made (the
     settings without keys, the resolved keys and, when `resolve`, the Inventory): at 100,000 keys the models
-    of the whole list at once would be about 190 MB more at start. None when anything is wrong: the whole
-    file is then validated at once (`load`, `build_inventory`), which reports every problem in one pass, in
-    the schema's order."""
+    of the whole list at once would be about 190 MB more at start. None when the file does not validate: the
+    whole file is then validated at once (`load`, `build_inventory`), which reports every problem in one
+    pass, in the schema's order. Secret references that do not resolve in a file that validates are reported
+    here (ConfigError), as the whole file reports them, without reading every secret a second time."""
     try:
         data = tomllib.loads(_read(path))
     except tomllib.TOMLDecodeError:
@@ -366,10 +367,9 @@ def _lean(path: str | Path, *, resolve: bool, alert_sinks: bool) -> tuple[Config
         except ValidationError:
             return None
         if builder is not None and k.enabled:
-            builder.add(i, k)
-            if builder.problems:
-                return None
-            refs.append(builder.keys[-1])
+            made = len(builder.keys)
+            builder.add(i, k)  # a secret that does not resolve is a problem noted, and no key
+            refs.append(builder.keys[-1] if len(builder.keys) > made else _KeyRef(k))
         else:
             refs.append(_KeyRef(k))
     from keywatch.engine.capabilities import errors_for_config
@@ -378,12 +378,13 @@ def _lean(path: str | Path, *, resolve: bool, alert_sinks: bool) -> tuple[Config
                                                                                        {"keys": refs}):
         return None
     del refs
-    if alert_sinks and alert_sink_problems(config):
-        return None
+    sinks = alert_sink_problems(config) if alert_sinks else []
     if builder is None:
-        return config, None
-    if builder.problems:
-        return None
+        return (config, None) if not sinks else None
+    if builder.problems:  # the whole file's report: the accounts' and keys' problems, then the sinks'
+        raise ConfigError(str(path), builder.problems + sinks)
+    if sinks:
+        raise ConfigError(str(path), sinks)
     return config, builder.inventory(str(path))
 
 

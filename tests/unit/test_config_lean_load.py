@@ -136,3 +136,29 @@ def test_a_fleet_is_loaded_without_every_key_model_at_once(write, monkeypatch) -
     whole = peak(lambda: whole_file(path, monkeypatch))
     lean = peak(lambda: load_inventory(path))
     assert lean * 2 < whole, (lean, whole)  # each model (about 1.9 KB) lets go once its key is made
+
+
+def test_a_fleet_with_secrets_that_do_not_resolve_is_refused_reading_each_secret_once(write, monkeypatch) -> None:
+    """Every reference that does not resolve is named, as the whole file names them, and no secret is read
+    twice for it (a secret store's are network calls)."""
+    from keywatch.settings import secrets
+
+    monkeypatch.setenv("KW_LEAN_A", "sk-proj-aaaaaaaaaaaaaaaaaaaaaaaaaaaa")
+    monkeypatch.setenv("KW_LEAN_B", "sk-proj-bbbbbbbbbbbbbbbbbbbbbbbbbbbb")
+    path = write("".join(f'[[keys]]\nname = "k{i}"\nprovider = "openai"\nsecret = "env:KW_LEAN_{ref}"\n'
+                         for i, ref in enumerate(["A", "MISSING_0", "B", "MISSING_1"])))
+    reads: list[str] = []
+    real = secrets.resolve
+
+    def counted(ref, *args, **kwargs):
+        reads.append(ref)
+        return real(ref, *args, **kwargs)
+
+    monkeypatch.setattr(secrets, "resolve", counted)
+    with pytest.raises(ConfigError) as lean:
+        load_inventory(path)
+    assert sorted(reads) == ["env:KW_LEAN_A", "env:KW_LEAN_B", "env:KW_LEAN_MISSING_0", "env:KW_LEAN_MISSING_1"]
+    with pytest.raises(ConfigError) as whole:
+        whole_file(path, monkeypatch)
+    assert lean.value.problems == whole.value.problems
+    assert [p.split(":")[0] for p in lean.value.problems] == ["keys[1].secret", "keys[3].secret"]
