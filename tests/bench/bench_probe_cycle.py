@@ -29,7 +29,7 @@ Both the daemon and the floor run on the event loop `keywatch run` uses (uvloop 
 
 Targets at 10,000 keys, 50 ms, concurrency 100: cycle <= 1.1x the floor's, CPU <= 2x the floor's per probe,
 settled RSS <= 60 MB + 2 KB per key, /metrics <= 50 ms idle and during a cycle. The temporary directory
-(config, secrets, database) is removed at the end, whatever happens.
+(config, secrets, database) is removed at the end, whatever happens (an error, Ctrl-C, SIGTERM).
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ import json
 import os
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -257,6 +258,10 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
     from keywatch.daemon import Daemon
 
     kwlog.setup("console", "warning")
+    # A stop (SIGTERM, as `timeout` or a CI runner sends) cancels the run, so the cleanup below still happens.
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     f: dict[str, float] = {}
     tmp = Path(tempfile.mkdtemp(prefix="keywatch-bench-"))
     sim, url = start_simulator(args.latency_ms)
