@@ -347,7 +347,10 @@ def main() -> None:
     p.add_argument("--metrics-per-key", default="all", choices=["all", "minimal", "none"],
                    help="daemon.metrics_per_key")
     args = p.parse_args()
-    f = aio.run(run(args))  # the event loop `keywatch run` uses
+    try:
+        f = aio.run(run(args))  # the event loop `keywatch run` uses
+    except asyncio.CancelledError:
+        raise SystemExit("stopped by SIGTERM; the temporary directory and the simulator are gone") from None
     n = args.keys
     print(f"keys={n} latency={args.latency_ms:g}ms concurrency={args.concurrency} workers={args.workers} loop={LOOP} "
           f"cycles={args.cycles} metrics_per_key={args.metrics_per_key}")
