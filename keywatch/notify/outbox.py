@@ -178,11 +178,11 @@ class AlertDB:
             )
 
     def drop_pending(self, sink: str, error: str, at: datetime) -> int:
-        """A broken sink's queue: kept as a record (status dropped), never sent."""
+        """A broken sink's queue up to `at`: kept as a record (status dropped), never sent."""
         with self.session.begin() as s:
             res = s.execute(
                 update(OutboxRow)
-                .where(OutboxRow.sink == sink, OutboxRow.status == PENDING)
+                .where(OutboxRow.sink == sink, OutboxRow.status == PENDING, OutboxRow.created_at <= at)
                 .values(status=DROPPED, delivered_at=at, last_error=error[:500])
             )
             return int(res.rowcount or 0)

@@ -20,7 +20,7 @@ import structlog
 
 from keywatch.notify.base import Message, Sink, SinkError, alert_from_dict, parse_time
 from keywatch.notify.outbox import AlertDB, OutboxItem
-from keywatch.notify.pipeline import AlertMetrics
+from keywatch.notify.pipeline import AlertMetrics, Clock, utcnow
 from keywatch.runtime import NotLeader
 
 log = structlog.get_logger("keywatch.alerts")
@@ -54,8 +54,10 @@ class SinkSender:
         retry_max: float = 600.0,
         dashboard_url: str | None = None,
         on_broken: BrokenCallback | None = None,
+        clock: Clock = utcnow,
     ) -> None:
         self.sink = sink
+        self.clock = clock  # the pipeline's: the time its rows are queued at
         self.db = db
         self.metrics = metrics
         self.retry_base = retry_base
@@ -199,9 +201,9 @@ class SinkSender:
         # A refusal by the destination a reload just replaced says nothing about the new one: retry there.
         if exc.permanent and sink is self.sink and not self._draining:
             self.broken = True
-            dropped = await self._persist(
-                self.db.drop_pending, name, f"sink broken: {exc}", datetime.now(UTC)
-            )
+            # What was queued until now: a row queued later (a reload gave the sink a new destination while
+            # this is written) is for the new one.
+            dropped = await self._persist(self.db.drop_pending, name, f"sink broken: {exc}", self.clock())
             if self.metrics is not None:
                 self.metrics.alerts.labels(name, "dropped").inc(dropped or 0)
                 self.metrics.pending.labels(name).set(0)
@@ -214,7 +216,9 @@ class SinkSender:
                 hint="give the sink a working URL (in the config or the secret it references), "
                 "then reload keywatch (systemctl reload keywatch)",
             )
-            if self.on_broken is not None:
+            # Unless a reload gave the sink a new destination while the drop was written: the new one is
+            # not broken, and marking it so would drop its next alerts.
+            if self.on_broken is not None and sink is self.sink and self.broken:
                 try:
                     await self.on_broken(self.sink, exc)
                 except Exception:

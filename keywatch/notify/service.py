@@ -123,6 +123,7 @@ class AlertService:
             retry_max=self.config.retry_max,
             dashboard_url=self.config.dashboard_url,
             on_broken=self._sink_broken,
+            clock=self.pipeline.clock,
         )
 
     def _task(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:

@@ -234,3 +234,34 @@ async def test_a_removed_sink_keeps_its_unsent_alerts_and_says_how_many(harness:
     assert len(down.requests) == attempts
     registry = harness.daemon.metrics.registry
     assert registry.get_sample_value("keywatch_sink_up", {"sink": "gone"}) is None
+
+
+async def test_a_new_url_given_while_the_broken_sink_s_queue_is_being_dropped_still_gets_the_next_alert(
+        harness: Harness, monkeypatch) -> None:
+    """The reload may come while the broken sink's queue is still being written as dropped (a slow database):
+    the new destination is not marked broken by that, and the alert after the reload reaches it."""
+    import time
+
+    old = await Receiver(lambda r: (410, {}, "channel_is_archived")).start()
+    new = await Receiver().start()
+    try:
+        await start(harness, webhook("hook", harness.secret_file("hook_url", old.url("/old"))))
+        service = harness.daemon.capabilities["alerts"].service
+        real = service.db.drop_pending
+
+        def slow_drop(*args, **kwargs):
+            time.sleep(1.0)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(service.db, "drop_pending", slow_drop)
+        await harness.daemon.emit_alert(alert(1))
+        await wait_until(lambda: service.senders["hook"].broken, "the 410 to break the sink")
+        harness.secret_file("hook_url", new.url("/new"))
+        await harness.reload()  # while the drop is being written
+        await harness.daemon.emit_alert(alert(2))
+        await wait_until(lambda: "key_health:k2" in identities(new), "alert 2 at the new URL")
+        await wait_until(lambda: harness.rows("dropped"), "alert 1 dropped")
+    finally:
+        await old.stop()
+        await new.stop()
+    assert [r.payload["alerts"][0]["identity"] for r in harness.rows("dropped")] == ["key_health:k1"]
