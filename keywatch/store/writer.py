@@ -67,8 +67,7 @@ class _Queue:
         if not self.fresh and not self.rollups:
             self.fresh = list(rollups)
             return
-        self._sum(self.fresh)
-        self.fresh = []
+        self.summed()
         self._sum(rollups)
 
     def summed(self) -> dict[tuple[str, datetime, str], Rollup]:
