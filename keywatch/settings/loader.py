@@ -381,10 +381,8 @@ def _lean(path: str | Path, *, resolve: bool, alert_sinks: bool) -> tuple[Config
     sinks = alert_sink_problems(config) if alert_sinks else []
     if builder is None:
         return (config, None) if not sinks else None
-    if builder.problems:  # the whole file's report: the accounts' and keys' problems, then the sinks'
+    if builder.problems or sinks:  # the whole file's report: the accounts' and keys' problems, then the sinks'
         raise ConfigError(str(path), builder.problems + sinks)
-    if sinks:
-        raise ConfigError(str(path), sinks)
     return config, builder.inventory(str(path))
 
 
