@@ -8,16 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
-import functools
 import gc
 import importlib
 import os
 import signal
 import socket
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,6 +29,7 @@ from keywatch.domain import Alert, Event, Health, ProbeResult, Secret, Severity,
 from keywatch.engine.prober import Prober
 from keywatch.engine.workers import WorkerProber
 from keywatch.extensions import DAEMON_CAPABILITIES, EVERY_INSTANCE
+from keywatch.heap import release_freed_memory, steady_heap
 from keywatch.metrics import Metrics
 from keywatch.providers.base import ProviderAdapter
 from keywatch.providers.clients import AdapterSet, make_http_client
@@ -119,22 +116,6 @@ def check_database_location(source: str, configured: str | None, url: str) -> No
             f"{setting}: keywatch cannot write in {folder} (SQLite creates {path.name} and its -wal and -shm "
             "files there); make the directory writable by keywatch or point daemon.database elsewhere",
         ])
-
-
-@functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim  # type: ignore[no-any-return]
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to hand back this way
-        return None
-
-
-def release_freed_memory() -> None:
-    """Hand the heap pages a cycle freed back to the OS (glibc's malloc_trim), so the daemon's RSS follows
-    what it holds rather than its highest cycle. A few milliseconds at 10,000 keys, once a cycle."""
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
 
 
 class Daemon:
@@ -296,6 +277,7 @@ class Daemon:
     async def start(self) -> None:
         """Everything up to the first scheduled cycle. Raises ConfigError for a bad config, or for an address
         it cannot listen on, before any side effect (no database file, no migration, no worker process)."""
+        steady_heap()  # before the config's parsing, the first to free large blocks
         inventory = self.load()  # every check that can be made without side effects, as `config validate`
         configured_db = inventory.config.daemon.database
         check_database_location(inventory.source, configured_db, configured_db or default_database_url())

@@ -15,6 +15,9 @@ def add_commands(sub: Any) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     """Run the daemon: probe every key on a schedule, apply policies and alerts, serve /metrics.
     SIGHUP reloads the config, SIGTERM stops it."""
+    from keywatch.heap import steady_heap
+
+    steady_heap()  # first: the imports and the config's first parse already free large blocks
     from keywatch import aio
     from keywatch import logging as kwlog
     from keywatch.daemon import Daemon

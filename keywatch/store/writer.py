@@ -25,6 +25,7 @@ from datetime import datetime
 import structlog
 
 from keywatch.domain import Event, KeyState, Rollup, Transition
+from keywatch.heap import release_freed_memory
 from keywatch.store.repo import DatabaseLost, Store, db_error
 
 log = structlog.get_logger("keywatch.daemon")
@@ -250,6 +251,7 @@ class DatabaseWriter:
             # Let go of the batch before its waiters hear it is stored: it is not kept while the thread waits for
             # the next one (every probed key's rollups and states).
             waiters, batch = batch.waiters, None
+            release_freed_memory()  # the rows and the driver's buffers, freed in this thread's own heap
             for fut in waiters:
                 if not fut.done():
                     fut.set_result(None)

@@ -336,6 +336,9 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
 
 
 def main() -> None:
+    from keywatch.heap import steady_heap
+
+    steady_heap()  # first, as `keywatch run` does
     from keywatch import aio
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
