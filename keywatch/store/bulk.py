@@ -43,7 +43,7 @@ class Bulk:
 
     def __init__(self, statement: Any, dialect: Dialect, names: Iterable[str]) -> None:
         names = list(names)
-        compiled = statement.compile(dialect=dialect, column_keys=names)
+        compiled = statement.compile(dialect=dialect, column_keys=names, for_executemany=True)  # no RETURNING
         self.sql = compiled.string
         order = list(compiled.positiontup) if compiled.positional else list(compiled.binds)
         unknown = set(order) - set(names)

@@ -340,18 +340,14 @@ class Store:
             if changed is None:  # the driver does not count an executemany's rows: the update is done again
                 update_rows.run(conn, [_row_values(x, probe_only=True) for x in chunk if x.key in existing])
             del new_rows
-        if transitions:
-            s.execute(
-                TransitionRow.__table__.insert(),
-                [
-                    {
-                        "key": t.key, "provider": t.provider, "old": str(t.old), "new": str(t.new), "at": t.at,
-                        "http_status": t.http_status, "error_code": t.error_code,
-                        "error_message": t.error_message,
-                    }
-                    for t in transitions
-                ],
-            )
+        insert_transitions = self._bulk("transition_insert",
+                                        lambda: (TransitionRow.__table__.insert(), _TRANSITION_COLUMNS))
+        for i in range(0, len(transitions), STATE_CHUNK):  # a first cycle, or an outage: every key at once
+            insert_transitions.run(conn, [
+                {"key": t.key, "provider": t.provider, "old": str(t.old), "new": str(t.new), "at": t.at,
+                 "http_status": t.http_status, "error_code": t.error_code, "error_message": t.error_message}
+                for t in transitions[i:i + STATE_CHUNK]
+            ])
         self._upsert_rollups(s, list(rollups))
 
     def write_batch(
@@ -529,6 +525,7 @@ def _row_values(st: KeyState, probe_only: bool = False) -> dict[str, Any]:
 
 
 # The columns a probe sets: all but the key and the admin decision (the operator's and the policies').
+_TRANSITION_COLUMNS = tuple(c.name for c in TransitionRow.__table__.c if c.name != "id")
 _PROBE_COLUMNS = tuple(c.name for c in KeyStateRow.__table__.c if c.name != "key" and not c.name.startswith("admin_"))
 
 # A cycle's probe results, one executemany on the table itself: the ORM's bulk update by primary key does

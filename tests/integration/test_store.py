@@ -147,7 +147,8 @@ def test_rollup_upsert_adds_up_across_writes(store: Store) -> None:
 
 
 def test_a_fleet_larger_than_one_statement_is_written_whole(store: Store) -> None:
-    """States and rollups go out in statements of STATE_CHUNK rows: every key of a larger fleet is stored."""
+    """States, transitions and rollups go out in statements of STATE_CHUNK rows: every key of a larger fleet
+    is stored, and every change of a cycle in which all of them change (the first, an outage)."""
     store.upgrade()
     tracker = StateTracker()
     n = 2 * STATE_CHUNK + 7
@@ -158,6 +159,18 @@ def test_a_fleet_larger_than_one_statement_is_written_whole(store: Store) -> Non
     assert len(store.load_states()) == n
     rollups = store.rollups()
     assert len(rollups) == n and {r.count for r in rollups} == {2}
+    assert count(store, "transitions") == n  # unknown -> healthy, each once
+
+    down = at + timedelta(minutes=2)
+    transitions = [t for i in range(n) if (t := tracker.apply(ProbeResult(
+        key=f"k{i}", provider="openai", health=Health.UNREACHABLE, checked_at=down, latency_ms=10_000.0,
+        error_code="timeout", error_message=f"no answer within 10s ({i})")))]
+    states, rollups = tracker.drain()
+    store.save_cycle(states, transitions, rollups)
+    assert count(store, "transitions") == 2 * n
+    last = store.transitions("k2003", since=down)
+    assert [(t.old, t.new, t.at, t.error_code, t.error_message) for t in last] == [
+        (Health.HEALTHY, Health.UNREACHABLE, down, "timeout", "no answer within 10s (2003)")]
 
 
 def test_events_are_kept_in_order(store: Store) -> None:
