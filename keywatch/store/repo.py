@@ -480,11 +480,11 @@ class Store:
 
     @staticmethod
     def _add_events(s: Session, events: Sequence[Event]) -> None:
-        if events:
+        for i in range(0, len(events), STATE_CHUNK):  # a policy acting on every key: one event each
             s.execute(
                 EventRow.__table__.insert(),
                 [{"at": e.at, "kind": e.kind, "key": e.key, "actor": e.actor, "message": e.message,
-                  "data": e.data} for e in events],
+                  "data": e.data} for e in events[i:i + STATE_CHUNK]],
             )
 
     def events(self, key: str | None = None, since: datetime | None = None, limit: int = 1000) -> list[Event]:

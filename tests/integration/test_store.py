@@ -147,8 +147,9 @@ def test_rollup_upsert_adds_up_across_writes(store: Store) -> None:
 
 
 def test_a_fleet_larger_than_one_statement_is_written_whole(store: Store) -> None:
-    """States, transitions and rollups go out in statements of STATE_CHUNK rows: every key of a larger fleet
-    is stored, and every change of a cycle in which all of them change (the first, an outage)."""
+    """States, transitions, rollups and events go out in statements of STATE_CHUNK rows: every key of a
+    larger fleet is stored, and every change and event of a cycle in which all of them change (the first,
+    an outage, a policy acting on every key)."""
     store.upgrade()
     tracker = StateTracker()
     n = 2 * STATE_CHUNK + 7
@@ -166,11 +167,13 @@ def test_a_fleet_larger_than_one_statement_is_written_whole(store: Store) -> Non
         key=f"k{i}", provider="openai", health=Health.UNREACHABLE, checked_at=down, latency_ms=10_000.0,
         error_code="timeout", error_message=f"no answer within 10s ({i})")))]
     states, rollups = tracker.drain()
-    store.save_cycle(states, transitions, rollups)
-    assert count(store, "transitions") == 2 * n
+    events = [Event(down, "key_disabled", f"k{i}", "policy:outage", "disabled", {"n": i}) for i in range(n)]
+    store.write_batch(states, transitions, rollups, events)
+    assert count(store, "transitions") == 2 * n and count(store, "events") == n
     last = store.transitions("k2003", since=down)
     assert [(t.old, t.new, t.at, t.error_code, t.error_message) for t in last] == [
         (Health.HEALTHY, Health.UNREACHABLE, down, "timeout", "no answer within 10s (2003)")]
+    assert store.events("k2003") == [events[2003]]
 
 
 def test_events_are_kept_in_order(store: Store) -> None:
