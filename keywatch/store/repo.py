@@ -525,8 +525,9 @@ def _row_values(st: KeyState, probe_only: bool = False) -> dict[str, Any]:
 
 
 # The columns a probe sets: all but the key and the admin decision (the operator's and the policies').
-_TRANSITION_COLUMNS = tuple(c.name for c in TransitionRow.__table__.c if c.name != "id")
 _PROBE_COLUMNS = tuple(c.name for c in KeyStateRow.__table__.c if c.name != "key" and not c.name.startswith("admin_"))
+# A transition's: all but its generated id.
+_TRANSITION_COLUMNS = tuple(c.name for c in TransitionRow.__table__.c if c.name != "id")
 
 # A cycle's probe results, one executemany on the table itself: the ORM's bulk update by primary key does
 # the same statement with several times the CPU per row (at 10,000 keys, most of a cycle's write).
