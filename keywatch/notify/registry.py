@@ -121,10 +121,6 @@ class SinkClient:
             await client.aclose()
 
 
-def make_http_client() -> SinkClient:
-    return SinkClient()
-
-
 @dataclass(frozen=True)
 class SinkSpec:
     """One sink's config with its secrets resolved: two equal specs make the same sink, so a reload can

@@ -21,7 +21,7 @@ from keywatch.notify.config import AlertsConfig
 from keywatch.notify.console import ConsoleSink
 from keywatch.notify.outbox import AlertDB
 from keywatch.notify.pipeline import AlertMetrics, AlertPipeline, Clock, utcnow
-from keywatch.notify.registry import SinkConfigError, SinkSpec, make_http_client, resolve_sinks
+from keywatch.notify.registry import SinkClient, SinkConfigError, SinkSpec, resolve_sinks
 from keywatch.notify.sender import SinkSender
 from keywatch.runtime import CycleReport, Runtime
 
@@ -497,7 +497,7 @@ async def setup(rt: Runtime) -> AlertsCapability:
 
     inventory = rt.inventory
     config = alerts_config(inventory.config)
-    http = make_http_client()
+    http = SinkClient()
     try:
         specs = resolve_sinks(config, allow_literal=inventory.config.daemon.allow_literal_secrets)
     except SinkConfigError as exc:

@@ -25,7 +25,7 @@ from keywatch.domain import Alert, Severity
 from keywatch.notify.config import AlertsConfig
 from keywatch.notify.outbox import AlertDB
 from keywatch.notify.pipeline import AlertMetrics
-from keywatch.notify.registry import make_http_client
+from keywatch.notify.registry import SinkClient
 from keywatch.notify.service import AlertService
 from keywatch.notify.slack import SlackSink
 from keywatch.notify.webhook import WebhookSink
@@ -142,7 +142,7 @@ def db(tmp_path: Path):
 
 @pytest.fixture
 async def http():
-    client = make_http_client()
+    client = SinkClient()
     yield client
     await client.aclose()
 

@@ -16,7 +16,7 @@ from tests.integration.test_secret_stores import make_tls
 CLIENTS = r"""
 import asyncio, ssl, sys
 from aiohttp import web
-from keywatch.notify.registry import make_http_client as sink_client
+from keywatch.notify.registry import SinkClient
 from keywatch.providers.clients import make_http_client
 
 async def main(cert, key):
@@ -30,7 +30,7 @@ async def main(cert, key):
     site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server)
     await site.start()
     base = f"https://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
-    probes, sinks = make_http_client(concurrency=2, timeout=5), sink_client()
+    probes, sinks = make_http_client(concurrency=2, timeout=5), SinkClient()
     out = []
     for ask in (lambda: probes.keywatch_lean.get(f"{base}/v1/models", headers={}),
                 lambda: probes.get(f"{base}/v1/models"),
