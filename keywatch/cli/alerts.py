@@ -122,7 +122,7 @@ async def _test_sinks(sinks: list[Any], dashboard_url: str | None) -> list[tuple
 def cmd_alert_test(args: argparse.Namespace) -> int:
     """Send a test alert to each configured sink (or one) now, bypassing the outbox, and print
     each sink's own answer; nothing is left queued."""
-    from keywatch.notify.registry import SinkConfigError, build_sinks, make_http_client
+    from keywatch.notify.registry import SinkClient, SinkConfigError, build_sinks
     from keywatch.notify.service import alerts_config
     from keywatch.redact import REGISTRY
     from keywatch.settings.loader import load
@@ -136,7 +136,7 @@ def cmd_alert_test(args: argparse.Namespace) -> int:
         raise CliError(f"{args.config}: no [[alerts.sinks]] configured")
 
     async def run() -> list[tuple[Any, bool, str]]:
-        http = make_http_client()
+        http = SinkClient()
         try:
             sinks, secrets = build_sinks(alerts, http, allow_literal=config.daemon.allow_literal_secrets)
             REGISTRY.add(secrets)
