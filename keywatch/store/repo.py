@@ -11,7 +11,7 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,14 @@ def default_database_url() -> str:
     return f"sqlite:///{base / 'keywatch.db'}"
 
 
-STATE_CHUNK = 1000  # key states (and rollups) written per statement
+STATE_CHUNK = 1000  # rows (key states, transitions, rollups, events) written per statement
+
+
+def _chunks(rows: Sequence[Any]) -> Iterator[Sequence[Any]]:
+    """`rows` STATE_CHUNK at a time: at thousands of keys one statement's parameter rows would be the
+    cycle's largest allocation (same transaction, same result)."""
+    for i in range(0, len(rows), STATE_CHUNK):
+        yield rows[i:i + STATE_CHUNK]
 RECYCLE_ON = ("readonly", "read-only", "disk i/o error", "unable to open database file")
 
 
@@ -321,13 +328,10 @@ class Store:
     def _save_cycle(
         self, s: Session, states: Sequence[KeyState], transitions: Sequence[Transition], rollups: Iterable[Rollup]
     ) -> None:
-        # In chunks: at thousands of keys the parameter rows of one statement would be the daemon's
-        # largest allocation of the cycle (same transaction, same result).
         states = list(states)
         conn = s.connection()
         update_rows = self._bulk("probe_update", lambda: (_PROBE_UPDATE, (*_PROBE_COLUMNS, "b_key")))
-        for i in range(0, len(states), STATE_CHUNK):
-            chunk = states[i:i + STATE_CHUNK]
+        for chunk in _chunks(states):
             # The rows are updated first; only a chunk in which the database counts fewer rows than were
             # given (a new key, a row removed meanwhile) is looked up, and its missing rows inserted.
             changed = update_rows.run(conn, [_row_values(x, probe_only=True) for x in chunk])
@@ -342,11 +346,11 @@ class Store:
             del new_rows
         insert_transitions = self._bulk("transition_insert",
                                         lambda: (TransitionRow.__table__.insert(), _TRANSITION_COLUMNS))
-        for i in range(0, len(transitions), STATE_CHUNK):  # a first cycle, or an outage: every key at once
+        for part in _chunks(transitions):  # a first cycle, or an outage: every key at once
             insert_transitions.run(conn, [
                 {"key": t.key, "provider": t.provider, "old": str(t.old), "new": str(t.new), "at": t.at,
                  "http_status": t.http_status, "error_code": t.error_code, "error_message": t.error_message}
-                for t in transitions[i:i + STATE_CHUNK]
+                for t in part
             ])
         self._upsert_rollups(s, list(rollups))
 
@@ -375,10 +379,10 @@ class Store:
             return
         upsert = self._bulk("rollup_upsert", self._rollup_upsert)
         conn = s.connection()
-        for i in range(0, len(rollups), STATE_CHUNK):  # in chunks too: one parameter row per key each cycle
+        for part in _chunks(rollups):  # one parameter row per key each cycle
             upsert.run(conn, [{"key": r.key, "hour": r.hour, "health": r.health, "count": r.count,
                                "latency_sum_ms": r.latency_sum_ms, "latency_max_ms": r.latency_max_ms}
-                              for r in rollups[i:i + STATE_CHUNK]])
+                              for r in part])
 
     def _rollup_upsert(self) -> tuple[Any, tuple[str, ...]]:
         table = ProbeRollupRow.__table__
@@ -480,11 +484,11 @@ class Store:
 
     @staticmethod
     def _add_events(s: Session, events: Sequence[Event]) -> None:
-        for i in range(0, len(events), STATE_CHUNK):  # a policy acting on every key: one event each
+        for part in _chunks(events):  # a policy acting on every key: one event each
             s.execute(
                 EventRow.__table__.insert(),
                 [{"at": e.at, "kind": e.kind, "key": e.key, "actor": e.actor, "message": e.message,
-                  "data": e.data} for e in events[i:i + STATE_CHUNK]],
+                  "data": e.data} for e in part],
             )
 
     def events(self, key: str | None = None, since: datetime | None = None, limit: int = 1000) -> list[Event]:
