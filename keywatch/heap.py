@@ -2,7 +2,8 @@
 
 Two things, both no-ops where the C library is not glibc (musl, macOS):
 
-- `steady_heap()`, once at start: blocks of 128 KiB and more are mapped and unmapped on their own
+- `steady_heap()`, at start (`keywatch run` calls it first thing, `Daemon.start` again for the demo and
+  embedded daemons; a second call changes nothing): blocks of 128 KiB and more are mapped and unmapped on their own
   (M_MMAP_THRESHOLD). glibc raises that threshold by itself each time such a block is freed, up to 32 MiB,
   after which every large block of a cycle (a /metrics block's text, a batch's rows, the driver's buffers)
   is carved from the heap of the thread that asked for it and stays there, scattered, once freed. Fixing
