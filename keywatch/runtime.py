@@ -194,9 +194,10 @@ class NotLeader(RuntimeError):
 
 class Leadership(Protocol):
     """Who may act. One instance alone always leads (`Solo`); instances sharing PostgreSQL elect one
-    (keywatch.cluster). Every acting path (an action's start, a rotation step, a usage pull, an outbox send)
-    calls `fence(session)` inside the transaction that records it: that raises NotLeader unless this
-    instance's fencing token is still the current one, so a deposed leader records, and does, nothing."""
+    (keywatch.cluster). Every acting path (an action's start, a rotation step, a usage pull, an alert
+    decision, an outbox send) calls `fence(session)` inside the transaction that records it: that raises
+    NotLeader unless this instance's fencing token is still the current one, so a deposed leader records,
+    and does, nothing."""
 
     instance: str
 

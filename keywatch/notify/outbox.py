@@ -75,8 +75,12 @@ class AlertDB:
     def commit(
         self, states: Sequence[AlertState], rows: Sequence[tuple[str, dict[str, Any]]], now: datetime
     ) -> list[int]:
-        """Alert states and the messages they cause, together or not at all."""
+        """Alert states and the messages they cause, together or not at all, in the transaction that checks
+        the fencing token (runtime.fence: raises NotLeader): a leader deposed before it noticed decides
+        nothing, so its successor, which loads the states when it takes the lead, never decides the same
+        alert a second time."""
         with self.session.begin() as s:
+            fence(s)
             for st in states:
                 s.merge(
                     AlertStateRow(

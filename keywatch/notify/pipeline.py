@@ -20,6 +20,7 @@ from keywatch.domain import Alert, Severity
 from keywatch.notify.base import SEVERITY_ORDER, Sink, alert_from_dict, alert_labels, alert_to_dict, at_least
 from keywatch.notify.config import AlertsConfig, RouteConfig
 from keywatch.notify.outbox import AlertDB, AlertState, Silence
+from keywatch.runtime import NotLeader
 
 log = structlog.get_logger("keywatch.alerts")
 
@@ -219,6 +220,10 @@ class AlertPipeline:
             rows = self._rows(to_send)
             try:
                 await asyncio.to_thread(self.db.commit, list(changed.values()), rows, now)
+            except NotLeader:
+                # Deposed: the new leader loads the alert states and decides these again from the keys.
+                log.info("alerts_left_to_leader", alerts=len(alerts))
+                return
             except Exception as exc:
                 log.error("alert_outbox_write_failed", error=type(exc).__name__, alerts=len(alerts))
                 if not reconsider:

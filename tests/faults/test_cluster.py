@@ -372,7 +372,7 @@ def test_ended_database_sessions_degrade_then_one_leader_again(sim, pg_url, tmp_
             dead = sorted(secrets)[0]
             sim.set_key(secrets[dead], provider="openai", behaviour="invalid")
             wait_until(settled(fleet, 3), "one leader again", timeout=15)
-            wait_until(lambda: firing_told(rx).get(f"key_health:{dead}") == 1, "the alert", timeout=15)
+            wait_until(lambda: firing_told(rx).get(f"key_health:{dead}", 0) >= 1, "the alert", timeout=15)
             time.sleep(1.0)
             assert firing_told(rx)[f"key_health:{dead}"] == 1
             assert len(actions(pg_url)) == 1

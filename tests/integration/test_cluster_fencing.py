@@ -108,12 +108,13 @@ def claim_of(store: Store, row: int) -> tuple[str, int, str]:
 
 
 def test_every_acting_record_is_fenced_in_its_own_transaction(pg_url: str) -> None:
-    """An outbox send's claim, a rotation step, a usage pull and a budget mark each check the token in the
-    transaction that records them: the deposed leader records none of them, its successor records all."""
+    """An alert decision (its state and messages), an outbox send's claim, a rotation step, a usage pull and
+    a budget mark each check the token in the transaction that records them: the deposed leader records none
+    of them, its successor records all."""
     from decimal import Decimal
 
     from keywatch.domain import ManagedKey, Secret
-    from keywatch.notify.outbox import AlertDB
+    from keywatch.notify.outbox import AlertDB, AlertState
     from keywatch.rotation.machine import new_rotation
     from keywatch.rotation.store import RotationStore
     from keywatch.usage.rows import PullResult
@@ -141,7 +142,9 @@ def test_every_acting_record_is_fenced_in_its_own_transaction(pg_url: str) -> No
         key = ManagedKey("app", "openrouter", Secret("sk-or-v1-" + "f" * 64), "env:X")
         rot = new_rotation(key, "create", actor="timer", reason="due", at=now)
         usage = PullResult("acct", "openai")
+        fired = AlertState("key_health:app", True, True, "critical", now, now, [now], {"title": "t"}, now)
         for acting in (
+            lambda: db_a.commit([fired], [("ops", {"title": "app: invalid"})], now),
             lambda: db_a.claim(row, now),
             lambda: RotationStore(sa.engine).save(rot),
             lambda: UsageStore(sa.engine).apply(usage, now),
@@ -150,10 +153,13 @@ def test_every_acting_record_is_fenced_in_its_own_transaction(pg_url: str) -> No
             a._confirmed_at, a._token = time.monotonic(), 1
             with pytest.raises(NotLeader):
                 acting()
+        assert db_b.load_states() == {} and [m.id for m in db_b.messages()] == [row]
         assert RotationStore(sb.engine).get(rot.id) is None
         assert UsageStore(sb.engine).sources() == {}
         assert UsageStore(sb.engine).marks("b1", now) == set()
         # the successor does each of them; a row it delivered is not claimed again by anyone
+        db_b.commit([fired], [], now)
+        assert db_b.load_states()["key_health:app"].firing is True
         assert db_b.claim(row, now) is True
         RotationStore(sb.engine).save(rot)
         UsageStore(sb.engine).apply(usage, now)

@@ -226,3 +226,50 @@ async def test_old_delivered_messages_are_purged(db: AlertDB) -> None:
     await p.tick()
     assert db.messages("ops", status="delivered") == []
     assert len(db.messages("ops", status="pending")) == 1  # the repeat of the still-firing alert stays
+
+
+class _Term:
+    """A leadership gate the test turns off: fence() refuses once `leading` is False."""
+
+    instance = "a"
+    token = 1
+
+    def __init__(self) -> None:
+        self.leading = True
+
+    def fence(self, session) -> None:
+        from keywatch.runtime import NotLeader
+
+        if not self.leading:
+            raise NotLeader("a: fencing token 1 superseded")
+
+    def details(self) -> dict:
+        return {}
+
+
+async def test_a_deposed_leader_decides_nothing_and_its_successor_alerts_once(tmp_path: Path) -> None:
+    """Two instances each believing they lead for a moment (a takeover the old leader has not noticed yet):
+    the old one's decision is refused by the fencing check, not kept for a retry, and the successor, which
+    loads the states when it takes the lead, sends the alert once."""
+    from keywatch.runtime import attach_leadership
+
+    store = Store(f"sqlite:///{tmp_path / 'a.db'}")
+    store.upgrade()
+    term = _Term()
+    attach_leadership(store.engine, term)
+    db = AlertDB(store.session)
+    clock = Clock()
+    old = make(db, clock)
+    await old.start()
+    term.leading = False  # the successor took over; the old leader has not noticed yet
+    await old.emit(key_alert(clock))
+    await old.tick()
+    await old.flush()
+    assert sent(db) == [] and db.load_states() == {}
+    term.leading = True  # the successor's term (this test's gate stands for it)
+    new = make(db, clock)
+    await new.start()
+    await new.emit(key_alert(clock))
+    await old.flush()  # had the old one kept its refused decision for a retry, this would send it again
+    assert sent(db) == [[("key_health:openai-prod", True)]]
+    store.dispose()
