@@ -189,7 +189,13 @@ class EventLog:
 
 
 class NotLeader(RuntimeError):
-    """This instance does not lead (or no longer does): it must not act."""
+    """This instance does not lead (or no longer does): it must not act. `unconfirmed`: it still holds its
+    term, which no heartbeat has confirmed for longer than the takeover timeout (the database away, the
+    process frozen); it acts again once one does, so what it could not record may be tried again."""
+
+    def __init__(self, message: str, *, unconfirmed: bool = False) -> None:
+        super().__init__(message)
+        self.unconfirmed = unconfirmed
 
 
 class Leadership(Protocol):

@@ -98,8 +98,10 @@ class PgLeadership:
 
     def fence(self, session: Session) -> None:
         token = self._token
-        if token is None or not self.leading:
+        if token is None:
             raise NotLeader(f"{self.instance} does not lead")
+        if not self.leading:
+            raise NotLeader(f"{self.instance}: its term is unconfirmed", unconfirmed=True)
         if not ClusterStore.check_token(session, self.instance, token):
             self._step_down("fencing token superseded")
             raise NotLeader(f"{self.instance}: fencing token {token} superseded")

@@ -220,7 +220,11 @@ class AlertPipeline:
             rows = self._rows(to_send)
             try:
                 await asyncio.to_thread(self.db.commit, list(changed.values()), rows, now)
-            except NotLeader:
+            except NotLeader as exc:
+                if exc.unconfirmed:  # still this instance's term, once a heartbeat confirms it
+                    if not reconsider:
+                        self._retry.extend(alerts)
+                    return
                 # Deposed: the new leader loads the alert states and decides these again from the keys.
                 log.info("alerts_left_to_leader", alerts=len(alerts))
                 return

@@ -229,19 +229,21 @@ async def test_old_delivered_messages_are_purged(db: AlertDB) -> None:
 
 
 class _Term:
-    """A leadership gate the test turns off: fence() refuses once `leading` is False."""
+    """A leadership gate the test turns: fence() refuses once `leading` is False, as a superseded term
+    (`unconfirmed` False) or as one no heartbeat confirmed lately (the database away)."""
 
     instance = "a"
     token = 1
 
     def __init__(self) -> None:
         self.leading = True
+        self.unconfirmed = False
 
     def fence(self, session) -> None:
         from keywatch.runtime import NotLeader
 
         if not self.leading:
-            raise NotLeader("a: fencing token 1 superseded")
+            raise NotLeader("a: refused", unconfirmed=self.unconfirmed)
 
     def details(self) -> dict:
         return {}
@@ -271,5 +273,30 @@ async def test_a_deposed_leader_decides_nothing_and_its_successor_alerts_once(tm
     await new.start()
     await new.emit(key_alert(clock))
     await old.flush()  # had the old one kept its refused decision for a retry, this would send it again
+    assert sent(db) == [[("key_health:openai-prod", True)]]
+    store.dispose()
+
+
+async def test_a_leader_whose_term_is_unconfirmed_for_a_while_sends_its_alert_once_confirmed(
+    tmp_path: Path,
+) -> None:
+    """The term not confirmed for a moment (no heartbeat got through): the decision is kept and made once a
+    heartbeat confirms the term again, so a one-off alert (an action's result) is not lost."""
+    from keywatch.runtime import attach_leadership
+
+    store = Store(f"sqlite:///{tmp_path / 'a.db'}")
+    store.upgrade()
+    term = _Term()
+    attach_leadership(store.engine, term)
+    db = AlertDB(store.session)
+    clock = Clock()
+    p = make(db, clock)
+    await p.start()
+    term.leading, term.unconfirmed = False, True
+    await p.emit(key_alert(clock))
+    await p.tick()
+    assert sent(db) == []
+    term.leading = True
+    await p.tick()
     assert sent(db) == [[("key_health:openai-prod", True)]]
     store.dispose()
