@@ -7,6 +7,8 @@ Not part of the test suite; it prints its figures. Run (sizes: 1k, 10k, 50k, 100
 What it does (the simulator runs in a process of its own, as a provider would):
 
 Both the daemon and the floor run on the event loop `keywatch run` uses (uvloop where it is installed).
+With `--one-core` both run on one CPU, and the simulator and the scraper (other hosts in production) on the
+others: the fleet a single core carries.
 
 1. The floor, in a process of its own: a bare aiohttp client makes the same GET per key over `concurrency`
    pooled connections, the least any Python prober can do; its wall time and CPU per probe are measured
@@ -51,6 +53,7 @@ import urllib.request
 from pathlib import Path
 
 PERIODIC = 2.5  # seconds between the steady scraper's scrapes
+ELSEWHERE: set[int] = set()  # --one-core: the CPUs of the simulator and the scraper (not the daemon's)
 SECRET = "sk-proj-bench{:08d}" + "x" * 40  # the fleet's secrets, by index (the floor makes the same ones)
 
 SCRAPER = r"""
@@ -140,9 +143,17 @@ def heap_mb() -> dict[str, float]:
     return f
 
 
+def away(pid: int) -> None:
+    """--one-core: keep a helper process (the simulator, the scraper: other hosts in production) off the
+    daemon's CPU."""
+    if ELSEWHERE:
+        os.sched_setaffinity(pid, ELSEWHERE)
+
+
 def start_simulator(latency_ms: float) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen([sys.executable, "-m", "keywatch.sim", "--port", "0", "--latency-ms", str(latency_ms)],
                             stdout=subprocess.PIPE, text=True)
+    away(proc.pid)
     assert proc.stdout is not None
     line = proc.stdout.readline().strip()
     if "listening on" not in line:
@@ -231,6 +242,7 @@ async def scrape(port: int, seconds: float, encoding: str = "gzip",
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", SCRAPER, f"http://127.0.0.1:{port}/metrics", str(time.time() + seconds), encoding,
         str(every), stdout=asyncio.subprocess.PIPE)
+    away(proc.pid)
     out, _ = await proc.communicate()
     *times, size, sent = out.split()
     return [float(t) for t in times], int(size), int(sent)
@@ -349,14 +361,24 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=1, help="probe.workers (processes that probe)")
     p.add_argument("--metrics-per-key", default="all", choices=["all", "minimal", "none"],
                    help="daemon.metrics_per_key")
+    p.add_argument("--one-core", action="store_true",
+                   help="run the daemon (and the floor) on one CPU, the simulator and the scraper on the others")
     args = p.parse_args()
+    if args.one_core:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            raise SystemExit("--one-core needs two CPUs: one for the daemon, the others for the simulator")
+        ELSEWHERE.update(cpus[1:])
+        os.sched_setaffinity(0, {cpus[0]})  # this process and what it starts (the floor) from now on
     try:
         f = aio.run(run(args))  # the event loop `keywatch run` uses
     except asyncio.CancelledError:
         raise SystemExit("stopped by SIGTERM; the temporary directory and the simulator are gone") from None
     n = args.keys
+    cpus = "1 (the simulator and the scraper on the others)" if args.one_core else len(os.sched_getaffinity(0))
     print(f"keys={n} latency={args.latency_ms:g}ms concurrency={args.concurrency} workers={args.workers} loop={LOOP} "
-          f"cycles={args.cycles} metrics_per_key={args.metrics_per_key}")
+          f"cycles={args.cycles} metrics_per_key={args.metrics_per_key} "
+          f"cpus={cpus}")
     print(f"floor (bare aiohttp): {f['floor_s']:.2f}s  {f['floor_cpu_ms']:.3f} CPU-ms/probe")
     print(f"keywatch steady cycle: {f['cycle_s']:.2f}s ({f['cycle_s'] / f['floor_s']:.2f}x the floor)  "
           f"{f['cpu_ms']:.3f} CPU-ms/probe ({f['cpu_ms'] / f['floor_cpu_ms']:.2f}x the floor)  "
