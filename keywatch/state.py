@@ -56,7 +56,8 @@ class StateTracker:
                     self._settle(k.name)
                     self.states[k.name] = replace(
                         old, provider=k.provider, fingerprint=k.fingerprint, masked=k.masked, labels=k.labels,
-                        **({"health": Health.UNKNOWN, "consecutive": 0, "health_since": None} if fresh else {}),
+                        **({"health": Health.UNKNOWN, "consecutive": 0, "health_since": None,
+                            "compromised": False, "compromise_reason": None} if fresh else {}),
                     )
                     self._dirty.add(k.name)
             return removed

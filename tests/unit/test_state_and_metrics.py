@@ -84,11 +84,14 @@ def test_every_probe_is_counted_in_its_hour_and_health_whatever_happened_to_the_
 
 
 def test_new_secret_under_same_name_resets_health() -> None:
+    """A new secret (a rotation, an operator's swap) starts over: not the old one's health, and not its
+    compromise flag (which keeps a key out of automatic re-enabling and shows on /metrics)."""
     t = StateTracker()
     t.sync_inventory([key("a")])
-    t.apply(result("a", Health.INVALID, T0))
+    t.apply(result("a", Health.INVALID, T0, compromised=True, compromise_reason="AWS quarantine policy"))
     t.sync_inventory([key("a", secret="sk-proj-bbbbbbbbbbbbbbbbbbbb2222")])
-    assert t.states["a"].health is Health.UNKNOWN
+    st = t.states["a"]
+    assert st.health is Health.UNKNOWN and st.compromised is False and st.compromise_reason is None
 
 
 def test_removed_key_leaves_no_series() -> None:
