@@ -42,7 +42,7 @@ class ActionRequest:
     dry_run: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class KeyView:
     """What a decision may know about one key this cycle."""
 

@@ -24,6 +24,8 @@ from keywatch.engine.policy import Blocked, Ledger, apply_limits, decide, effect
 from keywatch.engine.policy_config import PolicyConfig, SafetySettings
 from keywatch.pools.membership import PoolHolds
 
+NO_SIGNALS: frozenset[str] = frozenset()
+
 Tag = tuple[str, str, str]  # (policy, key, action)
 
 
@@ -181,6 +183,7 @@ def key_views(
     """The views the plan decides on, for the daemon and `policy test` alike. `counted` (the outage
     tracker) discounts probes made during a provider outage from a key's streak."""
     views = {}
+    signals, changed = signals or {}, changed or {}
     for n in names:
         st = states.get(n)
         if st is None:
@@ -188,8 +191,8 @@ def key_views(
         info = admin.get(n)
         views[n] = KeyView(
             st,
-            (signals or {}).get(n, frozenset()),
-            (changed or {}).get(n),
+            signals.get(n, NO_SIGNALS),  # one empty set for every key without (an empty frozenset is 216 bytes)
+            changed.get(n),
             counted.counted(n, st.consecutive) if counted is not None else None,
             counted.counted_since.get(n) if counted is not None else None,
             n in suspended,
