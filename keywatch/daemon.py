@@ -624,8 +624,13 @@ class Daemon:
         started_at = datetime.now(UTC)
         t0 = time.perf_counter()
         transitions: list[Transition] = []
+        probed: list[str] = []
+        compromised: list[ProbeResult] = []
 
         def on_result(r: ProbeResult) -> None:
+            probed.append(r.key)
+            if r.compromised:
+                compromised.append(r)
             self._progress()
             self.metrics.observe_probe(r.provider, str(r.health), r.latency_ms / 1000)
             t = self.tracker.apply(r)
@@ -657,13 +662,13 @@ class Daemon:
         if self.cluster is not None and self.cluster.wants_fleet() and self._db_ready:
             fleet = asyncio.ensure_future(asyncio.to_thread(self.cluster.adopt_fleet, self.tracker, self.store,
                                                             self._probed))
-        results = await prober.run(keys, on_result, spread=spread, hurry=self._hurry)
+        await prober.run(keys, on_result, spread=spread, hurry=self._hurry, keep=False)
         if fleet is not None:
             try:
                 await fleet
             except Exception as exc:
                 log.warning("fleet_state_unavailable", error=db_error(exc))
-        report = CycleReport(started_at, results, transitions, inventory)
+        report = CycleReport(started_at, probed, transitions, inventory, compromised)
         hooks = list(self.runtime.cycle_hooks) if self.runtime.leadership.leading else []
         for name, hook in hooks:
             try:
@@ -679,7 +684,7 @@ class Daemon:
         self._progress()
         self.first_cycle_done = True
         self.readiness()
-        log.info("cycle_done", keys=len(results), changes=len(transitions), seconds=round(report.duration_s, 3))
+        log.info("cycle_done", keys=len(probed), changes=len(transitions), seconds=round(report.duration_s, 3))
         await self._close_retired()
         return report
 

@@ -36,13 +36,22 @@ log = structlog.get_logger("keywatch.runtime")
 
 @dataclass
 class CycleReport:
-    """What one probe cycle saw; handed to every cycle hook."""
+    """What one probe cycle saw; handed to every cycle hook. `probed` names the keys this instance probed, in
+    the order they answered: what each probe found is that key's state in the tracker (health, error,
+    latency, the compromise flag), so the cycle keeps no result per key. `compromised`: the probes that
+    found the provider signalling a key as exposed (few, and kept whole)."""
 
     started_at: datetime
-    results: list[ProbeResult]
+    probed: list[str]
     transitions: list[Transition]
     inventory: Inventory
+    compromised: list[ProbeResult] = field(default_factory=list)
     duration_s: float = 0.0
+
+    def seen(self, states: Mapping[str, KeyState]) -> list[KeyState]:
+        """The states of the keys probed this cycle, from a snapshot of the tracker (a key removed by a
+        reload while its probe was in flight has none)."""
+        return [st for st in map(states.get, self.probed) if st is not None]
 
 
 CycleHook = Callable[["CycleReport"], Awaitable[None]]

@@ -11,11 +11,25 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Protocol
 
-from keywatch.domain import Health, ProbeResult
+from keywatch.domain import Health
 from keywatch.engine.policy_config import OutageSettings
 
 OUTAGE_HEALTH = frozenset({Health.PROVIDER_ERROR, Health.UNREACHABLE})
+
+
+class Probed(Protocol):
+    """What detection reads of one probe: a ProbeResult, or the state it left (KeyState)."""
+
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def provider(self) -> str: ...
+
+    @property
+    def health(self) -> Health: ...
 
 
 @dataclass(frozen=True)
@@ -35,12 +49,13 @@ class OutageFinding:
 
 
 def detect(
-    results: Iterable[ProbeResult], base_urls: Mapping[str, str], settings: OutageSettings
+    results: Iterable[Probed], base_urls: Mapping[str, str], settings: OutageSettings
 ) -> dict[str, OutageFinding]:
-    """Providers in outage this cycle. `base_urls` maps a key to the URL it talks to."""
+    """Providers in outage this cycle, from what its probes found. `base_urls` maps a key to the URL it
+    talks to."""
     if not settings.enabled:
         return {}
-    groups: dict[tuple[str, str], list[ProbeResult]] = {}
+    groups: dict[tuple[str, str], list[Probed]] = {}
     for r in results:
         groups.setdefault((r.provider, "provider"), []).append(r)
         url = base_urls.get(r.key)

@@ -57,8 +57,10 @@ class Prober:
         *,
         spread: float = 0.0,
         hurry: asyncio.Event | None = None,
+        keep: bool = True,
     ) -> list[ProbeResult]:
-        """Probe all `keys` with at most `concurrency` in flight; results in completion order.
+        """Probe all `keys` with at most `concurrency` in flight; results in completion order (none kept with
+        `keep` False: the daemon takes each from `on_result` and keeps none, so a cycle holds no result per key).
 
         With `spread` > 0 each key starts at its own offset within the first `spread` seconds (see
         `start_offsets`), so the cycle is a steady trickle instead of one burst; it ends when the last probe
@@ -98,7 +100,8 @@ class Prober:
                     if hurry is not None and hurry.is_set():
                         return
                 result = await self.probe_one(key)
-                results.append(result)
+                if keep:
+                    results.append(result)
                 if on_result is not None:
                     ret = on_result(result)
                     if ret is not None:

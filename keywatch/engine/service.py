@@ -149,13 +149,13 @@ class PolicyEngine:
         cfg = inventory.config
         now = self.rt.clock()
         await self.refresh_admin()
-        await self._outages(report, cfg, now)
-        suspended = self.outages.suspended_keys()
         snapshot = self.rt.tracker.snapshot()
-        for r in report.results:
-            st = snapshot.get(r.key)
-            if st is not None:
-                self.outages.count_probe(r.key, st.consecutive, r.key in suspended, now)
+        seen = report.seen(snapshot)
+        await self._outages(report, seen, cfg, now)
+        suspended = self.outages.suspended_keys()
+        for st in seen:
+            self.outages.count_probe(st.key, st.consecutive, st.key in suspended, now)
+        del seen
         views = key_views(
             (k.name for k in inventory.keys), snapshot, self.admin, signals=self.rt.board.as_map(),
             changed={t.key: t.old for t in report.transitions}, suspended=suspended, counted=self.outages,
@@ -194,8 +194,8 @@ class PolicyEngine:
                       {"pool": pool, "joined": joined, "left": left})
             )
 
-    async def _outages(self, report: CycleReport, cfg: Any, now: datetime) -> None:
-        found = detect(report.results, base_urls(report.inventory.keys), cfg.outage)
+    async def _outages(self, report: CycleReport, seen: list[KeyState], cfg: Any, now: datetime) -> None:
+        found = detect(seen, base_urls(report.inventory.keys), cfg.outage)
         started, ended = self.outages.update(found, now)
         self.rt.board.set_outages({p: since for p, (since, _) in self.outages.ongoing.items()})
         for f in started:

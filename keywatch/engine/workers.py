@@ -147,7 +147,8 @@ async def _worker_loop(conn: Connection, settings: dict[str, Any]) -> None:
 
                 hurry = asyncio.Event()
                 run = asyncio.ensure_future(
-                    prober.run([keys[n] for n in names if n in keys], on_result, spread=spread, hurry=hurry))
+                    prober.run([keys[n] for n in names if n in keys], on_result, spread=spread, hurry=hurry,
+                               keep=False))
                 stop = False
                 while not run.done():
                     if incoming is None:
@@ -248,7 +249,9 @@ class WorkerProber:
         *,
         spread: float = 0.0,
         hurry: asyncio.Event | None = None,
+        keep: bool = True,
     ) -> list[ProbeResult]:
+        """As Prober.run, the keys shared among the worker processes."""
         keys = list(keys)
         by_name = {k.name: k for k in keys}
         results: list[ProbeResult] = []
@@ -263,7 +266,8 @@ class WorkerProber:
 
         async def deliver(batch: list[ProbeResult]) -> None:
             for r in batch:
-                results.append(r)
+                if keep:
+                    results.append(r)
                 if on_result is not None:
                     ret = on_result(r)
                     if ret is not None:

@@ -43,11 +43,10 @@ class ProviderSignals:
         self._checked_at: float | None = None
 
     async def on_cycle(self, report: CycleReport) -> None:
-        for r in report.results:
-            if r.compromised:
-                await self.sink.provider_exposure(
-                    r.key, "aws_quarantine", r.compromise_reason or "AWS quarantine policy on the key's user"
-                )
+        for r in report.compromised:
+            await self.sink.provider_exposure(
+                r.key, "aws_quarantine", r.compromise_reason or "AWS quarantine policy on the key's user"
+            )
         interval = float(self.rt.inventory.config.leaks.provider_check_interval)
         now = time.monotonic()
         if interval <= 0 or (self._checked_at is not None and now - self._checked_at < interval):

@@ -299,7 +299,7 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
             report = await daemon.cycle()
             walls.append(time.perf_counter() - t0)
             cpus.append((cpu_seconds() - cpu0) * 1000 / args.keys)
-            healthy = sum(1 for r in report.results if str(r.health) == "healthy")
+            healthy = sum(1 for st in report.seen(daemon.tracker.snapshot()) if str(st.health) == "healthy")
         steady = slice(5, None) if args.cycles > 5 else slice(None)
         f["first_cycle_s"], f["cycle_s"] = walls[0], statistics.median(walls[steady])
         f["cpu_ms"] = statistics.median(cpus[steady])

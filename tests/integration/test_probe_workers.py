@@ -40,8 +40,8 @@ async def test_workers_probe_every_key_like_the_daemon_itself(sim, tmp_path: Pat
     try:
         daemon.scheduler.pause()
         report = await daemon.cycle()
-        assert len(report.results) == len(keys)
-        got = {r.key: str(r.health) for r in report.results}
+        assert len(report.probed) == len(keys)
+        got = {st.key: str(st.health) for st in report.seen(daemon.tracker.snapshot())}
         assert got == {k["name"]: EXPECTED[k["name"].split("-", 1)[1]] for k in keys}
         pids = [w.process.pid for w in daemon._prober._workers if w is not None]
         assert len(set(pids)) == 3 and os.getpid() not in pids
@@ -50,7 +50,8 @@ async def test_workers_probe_every_key_like_the_daemon_itself(sim, tmp_path: Pat
         os.kill(pids[0], signal.SIGKILL)
         daemon._prober._workers[0].process.join(5)
         report = await daemon.cycle()
-        assert {r.key: str(r.health) for r in report.results} == got
+        assert sorted(report.probed) == sorted(got)
+        assert {st.key: str(st.health) for st in report.seen(daemon.tracker.snapshot())} == got
         assert pids[0] not in [w.process.pid for w in daemon._prober._workers if w is not None]
     finally:
         daemon.request_stop()
@@ -80,9 +81,10 @@ async def test_a_worker_dying_mid_cycle_is_provider_error_never_a_verdict(sim, t
         await asyncio.sleep(1.0)  # the slow key's probe is in flight in its worker
         os.kill(prober._workers[owner].process.pid, signal.SIGKILL)
         report = await cycle
-        slow_result = next(r for r in report.results if r.key == "slow")
+        slow_result = daemon.tracker.snapshot()["slow"]
+        assert "slow" in report.probed
         assert str(slow_result.health) == "provider_error" and slow_result.error_code == "probe_worker_died"
-        assert len(report.results) == len(keys)
+        assert len(report.probed) == len(keys)
         assert daemon.tracker.snapshot()["slow"].health.blames_key is False
     finally:
         daemon.request_stop()

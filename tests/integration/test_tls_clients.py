@@ -80,7 +80,7 @@ async def main(cfg):
     await d.start()
     d._scheduler.pause()
     report = await d.cycle()
-    print(report.results[0].health, len(loads) - imported,
+    print(d.tracker.snapshot()[report.probed[0]].health, len(loads) - imported,
           sorted(m for m in ("httpcore2", "h11", "anyio") if m in sys.modules))
     d.request_stop()
     await d.shutdown()
