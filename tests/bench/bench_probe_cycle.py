@@ -13,15 +13,16 @@ others: the fleet a single core carries.
 1. The floor, in a process of its own: a bare aiohttp client makes the same GET per key over `concurrency`
    pooled connections, the least any Python prober can do; its wall time and CPU per probe are measured
    three times (median).
-2. The daemon, in this process (which imports nothing else of weight, so its RSS is the daemon's; "before
-   the daemon" is this process with keywatch.daemon imported), with every secret in a file of its own
-   (`file:` references; nothing in the environment), runs `--cycles` full cycles (at least 20 for a steady
-   state; fewer only for a smoke run). The figures are the medians of the cycles after the first five;
-   settled RSS is measured after the last cycle, once its batch is written; peak RSS is the process's
-   high-water mark. Beside it, what the heap holds: Python objects alive and the free space left inside
-   the small-object allocator's arenas (sys._debugmallocstats), and glibc malloc in use (mallinfo2), each
-   per key since before the daemon. The fixed part is compared with the RSS of a process that imports only
-   the packages keywatch is built on (the least any daemon on this stack starts from).
+2. The daemon, in this process (which imports nothing else of weight, so its RSS is the daemon's; "before the
+   daemon" is this process with keywatch.daemon imported), with every secret in a file of its own (`file:`
+   references; nothing in the environment; each shaped as an OpenAI project key, 164 characters), runs
+   `--cycles` full cycles (at least 20 for a steady state; fewer only for a smoke run). The figures are the
+   medians of the cycles after the first five; settled RSS is measured after the last cycle, once its batch is
+   written; peak RSS is the process's high-water mark. Beside it, what the heap holds: Python objects alive
+   and the free space left inside the small-object allocator's arenas (sys._debugmallocstats), and glibc
+   malloc in use (mallinfo2), each per key since before the daemon. The fixed part is compared with the RSS of
+   a process that imports only the packages keywatch is built on (the least any daemon on this stack starts
+   from).
 3. /metrics is scraped from another process as Prometheus scrapes it (asking for gzip) while idle (for 2 s;
    the first scrape, which renders what the cycle changed, is printed too), then without gzip (1 s), then
    while a cycle runs (every scrape during one cycle is timed, and that cycle's length is compared with the
@@ -38,7 +39,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import gc
+import hashlib
+import inspect
 import json
 import os
 import resource
@@ -54,7 +58,14 @@ from pathlib import Path
 
 PERIODIC = 2.5  # seconds between the steady scraper's scrapes
 ELSEWHERE: set[int] = set()  # --one-core: the CPUs of the simulator and the scraper (not the daemon's)
-SECRET = "sk-proj-bench{:08d}" + "x" * 40  # the fleet's secrets, by index (the floor makes the same ones)
+
+
+def bench_secret(i: int) -> str:
+    """The fleet's secret number `i` (the floor makes the same ones): shaped as an OpenAI project key,
+    `sk-proj-` and 156 random-looking characters, so the redaction index holds its 157 windows as it holds a
+    real key's."""
+    return "sk-proj-" + base64.urlsafe_b64encode(hashlib.shake_256(b"keywatch-bench-%d" % i).digest(117)).decode()
+
 
 SCRAPER = r"""
 import gzip, sys, time, urllib.request
@@ -179,7 +190,7 @@ def cpu_seconds():
     return r.ru_utime + r.ru_stime
 
 async def main(target, keys, concurrency):
-    secrets = [SECRET.format(i) for i in range(keys)]
+    secrets = [bench_secret(i) for i in range(keys)]
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
         async def one(secret):
             async with session.get(target, headers={"Authorization": f"Bearer {secret}"}) as r:
@@ -204,7 +215,7 @@ if sys.argv[4] == "uvloop":
     uvloop.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
 else:
     asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
-""".replace("SECRET", repr(SECRET))
+""".replace("import aiohttp\n", "import aiohttp, base64, hashlib\n" + inspect.getsource(bench_secret))
 
 
 # The packages keywatch is built on, imported in a process of their own and nothing else: the least RSS any
@@ -218,10 +229,6 @@ print(int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE
 
 def stack_floor_mb() -> float:
     return float(subprocess.run([sys.executable, "-c", STACK], check=True, capture_output=True, text=True).stdout)
-
-
-def bench_secret(i: int) -> str:
-    return SECRET.format(i)
 
 
 def floor(url: str, keys: int, concurrency: int) -> tuple[float, float]:
@@ -378,7 +385,7 @@ def main() -> None:
     cpus = "1 (the simulator and the scraper on the others)" if args.one_core else len(os.sched_getaffinity(0))
     print(f"keys={n} latency={args.latency_ms:g}ms concurrency={args.concurrency} workers={args.workers} loop={LOOP} "
           f"cycles={args.cycles} metrics_per_key={args.metrics_per_key} "
-          f"cpus={cpus}")
+          f"cpus={cpus} secrets={len(bench_secret(0))} characters")
     print(f"floor (bare aiohttp): {f['floor_s']:.2f}s  {f['floor_cpu_ms']:.3f} CPU-ms/probe")
     print(f"keywatch steady cycle: {f['cycle_s']:.2f}s ({f['cycle_s'] / f['floor_s']:.2f}x the floor)  "
           f"{f['cpu_ms']:.3f} CPU-ms/probe ({f['cpu_ms'] / f['floor_cpu_ms']:.2f}x the floor)  "
