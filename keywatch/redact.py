@@ -6,7 +6,7 @@ provider key (for secrets keywatch never loaded, e.g. echoed back in an error bo
 A loaded secret is masked whole (`mask`: public prefix and last four) and in part: any run of MIN_PART or
 more of its characters becomes `****`, so an error that quotes the first 20 characters of a key, or a
 webhook's answer that quotes the path of its URL, shows nothing of it. The index behind that holds every
-MIN_PART-gram of every loaded secret (as a 64-bit hash in a flat table, `_Grams`: 16 bytes a gram); one
+MIN_PART-gram of every loaded secret (32 bits of its hash in a flat table, `_Grams`: 8 to 16 bytes a gram); one
 pass over a text looks up the grams of each run of characters that secrets are made of (words shorter than
 MIN_PART, spaces and punctuation are skipped by a regular expression), so the cost grows with the text, not
 with the number of secrets.
@@ -76,58 +76,62 @@ def url_secrets(url: str) -> list[str]:
 
 
 class _Grams:
-    """A set of MIN_PART-grams kept as their 64-bit string hashes in one flat array (open addressing), 16
-    bytes a gram instead of a string and a dict entry: a 160-character key has 150 of them. A text's
-    window that hashes like a gram of no secret would be masked as one; at 2^-64 a window, never seen."""
+    """A set of MIN_PART-grams in one flat array (open addressing, at most half full): a gram's string hash
+    modulo the table's size chooses its slot, and the slot keeps the high 32 bits of the hash. 4 bytes a
+    slot, about 9 a gram, instead of a string and a dict entry: a 164-character key has 157 grams. A text's
+    window that matches no gram is taken for one when a slot it probes holds its 32 bits (2^-32 a probe,
+    about 2.5 probes a window at most): those 8 characters are masked, once in billions of windows.
 
-    __slots__ = ("count", "mask", "table")
+    The table is sized once, for the grams it is built with and an eighth more (secrets added later, one at
+    a time: a rotation's, a secret store's); one without room for more is built again with them all, since
+    moving the grams to a larger table would need the hashes' low bits, which it does not keep."""
 
-    def __init__(self, base: _Grams | None = None) -> None:
-        if base is None:
-            self.table, self.mask, self.count = array("q", bytes(8 * 64)), 63, 0
-        else:
-            self.table, self.mask, self.count = array("q", base.table), base.mask, base.count
+    __slots__ = ("count", "size", "table")
+
+    def __init__(self, capacity: int, base: _Grams | None = None) -> None:
+        if base is not None:
+            if not base.fits(capacity):
+                raise ValueError("no room for the new grams in the base table: build one with them all")
+            self.table, self.size, self.count = array("I", base.table), base.size, base.count
+            return
+        self.size = max(64, 2 * capacity + capacity // 4 + 1)
+        self.table, self.count = array("I", bytes(4 * self.size)), 0
+
+    def fits(self, more: int) -> bool:
+        return self.count + more <= self.size // 2
 
     def add(self, text: str) -> None:
         """Every MIN_PART-gram of `text` (one loop, inlined: a fleet's secrets have millions)."""
-        table, m, count = self.table, self.mask, self.count
+        table, n, count = self.table, self.size, self.count
+        if count + len(text) - MIN_PART + 1 > n // 2:
+            raise ValueError("grams table sized too small")  # the builder counts every gram it adds
         for k in range(len(text) - MIN_PART + 1):
-            h = hash(text[k : k + MIN_PART]) or 1  # 0 marks an empty slot
-            i = h & m
+            h = hash(text[k : k + MIN_PART])
+            f = (h >> 32) & 0xFFFFFFFF or 1  # 0 marks an empty slot
+            i = h % n
             while (v := table[i]) != 0:
-                if v == h:
+                if v == f:
                     break
-                i = (i + 1) & m
+                i = (i + 1) % n
             else:
-                table[i] = h
+                table[i] = f
                 count += 1
-                if count * 2 > m:
-                    self.count = count
-                    self._grow()
-                    table, m = self.table, self.mask
         self.count = count
 
-    def _grow(self) -> None:
-        old = self.table
-        m = (self.mask + 1) * 2 - 1
-        table = array("q", bytes(8 * (m + 1)))
-        for h in old:
-            if h:
-                i = h & m
-                while table[i] != 0:
-                    i = (i + 1) & m
-                table[i] = h
-        self.table, self.mask = table, m
-
     def __contains__(self, gram: str) -> bool:
-        h = hash(gram) or 1
-        table, m = self.table, self.mask
-        i = h & m
+        h = hash(gram)
+        f = (h >> 32) & 0xFFFFFFFF or 1
+        table, n = self.table, self.size
+        i = h % n
         while (v := table[i]) != 0:
-            if v == h:
+            if v == f:
                 return True
-            i = (i + 1) & m
+            i = (i + 1) % n
         return False
+
+
+def _grams_of(text: str) -> int:
+    return max(0, len(text) - MIN_PART + 1)
 
 
 class _Index:
@@ -152,19 +156,21 @@ class _Index:
     def build(cls, secrets: Iterable[str], base: _Index | None = None) -> _Index:
         values = frozenset(s for s in secrets if s and len(s) >= MIN_SECRET)
         old = base.secrets if base is not None else frozenset()
-        parts = _Grams(base.parts if base is not None else None)
-        tails = _Grams(base.tails if base is not None else None)
-        chars = set(base.chars) if base is not None else set()
-        for s in values - old:
-            if len(s) < MIN_PART:
-                continue
-            for part in url_secrets(s) if is_url(s) else [s]:
-                if len(part) >= MIN_PART:
-                    chars.update(part)
-                parts.add(part)
-            if is_url(s):  # masked by its pieces only: where the whole URL ends must be known on its own
-                tails.add(s[-MIN_PART:])
-                chars.update(s[-MIN_PART:])
+        added = values - old
+        new_parts, new_tails = _pieces(added)
+        more_parts, more_tails = sum(map(_grams_of, new_parts)), sum(map(_grams_of, new_tails))
+        if base is not None and base.parts.fits(more_parts) and base.tails.fits(more_tails):
+            parts, tails, chars = _Grams(more_parts, base.parts), _Grams(more_tails, base.tails), set(base.chars)
+        else:  # the first build, or a base without room: every secret's grams into tables sized for them
+            new_parts, new_tails = _pieces(old | values)
+            parts, tails = _Grams(sum(map(_grams_of, new_parts))), _Grams(sum(map(_grams_of, new_tails)))
+            chars = set()
+        for part in new_parts:
+            chars.update(part)
+            parts.add(part)
+        for tail in new_tails:
+            chars.update(tail)
+            tails.add(tail)
         return cls(old | values, parts, tails, frozenset(chars))
 
     def redact(self, text: str) -> str:
@@ -174,29 +180,30 @@ class _Index:
             return text
         secrets, lengths = self.secrets, self.lengths
         # _Grams.__contains__, inlined: this loop runs once per character of the text.
-        pt, pm, tt, tm = self.parts.table, self.parts.mask, self.tails.table, self.tails.mask
+        pt, pn, tt, tn = self.parts.table, self.parts.size, self.tails.table, self.tails.size
         urls = self.tails.count > 0
         hits: list[tuple[int, int, str | None]] = []  # (start, end, the whole secret there or None)
         for m in self.runs.finditer(text):
             start, end = m.span()
             for i in range(start, end - MIN_PART + 1):
-                h = hash(text[i : i + MIN_PART]) or 1
-                j = h & pm
+                h = hash(text[i : i + MIN_PART])
+                f = (h >> 32) & 0xFFFFFFFF or 1
+                j = h % pn
                 while v := pt[j]:
-                    if v == h:
+                    if v == f:
                         hits.append((i, i + MIN_PART, None))
                         break
-                    j = (j + 1) & pm
+                    j = (j + 1) % pn
                 if urls:
-                    j = h & tm
+                    j = h % tn
                     while v := tt[j]:
-                        if v == h:
+                        if v == f:
                             last = i + MIN_PART
                             for n in lengths:
                                 if n <= last and (whole := text[last - n : last]) in secrets:
                                     hits.append((last - n, last, whole))
                             break
-                        j = (j + 1) & tm
+                        j = (j + 1) % tn
         if not hits:
             return text
         hits.sort(key=lambda h: (h[0], -h[1]))
@@ -219,6 +226,23 @@ class _Index:
             done = end
         out.append(text[done:])
         return "".join(out)
+
+
+def _pieces(secrets: Iterable[str]) -> tuple[list[str], list[str]]:
+    """What the index holds of `secrets`: the texts whose grams mask as parts (a secret, or a URL's secret
+    pieces), and the last MIN_PART characters of each URL secret (where a whole one may end: any other
+    secret shown whole is covered by its parts, and the span they mask is then the secret itself)."""
+    parts: list[str] = []
+    tails: list[str] = []
+    for s in secrets:
+        if len(s) < MIN_PART:
+            continue
+        if is_url(s):  # masked by its pieces only: where the whole URL ends must be known on its own
+            parts += [p for p in url_secrets(s) if len(p) >= MIN_PART]
+            tails.append(s[-MIN_PART:])
+        else:
+            parts.append(s)
+    return parts, tails
 
 
 _EMPTY = _Index.build(())

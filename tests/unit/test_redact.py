@@ -127,6 +127,31 @@ def test_the_log_path_masks_prefixes_of_secrets_among_many() -> None:
     assert not any(s[:20] in line for s, line in zip(secrets * 2, out, strict=False))
 
 
+def test_secrets_added_one_at_a_time_are_all_masked_and_other_text_is_left_alone() -> None:
+    """Secrets loaded one after another (a secret store's, a rotation's new key) outgrow the index's first
+    table, which is then built again for them all: the first and the last are masked in part alike, a URL's
+    pieces too, and 200,000 characters of text that quote none of them come out unchanged."""
+    import random
+    import string
+
+    rng = random.Random(7)
+    alphabet = string.ascii_letters + string.digits
+    secrets = ["sk-proj-" + "".join(rng.choices(alphabet, k=60)) for _ in range(400)]
+    url = "https://hooks.example.com/hook/" + "".join(rng.choices(alphabet, k=24))
+    registry = SecretRegistry()
+    registry.replace(secrets[:2])
+    for s in [*secrets[2:200], url, *secrets[200:]]:
+        registry.add([s])
+    for s in (secrets[0], secrets[1], secrets[150], secrets[-1]):
+        for part in (s[8:16], s[30:38], s[-8:]):
+            out = registry.redact(f"upstream said: bad key {part}!")
+            assert part not in out and "****" in out, (part, out)
+    assert registry.redact(f"posting to {url}") == f"posting to {mask(url)}"
+    assert url.rsplit("/", 1)[1] not in registry.redact(f"404 for /hook/{url.rsplit('/', 1)[1]}")
+    plain = " ".join("".join(rng.choices(alphabet, k=rng.randint(8, 40))) for _ in range(8000))
+    assert registry.redact(plain) == plain
+
+
 def test_every_text_of_a_probe_result_is_masked_the_error_code_too() -> None:
     from datetime import UTC, datetime
 
