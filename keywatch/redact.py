@@ -83,8 +83,9 @@ class _Grams:
     about 2.5 probes a window at most): those 8 characters are masked, once in billions of windows.
 
     The table is sized once, for the grams it is built with and an eighth more (secrets added later, one at
-    a time: a rotation's, a secret store's); one without room for more is built again with them all, since
-    moving the grams to a larger table would need the hashes' low bits, which it does not keep."""
+    a time: a rotation's, a secret store's, added in place); one without room for more is built again with
+    them all, since moving the grams to a larger table would need the hashes' low bits, which it does not
+    keep."""
 
     __slots__ = ("count", "size", "table")
 
@@ -92,7 +93,9 @@ class _Grams:
         if base is not None:
             if not base.fits(capacity):
                 raise ValueError("no room for the new grams in the base table: build one with them all")
-            self.table, self.size, self.count = array("I", base.table), base.size, base.count
+            # The same table, not a copy (at 100,000 keys it is over 100 MB): the grams are added in place.
+            # An index still being read sees each slot either empty or set, and the base is not used again.
+            self.table, self.size, self.count = base.table, base.size, base.count
             return
         self.size = max(64, 2 * capacity + capacity // 4 + 1)
         self.table, self.count = array("I", bytes(4 * self.size)), 0
@@ -135,8 +138,8 @@ def _grams_of(text: str) -> int:
 
 
 class _Index:
-    """The loaded secrets arranged for one fast pass over a text; immutable once built (redact reads it
-    without a lock while a reload builds the next one)."""
+    """The loaded secrets arranged for one fast pass over a text; redact reads it without a lock while a
+    reload builds the next one (which may add grams to the same tables: only ever more is masked)."""
 
     __slots__ = ("chars", "lengths", "parts", "runs", "secrets", "short", "tails")
 
@@ -159,6 +162,8 @@ class _Index:
         added = values - old
         new_parts, new_tails = _pieces(added)
         more_parts, more_tails = sum(map(_grams_of, new_parts)), sum(map(_grams_of, new_tails))
+        if base is _EMPTY:
+            base = None  # shared by every registry until its first secret: never added to
         if base is not None and base.parts.fits(more_parts) and base.tails.fits(more_tails):
             parts, tails, chars = _Grams(more_parts, base.parts), _Grams(more_tails, base.tails), set(base.chars)
         else:  # the first build, or a base without room: every secret's grams into tables sized for them
@@ -245,6 +250,7 @@ def _pieces(secrets: Iterable[str]) -> tuple[list[str], list[str]]:
     return parts, tails
 
 
+_EMPTY: _Index | None = None
 _EMPTY = _Index.build(())
 
 

@@ -165,3 +165,15 @@ def test_every_text_of_a_probe_result_is_masked_the_error_code_too() -> None:
     clean = scrubbed(result, key)
     assert odd[:8] not in f"{clean.error_code} {clean.error_message}", clean
     assert clean.health == Health.FORBIDDEN and scrubbed(clean, key) is clean
+
+
+def test_registries_do_not_share_what_they_mask() -> None:
+    """A secret added to one registry is masked by it, not by another one created before or after."""
+    first, second = SecretRegistry(), SecretRegistry()
+    first.add(["gw-Zx81Kq02Lm55token"])
+    assert "gw-Zx81Kq02Lm55" not in first.redact("bad gw-Zx81Kq02Lm55")
+    second.add(["Lm55-Kq02-Zx81-gwgw"])  # the same characters, none of the same windows
+    assert second.redact("bad gw-Zx81Kq02Lm55") == "bad gw-Zx81Kq02Lm55"
+    third = SecretRegistry()
+    third.add(["Lm55-Kq02-Zx81-wgwg"])
+    assert third.redact("bad gw-Zx81Kq02Lm55") == "bad gw-Zx81Kq02Lm55"
