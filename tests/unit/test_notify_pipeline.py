@@ -249,17 +249,24 @@ class _Term:
         return {}
 
 
-async def test_a_deposed_leader_decides_nothing_and_its_successor_alerts_once(tmp_path: Path) -> None:
-    """Two instances each believing they lead for a moment (a takeover the old leader has not noticed yet):
-    the old one's decision is refused by the fencing check, not kept for a retry, and the successor, which
-    loads the states when it takes the lead, sends the alert once."""
+@pytest.fixture
+def gated(tmp_path: Path):
+    """An alert database behind a leadership gate the test turns."""
     from keywatch.runtime import attach_leadership
 
     store = Store(f"sqlite:///{tmp_path / 'a.db'}")
     store.upgrade()
     term = _Term()
     attach_leadership(store.engine, term)
-    db = AlertDB(store.session)
+    yield AlertDB(store.session), term
+    store.dispose()
+
+
+async def test_a_deposed_leader_decides_nothing_and_its_successor_alerts_once(gated) -> None:
+    """Two instances each believing they lead for a moment (a takeover the old leader has not noticed yet):
+    the old one's decision is refused by the fencing check, not kept for a retry, and the successor, which
+    loads the states when it takes the lead, sends the alert once."""
+    db, term = gated
     clock = Clock()
     old = make(db, clock)
     await old.start()
@@ -274,21 +281,12 @@ async def test_a_deposed_leader_decides_nothing_and_its_successor_alerts_once(tm
     await new.emit(key_alert(clock))
     await old.flush()  # had the old one kept its refused decision for a retry, this would send it again
     assert sent(db) == [[("key_health:openai-prod", True)]]
-    store.dispose()
 
 
-async def test_a_leader_whose_term_is_unconfirmed_for_a_while_sends_its_alert_once_confirmed(
-    tmp_path: Path,
-) -> None:
+async def test_a_leader_whose_term_is_unconfirmed_for_a_while_sends_its_alert_once_confirmed(gated) -> None:
     """The term not confirmed for a moment (no heartbeat got through): the decision is kept and made once a
     heartbeat confirms the term again, so a one-off alert (an action's result) is not lost."""
-    from keywatch.runtime import attach_leadership
-
-    store = Store(f"sqlite:///{tmp_path / 'a.db'}")
-    store.upgrade()
-    term = _Term()
-    attach_leadership(store.engine, term)
-    db = AlertDB(store.session)
+    db, term = gated
     clock = Clock()
     p = make(db, clock)
     await p.start()
@@ -299,4 +297,3 @@ async def test_a_leader_whose_term_is_unconfirmed_for_a_while_sends_its_alert_on
     term.leading = True
     await p.tick()
     assert sent(db) == [[("key_health:openai-prod", True)]]
-    store.dispose()
