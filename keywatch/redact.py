@@ -6,7 +6,7 @@ provider key (for secrets keywatch never loaded, e.g. echoed back in an error bo
 A loaded secret is masked whole (`mask`: public prefix and last four) and in part: any run of MIN_PART or
 more of its characters becomes `****`, so an error that quotes the first 20 characters of a key, or a
 webhook's answer that quotes the path of its URL, shows nothing of it. The index behind that holds every
-MIN_PART-gram of every loaded secret (32 bits of its hash in a flat table, `_Grams`: 8 to 16 bytes a gram); one
+MIN_PART-gram of every loaded secret (32 bits of its hash in a flat table, `_Grams`: about 9 bytes a gram); one
 pass over a text looks up the grams of each run of characters that secrets are made of (words shorter than
 MIN_PART, spaces and punctuation are skipped by a regular expression), so the cost grows with the text, not
 with the number of secrets.
@@ -162,8 +162,8 @@ class _Index:
         added = values - old
         new_parts, new_tails = _pieces(added)
         more_parts, more_tails = sum(map(_grams_of, new_parts)), sum(map(_grams_of, new_tails))
-        if base is _EMPTY:
-            base = None  # shared by every registry until its first secret: never added to
+        if base is not None and not base.secrets:
+            base = None  # an empty index (every registry starts from one shared `_EMPTY`) is never added to
         if base is not None and base.parts.fits(more_parts) and base.tails.fits(more_tails):
             parts, tails, chars = _Grams(more_parts, base.parts), _Grams(more_tails, base.tails), set(base.chars)
         else:  # the first build, or a base without room: every secret's grams into tables sized for them
@@ -250,7 +250,6 @@ def _pieces(secrets: Iterable[str]) -> tuple[list[str], list[str]]:
     return parts, tails
 
 
-_EMPTY: _Index | None = None
 _EMPTY = _Index.build(())
 
 

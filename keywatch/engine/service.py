@@ -155,7 +155,6 @@ class PolicyEngine:
         suspended = self.outages.suspended_keys()
         for st in seen:
             self.outages.count_probe(st.key, st.consecutive, st.key in suspended, now)
-        del seen
         views = key_views(
             (k.name for k in inventory.keys), snapshot, self.admin, signals=self.rt.board.as_map(),
             changed={t.key: t.old for t in report.transitions}, suspended=suspended, counted=self.outages,
