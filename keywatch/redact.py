@@ -90,9 +90,7 @@ class _Grams:
     __slots__ = ("count", "size", "table")
 
     def __init__(self, capacity: int, base: _Grams | None = None) -> None:
-        if base is not None:
-            if not base.fits(capacity):
-                raise ValueError("no room for the new grams in the base table: build one with them all")
+        if base is not None:  # the builder checked that it fits; `add` refuses a gram past half full
             # The same table, not a copy (at 100,000 keys it is over 100 MB): the grams are added in place.
             # An index still being read sees each slot either empty or set, and the base is not used again.
             self.table, self.size, self.count = base.table, base.size, base.count

@@ -300,13 +300,13 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
         daemon._scheduler.pause()  # the benchmark drives the cycles itself
         await asyncio.sleep(0)
         f["rss_started_mb"], f["peak_started_mb"] = rss_mb(), peak_rss_mb()
-        walls, cpus, healthy = [], [], 0
+        walls, cpus = [], []
         for _ in range(args.cycles):
             cpu0, t0 = cpu_seconds(), time.perf_counter()
             report = await daemon.cycle()
             walls.append(time.perf_counter() - t0)
             cpus.append((cpu_seconds() - cpu0) * 1000 / args.keys)
-            healthy = sum(1 for st in report.seen(daemon.tracker.snapshot()) if str(st.health) == "healthy")
+        healthy = sum(1 for st in report.seen(daemon.tracker.snapshot()) if str(st.health) == "healthy")
         steady = slice(5, None) if args.cycles > 5 else slice(None)
         f["first_cycle_s"], f["cycle_s"] = walls[0], statistics.median(walls[steady])
         f["cpu_ms"] = statistics.median(cpus[steady])
