@@ -68,6 +68,12 @@ def is_public_prefix(text: str) -> bool:
     return _PUBLIC_PREFIX is not None and bool(_PUBLIC_PREFIX.fullmatch(text))
 
 
+def public_prefix_length(secret: str) -> int:
+    """How many of `secret`'s first characters are a provider's public key prefix (8 for `sk-proj-...`)."""
+    m = _PUBLIC_PREFIX.match(secret) if _PUBLIC_PREFIX is not None else None
+    return m.end(1) if m else 0
+
+
 def mask(secret: str) -> str:
     """`sk-proj-...GDYA`: the provider's public prefix and the last four characters, as providers show them."""
     if len(secret) <= 12:

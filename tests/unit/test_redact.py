@@ -5,10 +5,12 @@ import json
 import logging
 
 import structlog
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from keywatch import logging as kwlog
-from keywatch.domain import fingerprint, mask
-from keywatch.redact import REGISTRY, SecretRegistry, redact_text, url_secrets
+from keywatch.domain import fingerprint, mask, public_prefix_length
+from keywatch.redact import MIN_PART, REGISTRY, SecretRegistry, redact_text, url_secrets
 
 OPENAI = "sk-proj-" + "A1b2C3d4" * 8 + "T3BlbkFJ" + "x" * 20
 ANTHROPIC = "sk-ant-api03-" + "Zz9_" * 23 + "Q" + "AA"
@@ -177,3 +179,39 @@ def test_registries_do_not_share_what_they_mask() -> None:
     third = SecretRegistry()
     third.add(["Lm55-Kq02-Zx81-wgwg"])
     assert third.redact("bad gw-Zx81Kq02Lm55") == "bad gw-Zx81Kq02Lm55"
+
+
+_BODY = "ab01-"  # few characters: secrets share pieces and repeat them, as the index must handle
+_PREFIXES = ("", "sk-proj-", "sk-ant-api03-", "gw-")
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    secrets=st.lists(st.tuples(st.sampled_from(_PREFIXES), st.text(_BODY, min_size=8, max_size=60)),
+                     min_size=1, max_size=8),
+    pieces=st.lists(st.tuples(st.integers(0, 7), st.integers(0, 80), st.integers(1, 40),
+                              st.text(_BODY + ' .:/"', max_size=6)), max_size=12),
+    one_at_a_time=st.booleans(),
+)
+def test_no_eight_characters_of_a_secret_past_its_public_prefix_survive(
+    secrets: list[tuple[str, str]], pieces: list[tuple[int, int, int, str]], one_at_a_time: bool
+) -> None:
+    """Against the plain definition: any 8 characters in a row of a loaded secret that hold one or more past
+    its public prefix (which masked forms show) are masked, wherever they are and whatever is next to them,
+    for secrets that share pieces, repeat them and are loaded at once or one at a time."""
+    loaded = [prefix + body for prefix, body in secrets]
+    registry = SecretRegistry()
+    if one_at_a_time:
+        for s in loaded:
+            registry.add([s])
+    else:
+        registry.replace(loaded)
+    texts = ["".join(loaded[n % len(loaded)][at:at + size] + filler for n, at, size, filler in pieces)]
+    first = loaded[0]  # and each of its runs of 8 to 11 characters alone, those at its prefix's end among them
+    texts += [f" {first[at:at + size]} " for size in range(MIN_PART, MIN_PART + 4) for at in range(len(first))]
+    texts += [first[:at] + ("b" if first[at] == "a" else "a") + first[at + 1:] for at in range(len(first))]  # a typo
+    for text in texts:
+        out = registry.redact(text)
+        for s in loaded:
+            for o in range(max(0, public_prefix_length(s) - MIN_PART + 1), len(s) - MIN_PART + 1):
+                assert s[o:o + MIN_PART] not in out, (s, o, text, out)
