@@ -12,7 +12,10 @@ others: the fleet a single core carries.
 
 1. The floor, in a process of its own: a bare aiohttp client makes the same GET per key over `concurrency`
    pooled connections, the least any Python prober can do; its wall time and CPU per probe are measured
-   three times (median).
+   three times (median) before the daemon starts, then once more after each 5 steady cycles (the daemon
+   idle). The machine's speed moves while the bench runs (a shared machine's most of all), so each block of
+   5 cycles is compared with the floors run just before and just after it, and the ratios printed are the
+   medians of the blocks' ratios.
 2. The daemon, in this process (which imports nothing else of weight, so its RSS is the daemon's; "before the
    daemon" is this process with keywatch.daemon imported), with every secret in a file of its own (`file:`
    references; nothing in the environment; each shaped as an OpenAI project key, 164 characters), runs
@@ -57,13 +60,14 @@ import urllib.request
 from pathlib import Path
 
 PERIODIC = 2.5  # seconds between the steady scraper's scrapes
+BLOCK = 5  # steady cycles between two runs of the floor
 ELSEWHERE: set[int] = set()  # --one-core: the CPUs of the simulator and the scraper (not the daemon's)
 
 
 def bench_secret(i: int) -> str:
     """The fleet's secret number `i` (the floor makes the same ones): shaped as an OpenAI project key,
-    `sk-proj-` and 156 random-looking characters, so the redaction index holds its 157 windows as it holds a
-    real key's."""
+    `sk-proj-` and 156 random-looking characters, so the redaction index holds as much of it as of a real
+    key (its 40 anchors)."""
     return "sk-proj-" + base64.urlsafe_b64encode(hashlib.shake_256(b"keywatch-bench-%d" % i).digest(117)).decode()
 
 
@@ -189,7 +193,7 @@ def cpu_seconds():
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
 
-async def main(target, keys, concurrency):
+async def main(target, keys, concurrency, passes):
     secrets = [bench_secret(i) for i in range(keys)]
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
         async def one(secret):
@@ -202,19 +206,19 @@ async def main(target, keys, concurrency):
                 await one(queue.pop())
 
         runs = []
-        for _ in range(3):
+        for _ in range(passes):
             queue = list(secrets)
             cpu0, t0 = cpu_seconds(), time.perf_counter()
             await asyncio.gather(*(drain(queue) for _ in range(concurrency)))
             runs.append((time.perf_counter() - t0, (cpu_seconds() - cpu0) * 1000 / keys))
     runs.sort()
-    print(*runs[1])
+    print(*runs[len(runs) // 2])
 
 if sys.argv[4] == "uvloop":
     import uvloop
-    uvloop.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
+    uvloop.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[5])))
 else:
-    asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
+    asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[5])))
 """.replace("import aiohttp\n", "import aiohttp, base64, hashlib\n" + inspect.getsource(bench_secret))
 
 
@@ -231,11 +235,11 @@ def stack_floor_mb() -> float:
     return float(subprocess.run([sys.executable, "-c", STACK], check=True, capture_output=True, text=True).stdout)
 
 
-def floor(url: str, keys: int, concurrency: int) -> tuple[float, float]:
+def floor(url: str, keys: int, concurrency: int, passes: int = 3) -> tuple[float, float]:
     """(wall seconds, CPU ms per probe) of a bare aiohttp client doing the probes' GETs, in a process of its
-    own: neither its imports nor its allocations are counted in the daemon's RSS."""
+    own (neither its imports nor its allocations are counted in the daemon's RSS): the median of `passes`."""
     out = subprocess.run([sys.executable, "-c", FLOOR, f"{url}/openai/v1/models", str(keys), str(concurrency),
-                          LOOP],
+                          LOOP, str(passes)],
                          check=True, capture_output=True, text=True).stdout
     wall, cpu = out.split()
     return float(wall), float(cpu)
@@ -288,7 +292,7 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
     try:
         secrets = [bench_secret(i) for i in range(args.keys)]
         register_keys(url, secrets)
-        f["floor_s"], f["floor_cpu_ms"] = floor(url, args.keys, args.concurrency)
+        floors = [floor(url, args.keys, args.concurrency)]
         cfg = write_config(tmp, url, secrets, args)
         del secrets
         gc.collect()
@@ -300,16 +304,30 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
         daemon._scheduler.pause()  # the benchmark drives the cycles itself
         await asyncio.sleep(0)
         f["rss_started_mb"], f["peak_started_mb"] = rss_mb(), peak_rss_mb()
-        walls, cpus = [], []
-        for _ in range(args.cycles):
+        walls, cpus, blocks = [], [], []
+        first = 5 if args.cycles > 5 else 0  # the steady cycles: those after the first five
+        for done in range(1, args.cycles + 1):
             cpu0, t0 = cpu_seconds(), time.perf_counter()
             report = await daemon.cycle()
             walls.append(time.perf_counter() - t0)
             cpus.append((cpu_seconds() - cpu0) * 1000 / args.keys)
+            if done > first and ((done - first) % BLOCK == 0 or done == args.cycles):
+                # The floor again, between two blocks of cycles (the daemon idle, its last batch written).
+                await asyncio.wrap_future(daemon._writer.submit())
+                blocks.append(slice(blocks[-1].stop if blocks else first, done))
+                floors.append(await asyncio.to_thread(floor, url, args.keys, args.concurrency, 1))
         healthy = sum(1 for st in report.seen(daemon.tracker.snapshot()) if str(st.health) == "healthy")
-        steady = slice(5, None) if args.cycles > 5 else slice(None)
+        steady = slice(first, None)
         f["first_cycle_s"], f["cycle_s"] = walls[0], statistics.median(walls[steady])
         f["cpu_ms"] = statistics.median(cpus[steady])
+        # Each block of cycles against the floors run just before and just after it; the ratios' median.
+        for name, series, which in (("cycle", walls, 0), ("cpu", cpus, 1)):
+            f[f"{name}_ratio"] = statistics.median(
+                statistics.median(series[b]) / ((floors[i][which] + floors[i + 1][which]) / 2)
+                for i, b in enumerate(blocks))
+        f["floor_s"], f["floor_cpu_ms"] = (statistics.median(x[i] for x in floors) for i in (0, 1))
+        f["floor_cpu_min"], f["floor_cpu_max"] = min(x[1] for x in floors), max(x[1] for x in floors)
+        f["floors"] = len(floors)
         f["healthy"] = healthy
         await asyncio.wrap_future(daemon._writer.submit())  # the last cycle's batch written: settled, idle
         gc.collect()
@@ -386,10 +404,13 @@ def main() -> None:
     print(f"keys={n} latency={args.latency_ms:g}ms concurrency={args.concurrency} workers={args.workers} loop={LOOP} "
           f"cycles={args.cycles} metrics_per_key={args.metrics_per_key} "
           f"cpus={cpus} secrets={len(bench_secret(0))} characters")
-    print(f"floor (bare aiohttp): {f['floor_s']:.2f}s  {f['floor_cpu_ms']:.3f} CPU-ms/probe")
-    print(f"keywatch steady cycle: {f['cycle_s']:.2f}s ({f['cycle_s'] / f['floor_s']:.2f}x the floor)  "
-          f"{f['cpu_ms']:.3f} CPU-ms/probe ({f['cpu_ms'] / f['floor_cpu_ms']:.2f}x the floor)  "
-          f"healthy={int(f['healthy'])}  first cycle {f['first_cycle_s']:.2f}s")
+    print(f"floor (bare aiohttp, run {int(f['floors'])} times: before the daemon and after each {BLOCK} steady "
+          f"cycles): {f['floor_s']:.2f}s  {f['floor_cpu_ms']:.3f} CPU-ms/probe (medians; CPU "
+          f"{f['floor_cpu_min']:.3f}-{f['floor_cpu_max']:.3f})")
+    print(f"keywatch steady cycle: {f['cycle_s']:.2f}s ({f['cycle_ratio']:.2f}x the floor)  "
+          f"{f['cpu_ms']:.3f} CPU-ms/probe ({f['cpu_ratio']:.2f}x the floor)  "
+          f"healthy={int(f['healthy'])}  first cycle {f['first_cycle_s']:.2f}s; each ratio is the median of "
+          f"each {BLOCK} cycles' against the floors either side of them")
     budget = 60 + 2 * n / 1000
     print(f"RSS: settled {f['rss_settled_mb']:.0f} MB after {args.cycles} cycles (target {budget:.0f} MB = "
           f"60 MB + 2 KB/key), {f['rss_scraped_mb']:.0f} MB once /metrics was scraped, peak "
