@@ -78,9 +78,7 @@ def mask(secret: str) -> str:
     """`sk-proj-...GDYA`: the provider's public prefix and the last four characters, as providers show them."""
     if len(secret) <= 12:
         return "****"
-    m = _PUBLIC_PREFIX.match(secret) if _PUBLIC_PREFIX is not None else None
-    prefix = m.group(1) if m else secret[:2]
-    return f"{prefix}...{secret[-4:]}"
+    return f"{secret[:public_prefix_length(secret) or 2]}...{secret[-4:]}"
 
 
 @dataclass(frozen=True, slots=True)
